@@ -52,7 +52,7 @@ def generate(out_dir: Path) -> None:
         f"--python_out={out_dir}",
         f"--grpc_python_out={out_dir}",
         f"--mypy_out=quiet:{out_dir}",
-        f"--mypy_grpc_out=quiet:{out_dir}",
+        f"--mypy_grpc_out=quiet,generate_concrete_servicer_stubs:{out_dir}",
         *(str(p.relative_to(PROTO_ROOT)) for p in _proto_files()),
     ]
     subprocess.run(command, check=True, cwd=PROTO_ROOT)

@@ -1,0 +1,1 @@
+"""The agentmesh inference gateway (`agentmesh.inference.v1.InferenceService`)."""

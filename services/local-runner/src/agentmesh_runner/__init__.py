@@ -1,0 +1,1 @@
+"""The agentmesh local runner (`agentmesh.runner.v1.LocalRunnerService`)."""

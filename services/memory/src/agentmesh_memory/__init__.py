@@ -1,0 +1,1 @@
+"""The agentmesh memory service (`agentmesh.memory.v1.MemoryService`)."""

@@ -1,0 +1,1 @@
+"""The agentmesh orchestrator (`agentmesh.orchestrator.v1.OrchestratorService`)."""

@@ -64,12 +64,11 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     CountTokens: _aio.UnaryUnaryMultiCallable[_inference_pb2.CountTokensRequest, _inference_pb2.CountTokensResponse]  # type: ignore[assignment]
     """Counts the tokens of messages for a route's model (estimated where no exact tokenizer)."""
 
-class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
+class InferenceServiceServicer:
     """The inference gateway: one normalized streaming call over every model provider, with
     routes, retries, fallback, circuit breakers, rate limits, usage and cost.
     """
 
-    @_abc_1.abstractmethod
     def Generate(
         self,
         request: _inference_pb2.GenerateRequest,
@@ -79,7 +78,6 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         `finished`, or with a gRPC error whose details say how much was streamed.
         """
 
-    @_abc_1.abstractmethod
     def ListModels(
         self,
         request: _inference_pb2.ListModelsRequest,
@@ -87,7 +85,6 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_inference_pb2.ListModelsResponse, _abc.Awaitable[_inference_pb2.ListModelsResponse]]:
         """Lists the routes and deployments the gateway serves."""
 
-    @_abc_1.abstractmethod
     def GetProviderStatus(
         self,
         request: _inference_pb2.GetProviderStatusRequest,
@@ -95,7 +92,6 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_inference_pb2.GetProviderStatusResponse, _abc.Awaitable[_inference_pb2.GetProviderStatusResponse]]:
         """Reports health, circuit state and rate-limit headroom per deployment."""
 
-    @_abc_1.abstractmethod
     def CountTokens(
         self,
         request: _inference_pb2.CountTokensRequest,

@@ -180,12 +180,11 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     ReleaseLease: _aio.UnaryUnaryMultiCallable[_memory_pb2.ReleaseLeaseRequest, _memory_pb2.ReleaseLeaseResponse]  # type: ignore[assignment]
     """Gives a lease up; only its owner may."""
 
-class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
+class MemoryServiceServicer:
     """The memory service: the only owner of the database. Every call is scoped to the tenant in
     the `x-agentmesh-tenant` metadata; another tenant's resources answer NOT_FOUND.
     """
 
-    @_abc_1.abstractmethod
     def CreateAgent(
         self,
         request: _memory_pb2.CreateAgentRequest,
@@ -193,7 +192,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.CreateAgentResponse, _abc.Awaitable[_memory_pb2.CreateAgentResponse]]:
         """Creates an agent definition; the name is unique per tenant."""
 
-    @_abc_1.abstractmethod
     def GetAgent(
         self,
         request: _memory_pb2.GetAgentRequest,
@@ -201,7 +199,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.GetAgentResponse, _abc.Awaitable[_memory_pb2.GetAgentResponse]]:
         """Gets an agent definition."""
 
-    @_abc_1.abstractmethod
     def ListAgents(
         self,
         request: _memory_pb2.ListAgentsRequest,
@@ -209,7 +206,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.ListAgentsResponse, _abc.Awaitable[_memory_pb2.ListAgentsResponse]]:
         """Lists agent definitions, optionally of one type."""
 
-    @_abc_1.abstractmethod
     def UpdateAgent(
         self,
         request: _memory_pb2.UpdateAgentRequest,
@@ -217,7 +213,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.UpdateAgentResponse, _abc.Awaitable[_memory_pb2.UpdateAgentResponse]]:
         """Updates the fields of an agent named by the update mask."""
 
-    @_abc_1.abstractmethod
     def DeleteAgent(
         self,
         request: _memory_pb2.DeleteAgentRequest,
@@ -225,7 +220,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.DeleteAgentResponse, _abc.Awaitable[_memory_pb2.DeleteAgentResponse]]:
         """Deletes an agent definition."""
 
-    @_abc_1.abstractmethod
     def CreateSession(
         self,
         request: _memory_pb2.CreateSessionRequest,
@@ -233,7 +227,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.CreateSessionResponse, _abc.Awaitable[_memory_pb2.CreateSessionResponse]]:
         """Creates a session in PENDING."""
 
-    @_abc_1.abstractmethod
     def GetSession(
         self,
         request: _memory_pb2.GetSessionRequest,
@@ -241,7 +234,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.GetSessionResponse, _abc.Awaitable[_memory_pb2.GetSessionResponse]]:
         """Gets a session with its plan."""
 
-    @_abc_1.abstractmethod
     def ListSessions(
         self,
         request: _memory_pb2.ListSessionsRequest,
@@ -249,7 +241,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.ListSessionsResponse, _abc.Awaitable[_memory_pb2.ListSessionsResponse]]:
         """Lists sessions by status and parent."""
 
-    @_abc_1.abstractmethod
     def UpdateSession(
         self,
         request: _memory_pb2.UpdateSessionRequest,
@@ -259,7 +250,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         (PENDING may also go straight to CANCELLED); anything else is FAILED_PRECONDITION.
         """
 
-    @_abc_1.abstractmethod
     def AppendMessages(
         self,
         request: _memory_pb2.AppendMessagesRequest,
@@ -267,7 +257,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.AppendMessagesResponse, _abc.Awaitable[_memory_pb2.AppendMessagesResponse]]:
         """Appends messages to a session's conversation."""
 
-    @_abc_1.abstractmethod
     def ListMessages(
         self,
         request: _memory_pb2.ListMessagesRequest,
@@ -275,7 +264,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.ListMessagesResponse, _abc.Awaitable[_memory_pb2.ListMessagesResponse]]:
         """Lists a session's messages, oldest first, or the newest N for context assembly."""
 
-    @_abc_1.abstractmethod
     def BatchCreateTasks(
         self,
         request: _memory_pb2.BatchCreateTasksRequest,
@@ -283,7 +271,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.BatchCreateTasksResponse, _abc.Awaitable[_memory_pb2.BatchCreateTasksResponse]]:
         """Creates the tasks of a plan in one transaction."""
 
-    @_abc_1.abstractmethod
     def UpdateTask(
         self,
         request: _memory_pb2.UpdateTaskRequest,
@@ -291,7 +278,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.UpdateTaskResponse, _abc.Awaitable[_memory_pb2.UpdateTaskResponse]]:
         """Updates a task's status, output, error, or retry count."""
 
-    @_abc_1.abstractmethod
     def ListTasks(
         self,
         request: _memory_pb2.ListTasksRequest,
@@ -299,7 +285,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.ListTasksResponse, _abc.Awaitable[_memory_pb2.ListTasksResponse]]:
         """Lists a session's tasks, optionally by status."""
 
-    @_abc_1.abstractmethod
     def AppendEvents(
         self,
         request: _memory_pb2.AppendEventsRequest,
@@ -307,7 +292,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.AppendEventsResponse, _abc.Awaitable[_memory_pb2.AppendEventsResponse]]:
         """Appends events atomically, assigning each the next gapless per-session seq."""
 
-    @_abc_1.abstractmethod
     def WatchEvents(
         self,
         request: _memory_pb2.WatchEventsRequest,
@@ -317,7 +301,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
         ends after the terminal event.
         """
 
-    @_abc_1.abstractmethod
     def RecordExecution(
         self,
         request: _memory_pb2.RecordExecutionRequest,
@@ -325,7 +308,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.RecordExecutionResponse, _abc.Awaitable[_memory_pb2.RecordExecutionResponse]]:
         """Records one provider or runner call; a repeated idempotency key returns the first record."""
 
-    @_abc_1.abstractmethod
     def ListExecutions(
         self,
         request: _memory_pb2.ListExecutionsRequest,
@@ -333,7 +315,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.ListExecutionsResponse, _abc.Awaitable[_memory_pb2.ListExecutionsResponse]]:
         """Lists recorded calls of a session, or the call with an idempotency key."""
 
-    @_abc_1.abstractmethod
     def GetUsage(
         self,
         request: _memory_pb2.GetUsageRequest,
@@ -341,7 +322,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.GetUsageResponse, _abc.Awaitable[_memory_pb2.GetUsageResponse]]:
         """Rolls up tokens and cost by session, agent, tenant, provider or model over a time window."""
 
-    @_abc_1.abstractmethod
     def PutMemory(
         self,
         request: _memory_pb2.PutMemoryRequest,
@@ -349,7 +329,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.PutMemoryResponse, _abc.Awaitable[_memory_pb2.PutMemoryResponse]]:
         """Writes an agent memory entry (insert or replace by agent, user and key)."""
 
-    @_abc_1.abstractmethod
     def GetMemory(
         self,
         request: _memory_pb2.GetMemoryRequest,
@@ -357,7 +336,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.GetMemoryResponse, _abc.Awaitable[_memory_pb2.GetMemoryResponse]]:
         """Reads a memory entry, updating its access time and count."""
 
-    @_abc_1.abstractmethod
     def ListMemories(
         self,
         request: _memory_pb2.ListMemoriesRequest,
@@ -365,7 +343,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.ListMemoriesResponse, _abc.Awaitable[_memory_pb2.ListMemoriesResponse]]:
         """Lists an agent's memory entries for a user."""
 
-    @_abc_1.abstractmethod
     def DeleteMemory(
         self,
         request: _memory_pb2.DeleteMemoryRequest,
@@ -373,7 +350,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.DeleteMemoryResponse, _abc.Awaitable[_memory_pb2.DeleteMemoryResponse]]:
         """Deletes a memory entry."""
 
-    @_abc_1.abstractmethod
     def GetUserSettings(
         self,
         request: _memory_pb2.GetUserSettingsRequest,
@@ -381,7 +357,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.GetUserSettingsResponse, _abc.Awaitable[_memory_pb2.GetUserSettingsResponse]]:
         """Gets a user's settings (the defaults when none are stored)."""
 
-    @_abc_1.abstractmethod
     def UpdateUserSettings(
         self,
         request: _memory_pb2.UpdateUserSettingsRequest,
@@ -389,7 +364,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.UpdateUserSettingsResponse, _abc.Awaitable[_memory_pb2.UpdateUserSettingsResponse]]:
         """Updates the settings fields named by the update mask."""
 
-    @_abc_1.abstractmethod
     def CreateApiKey(
         self,
         request: _memory_pb2.CreateApiKeyRequest,
@@ -397,7 +371,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.CreateApiKeyResponse, _abc.Awaitable[_memory_pb2.CreateApiKeyResponse]]:
         """Creates an API key for the tenant in metadata; the secret is returned only here."""
 
-    @_abc_1.abstractmethod
     def ListApiKeys(
         self,
         request: _memory_pb2.ListApiKeysRequest,
@@ -405,7 +378,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.ListApiKeysResponse, _abc.Awaitable[_memory_pb2.ListApiKeysResponse]]:
         """Lists the tenant's API keys (never their secrets)."""
 
-    @_abc_1.abstractmethod
     def DeleteApiKey(
         self,
         request: _memory_pb2.DeleteApiKeyRequest,
@@ -413,7 +385,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.DeleteApiKeyResponse, _abc.Awaitable[_memory_pb2.DeleteApiKeyResponse]]:
         """Revokes an API key."""
 
-    @_abc_1.abstractmethod
     def AuthenticateApiKey(
         self,
         request: _memory_pb2.AuthenticateApiKeyRequest,
@@ -421,7 +392,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.AuthenticateApiKeyResponse, _abc.Awaitable[_memory_pb2.AuthenticateApiKeyResponse]]:
         """Resolves a presented API key secret to its tenant; needs no tenant metadata."""
 
-    @_abc_1.abstractmethod
     def AcquireLease(
         self,
         request: _memory_pb2.AcquireLeaseRequest,
@@ -429,7 +399,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.AcquireLeaseResponse, _abc.Awaitable[_memory_pb2.AcquireLeaseResponse]]:
         """Takes a session's lease; FAILED_PRECONDITION while another owner holds an unexpired one."""
 
-    @_abc_1.abstractmethod
     def RenewLease(
         self,
         request: _memory_pb2.RenewLeaseRequest,
@@ -437,7 +406,6 @@ class MemoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_memory_pb2.RenewLeaseResponse, _abc.Awaitable[_memory_pb2.RenewLeaseResponse]]:
         """Extends a lease; only its owner may."""
 
-    @_abc_1.abstractmethod
     def ReleaseLease(
         self,
         request: _memory_pb2.ReleaseLeaseRequest,

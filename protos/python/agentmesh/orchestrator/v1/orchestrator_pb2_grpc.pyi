@@ -166,13 +166,12 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     GetUsage: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetUsageRequest, _orchestrator_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Rolls up the tenant's tokens and cost."""
 
-class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
+class OrchestratorServiceServicer:
     """The public agentmesh API: agents, sessions of cooperating agents and their typed, resumable
     event streams, agent memory, user settings and tools. Every call needs an API key in the
     `authorization` metadata ("Bearer <key>"); everything is scoped to the key's tenant.
     """
 
-    @_abc_1.abstractmethod
     def CreateAgent(
         self,
         request: _orchestrator_pb2.CreateAgentRequest,
@@ -180,7 +179,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.CreateAgentResponse, _abc.Awaitable[_orchestrator_pb2.CreateAgentResponse]]:
         """Creates an agent definition; the name is unique per tenant."""
 
-    @_abc_1.abstractmethod
     def GetAgent(
         self,
         request: _orchestrator_pb2.GetAgentRequest,
@@ -188,7 +186,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.GetAgentResponse, _abc.Awaitable[_orchestrator_pb2.GetAgentResponse]]:
         """Gets an agent definition."""
 
-    @_abc_1.abstractmethod
     def ListAgents(
         self,
         request: _orchestrator_pb2.ListAgentsRequest,
@@ -196,7 +193,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.ListAgentsResponse, _abc.Awaitable[_orchestrator_pb2.ListAgentsResponse]]:
         """Lists agent definitions."""
 
-    @_abc_1.abstractmethod
     def UpdateAgent(
         self,
         request: _orchestrator_pb2.UpdateAgentRequest,
@@ -204,7 +200,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.UpdateAgentResponse, _abc.Awaitable[_orchestrator_pb2.UpdateAgentResponse]]:
         """Updates the fields of an agent named by the update mask."""
 
-    @_abc_1.abstractmethod
     def DeleteAgent(
         self,
         request: _orchestrator_pb2.DeleteAgentRequest,
@@ -212,7 +207,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.DeleteAgentResponse, _abc.Awaitable[_orchestrator_pb2.DeleteAgentResponse]]:
         """Deletes an agent definition (sessions that already use it keep their copy)."""
 
-    @_abc_1.abstractmethod
     def CreateSession(
         self,
         request: _orchestrator_pb2.CreateSessionRequest,
@@ -220,7 +214,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.CreateSessionResponse, _abc.Awaitable[_orchestrator_pb2.CreateSessionResponse]]:
         """Creates a session with a goal, agents (by name or inline), a strategy and limits."""
 
-    @_abc_1.abstractmethod
     def AddAgent(
         self,
         request: _orchestrator_pb2.AddAgentRequest,
@@ -228,7 +221,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.AddAgentResponse, _abc.Awaitable[_orchestrator_pb2.AddAgentResponse]]:
         """Adds an agent to a session that has not ended."""
 
-    @_abc_1.abstractmethod
     def Step(
         self,
         request: _orchestrator_pb2.StepRequest,
@@ -236,7 +228,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.StepResponse], _abc.AsyncIterator[_orchestrator_pb2.StepResponse]]:
         """Runs one iteration (every agent once) and streams its events."""
 
-    @_abc_1.abstractmethod
     def Run(
         self,
         request: _orchestrator_pb2.RunRequest,
@@ -244,7 +235,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.RunResponse], _abc.AsyncIterator[_orchestrator_pb2.RunResponse]]:
         """Runs until a termination condition and streams every event, ending with the terminal one."""
 
-    @_abc_1.abstractmethod
     def Execute(
         self,
         request: _orchestrator_pb2.ExecuteRequest,
@@ -252,7 +242,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.ExecuteResponse], _abc.AsyncIterator[_orchestrator_pb2.ExecuteResponse]]:
         """One-shot: creates a session for a task and runs it, streaming every event."""
 
-    @_abc_1.abstractmethod
     def StreamSession(
         self,
         request: _orchestrator_pb2.StreamSessionRequest,
@@ -260,7 +249,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_orchestrator_pb2.StreamSessionResponse], _abc.AsyncIterator[_orchestrator_pb2.StreamSessionResponse]]:
         """Replays a session's events after a seq, then tails live ones; works on any replica."""
 
-    @_abc_1.abstractmethod
     def SendMessage(
         self,
         request: _orchestrator_pb2.SendMessageRequest,
@@ -268,7 +256,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.SendMessageResponse, _abc.Awaitable[_orchestrator_pb2.SendMessageResponse]]:
         """Puts a user message into a session, with a policy for when it is busy."""
 
-    @_abc_1.abstractmethod
     def CancelSession(
         self,
         request: _orchestrator_pb2.CancelSessionRequest,
@@ -276,7 +263,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.CancelSessionResponse, _abc.Awaitable[_orchestrator_pb2.CancelSessionResponse]]:
         """Cancels a session: in-flight calls stop; it ends with session_cancelled."""
 
-    @_abc_1.abstractmethod
     def EndSession(
         self,
         request: _orchestrator_pb2.EndSessionRequest,
@@ -284,7 +270,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.EndSessionResponse, _abc.Awaitable[_orchestrator_pb2.EndSessionResponse]]:
         """Ends an idle session with the last answer as final (session_completed)."""
 
-    @_abc_1.abstractmethod
     def GetSession(
         self,
         request: _orchestrator_pb2.GetSessionRequest,
@@ -292,7 +277,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.GetSessionResponse, _abc.Awaitable[_orchestrator_pb2.GetSessionResponse]]:
         """Gets a session with its agents, plan, tasks and usage."""
 
-    @_abc_1.abstractmethod
     def ListSessions(
         self,
         request: _orchestrator_pb2.ListSessionsRequest,
@@ -300,7 +284,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.ListSessionsResponse, _abc.Awaitable[_orchestrator_pb2.ListSessionsResponse]]:
         """Lists sessions."""
 
-    @_abc_1.abstractmethod
     def GetMemory(
         self,
         request: _orchestrator_pb2.GetMemoryRequest,
@@ -308,7 +291,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.GetMemoryResponse, _abc.Awaitable[_orchestrator_pb2.GetMemoryResponse]]:
         """Reads an agent memory entry."""
 
-    @_abc_1.abstractmethod
     def PutMemory(
         self,
         request: _orchestrator_pb2.PutMemoryRequest,
@@ -316,7 +298,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.PutMemoryResponse, _abc.Awaitable[_orchestrator_pb2.PutMemoryResponse]]:
         """Writes an agent memory entry."""
 
-    @_abc_1.abstractmethod
     def ListMemories(
         self,
         request: _orchestrator_pb2.ListMemoriesRequest,
@@ -324,7 +305,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.ListMemoriesResponse, _abc.Awaitable[_orchestrator_pb2.ListMemoriesResponse]]:
         """Lists an agent's memory entries for a user."""
 
-    @_abc_1.abstractmethod
     def DeleteMemory(
         self,
         request: _orchestrator_pb2.DeleteMemoryRequest,
@@ -332,7 +312,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.DeleteMemoryResponse, _abc.Awaitable[_orchestrator_pb2.DeleteMemoryResponse]]:
         """Deletes an agent memory entry."""
 
-    @_abc_1.abstractmethod
     def GetUserSettings(
         self,
         request: _orchestrator_pb2.GetUserSettingsRequest,
@@ -340,7 +319,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.GetUserSettingsResponse, _abc.Awaitable[_orchestrator_pb2.GetUserSettingsResponse]]:
         """Gets a user's settings."""
 
-    @_abc_1.abstractmethod
     def UpdateUserSettings(
         self,
         request: _orchestrator_pb2.UpdateUserSettingsRequest,
@@ -348,7 +326,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.UpdateUserSettingsResponse, _abc.Awaitable[_orchestrator_pb2.UpdateUserSettingsResponse]]:
         """Updates a user's settings."""
 
-    @_abc_1.abstractmethod
     def CreateToolServer(
         self,
         request: _orchestrator_pb2.CreateToolServerRequest,
@@ -356,7 +333,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.CreateToolServerResponse, _abc.Awaitable[_orchestrator_pb2.CreateToolServerResponse]]:
         """Registers a backend implementing ToolService whose tools agents may call."""
 
-    @_abc_1.abstractmethod
     def GetToolServer(
         self,
         request: _orchestrator_pb2.GetToolServerRequest,
@@ -364,7 +340,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.GetToolServerResponse, _abc.Awaitable[_orchestrator_pb2.GetToolServerResponse]]:
         """Gets a registered tool server."""
 
-    @_abc_1.abstractmethod
     def ListToolServers(
         self,
         request: _orchestrator_pb2.ListToolServersRequest,
@@ -372,7 +347,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.ListToolServersResponse, _abc.Awaitable[_orchestrator_pb2.ListToolServersResponse]]:
         """Lists registered tool servers."""
 
-    @_abc_1.abstractmethod
     def DeleteToolServer(
         self,
         request: _orchestrator_pb2.DeleteToolServerRequest,
@@ -380,7 +354,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.DeleteToolServerResponse, _abc.Awaitable[_orchestrator_pb2.DeleteToolServerResponse]]:
         """Unregisters a tool server."""
 
-    @_abc_1.abstractmethod
     def ListTools(
         self,
         request: _orchestrator_pb2.ListToolsRequest,
@@ -388,7 +361,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.ListToolsResponse, _abc.Awaitable[_orchestrator_pb2.ListToolsResponse]]:
         """Lists every tool agents may be given: built-in ones and those of registered servers."""
 
-    @_abc_1.abstractmethod
     def ListModels(
         self,
         request: _orchestrator_pb2.ListModelsRequest,
@@ -396,7 +368,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.ListModelsResponse, _abc.Awaitable[_orchestrator_pb2.ListModelsResponse]]:
         """Lists the models (routes and deployments) the gateway serves."""
 
-    @_abc_1.abstractmethod
     def GetProviderStatus(
         self,
         request: _orchestrator_pb2.GetProviderStatusRequest,
@@ -404,7 +375,6 @@ class OrchestratorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_orchestrator_pb2.GetProviderStatusResponse, _abc.Awaitable[_orchestrator_pb2.GetProviderStatusResponse]]:
         """Reports the gateway's providers: health, circuit state, limits left."""
 
-    @_abc_1.abstractmethod
     def GetUsage(
         self,
         request: _orchestrator_pb2.GetUsageRequest,

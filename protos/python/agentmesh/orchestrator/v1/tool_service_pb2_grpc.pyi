@@ -56,14 +56,13 @@ class ToolServiceAsyncStub(ToolServiceStub):
     InvokeTool: _aio.UnaryUnaryMultiCallable[_tool_service_pb2.InvokeToolRequest, _tool_service_pb2.InvokeToolResponse]  # type: ignore[assignment]
     """Invokes one tool. Called with a deadline; should be idempotent for one request_id."""
 
-class ToolServiceServicer(metaclass=_abc_1.ABCMeta):
+class ToolServiceServicer:
     """Implemented by any backend that offers tools to agents. Register its address with
     OrchestratorService.CreateToolServer; the orchestrator lists its tools and invokes them
     when an allowed agent calls one. Errors are gRPC statuses; the model sees them as tool
     results, never as a crash of the session.
     """
 
-    @_abc_1.abstractmethod
     def ListTools(
         self,
         request: _tool_service_pb2.ToolServiceListToolsRequest,
@@ -71,7 +70,6 @@ class ToolServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_tool_service_pb2.ToolServiceListToolsResponse, _abc.Awaitable[_tool_service_pb2.ToolServiceListToolsResponse]]:
         """Lists the tools this server offers."""
 
-    @_abc_1.abstractmethod
     def InvokeTool(
         self,
         request: _tool_service_pb2.InvokeToolRequest,

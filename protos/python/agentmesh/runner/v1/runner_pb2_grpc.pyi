@@ -64,12 +64,11 @@ class LocalRunnerServiceAsyncStub(LocalRunnerServiceStub):
     GetStatus: _aio.UnaryUnaryMultiCallable[_runner_pb2.GetStatusRequest, _runner_pb2.GetStatusResponse]  # type: ignore[assignment]
     """Reports loaded models, memory, queue depth and recent throughput."""
 
-class LocalRunnerServiceServicer(metaclass=_abc_1.ABCMeta):
+class LocalRunnerServiceServicer:
     """The local runner: models on this host (MLX by default), one owner thread per model,
     bounded queues, keep-alive and prompt caching.
     """
 
-    @_abc_1.abstractmethod
     def Generate(
         self,
         request: _runner_pb2.GenerateRequest,
@@ -77,7 +76,6 @@ class LocalRunnerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_runner_pb2.GenerateResponse], _abc.AsyncIterator[_runner_pb2.GenerateResponse]]:
         """Streams one generation: `delta` events, then `finished` with exact token counts."""
 
-    @_abc_1.abstractmethod
     def ListModels(
         self,
         request: _runner_pb2.ListModelsRequest,
@@ -85,7 +83,6 @@ class LocalRunnerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_runner_pb2.ListModelsResponse, _abc.Awaitable[_runner_pb2.ListModelsResponse]]:
         """Lists the models this runner can serve and whether each is loaded."""
 
-    @_abc_1.abstractmethod
     def LoadModel(
         self,
         request: _runner_pb2.LoadModelRequest,
@@ -93,7 +90,6 @@ class LocalRunnerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_runner_pb2.LoadModelResponse, _abc.Awaitable[_runner_pb2.LoadModelResponse]]:
         """Loads a model now (otherwise it loads on first use)."""
 
-    @_abc_1.abstractmethod
     def UnloadModel(
         self,
         request: _runner_pb2.UnloadModelRequest,
@@ -101,7 +97,6 @@ class LocalRunnerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_runner_pb2.UnloadModelResponse, _abc.Awaitable[_runner_pb2.UnloadModelResponse]]:
         """Unloads a model, failing queued requests for it with UNAVAILABLE."""
 
-    @_abc_1.abstractmethod
     def GetStatus(
         self,
         request: _runner_pb2.GetStatusRequest,
