@@ -1,0 +1,56 @@
+# agentmesh front door. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.8
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+RUN := $(UV) run --frozen --all-packages
+BUF := tools/buf/node_modules/.bin/buf
+PYTHON_SOURCES := services clients tests bench tools
+TYPED_SOURCES := services/common/src services/memory/src services/inference-gateway/src \
+	services/local-runner/src services/orchestrator/src clients/python/src
+
+.PHONY: help setup run test lint fmt typecheck protos protos-check breaking clean
+
+help: ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+setup: ## Install uv (if missing), every Python package (locked) and buf (from npm, into tools/buf)
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
+		python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) sync --frozen --all-packages
+	npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error
+
+run: ## Start the four services on localhost (embedded default) and wait; Ctrl-C stops them
+	$(RUN) python -m agentmesh_client.mesh
+
+test: ## Run the whole test suite
+	$(RUN) pytest
+
+lint: ## ruff, mypy --strict on service code, buf lint
+	$(RUN) ruff check $(PYTHON_SOURCES)
+	$(RUN) ruff format --check $(PYTHON_SOURCES)
+	$(RUN) mypy $(TYPED_SOURCES)
+	cd protos && ../$(BUF) lint
+
+typecheck: ## mypy --strict only
+	$(RUN) mypy $(TYPED_SOURCES)
+
+fmt: ## Format and autofix Python code
+	$(RUN) ruff format $(PYTHON_SOURCES)
+	$(RUN) ruff check --fix $(PYTHON_SOURCES)
+
+protos: ## Regenerate protos/python from protos/ (after buf lint)
+	cd protos && ../$(BUF) lint
+	$(RUN) python tools/gen_protos.py
+
+protos-check: ## Fail if protos/python is not what the protos generate
+	$(RUN) python tools/gen_protos.py --check
+
+breaking: ## buf breaking against the previous commit (skipped with a reason when it has no protos)
+	@if git cat-file -e HEAD~1:protos/agentmesh 2>/dev/null; then \
+		cd protos && ../$(BUF) breaking --against '../.git#ref=HEAD~1,subdir=protos'; \
+	else echo "buf breaking: HEAD~1 has no protos/agentmesh, nothing to compare against"; fi
+
+clean: ## Remove caches and local data
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .data

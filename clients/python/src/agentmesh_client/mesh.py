@@ -1,0 +1,269 @@
+"""Start the four agentmesh services as child processes on localhost, and stop them cleanly.
+
+`python -m agentmesh_client.mesh` (what `make run` does) starts memory, local runner, gateway
+and orchestrator in dependency order, each on its default port, waits for every health check to
+answer SERVING, prints where each listens, writes their logs to `<data dir>/logs/<service>.log`,
+and on Ctrl-C or SIGTERM stops them in reverse order. A service that fails to start is reported
+with the last lines it printed, and nothing is left running.
+
+`ServiceProcess` is also what the test suite uses to run each service as a real process: it
+reads the bound port from the service's "service started" log line, so port 0 works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to launch one service."""
+
+    name: str
+    module: str
+    env_prefix: str
+    default_port: int
+    default_metrics_port: int
+
+
+MEMORY = ServiceSpec("memory", "agentmesh_memory", "AGENTMESH_MEMORY_", 50054, 9464)
+RUNNER = ServiceSpec("local-runner", "agentmesh_runner", "AGENTMESH_RUNNER_", 50053, 9463)
+GATEWAY = ServiceSpec("inference-gateway", "agentmesh_gateway", "AGENTMESH_GATEWAY_", 50052, 9462)
+ORCHESTRATOR = ServiceSpec(
+    "orchestrator", "agentmesh_orchestrator", "AGENTMESH_ORCHESTRATOR_", 50051, 9461
+)
+#: Start order: every service after the ones it calls.
+SERVICES: tuple[ServiceSpec, ...] = (MEMORY, RUNNER, GATEWAY, ORCHESTRATOR)
+
+
+class ServiceStartError(RuntimeError):
+    """A service exited or stayed silent before reporting that it started."""
+
+
+@dataclass
+class ServiceProcess:
+    """One service running as a child process."""
+
+    spec: ServiceSpec
+    env: Mapping[str, str]
+    log_path: Path | None = None
+    process: asyncio.subprocess.Process | None = None
+    port: int = 0
+    metrics_port: int | None = None
+    recent_output: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+    _pump: asyncio.Task[None] | None = None
+    _log_file: TextIO | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self, within_seconds: float = 60.0) -> None:
+        """Launch the process and wait for its "service started" line."""
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = self.log_path.open("a", encoding="utf-8")
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            self.spec.module,
+            env={**os.environ, **self.env},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        started: asyncio.Future[tuple[int, int | None]] = asyncio.get_running_loop().create_future()
+        self._pump = asyncio.create_task(self._read_output(started))
+        try:
+            self.port, self.metrics_port = await asyncio.wait_for(started, within_seconds)
+        except (TimeoutError, ServiceStartError) as exc:
+            await self.stop(grace=2.0)
+            output = "\n".join(self.recent_output) or "(no output)"
+            raise ServiceStartError(
+                f"{self.spec.name} did not start: {exc or 'timed out'}\n{output}"
+            ) from None
+
+    async def _read_output(self, started: asyncio.Future[tuple[int, int | None]]) -> None:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        async for raw in self.process.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.recent_output.append(line)
+            if self._log_file is not None:
+                self._log_file.write(line + "\n")
+                self._log_file.flush()
+            if not started.done():
+                ports = parse_started_line(line)
+                if ports is not None:
+                    started.set_result(ports)
+        if not started.done():
+            code = await self.process.wait()
+            started.set_exception(ServiceStartError(f"exited with code {code}"))
+
+    async def wait_healthy(self, within_seconds: float = 30.0) -> None:
+        """Poll the standard health service until it answers SERVING."""
+        deadline = asyncio.get_running_loop().time() + within_seconds
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                try:
+                    reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                if asyncio.get_running_loop().time() > deadline:
+                    raise ServiceStartError(f"{self.spec.name} never reported SERVING")
+                await asyncio.sleep(0.1)
+
+    async def stop(self, grace: float = 15.0) -> int | None:
+        """SIGTERM, wait up to `grace` seconds, then SIGKILL. Returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                await self.process.wait()
+        if self._pump is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._pump, 5.0)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return self.process.returncode
+
+
+def parse_started_line(line: str) -> tuple[int, int | None] | None:
+    """The (port, metrics_port) from a service's JSON "service started" log line, if it is one."""
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("message") != "service started":
+        return None
+    port = record.get("port")
+    metrics_port = record.get("metrics_port")
+    if not isinstance(port, int):
+        return None
+    return port, metrics_port if isinstance(metrics_port, int) else None
+
+
+def mesh_environment(
+    ports: Mapping[str, int], data_dir: Path, *, extra: Mapping[str, str] | None = None
+) -> dict[str, dict[str, str]]:
+    """Per-service environment wiring the services to each other on localhost."""
+    environments: dict[str, dict[str, str]] = {}
+    for spec in SERVICES:
+        env = {f"{spec.env_prefix}PORT": str(ports.get(spec.name, spec.default_port))}
+        environments[spec.name] = env
+    environments[MEMORY.name][f"{MEMORY.env_prefix}DATABASE_URL"] = (
+        f"sqlite+aiosqlite:///{data_dir / 'agentmesh.db'}"
+    )
+    environments[GATEWAY.name][f"{GATEWAY.env_prefix}RUNNER_TARGET"] = (
+        f"127.0.0.1:{ports.get(RUNNER.name, RUNNER.default_port)}"
+    )
+    orchestrator = environments[ORCHESTRATOR.name]
+    orchestrator[f"{ORCHESTRATOR.env_prefix}MEMORY_TARGET"] = (
+        f"127.0.0.1:{ports.get(MEMORY.name, MEMORY.default_port)}"
+    )
+    orchestrator[f"{ORCHESTRATOR.env_prefix}GATEWAY_TARGET"] = (
+        f"127.0.0.1:{ports.get(GATEWAY.name, GATEWAY.default_port)}"
+    )
+    for env in environments.values():
+        env.update(extra or {})
+    return environments
+
+
+async def start_mesh(
+    data_dir: Path,
+    *,
+    ports: Mapping[str, int] | None = None,
+    specs: Sequence[ServiceSpec] = SERVICES,
+) -> list[ServiceProcess]:
+    """Start the services in dependency order; on any failure stop what started and raise."""
+    chosen = {spec.name: spec.default_port for spec in specs} | dict(ports or {})
+    environments = mesh_environment(chosen, data_dir)
+    running: list[ServiceProcess] = []
+    try:
+        for spec in specs:
+            service = ServiceProcess(
+                spec, environments[spec.name], log_path=data_dir / "logs" / f"{spec.name}.log"
+            )
+            await service.start()
+            running.append(service)
+            await service.wait_healthy()
+    except BaseException:
+        await stop_mesh(running)
+        raise
+    return running
+
+
+async def stop_mesh(running: Sequence[ServiceProcess]) -> None:
+    """Stop services in reverse start order."""
+    for service in reversed(running):
+        await service.stop()
+
+
+async def _serve(data_dir: Path) -> int:
+    print(f"starting agentmesh on localhost (data in {data_dir})", flush=True)
+    try:
+        running = await start_mesh(data_dir)
+    except ServiceStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for service in running:
+        metrics = f", metrics on :{service.metrics_port}" if service.metrics_port else ""
+        print(f"  {service.spec.name:<18} {service.address}{metrics}", flush=True)
+    print(f"logs in {data_dir / 'logs'}; press Ctrl-C to stop", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    exited = [asyncio.create_task(s.process.wait()) for s in running if s.process is not None]
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([waiter, *exited], return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if waiter not in done:
+        dead = [s.spec.name for s in running if s.process and s.process.returncode is not None]
+        print(f"error: {', '.join(dead)} exited unexpectedly; stopping the mesh", file=sys.stderr)
+        code = 1
+    print("stopping agentmesh ...", flush=True)
+    await stop_mesh(running)
+    for task in [waiter, *exited]:
+        task.cancel()
+    print("stopped", flush=True)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the agentmesh services on localhost.")
+    parser.add_argument("--data-dir", type=Path, default=Path(".data"), help="state and logs")
+    args = parser.parse_args(argv)
+    data_dir: Path = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_serve(data_dir))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

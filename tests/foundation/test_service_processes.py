@@ -1,0 +1,154 @@
+"""Each of the four services as a real process: starts, serves health, reflection and metrics,
+answers unbuilt RPCs with a clear UNIMPLEMENTED, and exits 0 on SIGTERM with a stream open."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
+from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
+from agentmesh.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from agentmesh.runner.v1 import runner_pb2, runner_pb2_grpc
+from agentmesh_client.mesh import (
+    GATEWAY,
+    MEMORY,
+    ORCHESTRATOR,
+    RUNNER,
+    ServiceProcess,
+    ServiceSpec,
+)
+
+pytestmark = pytest.mark.slow
+
+GRACE_SECONDS = 3.0
+
+# One RPC per service that is not built yet, called through the generated stub.
+UnbuiltCall = Callable[[grpc.aio.Channel], "grpc.aio.UnaryUnaryCall[object, object]"]
+CASES: dict[str, tuple[ServiceSpec, str, str, UnbuiltCall]] = {
+    "memory": (
+        MEMORY,
+        "agentmesh.memory.v1.MemoryService",
+        "GetUsage",
+        lambda ch: memory_pb2_grpc.MemoryServiceStub(ch).GetUsage(memory_pb2.GetUsageRequest()),
+    ),
+    "local-runner": (
+        RUNNER,
+        "agentmesh.runner.v1.LocalRunnerService",
+        "GetStatus",
+        lambda ch: runner_pb2_grpc.LocalRunnerServiceStub(ch).GetStatus(
+            runner_pb2.GetStatusRequest()
+        ),
+    ),
+    "inference-gateway": (
+        GATEWAY,
+        "agentmesh.inference.v1.InferenceService",
+        "GetProviderStatus",
+        lambda ch: inference_pb2_grpc.InferenceServiceStub(ch).GetProviderStatus(
+            inference_pb2.GetProviderStatusRequest()
+        ),
+    ),
+    "orchestrator": (
+        ORCHESTRATOR,
+        "agentmesh.orchestrator.v1.OrchestratorService",
+        "GetUsage",
+        lambda ch: orchestrator_pb2_grpc.OrchestratorServiceStub(ch).GetUsage(
+            orchestrator_pb2.GetUsageRequest()
+        ),
+    ),
+}
+
+
+@pytest.fixture(params=sorted(CASES))
+async def service(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[ServiceProcess, str, str, UnbuiltCall]]:
+    spec, grpc_service, method, call = CASES[request.param]
+    prefix = spec.env_prefix
+    env = {
+        f"{prefix}PORT": "0",
+        f"{prefix}METRICS_PORT": "0",
+        f"{prefix}GRACE_SECONDS": str(GRACE_SECONDS),
+        f"{prefix}DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'test.db'}",
+        f"{prefix}MODELS_DIR": str(tmp_path / "models"),
+    }
+    process = ServiceProcess(spec, env, log_path=tmp_path / f"{spec.name}.log")
+    await process.start()
+    try:
+        yield process, grpc_service, method, call
+    finally:
+        await process.stop(grace=10)
+
+
+async def test_service_serves_health_reflection_metrics_and_clear_unimplemented(
+    service: tuple[ServiceProcess, str, str, UnbuiltCall],
+) -> None:
+    process, grpc_service, method, call = service
+    await process.wait_healthy(within_seconds=20)
+    async with grpc.aio.insecure_channel(process.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", grpc_service):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
+
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        listed = [s.name async for r in responses for s in r.list_services_response.service]
+        assert grpc_service in listed
+        assert "grpc.health.v1.Health" in listed
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(channel)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert caught.value.details() == f"/{grpc_service}/{method} is not implemented yet"
+
+    assert process.metrics_port is not None
+    url = f"http://127.0.0.1:{process.metrics_port}/metrics"
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    assert (
+        f'agentmesh_rpc_requests_total{{code="UNIMPLEMENTED",method="{method}",'
+        f'service="{grpc_service}"}} 1.0'
+    ) in body
+
+
+async def test_sigterm_with_an_open_stream_exits_zero_within_grace(
+    service: tuple[ServiceProcess, str, str, UnbuiltCall],
+) -> None:
+    process, grpc_service, _, _ = service
+    await process.wait_healthy(within_seconds=20)
+    async with grpc.aio.insecure_channel(process.address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=grpc_service)
+        )
+        first = await watch.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+        assert process.process is not None
+        started = time.monotonic()
+        process.process.terminate()
+
+        seen: list[int] = []
+        ended_with: grpc.StatusCode | None = None
+        try:
+            async with asyncio.timeout(GRACE_SECONDS + 10):
+                while (update := await watch.read()) is not grpc.aio.EOF:
+                    seen.append(update.status)
+        except grpc.aio.AioRpcError as exc:
+            ended_with = exc.code()
+        code = await asyncio.wait_for(process.process.wait(), GRACE_SECONDS + 10)
+        elapsed = time.monotonic() - started
+
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in seen
+    assert ended_with in (None, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    assert code == 0
+    assert elapsed < GRACE_SECONDS + 5, f"took {elapsed:.1f}s to exit"
