@@ -1,0 +1,1 @@
+"""Orchestration logic that needs no I/O: prompt templates, agent defaults, plans."""

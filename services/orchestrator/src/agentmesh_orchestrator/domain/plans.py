@@ -1,0 +1,153 @@
+"""Plans a planner agent writes: parsed from the model's text, validated, and scheduled.
+
+The planner answers with JSON matching `PLAN_SCHEMA` (sent to the gateway as the response
+schema). `parse_plan` accepts the JSON bare or inside a Markdown code fence, validates it
+against the schema, then checks what a schema cannot: unique task ids, dependencies that
+exist, no cycles, and the session's bound on plan size. Every problem is a `PlanRejected`
+naming the offending part, so the strategy can ask the planner again with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+AGENT_TYPES = ("executor", "research", "synthesis", "validation", "critic")
+
+PLAN_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["rationale", "tasks"],
+    "properties": {
+        "rationale": {"type": "string", "maxLength": 2000},
+        "tasks": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["id", "description"],
+                "properties": {
+                    "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"},
+                    "description": {"type": "string", "minLength": 1, "maxLength": 4000},
+                    "agent_type": {"enum": list(AGENT_TYPES)},
+                    "depends_on": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "uniqueItems": True,
+                    },
+                    "priority": {"type": "integer", "minimum": 0, "maximum": 100},
+                },
+            },
+        },
+    },
+}
+_VALIDATOR = jsonschema.Draft202012Validator(PLAN_SCHEMA)
+_FENCE = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.DOTALL)
+
+
+class PlanRejected(ValueError):
+    """The planner's answer is not a usable plan; the message says why, for the planner."""
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    """One task of a validated plan."""
+
+    task_id: str
+    description: str
+    agent_type: str
+    depends_on: tuple[str, ...]
+    priority: int
+
+
+@dataclass(frozen=True)
+class PlanDraft:
+    """A validated plan, tasks in an order where dependencies come first."""
+
+    rationale: str
+    tasks: tuple[PlannedTask, ...]
+
+
+def parse_plan(text: str, *, max_tasks: int) -> PlanDraft:
+    """Parse and validate a planner's answer."""
+    document = _load_json(text)
+    errors = sorted(_VALIDATOR.iter_errors(document), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = "/".join(str(p) for p in first.absolute_path) or "plan"
+        raise PlanRejected(f"{where}: {first.message}")
+    raw_tasks: Sequence[Mapping[str, Any]] = document["tasks"]
+    if len(raw_tasks) > max_tasks:
+        raise PlanRejected(f"tasks: {len(raw_tasks)} tasks exceed the limit of {max_tasks}")
+    tasks = [
+        PlannedTask(
+            task_id=raw["id"],
+            description=raw["description"],
+            agent_type=raw.get("agent_type", "executor"),
+            depends_on=tuple(raw.get("depends_on", ())),
+            priority=int(raw.get("priority", 0)),
+        )
+        for raw in raw_tasks
+    ]
+    return PlanDraft(rationale=document["rationale"], tasks=_dependency_order(tasks))
+
+
+def ready_tasks(
+    plan: PlanDraft, done: frozenset[str], started: frozenset[str]
+) -> list[PlannedTask]:
+    """Tasks not yet started whose dependencies are all done, highest priority first."""
+    ready = [
+        task
+        for task in plan.tasks
+        if task.task_id not in started and all(dep in done for dep in task.depends_on)
+    ]
+    return sorted(ready, key=lambda task: -task.priority)
+
+
+def _load_json(text: str) -> Any:
+    candidate = text.strip()
+    fenced = _FENCE.search(candidate)
+    if fenced is not None:
+        candidate = fenced.group(1)
+    try:
+        return json.loads(candidate)
+    except ValueError as exc:
+        raise PlanRejected(f"plan: not valid JSON ({exc})") from None
+
+
+def _dependency_order(tasks: list[PlannedTask]) -> tuple[PlannedTask, ...]:
+    by_id: dict[str, PlannedTask] = {}
+    for task in tasks:
+        if task.task_id in by_id:
+            raise PlanRejected(f"tasks/{task.task_id}: duplicate task id")
+        by_id[task.task_id] = task
+    for task in tasks:
+        for dep in task.depends_on:
+            if dep not in by_id:
+                raise PlanRejected(f"tasks/{task.task_id}: depends on unknown task {dep!r}")
+            if dep == task.task_id:
+                raise PlanRejected(f"tasks/{task.task_id}: depends on itself")
+    ordered: list[PlannedTask] = []
+    state: dict[str, str] = {}
+
+    def visit(task: PlannedTask, path: tuple[str, ...]) -> None:
+        if state.get(task.task_id) == "done":
+            return
+        if state.get(task.task_id) == "visiting":
+            cycle = " -> ".join((*path[path.index(task.task_id) :], task.task_id))
+            raise PlanRejected(f"tasks: dependency cycle {cycle}")
+        state[task.task_id] = "visiting"
+        for dep in task.depends_on:
+            visit(by_id[dep], (*path, task.task_id))
+        state[task.task_id] = "done"
+        ordered.append(task)
+
+    for task in tasks:
+        visit(task, ())
+    return tuple(ordered)
