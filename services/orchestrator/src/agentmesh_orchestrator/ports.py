@@ -1,0 +1,77 @@
+"""What the orchestration logic needs from the outside world, as protocols.
+
+Adapters implement them over gRPC (the memory service, the inference gateway, tool servers);
+tests implement them in memory. Values crossing these ports are the contract's own protobuf
+messages (`agentmesh.common.v1`, `agentmesh.memory.v1`, `agentmesh.inference.v1`): they are
+typed, already validated at the edge, and what the adapters send on anyway. Every method takes
+the tenant explicitly; nothing here reads ambient state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from agentmesh.common.v1 import events_pb2, generation_pb2, sessions_pb2
+from agentmesh.inference.v1 import inference_pb2
+from agentmesh.memory.v1 import memory_pb2
+
+
+class SessionStore(Protocol):
+    """Durable session state (the memory service)."""
+
+    async def append_events(
+        self, tenant: str, session: str, events: Sequence[events_pb2.SessionEvent]
+    ) -> int:
+        """Store events atomically; return the seq assigned to the last one."""
+        ...
+
+    async def append_messages(
+        self, tenant: str, session: str, messages: Sequence[memory_pb2.StoredMessage]
+    ) -> None:
+        """Add messages to the session's conversation."""
+        ...
+
+    async def recent_messages(
+        self, tenant: str, session: str, newest: int
+    ) -> list[memory_pb2.StoredMessage]:
+        """The newest messages of the conversation, oldest first."""
+        ...
+
+    async def update_session(
+        self, tenant: str, session: sessions_pb2.Session, fields: Sequence[str]
+    ) -> sessions_pb2.Session:
+        """Change the named fields of a session."""
+        ...
+
+    async def create_tasks(
+        self, tenant: str, session: str, tasks: Sequence[sessions_pb2.Task]
+    ) -> list[sessions_pb2.Task]:
+        """Store a plan's tasks."""
+        ...
+
+    async def update_task(
+        self, tenant: str, task: sessions_pb2.Task, fields: Sequence[str]
+    ) -> sessions_pb2.Task:
+        """Change the named fields of a task."""
+        ...
+
+    async def record_execution(self, tenant: str, execution: memory_pb2.Execution) -> None:
+        """Record one model call in the usage ledger."""
+        ...
+
+    async def find_execution(
+        self, tenant: str, idempotency_key: str
+    ) -> memory_pb2.Execution | None:
+        """A recorded call with this idempotency key, if any."""
+        ...
+
+
+class ModelGateway(Protocol):
+    """Streaming model calls (the inference gateway)."""
+
+    def generate(
+        self, tenant: str, request: inference_pb2.GenerateRequest
+    ) -> AsyncIterator[generation_pb2.GenerateEvent]:
+        """Stream one generation's events; cancelling the iteration cancels the call."""
+        ...

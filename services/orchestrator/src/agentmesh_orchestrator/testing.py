@@ -1,0 +1,205 @@
+"""In-memory stand-ins for the orchestrator's ports, for unit tests and benchmarks.
+
+`InMemorySessionStore` keeps what the memory service would, with the same seq rules.
+`ScriptedGateway` answers each model call from a function of the request, streaming the
+reply in chunks exactly as the gateway's normalized events do. Integration tests use the
+real memory service and gateway instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+
+from google.protobuf import struct_pb2
+from google.rpc import status_pb2
+
+from agentmesh.common.v1 import events_pb2, generation_pb2, messages_pb2, sessions_pb2
+from agentmesh.inference.v1 import inference_pb2
+from agentmesh.memory.v1 import memory_pb2
+
+
+class InMemorySessionStore:
+    """A `SessionStore` in a dict, per tenant."""
+
+    def __init__(self) -> None:
+        self.events: dict[tuple[str, str], list[events_pb2.SessionEvent]] = defaultdict(list)
+        self.messages: dict[tuple[str, str], list[memory_pb2.StoredMessage]] = defaultdict(list)
+        self.sessions: dict[tuple[str, str], sessions_pb2.Session] = {}
+        self.tasks: dict[tuple[str, str], sessions_pb2.Task] = {}
+        self.executions: dict[tuple[str, str], memory_pb2.Execution] = {}
+        self.appended = asyncio.Condition()
+
+    async def append_events(
+        self, tenant: str, session: str, events: Sequence[events_pb2.SessionEvent]
+    ) -> int:
+        log = self.events[(tenant, session)]
+        for event in events:
+            stored = events_pb2.SessionEvent()
+            stored.CopyFrom(event)
+            stored.seq = len(log) + 1
+            log.append(stored)
+        async with self.appended:
+            self.appended.notify_all()
+        return len(log)
+
+    async def append_messages(
+        self, tenant: str, session: str, messages: Sequence[memory_pb2.StoredMessage]
+    ) -> None:
+        self.messages[(tenant, session)].extend(messages)
+
+    async def recent_messages(
+        self, tenant: str, session: str, newest: int
+    ) -> list[memory_pb2.StoredMessage]:
+        return list(self.messages[(tenant, session)][-newest:]) if newest > 0 else []
+
+    async def update_session(
+        self, tenant: str, session: sessions_pb2.Session, fields: Sequence[str]
+    ) -> sessions_pb2.Session:
+        stored = self.sessions.get((tenant, session.name))
+        if stored is None:
+            stored = sessions_pb2.Session()
+            stored.CopyFrom(session)
+            self.sessions[(tenant, session.name)] = stored
+        for name in fields:
+            setattr_field(stored, session, name)
+        return stored
+
+    async def create_tasks(
+        self, tenant: str, session: str, tasks: Sequence[sessions_pb2.Task]
+    ) -> list[sessions_pb2.Task]:
+        created = []
+        for task in tasks:
+            stored = sessions_pb2.Task()
+            stored.CopyFrom(task)
+            stored.name = f"{session}/tasks/{task.task_id}"
+            self.tasks[(tenant, stored.name)] = stored
+            created.append(stored)
+        return created
+
+    async def update_task(
+        self, tenant: str, task: sessions_pb2.Task, fields: Sequence[str]
+    ) -> sessions_pb2.Task:
+        stored = self.tasks[(tenant, task.name)]
+        for name in fields:
+            setattr_field(stored, task, name)
+        return stored
+
+    async def record_execution(self, tenant: str, execution: memory_pb2.Execution) -> None:
+        key = (tenant, execution.idempotency_key)
+        if execution.idempotency_key and key in self.executions:
+            return
+        self.executions[key] = execution
+
+    async def find_execution(
+        self, tenant: str, idempotency_key: str
+    ) -> memory_pb2.Execution | None:
+        return self.executions.get((tenant, idempotency_key))
+
+
+def setattr_field(target: object, source: object, name: str) -> None:
+    """Copy one field (scalar, message or repeated) from `source` to `target`."""
+    descriptor = target.DESCRIPTOR.fields_by_name[name]  # type: ignore[attr-defined]
+    if descriptor.is_repeated:
+        target_field = getattr(target, name)
+        del target_field[:]
+        target_field.extend(getattr(source, name))
+    elif descriptor.message_type is not None:
+        getattr(target, name).CopyFrom(getattr(source, name))
+    else:
+        setattr(target, name, getattr(source, name))
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the scripted model answers to one call."""
+
+    text: str = ""
+    tool_calls: Sequence[messages_pb2.ToolCall] = ()
+    chunks: int = 4
+    finish_reason: generation_pb2.FinishReason.ValueType = generation_pb2.FINISH_REASON_STOP
+    delay_seconds: float = 0.0
+    structured: struct_pb2.Struct | None = None
+    error: status_pb2.Status | None = None
+
+
+Script = Callable[[inference_pb2.GenerateRequest], Reply]
+
+
+@dataclass
+class ScriptedGateway:
+    """A `ModelGateway` whose answers come from `script`; records every request it got."""
+
+    script: Script
+    requests: list[inference_pb2.GenerateRequest] = field(default_factory=list)
+    price_micros_per_token: int = 1
+
+    async def generate(
+        self, tenant: str, request: inference_pb2.GenerateRequest
+    ) -> AsyncIterator[generation_pb2.GenerateEvent]:
+        self.requests.append(request)
+        reply = self.script(request)
+        yield generation_pb2.GenerateEvent(
+            attempt_started=generation_pb2.AttemptStarted(
+                provider="scripted", model="scripted-1", attempt=1, deployment="scripted"
+            )
+        )
+        if reply.error is not None:
+            # What the real gateway streams when every deployment failed.
+            yield generation_pb2.GenerateEvent(
+                attempt_failed=generation_pb2.AttemptFailed(
+                    error=reply.error, retryable=False, will_fall_back=False, attempt=1
+                )
+            )
+            return
+        pieces = _split(reply.text, reply.chunks)
+        for piece in pieces:
+            if reply.delay_seconds:
+                await asyncio.sleep(reply.delay_seconds / max(len(pieces), 1))
+            yield generation_pb2.GenerateEvent(delta=generation_pb2.Delta(text=piece))
+        prompt_tokens = sum(len(m.content) // 4 + 4 for m in request.messages)
+        completion_tokens = max(len(reply.text) // 4, 1)
+        usage = generation_pb2.Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            cost_micros_usd=(prompt_tokens + completion_tokens) * self.price_micros_per_token,
+        )
+        finished = generation_pb2.Finished(
+            finish_reason=(
+                generation_pb2.FINISH_REASON_TOOL_CALLS if reply.tool_calls else reply.finish_reason
+            ),
+            usage=usage,
+            provider="scripted",
+            model="scripted-1",
+            tool_calls=reply.tool_calls,
+            text=reply.text,
+        )
+        if reply.structured is not None:
+            finished.structured_output.CopyFrom(reply.structured)
+        yield generation_pb2.GenerateEvent(finished=finished)
+
+
+def _split(text: str, chunks: int) -> list[str]:
+    if not text:
+        return []
+    size = max(len(text) // max(chunks, 1), 1)
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def system_prompt(request: inference_pb2.GenerateRequest) -> str:
+    """The system prompt of a request (scripts answer by agent)."""
+    for message in request.messages:
+        if message.role == messages_pb2.ROLE_SYSTEM:
+            return message.content
+    return ""
+
+
+def last_user_content(request: inference_pb2.GenerateRequest) -> str:
+    """The last user message of a request."""
+    for message in reversed(request.messages):
+        if message.role == messages_pb2.ROLE_USER:
+            return message.content
+    return ""

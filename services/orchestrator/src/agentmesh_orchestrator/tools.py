@@ -1,0 +1,215 @@
+"""Tools agents may call: the built-in ones here, external ones through `ToolService` servers.
+
+A tool has a permission (READ_ONLY or READ_WRITE). An agent is offered only the tools its
+definition names and its situation allows (executors inside a plan get READ_ONLY tools only).
+A call to anything else is refused before anything runs; the refusal, like any tool error,
+reaches the model as a tool result, never as a crash of the session.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import datetime as dt
+import json
+import math
+import operator
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
+
+from google.protobuf import struct_pb2
+from google.protobuf.json_format import MessageToDict, ParseDict
+
+from agentmesh.common.v1 import messages_pb2, tools_pb2
+
+READ_ONLY = tools_pb2.TOOL_PERMISSION_READ_ONLY
+READ_WRITE = tools_pb2.TOOL_PERMISSION_READ_WRITE
+
+ToolHandler = Callable[["ToolCallContext", struct_pb2.Struct], Awaitable[struct_pb2.Struct]]
+
+
+class ToolError(Exception):
+    """A tool failed; `code` is a google.rpc.Code name such as PERMISSION_DENIED."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ToolCallContext:
+    """Who is calling a tool."""
+
+    tenant: str
+    session: str
+    agent: str
+    tool_call_id: str
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A callable tool and its spec."""
+
+    spec: tools_pb2.ToolSpec
+    handler: ToolHandler
+    timeout_seconds: float = 30.0
+
+
+def _schema(properties: Mapping[str, object], required: Collection[str]) -> struct_pb2.Struct:
+    document = {"type": "object", "properties": dict(properties), "required": list(required)}
+    return ParseDict(document, struct_pb2.Struct())
+
+
+def _result(**values: str | float) -> struct_pb2.Struct:
+    result = struct_pb2.Struct()
+    result.update(values)
+    return result
+
+
+_BINARY = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_UNARY: Mapping[type[ast.unaryop], Callable[[float], float]] = {
+    ast.USub: operator.neg,
+    ast.UAdd: operator.pos,
+}
+_FUNCTIONS: Mapping[str, Callable[..., float]] = {
+    "sqrt": math.sqrt,
+    "log": math.log,
+    "exp": math.exp,
+    "sin": math.sin,
+    "cos": math.cos,
+    "tan": math.tan,
+    "abs": abs,
+    "round": round,
+    "min": min,
+    "max": max,
+}
+_CONSTANTS = {"pi": math.pi, "e": math.e}
+
+
+def evaluate_arithmetic(expression: str) -> float:
+    """Evaluate arithmetic safely (numbers, + - * / // % **, a few math functions)."""
+    if len(expression) > 500:
+        raise ToolError("INVALID_ARGUMENT", "expression longer than 500 characters")
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError as exc:
+        raise ToolError("INVALID_ARGUMENT", f"not an arithmetic expression: {exc.msg}") from None
+
+    def walk(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return walk(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return float(node.value)
+        if isinstance(node, ast.Name) and node.id in _CONSTANTS:
+            return _CONSTANTS[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+            left, right = walk(node.left), walk(node.right)
+            if isinstance(node.op, ast.Pow) and abs(right) > 1000:
+                raise ToolError("INVALID_ARGUMENT", "exponent too large")
+            return float(_BINARY[type(node.op)](left, right))
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+            return float(_UNARY[type(node.op)](walk(node.operand)))
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCTIONS
+            and not node.keywords
+        ):
+            return float(_FUNCTIONS[node.func.id](*(walk(arg) for arg in node.args)))
+        raise ToolError("INVALID_ARGUMENT", f"unsupported element {type(node).__name__}")
+
+    try:
+        return walk(tree)
+    except (ArithmeticError, ValueError, TypeError) as exc:
+        raise ToolError("INVALID_ARGUMENT", f"cannot evaluate: {exc}") from None
+
+
+async def _calculator(_: ToolCallContext, arguments: struct_pb2.Struct) -> struct_pb2.Struct:
+    expression = arguments.fields["expression"].string_value
+    value = evaluate_arithmetic(expression)
+    return _result(expression=expression, value=value)
+
+
+async def _current_time(_: ToolCallContext, arguments: struct_pb2.Struct) -> struct_pb2.Struct:
+    now = dt.datetime.now(dt.UTC)
+    return _result(utc=now.isoformat(timespec="seconds"), unix_seconds=math.floor(now.timestamp()))
+
+
+def builtin_tools() -> dict[str, Tool]:
+    """The tools every agentmesh has, by name (memory tools are added by the app)."""
+    return {
+        "calculator": Tool(
+            tools_pb2.ToolSpec(
+                name="calculator",
+                description="Evaluate an arithmetic expression, e.g. '2 * (3 + 4) / sqrt(2)'.",
+                parameters_schema=_schema(
+                    {"expression": {"type": "string", "description": "the expression"}},
+                    ["expression"],
+                ),
+                permission=READ_ONLY,
+            ),
+            _calculator,
+        ),
+        "current_time": Tool(
+            tools_pb2.ToolSpec(
+                name="current_time",
+                description="The current date and time in UTC.",
+                parameters_schema=_schema({}, []),
+                permission=READ_ONLY,
+            ),
+            _current_time,
+        ),
+    }
+
+
+class ToolBox:
+    """The tools one agent may use in one situation, and the only way to call them."""
+
+    def __init__(self, tools: Mapping[str, Tool], allowed: Collection[str], *, read_only: bool):
+        self._tools = tools
+        self._allowed = frozenset(
+            name
+            for name in allowed
+            if name in tools and (not read_only or tools[name].spec.permission == READ_ONLY)
+        )
+
+    @property
+    def specs(self) -> list[tools_pb2.ToolSpec]:
+        """What the model is offered."""
+        return [self._tools[name].spec for name in sorted(self._allowed)]
+
+    async def call(
+        self, context: ToolCallContext, call: messages_pb2.ToolCall
+    ) -> struct_pb2.Struct:
+        """Run an allowed tool with its deadline; raise `ToolError` otherwise."""
+        if call.name not in self._allowed:
+            raise ToolError(
+                "PERMISSION_DENIED", f"tool {call.name!r} is not available to this agent"
+            )
+        tool = self._tools[call.name]
+        try:
+            async with asyncio.timeout(tool.timeout_seconds):
+                return await tool.handler(context, call.arguments)
+        except TimeoutError:
+            raise ToolError(
+                "DEADLINE_EXCEEDED", f"tool {call.name!r} took longer than {tool.timeout_seconds}s"
+            ) from None
+
+
+def struct_to_json_text(value: struct_pb2.Struct) -> str:
+    """A tool result as the JSON text a model reads."""
+    return json.dumps(MessageToDict(value), separators=(",", ":"), sort_keys=True)
+
+
+def json_to_struct(value: Mapping[str, object]) -> struct_pb2.Struct:
+    """A JSON object as a Struct."""
+    return ParseDict(dict(value), struct_pb2.Struct())

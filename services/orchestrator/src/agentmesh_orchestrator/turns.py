@@ -1,0 +1,356 @@
+"""One agent turn: assemble the context, stream the model, run tool calls, record it all.
+
+A turn is a loop of model calls: each call streams text (stored as batched
+`content_delta` events); when the model asks for tools, each call is checked against the
+agent's `ToolBox`, run, and answered with a tool message before the model is called again.
+Each model call has an idempotency key derived from the turn's key; a call the usage ledger
+already holds as succeeded (a replica died after it) is not repeated: its recorded answer is
+used instead.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from google.protobuf import duration_pb2, struct_pb2
+from google.rpc import code_pb2, status_pb2
+
+from agentmesh.common.v1 import events_pb2, generation_pb2, messages_pb2, tools_pb2
+from agentmesh.inference.v1 import inference_pb2
+from agentmesh.memory.v1 import memory_pb2
+
+from .agents import SessionAgent
+from .events import EventRecorder
+from .ports import ModelGateway, SessionStore
+from .tools import ToolBox, ToolCallContext, ToolError, struct_to_json_text
+
+DEFAULT_MAX_TOOL_ROUNDS = 8
+
+
+class TurnFailed(Exception):
+    """A model call failed for good (after the gateway's own retries and fallbacks)."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self.status = status
+
+
+@dataclass
+class UsageMeter:
+    """Usage billed so far in a session."""
+
+    total: generation_pb2.Usage = field(default_factory=generation_pb2.Usage)
+
+    def add(self, usage: generation_pb2.Usage) -> None:
+        self.total.prompt_tokens += usage.prompt_tokens
+        self.total.completion_tokens += usage.completion_tokens
+        self.total.total_tokens += usage.total_tokens
+        self.total.cached_prompt_tokens += usage.cached_prompt_tokens
+        self.total.reasoning_tokens += usage.reasoning_tokens
+        self.total.cost_micros_usd += usage.cost_micros_usd
+        self.total.estimated = self.total.estimated or usage.estimated
+
+    def snapshot(self) -> generation_pb2.Usage:
+        copy = generation_pb2.Usage()
+        copy.CopyFrom(self.total)
+        return copy
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one agent is asked to do."""
+
+    agent: SessionAgent
+    prompt: str
+    history: Sequence[messages_pb2.Message]
+    tools: ToolBox
+    idempotency_key: str
+    task_id: str = ""
+    round: int = 0
+    response_schema: struct_pb2.Struct | None = None
+
+
+@dataclass(frozen=True)
+class TurnOutcome:
+    """What a turn produced."""
+
+    text: str
+    message: messages_pb2.Message
+    usage: generation_pb2.Usage
+    finish_reason: generation_pb2.FinishReason.ValueType
+    structured: struct_pb2.Struct | None
+    new_messages: tuple[messages_pb2.Message, ...]
+
+
+@dataclass(frozen=True)
+class _CallResult:
+    finished: generation_pb2.Finished
+    reused: bool
+
+
+class TurnRunner:
+    """Runs agent turns for one session."""
+
+    def __init__(
+        self,
+        *,
+        gateway: ModelGateway,
+        store: SessionStore,
+        recorder: EventRecorder,
+        meter: UsageMeter,
+        tenant: str,
+        session: str,
+        max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+    ) -> None:
+        self._gateway = gateway
+        self._store = store
+        self._recorder = recorder
+        self._meter = meter
+        self._tenant = tenant
+        self._session = session
+        self._max_tool_rounds = max_tool_rounds
+
+    async def run(self, turn: Turn) -> TurnOutcome:
+        """Run the turn to its final message; raise `TurnFailed` if a model call fails."""
+        agent = turn.agent
+        definition = agent.definition
+        system = definition.prompts.system
+        if definition.prompts.context_instructions:
+            system = f"{system}\n\n{definition.prompts.context_instructions}"
+        conversation: list[messages_pb2.Message] = [
+            messages_pb2.Message(role=messages_pb2.ROLE_SYSTEM, content=system),
+            *turn.history,
+            messages_pb2.Message(role=messages_pb2.ROLE_USER, content=turn.prompt),
+        ]
+        new_messages: list[messages_pb2.Message] = []
+        usage = UsageMeter()
+        specs = turn.tools.specs
+        for call_index in range(self._max_tool_rounds + 1):
+            offer_tools = specs if call_index < self._max_tool_rounds else []
+            message_id = uuid.uuid4().hex
+            result = await self._call_model(
+                turn, conversation, offer_tools, f"{turn.idempotency_key}/{call_index}", message_id
+            )
+            finished = result.finished
+            usage.add(finished.usage)
+            self._meter.add(finished.usage)
+            reply = messages_pb2.Message(
+                role=messages_pb2.ROLE_ASSISTANT,
+                content=finished.text,
+                name=agent.label,
+                tool_calls=finished.tool_calls,
+            )
+            conversation.append(reply)
+            new_messages.append(reply)
+            if not finished.tool_calls or call_index == self._max_tool_rounds:
+                await self._recorder.emit(
+                    events_pb2.SessionEvent(
+                        agent=agent.name,
+                        task_id=turn.task_id,
+                        message_id=message_id,
+                        message_completed=events_pb2.MessageCompleted(
+                            message=reply,
+                            usage=usage.snapshot(),
+                            finish_reason=finished.finish_reason,
+                            provider=finished.provider,
+                        ),
+                    )
+                )
+                return TurnOutcome(
+                    text=finished.text,
+                    message=reply,
+                    usage=usage.snapshot(),
+                    finish_reason=finished.finish_reason,
+                    structured=(
+                        finished.structured_output
+                        if finished.HasField("structured_output")
+                        else None
+                    ),
+                    new_messages=tuple(new_messages),
+                )
+            for call in finished.tool_calls:
+                answer = await self._run_tool(turn, call, message_id)
+                conversation.append(answer)
+                new_messages.append(answer)
+        raise AssertionError("unreachable: the last model call is offered no tools")
+
+    async def _call_model(
+        self,
+        turn: Turn,
+        conversation: Sequence[messages_pb2.Message],
+        tools: Sequence[tools_pb2.ToolSpec],
+        key: str,
+        message_id: str,
+    ) -> _CallResult:
+        agent = turn.agent
+        model = agent.definition.model
+        await self._recorder.emit(
+            events_pb2.SessionEvent(
+                agent=agent.name,
+                task_id=turn.task_id,
+                message_id=message_id,
+                message_started=events_pb2.MessageStarted(
+                    model=model.route or f"{model.provider}/{model.model}", round=turn.round
+                ),
+            )
+        )
+        recorded = await self._store.find_execution(self._tenant, key)
+        if recorded is not None and recorded.outcome == memory_pb2.EXECUTION_OUTCOME_SUCCEEDED:
+            finished = generation_pb2.Finished(
+                finish_reason=(
+                    generation_pb2.FINISH_REASON_TOOL_CALLS
+                    if recorded.response.tool_calls
+                    else generation_pb2.FINISH_REASON_STOP
+                ),
+                usage=recorded.usage,
+                provider=recorded.provider,
+                model=recorded.model,
+                tool_calls=recorded.response.tool_calls,
+                text=recorded.response.content,
+            )
+            return _CallResult(finished=finished, reused=True)
+
+        request = inference_pb2.GenerateRequest(
+            route=model.route,
+            provider=model.provider,
+            model=model.model,
+            messages=conversation,
+            tools=tools,
+            config=agent.definition.generation,
+            idempotency_key=key,
+            session=self._session,
+            agent=agent.name,
+        )
+        if turn.response_schema is not None:
+            request.config.response_schema.CopyFrom(turn.response_schema)
+        started = time.monotonic()
+        first_token: float | None = None
+        attempt = 0
+        finished_event: generation_pb2.Finished | None = None
+        failure: status_pb2.Status | None = None
+        async for event in self._gateway.generate(self._tenant, request):
+            kind = event.WhichOneof("event")
+            if kind == "delta":
+                if first_token is None:
+                    first_token = time.monotonic()
+                delta = event.delta
+                which = delta.WhichOneof("delta")
+                if which == "text":
+                    await self._recorder.delta(
+                        agent=agent.name,
+                        message_id=message_id,
+                        text=delta.text,
+                        task_id=turn.task_id,
+                    )
+                elif which == "thinking":
+                    await self._recorder.delta(
+                        agent=agent.name,
+                        message_id=message_id,
+                        text=delta.thinking,
+                        thinking=True,
+                        task_id=turn.task_id,
+                    )
+            elif kind == "attempt_started":
+                attempt = event.attempt_started.attempt
+            elif kind == "restart":
+                # The gateway falls back after streaming: what was streamed under this message
+                # id is abandoned (it never completes); the answer streams under a new id.
+                await self._recorder.flush()
+                message_id = uuid.uuid4().hex
+                await self._recorder.emit(
+                    events_pb2.SessionEvent(
+                        agent=agent.name,
+                        task_id=turn.task_id,
+                        message_id=message_id,
+                        message_started=events_pb2.MessageStarted(
+                            model=model.route or f"{model.provider}/{model.model}",
+                            round=turn.round,
+                        ),
+                    )
+                )
+            elif kind == "finished":
+                finished_event = event.finished
+            elif kind == "attempt_failed" and not event.attempt_failed.will_fall_back:
+                failure = event.attempt_failed.error
+        await self._recorder.flush()
+        latency = time.monotonic() - started
+        execution = memory_pb2.Execution(
+            session=self._session,
+            agent=agent.name,
+            task_id=turn.task_id,
+            route=model.route,
+            attempt=attempt,
+            idempotency_key=key,
+            latency=_duration(latency),
+        )
+        if first_token is not None:
+            execution.time_to_first_token.CopyFrom(_duration(first_token - started))
+        if finished_event is None:
+            status = failure or status_pb2.Status(
+                code=code_pb2.UNAVAILABLE, message="the model stream ended without an answer"
+            )
+            execution.outcome = memory_pb2.EXECUTION_OUTCOME_FAILED
+            execution.error.CopyFrom(status)
+            await self._store.record_execution(self._tenant, execution)
+            raise TurnFailed(status)
+        execution.provider = finished_event.provider
+        execution.model = finished_event.model
+        execution.usage.CopyFrom(finished_event.usage)
+        execution.outcome = memory_pb2.EXECUTION_OUTCOME_SUCCEEDED
+        execution.response.CopyFrom(
+            messages_pb2.Message(
+                role=messages_pb2.ROLE_ASSISTANT,
+                content=finished_event.text,
+                name=agent.label,
+                tool_calls=finished_event.tool_calls,
+            )
+        )
+        await self._store.record_execution(self._tenant, execution)
+        return _CallResult(finished=finished_event, reused=False)
+
+    async def _run_tool(
+        self, turn: Turn, call: messages_pb2.ToolCall, message_id: str
+    ) -> messages_pb2.Message:
+        agent = turn.agent
+        await self._recorder.emit(
+            events_pb2.SessionEvent(
+                agent=agent.name,
+                task_id=turn.task_id,
+                message_id=message_id,
+                tool_call=events_pb2.ToolCallEvent(call=call),
+            )
+        )
+        result_event = events_pb2.ToolResult(tool_call_id=call.id, tool_name=call.name)
+        context = ToolCallContext(
+            tenant=self._tenant, session=self._session, agent=agent.name, tool_call_id=call.id
+        )
+        try:
+            result = await turn.tools.call(context, call)
+            result_event.result.CopyFrom(result)
+            content = struct_to_json_text(result)
+        except ToolError as exc:
+            result_event.error.CopyFrom(
+                status_pb2.Status(code=code_pb2.Code.Value(exc.code), message=exc.message)
+            )
+            content = json.dumps({"error": {"code": exc.code, "message": exc.message}})
+        await self._recorder.emit(
+            events_pb2.SessionEvent(
+                agent=agent.name,
+                task_id=turn.task_id,
+                message_id=message_id,
+                tool_result=result_event,
+            )
+        )
+        return messages_pb2.Message(
+            role=messages_pb2.ROLE_TOOL, content=content, name=call.name, tool_call_id=call.id
+        )
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value
