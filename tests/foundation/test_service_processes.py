@@ -59,9 +59,9 @@ CASES: dict[str, tuple[ServiceSpec, str, str, UnbuiltCall]] = {
     "orchestrator": (
         ORCHESTRATOR,
         "agentmesh.orchestrator.v1.OrchestratorService",
-        "GetUsage",
-        lambda ch: orchestrator_pb2_grpc.OrchestratorServiceStub(ch).GetUsage(
-            orchestrator_pb2.GetUsageRequest()
+        "CreateToolServer",
+        lambda ch: orchestrator_pb2_grpc.OrchestratorServiceStub(ch).CreateToolServer(
+            orchestrator_pb2.CreateToolServerRequest()
         ),
     ),
 }

@@ -1,4 +1,4 @@
-"""Composition root of the orchestrator: settings, resources and servicers."""
+"""Composition root of the orchestrator: settings, channels, clients, engine, servicer."""
 
 from __future__ import annotations
 
@@ -6,11 +6,19 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from functools import partial
 
+from agentmesh.memory.v1 import memory_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2_grpc
-from agentmesh_common import Registration, Telemetry
+from agentmesh_common import NotFound, Registration, Telemetry, Unauthenticated, create_channel
 
+from .adapters.gateway_client import GatewayClient
+from .adapters.memory_client import MemoryClient
+from .edge import Authenticator, RateLimiter
+from .engine import EngineSettings, SessionEngine
+from .service import OrchestratorApp, resolve_agents
 from .servicer import OrchestratorServicer
+from .sessions import LeaseSettings, SessionManager
 from .settings import OrchestratorSettings
+from .tools import builtin_tools
 
 SERVICE_NAME = "orchestrator"
 GRPC_SERVICE = "agentmesh.orchestrator.v1.OrchestratorService"
@@ -19,8 +27,57 @@ GRPC_SERVICE = "agentmesh.orchestrator.v1.OrchestratorService"
 async def build(
     stack: AsyncExitStack, settings: OrchestratorSettings, telemetry: Telemetry
 ) -> Sequence[Registration]:
-    """Open the service's resources on `stack` and return what to serve."""
-    servicer = OrchestratorServicer()
+    """Open the channels and build the servicer."""
+    memory_channel = create_channel(
+        settings.memory_target, tracer_provider=telemetry.tracer_provider
+    )
+    stack.push_async_callback(memory_channel.close, None)
+    gateway_channel = create_channel(
+        settings.gateway_target, tracer_provider=telemetry.tracer_provider, default_timeout=None
+    )
+    stack.push_async_callback(gateway_channel.close, None)
+    memory = MemoryClient(memory_channel)
+    gateway = GatewayClient(gateway_channel)
+    tools = builtin_tools()
+    engine = SessionEngine(
+        store=memory,
+        gateway=gateway,
+        tools=tools,
+        settings=EngineSettings(default_route=settings.default_route),
+    )
+    manager = SessionManager(
+        engine=engine,
+        store=memory,
+        resolve_agents=resolve_agents,
+        owner=settings.replica_id,
+        lease=LeaseSettings(ttl_seconds=settings.lease_ttl_seconds),
+    )
+    stack.push_async_callback(manager.shutdown)
+    app = OrchestratorApp(memory=memory, manager=manager)
+
+    async def resolve_key(secret: str) -> str | None:
+        try:
+            reply = await memory.call(
+                "",
+                memory.stub.AuthenticateApiKey,
+                memory_pb2.AuthenticateApiKeyRequest(secret=secret),
+            )
+        except (NotFound, Unauthenticated):
+            return None
+        return reply.api_key.tenant
+
+    servicer = OrchestratorServicer(
+        app=app,
+        memory=memory,
+        gateway=gateway,
+        manager=manager,
+        auth=Authenticator(resolve_key, cache_seconds=settings.api_key_cache_seconds),
+        limiter=RateLimiter(
+            requests_per_minute=settings.requests_per_minute,
+            tokens_per_minute=settings.tokens_per_minute,
+        ),
+        tools=tools,
+    )
     return [
         Registration(
             GRPC_SERVICE,

@@ -26,8 +26,9 @@ import datetime as dt
 import json
 import random
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict, ParseDict
@@ -145,6 +146,18 @@ class SessionRun:
     limits: Limits
     inbox: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     turn_counter: int = 0
+    cancel_reason: str = "cancel_session"
+    abandoned: bool = False
+    current_turn: asyncio.Task[TurnOutcome] | None = None
+    interrupt_requested: bool = False
+
+    def interrupt(self) -> bool:
+        """Stop the turn in progress (its message never completes); False when idle."""
+        if self.current_turn is None or self.current_turn.done():
+            return False
+        self.interrupt_requested = True
+        self.current_turn.cancel()
+        return True
 
     @property
     def name(self) -> str:
@@ -224,7 +237,9 @@ class SessionEngine:
                 return run.session
             await self._complete(run, ending)
         except asyncio.CancelledError:
-            await asyncio.shield(self._cancel(run, "cancel_session"))
+            # A replica that lost the session's lease stops silently: the new owner goes on.
+            if not run.abandoned:
+                await asyncio.shield(self._cancel(run, run.cancel_reason))
             raise
         except TimeoutError:
             await self._cancel(run, "deadline")
@@ -296,7 +311,12 @@ class SessionEngine:
             round_number = session.rounds_completed + 1
             for agent in speakers:
                 await self._deliver_user_messages(run)
-                outcome = await self._conversation_turn(run, agent, round_number)
+                outcome = await self._interruptible(
+                    run, self._conversation_turn(run, agent, round_number)
+                )
+                if outcome is None:  # interrupted by a user message: it is heard next
+                    await self._deliver_user_messages(run)
+                    continue
                 if stop_phrase and stop_phrase in outcome.text.lower():
                     session.rounds_completed = round_number
                     return Ending(outcome.text, "stop_phrase")
@@ -308,6 +328,24 @@ class SessionEngine:
                 return Ending(await self._last_answer(run), "judge")
             if single_step:
                 return None
+
+    async def _interruptible(
+        self, run: SessionRun, turn: Coroutine[Any, Any, TurnOutcome]
+    ) -> TurnOutcome | None:
+        task = asyncio.create_task(turn)
+        run.current_turn = task
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled() and run.interrupt_requested:
+                run.interrupt_requested = False
+                await run.recorder.flush()
+                return None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            raise
+        finally:
+            run.current_turn = None
 
     async def _conversation_turn(
         self, run: SessionRun, agent: SessionAgent, round_number: int

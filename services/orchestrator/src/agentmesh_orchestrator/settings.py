@@ -29,3 +29,24 @@ class OrchestratorSettings(ServiceSettings):
     gateway_target: str = Field(
         default="127.0.0.1:50052", description="gRPC address of the inference gateway."
     )
+    requests_per_minute: int = Field(
+        default=20, ge=0, description="Per-tenant public RPCs per minute; 0 disables the limit."
+    )
+    tokens_per_minute: int = Field(
+        default=30_000, ge=0, description="Per-tenant model tokens per minute; 0 disables it."
+    )
+    lease_ttl_seconds: float = Field(
+        default=15.0, gt=0, description="Session lease time to live; renewed every third of it."
+    )
+    takeover_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often to look for sessions whose owner died."
+    )
+    default_route: str = Field(
+        default="default", description="Gateway route for built-in agents and agents naming none."
+    )
+    api_key_cache_seconds: float = Field(
+        default=30.0, ge=0, description="How long a resolved API key is trusted without asking."
+    )
+    replica_id: str | None = Field(
+        default=None, description="Lease owner id of this replica; a random one when unset."
+    )

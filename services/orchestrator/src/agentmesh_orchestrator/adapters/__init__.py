@@ -1,0 +1,1 @@
+"""gRPC adapters implementing the orchestrator's ports."""

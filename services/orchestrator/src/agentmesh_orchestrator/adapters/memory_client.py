@@ -1,0 +1,180 @@
+"""The memory service as the orchestrator's `SessionStore`, plus the resource calls the public
+API passes through (agents, sessions, memory, settings, usage, API keys, leases).
+
+Every call carries the tenant in `x-agentmesh-tenant` metadata and a deadline; failures come
+back as the shared domain errors (`from_rpc_error`), so the orchestrator's servicer answers
+a NOT_FOUND from memory as NOT_FOUND, not as an internal error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import grpc
+from google.protobuf import duration_pb2, field_mask_pb2
+
+from agentmesh.common.v1 import events_pb2, sessions_pb2
+from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
+from agentmesh_common import TENANT_METADATA_KEY, from_rpc_error
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 10.0
+
+
+class MemoryClient:
+    """Typed calls to `agentmesh.memory.v1.MemoryService` on one channel."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.stub = memory_pb2_grpc.MemoryServiceStub(channel)
+        self._timeout = timeout
+
+    async def call(self, tenant: str, method: Callable[..., Awaitable[T]], request: object) -> T:
+        """Invoke a unary method for `tenant`; map failures to domain errors."""
+        try:
+            return await method(
+                request, metadata=((TENANT_METADATA_KEY, tenant),), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    # -- SessionStore ------------------------------------------------------------------------
+
+    async def append_events(
+        self, tenant: str, session: str, events: Sequence[events_pb2.SessionEvent]
+    ) -> int:
+        reply = await self.call(
+            tenant,
+            self.stub.AppendEvents,
+            memory_pb2.AppendEventsRequest(session=session, events=events),
+        )
+        return reply.last_seq
+
+    async def append_messages(
+        self, tenant: str, session: str, messages: Sequence[memory_pb2.StoredMessage]
+    ) -> None:
+        await self.call(
+            tenant,
+            self.stub.AppendMessages,
+            memory_pb2.AppendMessagesRequest(parent=session, messages=messages),
+        )
+
+    async def recent_messages(
+        self, tenant: str, session: str, newest: int
+    ) -> list[memory_pb2.StoredMessage]:
+        reply = await self.call(
+            tenant,
+            self.stub.ListMessages,
+            memory_pb2.ListMessagesRequest(parent=session, newest=newest),
+        )
+        return list(reply.messages)
+
+    async def update_session(
+        self, tenant: str, session: sessions_pb2.Session, fields: Sequence[str]
+    ) -> sessions_pb2.Session:
+        reply = await self.call(
+            tenant,
+            self.stub.UpdateSession,
+            memory_pb2.UpdateSessionRequest(
+                session=session, update_mask=field_mask_pb2.FieldMask(paths=sorted(set(fields)))
+            ),
+        )
+        return reply.session
+
+    async def create_tasks(
+        self, tenant: str, session: str, tasks: Sequence[sessions_pb2.Task]
+    ) -> list[sessions_pb2.Task]:
+        reply = await self.call(
+            tenant,
+            self.stub.BatchCreateTasks,
+            memory_pb2.BatchCreateTasksRequest(parent=session, tasks=tasks),
+        )
+        return list(reply.tasks)
+
+    async def update_task(
+        self, tenant: str, task: sessions_pb2.Task, fields: Sequence[str]
+    ) -> sessions_pb2.Task:
+        reply = await self.call(
+            tenant,
+            self.stub.UpdateTask,
+            memory_pb2.UpdateTaskRequest(
+                task=task, update_mask=field_mask_pb2.FieldMask(paths=sorted(set(fields)))
+            ),
+        )
+        return reply.task
+
+    async def record_execution(self, tenant: str, execution: memory_pb2.Execution) -> None:
+        await self.call(
+            tenant,
+            self.stub.RecordExecution,
+            memory_pb2.RecordExecutionRequest(execution=execution),
+        )
+
+    async def find_execution(
+        self, tenant: str, idempotency_key: str
+    ) -> memory_pb2.Execution | None:
+        reply = await self.call(
+            tenant,
+            self.stub.ListExecutions,
+            memory_pb2.ListExecutionsRequest(idempotency_key=idempotency_key, page_size=1),
+        )
+        return reply.executions[0] if reply.executions else None
+
+    # -- sessions, events and leases ---------------------------------------------------------
+
+    async def get_session(self, tenant: str, name: str) -> sessions_pb2.Session:
+        reply = await self.call(
+            tenant, self.stub.GetSession, memory_pb2.GetSessionRequest(name=name)
+        )
+        return reply.session
+
+    async def watch_events(
+        self, tenant: str, session: str, after_seq: int
+    ) -> AsyncIterator[events_pb2.SessionEvent]:
+        """Replay then tail a session's events; ends after the terminal event."""
+        call = self.stub.WatchEvents(
+            memory_pb2.WatchEventsRequest(session=session, after_seq=after_seq),
+            metadata=((TENANT_METADATA_KEY, tenant),),
+        )
+        try:
+            async for reply in call:
+                for event in reply.events:
+                    yield event
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+
+    async def acquire_lease(
+        self, tenant: str, session: str, owner: str, ttl_seconds: float
+    ) -> memory_pb2.AcquireLeaseResponse:
+        return await self.call(
+            tenant,
+            self.stub.AcquireLease,
+            memory_pb2.AcquireLeaseRequest(
+                session=session, owner=owner, ttl=_duration(ttl_seconds)
+            ),
+        )
+
+    async def renew_lease(
+        self, tenant: str, session: str, owner: str, ttl_seconds: float
+    ) -> memory_pb2.Lease:
+        reply = await self.call(
+            tenant,
+            self.stub.RenewLease,
+            memory_pb2.RenewLeaseRequest(session=session, owner=owner, ttl=_duration(ttl_seconds)),
+        )
+        return reply.lease
+
+    async def release_lease(self, tenant: str, session: str, owner: str) -> None:
+        await self.call(
+            tenant,
+            self.stub.ReleaseLease,
+            memory_pb2.ReleaseLeaseRequest(session=session, owner=owner),
+        )
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value

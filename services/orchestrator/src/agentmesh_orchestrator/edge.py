@@ -1,0 +1,138 @@
+"""The public edge: API keys to tenants, per-tenant rate limits, and input bounds.
+
+Every public RPC presents an API key (`authorization: Bearer <key>`, or `x-api-key`). Keys are
+resolved by the memory service (which stores only their hashes) and cached briefly here.
+Each tenant has a requests-per-minute and a tokens-per-minute budget (token buckets refilled
+continuously); an empty bucket answers RESOURCE_EXHAUSTED with the time until it refills.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from agentmesh_common import ResourceExhausted, Unauthenticated
+
+Metadata = Sequence[tuple[str, str | bytes]]
+KeyResolver = Callable[[str], Awaitable[str | None]]
+
+
+def presented_key(metadata: Metadata) -> str | None:
+    """The API key a caller presented, if any."""
+    for key, value in metadata:
+        text = value.decode() if isinstance(value, bytes) else value
+        if key == "authorization":
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif key == "x-api-key" and text.strip():
+            return text.strip()
+    return None
+
+
+class Authenticator:
+    """Resolves API keys to tenants, caching answers for `cache_seconds`."""
+
+    def __init__(
+        self,
+        resolve: KeyResolver,
+        *,
+        cache_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._resolve = resolve
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._cache: dict[str, tuple[float, str | None]] = {}
+
+    async def tenant_for(self, metadata: Metadata) -> str:
+        """The caller's tenant; `Unauthenticated` without a valid key."""
+        key = presented_key(metadata)
+        if key is None:
+            raise Unauthenticated(
+                "an API key is required: send 'authorization: Bearer <key>'",
+                reason="API_KEY_MISSING",
+            )
+        now = self._clock()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            tenant = cached[1]
+        else:
+            tenant = await self._resolve(key)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = (now + self._cache_seconds, tenant)
+        if tenant is None:
+            raise Unauthenticated("the API key is not valid", reason="API_KEY_INVALID")
+        return tenant
+
+
+@dataclass
+class _Bucket:
+    capacity: float
+    tokens: float
+    updated: float
+
+    def refill(self, now: float, per_second: float) -> None:
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * per_second)
+        self.updated = now
+
+
+class RateLimiter:
+    """Per-tenant requests-per-minute and tokens-per-minute limits (0 disables one)."""
+
+    def __init__(
+        self,
+        *,
+        requests_per_minute: int,
+        tokens_per_minute: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._rpm = requests_per_minute
+        self._tpm = tokens_per_minute
+        self._clock = clock
+        self._requests: dict[str, _Bucket] = {}
+        self._tokens: dict[str, _Bucket] = {}
+
+    def admit_request(self, tenant: str) -> None:
+        """Take one request from the tenant's budget or raise `ResourceExhausted`."""
+        if self._rpm <= 0:
+            return
+        bucket = self._bucket(self._requests, tenant, self._rpm)
+        if bucket.tokens < 1:
+            wait = (1 - bucket.tokens) / (self._rpm / 60)
+            raise ResourceExhausted(
+                f"tenant request limit of {self._rpm} per minute reached",
+                reason="TENANT_RATE_LIMITED",
+                retry_after=round(wait, 3),
+            )
+        bucket.tokens -= 1
+
+    def admit_tokens(self, tenant: str) -> None:
+        """Refuse new work while the tenant's token budget is spent."""
+        if self._tpm <= 0:
+            return
+        bucket = self._bucket(self._tokens, tenant, self._tpm)
+        if bucket.tokens <= 0:
+            wait = -bucket.tokens / (self._tpm / 60) + 1
+            raise ResourceExhausted(
+                f"tenant token limit of {self._tpm} per minute reached",
+                reason="TENANT_TOKENS_EXHAUSTED",
+                retry_after=round(wait, 3),
+            )
+
+    def charge_tokens(self, tenant: str, tokens: int) -> None:
+        """Spend tokens a session used (the budget may go negative: it is paid back first)."""
+        if self._tpm <= 0 or tokens <= 0:
+            return
+        self._bucket(self._tokens, tenant, self._tpm).tokens -= tokens
+
+    def _bucket(self, buckets: dict[str, _Bucket], tenant: str, per_minute: int) -> _Bucket:
+        now = self._clock()
+        bucket = buckets.get(tenant)
+        if bucket is None:
+            bucket = buckets[tenant] = _Bucket(per_minute, per_minute, now)
+        else:
+            bucket.refill(now, per_minute / 60)
+        return bucket

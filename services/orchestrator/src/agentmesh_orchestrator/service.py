@@ -1,0 +1,455 @@
+"""The public API's logic: what each Orchestrator RPC does, for one authenticated tenant.
+
+Agents are stored in the memory service with their type's default prompts filled in and their
+templates validated. A session keeps a snapshot of its agents' definitions (in
+`inline_agents`) taken when it is created or an agent is added, so editing or deleting an
+agent later never changes a team that is already at work. Inputs are bounded and a bad one is
+INVALID_ARGUMENT naming the field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from google.protobuf import field_mask_pb2
+from google.protobuf.json_format import MessageToDict
+
+from agentmesh.common.v1 import agents_pb2, events_pb2, messages_pb2, sessions_pb2
+from agentmesh.memory.v1 import memory_pb2
+from agentmesh.orchestrator.v1 import orchestrator_pb2
+from agentmesh_common import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+
+from .adapters.memory_client import MemoryClient
+from .agents import AGENT_ID, SessionAgent, prepare_agent
+from .engine import render_stage_input
+from .sessions import TERMINAL_EVENTS, SessionManager
+
+SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Limits on what one request may ask for."""
+
+    max_goal_chars: int = 20_000
+    max_message_chars: int = 20_000
+    max_agents_per_session: int = 16
+    max_rounds: int = 100
+    max_plan_tasks: int = 50
+    max_parallel_tasks: int = 16
+
+
+def invalid(field: str, description: str) -> InvalidArgument:
+    """An `InvalidArgument` naming one field."""
+    return InvalidArgument(
+        f"{field}: {description}", violations=[FieldViolation(field, description)]
+    )
+
+
+class OrchestratorApp:
+    """Implements the public RPCs for a tenant; the servicer only converts and authenticates."""
+
+    def __init__(
+        self, *, memory: MemoryClient, manager: SessionManager, bounds: Bounds | None = None
+    ) -> None:
+        self._memory = memory
+        self._manager = manager
+        self._bounds = bounds or Bounds()
+
+    # -- agents ------------------------------------------------------------------------------
+
+    async def create_agent(
+        self, tenant: str, request: orchestrator_pb2.CreateAgentRequest
+    ) -> agents_pb2.AgentDefinition:
+        if not AGENT_ID.fullmatch(request.agent_id):
+            raise invalid("agent_id", "must match [a-z][a-z0-9-]{0,62}")
+        definition = agents_pb2.AgentDefinition()
+        definition.CopyFrom(request.agent)
+        definition.name = f"agents/{request.agent_id}"
+        prepared = prepare_agent(definition, field="agent")
+        reply = await self._memory.call(
+            tenant,
+            self._memory.stub.CreateAgent,
+            memory_pb2.CreateAgentRequest(
+                agent=prepared.definition, agent_id=request.agent_id, request_id=request.request_id
+            ),
+        )
+        return reply.agent
+
+    async def update_agent(
+        self, tenant: str, request: orchestrator_pb2.UpdateAgentRequest
+    ) -> agents_pb2.AgentDefinition:
+        current = await self.get_agent(tenant, request.agent.name)
+        merged = agents_pb2.AgentDefinition()
+        merged.CopyFrom(current)
+        if request.update_mask.paths:
+            try:
+                request.update_mask.MergeMessage(request.agent, merged, replace_repeated_field=True)
+            except ValueError as exc:
+                raise invalid("update_mask", str(exc)) from None
+        else:
+            merged.CopyFrom(request.agent)
+        merged.name = current.name
+        prepared = prepare_agent(merged, field="agent")
+        reply = await self._memory.call(
+            tenant,
+            self._memory.stub.UpdateAgent,
+            memory_pb2.UpdateAgentRequest(
+                agent=prepared.definition,
+                update_mask=field_mask_pb2.FieldMask(),
+                request_id=request.request_id,
+            ),
+        )
+        return reply.agent
+
+    async def get_agent(self, tenant: str, name: str) -> agents_pb2.AgentDefinition:
+        reply = await self._memory.call(
+            tenant, self._memory.stub.GetAgent, memory_pb2.GetAgentRequest(name=name)
+        )
+        return reply.agent
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def create_session(
+        self, tenant: str, request: orchestrator_pb2.CreateSessionRequest
+    ) -> sessions_pb2.Session:
+        draft = request.session
+        bounds = self._bounds
+        if not draft.goal.strip():
+            raise invalid("session.goal", "required")
+        if len(draft.goal) > bounds.max_goal_chars:
+            raise invalid("session.goal", f"at most {bounds.max_goal_chars} characters")
+        if request.session_id and not SESSION_ID.fullmatch(request.session_id):
+            raise invalid("session_id", "must match [a-z0-9][a-z0-9-]{0,62}")
+        members = len(draft.agents) + len(draft.inline_agents)
+        if members > bounds.max_agents_per_session:
+            raise invalid("session.agents", f"at most {bounds.max_agents_per_session} agents")
+        self._check_limits(draft.limits, "session.limits")
+        if draft.parent:
+            await self._memory.get_session(tenant, draft.parent)
+        session = sessions_pb2.Session()
+        session.CopyFrom(draft)
+        if session.strategy == sessions_pb2.STRATEGY_UNSPECIFIED:
+            session.strategy = sessions_pb2.STRATEGY_ROUND_ROBIN
+        agents = await self._snapshot_agents(tenant, session)
+        needs_agents = (sessions_pb2.STRATEGY_ROUND_ROBIN, sessions_pb2.STRATEGY_PIPELINE)
+        if session.strategy in needs_agents and not agents:
+            raise invalid("session.agents", "this strategy needs at least one agent")
+        self._check_membership(session, agents)
+        del session.agents[:]
+        session.agents.extend(a.name for a in agents)
+        del session.inline_agents[:]
+        session.inline_agents.extend(a.definition for a in agents)
+        reply = await self._memory.call(
+            tenant,
+            self._memory.stub.CreateSession,
+            memory_pb2.CreateSessionRequest(
+                session=session, session_id=request.session_id, request_id=request.request_id
+            ),
+        )
+        return reply.session
+
+    async def add_agent(
+        self, tenant: str, request: orchestrator_pb2.AddAgentRequest
+    ) -> sessions_pb2.Session:
+        session = await self._memory.get_session(tenant, request.session)
+        if session.status not in (
+            sessions_pb2.SESSION_STATUS_PENDING,
+            sessions_pb2.SESSION_STATUS_RUNNING,
+        ):
+            raise FailedPrecondition(f"{request.session} has ended", reason="SESSION_ENDED")
+        if len(session.inline_agents) >= self._bounds.max_agents_per_session:
+            raise invalid("session", f"at most {self._bounds.max_agents_per_session} agents")
+        if request.WhichOneof("agent") == "agent_name":
+            definition = await self.get_agent(tenant, request.agent_name)
+            field = "agent_name"
+        elif request.WhichOneof("agent") == "inline_agent":
+            definition = request.inline_agent
+            field = "inline_agent"
+        else:
+            raise invalid("agent", "set agent_name or inline_agent")
+        agent = prepare_agent(definition, field=field, metadata=session.metadata)
+        if any(a.name == agent.name for a in session.inline_agents):
+            raise invalid(field, f"{agent.name} is already a member")
+        session.agents.append(agent.name)
+        session.inline_agents.append(agent.definition)
+        stored = await self._memory.update_session(tenant, session, ["agents", "inline_agents"])
+        await self._memory.append_events(
+            tenant,
+            session.name,
+            [
+                events_pb2.SessionEvent(
+                    session=session.name,
+                    agent=agent.name,
+                    agent_spawned=events_pb2.AgentSpawned(definition=agent.definition),
+                )
+            ],
+        )
+        return stored
+
+    def run(
+        self, tenant: str, session: str, *, single_step: bool = False
+    ) -> AsyncIterator[events_pb2.SessionEvent]:
+        return self._manager.run(tenant, session, single_step=single_step)
+
+    async def execute(
+        self, tenant: str, request: orchestrator_pb2.ExecuteRequest
+    ) -> AsyncIterator[events_pb2.SessionEvent]:
+        if not request.task.strip():
+            raise invalid("task", "required")
+        session = sessions_pb2.Session(
+            goal=request.task,
+            agents=request.agents,
+            inline_agents=request.inline_agents,
+            strategy=request.strategy,
+            limits=request.limits,
+            metadata=request.metadata,
+            cancel_on_disconnect=(
+                request.cancel_on_disconnect if request.HasField("cancel_on_disconnect") else True
+            ),
+        )
+        if request.HasField("context"):
+            session.metadata["context"] = json.dumps(MessageToDict(request.context))
+        if session.strategy == sessions_pb2.STRATEGY_UNSPECIFIED:
+            if request.mode != orchestrator_pb2.EXECUTION_MODE_UNSPECIFIED and (
+                request.agents or request.inline_agents
+            ):
+                session.strategy = sessions_pb2.STRATEGY_PIPELINE
+                session.pipeline.parallel = request.mode == orchestrator_pb2.EXECUTION_MODE_PARALLEL
+            else:
+                session.strategy = sessions_pb2.STRATEGY_ROUTER
+        if request.HasField("timeout"):
+            if request.timeout.ToTimedelta() <= dt.timedelta(0):
+                raise invalid("timeout", "must be positive")
+            deadline = dt.datetime.now(dt.UTC) + request.timeout.ToTimedelta()
+            session.limits.deadline.FromDatetime(deadline)
+        created = await self.create_session(
+            tenant,
+            orchestrator_pb2.CreateSessionRequest(session=session, request_id=request.request_id),
+        )
+        if created.status == sessions_pb2.SESSION_STATUS_PENDING and not self._manager.is_running(
+            tenant, created.name
+        ):
+            async for event in self._manager.run(tenant, created.name):
+                yield event
+            return
+        # A repeated request: show the first execution instead of running again.
+        async for event in self._manager.stream(tenant, created.name, 0):
+            yield event
+            if event.WhichOneof("payload") in TERMINAL_EVENTS:
+                return
+
+    async def stream(
+        self, tenant: str, request: orchestrator_pb2.StreamSessionRequest
+    ) -> AsyncIterator[events_pb2.SessionEvent]:
+        if request.after_seq < 0:
+            raise invalid("after_seq", "must not be negative")
+        await self._memory.get_session(tenant, request.session)  # NOT_FOUND for strangers
+        async for event in self._manager.stream(tenant, request.session, request.after_seq):
+            yield event
+
+    async def send_message(
+        self, tenant: str, request: orchestrator_pb2.SendMessageRequest
+    ) -> orchestrator_pb2.SendMessageResponse:
+        if not request.content.strip():
+            raise invalid("content", "required")
+        if len(request.content) > self._bounds.max_message_chars:
+            raise invalid("content", f"at most {self._bounds.max_message_chars} characters")
+        session = await self._memory.get_session(tenant, request.session)
+        if session.status not in (
+            sessions_pb2.SESSION_STATUS_PENDING,
+            sessions_pb2.SESSION_STATUS_RUNNING,
+        ):
+            raise FailedPrecondition(f"{request.session} has ended", reason="SESSION_ENDED")
+        disposition = await self._manager.send_message(
+            tenant,
+            request.session,
+            request.content,
+            interrupt=request.policy == orchestrator_pb2.BUSY_POLICY_INTERRUPT,
+            reject_if_busy=request.policy == orchestrator_pb2.BUSY_POLICY_REJECT,
+        )
+        return orchestrator_pb2.SendMessageResponse(
+            disposition=orchestrator_pb2.MessageDisposition.Value(
+                f"MESSAGE_DISPOSITION_{disposition}"
+            )
+        )
+
+    async def cancel_session(self, tenant: str, name: str) -> sessions_pb2.Session:
+        session = await self._memory.get_session(tenant, name)
+        if session.status in (
+            sessions_pb2.SESSION_STATUS_COMPLETED,
+            sessions_pb2.SESSION_STATUS_FAILED,
+            sessions_pb2.SESSION_STATUS_CANCELLED,
+        ):
+            return session
+        if await self._manager.cancel(tenant, name):
+            return await self._memory.get_session(tenant, name)
+        if session.status == sessions_pb2.SESSION_STATUS_RUNNING and session.lease_owner:
+            raise FailedPrecondition(
+                f"{name} is running on replica {session.lease_owner}; cancel it there",
+                reason="SESSION_RUNNING_ELSEWHERE",
+            )
+        return await self._end_idle(
+            tenant,
+            session,
+            events_pb2.SessionEvent(
+                session_cancelled=events_pb2.SessionCancelled(
+                    reason="cancel_session", usage=session.usage
+                )
+            ),
+            sessions_pb2.SESSION_STATUS_CANCELLED,
+        )
+
+    async def end_session(self, tenant: str, name: str) -> sessions_pb2.Session:
+        session = await self._memory.get_session(tenant, name)
+        if session.status == sessions_pb2.SESSION_STATUS_COMPLETED:
+            return session
+        if session.status not in (
+            sessions_pb2.SESSION_STATUS_PENDING,
+            sessions_pb2.SESSION_STATUS_RUNNING,
+        ):
+            raise FailedPrecondition(f"{name} has already ended", reason="SESSION_ENDED")
+        if self._manager.is_running(tenant, name):
+            raise FailedPrecondition(
+                f"{name} is running; cancel it or wait for the run to finish",
+                reason="SESSION_BUSY",
+            )
+        answer = ""
+        for item in reversed(await self._memory.recent_messages(tenant, name, 20)):
+            if item.message.role == messages_pb2.ROLE_ASSISTANT and item.message.content:
+                answer = item.message.content
+                break
+        session.final_answer = answer
+        return await self._end_idle(
+            tenant,
+            session,
+            events_pb2.SessionEvent(
+                session_completed=events_pb2.SessionCompleted(
+                    final_answer=answer, usage=session.usage, termination_reason="ended"
+                )
+            ),
+            sessions_pb2.SESSION_STATUS_COMPLETED,
+        )
+
+    async def get_session(self, tenant: str, name: str) -> orchestrator_pb2.GetSessionResponse:
+        session = await self._memory.get_session(tenant, name)
+        tasks = await self._memory.call(
+            tenant,
+            self._memory.stub.ListTasks,
+            memory_pb2.ListTasksRequest(parent=name, page_size=1000),
+        )
+        children = await self._memory.call(
+            tenant,
+            self._memory.stub.ListSessions,
+            memory_pb2.ListSessionsRequest(parent=name, page_size=1000),
+        )
+        return orchestrator_pb2.GetSessionResponse(
+            session=session,
+            agents=session.inline_agents,
+            tasks=tasks.tasks,
+            children=[child.name for child in children.sessions],
+        )
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _snapshot_agents(
+        self, tenant: str, session: sessions_pb2.Session
+    ) -> list[SessionAgent]:
+        agents: list[SessionAgent] = []
+        for i, name in enumerate(session.agents):
+            field = f"session.agents[{i}]"
+            if not name.startswith("agents/"):
+                raise invalid(field, "must be an agent name, agents/{agent_id}")
+            try:
+                definition = await self.get_agent(tenant, name)
+            except NotFound:
+                raise invalid(field, f"no agent named {name}") from None
+            agents.append(prepare_agent(definition, field=field, metadata=session.metadata))
+        for i, definition in enumerate(session.inline_agents):
+            field = f"session.inline_agents[{i}]"
+            if definition.name and not definition.name.startswith("agents/"):
+                definition.name = f"agents/{definition.name}"
+            agents.append(prepare_agent(definition, field=field, metadata=session.metadata))
+        names = [a.name for a in agents]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise invalid("session.agents", f"agents appear twice: {', '.join(duplicates)}")
+        return agents
+
+    def _check_membership(
+        self, session: sessions_pb2.Session, agents: Sequence[SessionAgent]
+    ) -> None:
+        known = {a.name for a in agents} | {a.label for a in agents}
+        judge = session.termination.judge_agent
+        if judge and judge not in known:
+            raise invalid("session.termination.judge_agent", f"{judge} is not a member")
+        earlier: list[str] = []
+        for i, stage in enumerate(session.pipeline.stages):
+            if stage.agent not in known:
+                raise invalid(
+                    f"session.pipeline.stages[{i}].agent", f"{stage.agent} is not a member"
+                )
+            try:
+                render_stage_input(stage.input_template, "", dict.fromkeys(earlier, ""))
+            except (ValueError, IndexError, KeyError) as exc:
+                raise invalid(f"session.pipeline.stages[{i}].input_template", str(exc)) from None
+            earlier.append(stage.stage_name or stage.agent.rsplit("/", 1)[-1])
+
+    def _check_limits(self, limits: sessions_pb2.SessionLimits, field: str) -> None:
+        bounds = self._bounds
+        checks = [
+            ("max_rounds", limits.max_rounds, bounds.max_rounds),
+            ("max_plan_tasks", limits.max_plan_tasks, bounds.max_plan_tasks),
+            ("max_parallel_tasks", limits.max_parallel_tasks, bounds.max_parallel_tasks),
+            ("max_task_retries", limits.max_task_retries, 10),
+        ]
+        for name, value, most in checks:
+            if value < 0 or value > most:
+                raise invalid(f"{field}.{name}", f"must be between 0 and {most}")
+        if limits.max_total_tokens < 0:
+            raise invalid(f"{field}.max_total_tokens", "must not be negative")
+
+    async def _end_idle(
+        self,
+        tenant: str,
+        session: sessions_pb2.Session,
+        terminal: events_pb2.SessionEvent,
+        status: sessions_pb2.SessionStatus.ValueType,
+    ) -> sessions_pb2.Session:
+        if session.status == sessions_pb2.SESSION_STATUS_PENDING and (
+            status == sessions_pb2.SESSION_STATUS_COMPLETED
+        ):
+            session.status = sessions_pb2.SESSION_STATUS_RUNNING
+            await self._memory.update_session(tenant, session, ["status"])
+        lease = await self._memory.acquire_lease(
+            tenant, session.name, f"end-{uuid.uuid4().hex}", 30
+        )
+        try:
+            terminal.session = session.name
+            terminal.time.GetCurrentTime()
+            await self._memory.append_events(tenant, session.name, [terminal])
+            session.status = status
+            session.end_time.GetCurrentTime()
+            return await self._memory.update_session(
+                tenant, session, ["status", "end_time", "final_answer"]
+            )
+        finally:
+            await self._memory.release_lease(tenant, session.name, lease.lease.owner)
+
+
+async def resolve_agents(tenant: str, session: sessions_pb2.Session) -> list[SessionAgent]:
+    """A session's agents from the snapshot it keeps (used when a run starts)."""
+    return [
+        prepare_agent(definition, field=f"session.inline_agents[{i}]")
+        for i, definition in enumerate(session.inline_agents)
+    ]
