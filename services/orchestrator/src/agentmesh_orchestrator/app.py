@@ -18,7 +18,7 @@ from .service import OrchestratorApp, resolve_agents
 from .servicer import OrchestratorServicer
 from .sessions import LeaseSettings, SessionManager
 from .settings import OrchestratorSettings
-from .tools import builtin_tools
+from .tools import builtin_tools, memory_tools
 
 SERVICE_NAME = "orchestrator"
 GRPC_SERVICE = "agentmesh.orchestrator.v1.OrchestratorService"
@@ -38,7 +38,7 @@ async def build(
     stack.push_async_callback(gateway_channel.close, None)
     memory = MemoryClient(memory_channel)
     gateway = GatewayClient(gateway_channel)
-    tools = builtin_tools()
+    tools = builtin_tools() | memory_tools(memory)
     engine = SessionEngine(
         store=memory,
         gateway=gateway,

@@ -208,6 +208,7 @@ class SessionEngine:
             meter=meter,
             tenant=tenant,
             session=session.name,
+            user=session.metadata.get("user") or "default",
         )
         return SessionRun(
             tenant=tenant,

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
-from agentmesh.common.v1 import events_pb2, generation_pb2, messages_pb2, sessions_pb2
+from agentmesh.common.v1 import (
+    events_pb2,
+    generation_pb2,
+    memory_entries_pb2,
+    messages_pb2,
+    sessions_pb2,
+)
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh.memory.v1 import memory_pb2
 
@@ -203,3 +209,19 @@ def last_user_content(request: inference_pb2.GenerateRequest) -> str:
         if message.role == messages_pb2.ROLE_USER:
             return message.content
     return ""
+
+
+class InMemoryMemoryTools:
+    """A `MemoryToolStore` in a dict (no expiry)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], memory_entries_pb2.MemoryEntry] = {}
+
+    async def get_memory(self, tenant: str, name: str) -> memory_entries_pb2.MemoryEntry | None:
+        return self.entries.get((tenant, name))
+
+    async def put_memory(
+        self, tenant: str, entry: memory_entries_pb2.MemoryEntry, ttl_seconds: float | None
+    ) -> memory_entries_pb2.MemoryEntry:
+        self.entries[(tenant, entry.name)] = entry
+        return entry

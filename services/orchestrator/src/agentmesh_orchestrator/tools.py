@@ -16,11 +16,12 @@ import math
 import operator
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict, ParseDict
 
-from agentmesh.common.v1 import messages_pb2, tools_pb2
+from agentmesh.common.v1 import agents_pb2, memory_entries_pb2, messages_pb2, tools_pb2
 
 READ_ONLY = tools_pb2.TOOL_PERMISSION_READ_ONLY
 READ_WRITE = tools_pb2.TOOL_PERMISSION_READ_WRITE
@@ -45,6 +46,7 @@ class ToolCallContext:
     session: str
     agent: str
     tool_call_id: str
+    user: str = "default"
 
 
 @dataclass(frozen=True)
@@ -213,3 +215,147 @@ def struct_to_json_text(value: struct_pb2.Struct) -> str:
 def json_to_struct(value: Mapping[str, object]) -> struct_pb2.Struct:
     """A JSON object as a Struct."""
     return ParseDict(dict(value), struct_pb2.Struct())
+
+
+class MemoryToolStore(Protocol):
+    """The agent-memory calls the memory tools make (the memory service)."""
+
+    async def get_memory(self, tenant: str, name: str) -> memory_entries_pb2.MemoryEntry | None:
+        """The entry, or None when there is none (or it expired)."""
+        ...
+
+    async def put_memory(
+        self, tenant: str, entry: memory_entries_pb2.MemoryEntry, ttl_seconds: float | None
+    ) -> memory_entries_pb2.MemoryEntry:
+        """Insert or replace an entry."""
+        ...
+
+
+NOTES_AGENT = "session-notes"
+_KEY_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$", "description": "the key"}
+_MEMORY_TYPES = {
+    "short_term": agents_pb2.MEMORY_TYPE_SHORT_TERM,
+    "long_term": agents_pb2.MEMORY_TYPE_LONG_TERM,
+    "episodic": agents_pb2.MEMORY_TYPE_EPISODIC,
+}
+
+
+def _memory_name(agent: str, user: str, key: str) -> str:
+    agent_id = agent.rsplit("/", 1)[-1]
+    return f"agents/{agent_id}/users/{user}/memories/{key}"
+
+
+def _key(arguments: struct_pb2.Struct) -> str:
+    key = arguments.fields["key"].string_value if "key" in arguments.fields else ""
+    if not key or len(key) > 128 or not all(c.isalnum() or c in "_.-" for c in key):
+        raise ToolError("INVALID_ARGUMENT", "key must be 1-128 characters of A-Z a-z 0-9 _ . -")
+    return key
+
+
+def memory_tools(store: MemoryToolStore) -> dict[str, Tool]:
+    """Agent memory and shared session notes, kept by the memory service."""
+
+    async def memory_read(
+        context: ToolCallContext, arguments: struct_pb2.Struct
+    ) -> struct_pb2.Struct:
+        name = _memory_name(context.agent, context.user, _key(arguments))
+        entry = await store.get_memory(context.tenant, name)
+        result = struct_pb2.Struct()
+        result.fields["found"].bool_value = entry is not None
+        if entry is not None:
+            result.fields["value"].CopyFrom(entry.value)
+        return result
+
+    async def memory_write(
+        context: ToolCallContext, arguments: struct_pb2.Struct
+    ) -> struct_pb2.Struct:
+        key = _key(arguments)
+        kind = arguments.fields["type"].string_value if "type" in arguments.fields else "long_term"
+        if kind not in _MEMORY_TYPES:
+            raise ToolError("INVALID_ARGUMENT", f"type must be one of {', '.join(_MEMORY_TYPES)}")
+        ttl = (
+            arguments.fields["ttl_seconds"].number_value
+            if "ttl_seconds" in arguments.fields
+            else None
+        )
+        if ttl is not None and ttl <= 0:
+            raise ToolError("INVALID_ARGUMENT", "ttl_seconds must be positive")
+        entry = memory_entries_pb2.MemoryEntry(
+            name=_memory_name(context.agent, context.user, key), type=_MEMORY_TYPES[kind]
+        )
+        entry.value.CopyFrom(arguments.fields["value"])
+        await store.put_memory(context.tenant, entry, ttl)
+        return _result(stored=key)
+
+    async def notes_read(
+        context: ToolCallContext, arguments: struct_pb2.Struct
+    ) -> struct_pb2.Struct:
+        session_id = context.session.rsplit("/", 1)[-1]
+        entry = await store.get_memory(
+            context.tenant, _memory_name(NOTES_AGENT, session_id, "notes")
+        )
+        return _result(notes=entry.value.string_value if entry is not None else "")
+
+    async def notes_write(
+        context: ToolCallContext, arguments: struct_pb2.Struct
+    ) -> struct_pb2.Struct:
+        session_id = context.session.rsplit("/", 1)[-1]
+        name = _memory_name(NOTES_AGENT, session_id, "notes")
+        previous = await store.get_memory(context.tenant, name)
+        text = arguments.fields["text"].string_value
+        notes = f"{previous.value.string_value}\n{text}".strip() if previous is not None else text
+        if len(notes) > 20_000:
+            raise ToolError("RESOURCE_EXHAUSTED", "session notes are limited to 20000 characters")
+        entry = memory_entries_pb2.MemoryEntry(name=name, type=agents_pb2.MEMORY_TYPE_EPISODIC)
+        entry.value.string_value = notes
+        await store.put_memory(context.tenant, entry, None)
+        return _result(notes_chars=len(notes))
+
+    return {
+        "memory_read": Tool(
+            tools_pb2.ToolSpec(
+                name="memory_read",
+                description="Read a value you remembered earlier for this user, by key.",
+                parameters_schema=_schema({"key": _KEY_SCHEMA}, ["key"]),
+                permission=READ_ONLY,
+            ),
+            memory_read,
+        ),
+        "memory_write": Tool(
+            tools_pb2.ToolSpec(
+                name="memory_write",
+                description="Remember a JSON value for this user under a key.",
+                parameters_schema=_schema(
+                    {
+                        "key": _KEY_SCHEMA,
+                        "value": {"description": "any JSON value"},
+                        "type": {"enum": list(_MEMORY_TYPES)},
+                        "ttl_seconds": {"type": "number", "exclusiveMinimum": 0},
+                    },
+                    ["key", "value"],
+                ),
+                permission=READ_WRITE,
+            ),
+            memory_write,
+        ),
+        "session_notes_read": Tool(
+            tools_pb2.ToolSpec(
+                name="session_notes_read",
+                description="Read the notes every agent of this session shares.",
+                parameters_schema=_schema({}, []),
+                permission=READ_ONLY,
+            ),
+            notes_read,
+        ),
+        "session_notes_write": Tool(
+            tools_pb2.ToolSpec(
+                name="session_notes_write",
+                description="Append a line to the notes every agent of this session shares.",
+                parameters_schema=_schema(
+                    {"text": {"type": "string", "maxLength": 4000}}, ["text"]
+                ),
+                permission=READ_WRITE,
+            ),
+            notes_write,
+        ),
+    }

@@ -104,8 +104,10 @@ class TurnRunner:
         meter: UsageMeter,
         tenant: str,
         session: str,
+        user: str = "default",
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
     ) -> None:
+        self._user = user
         self._gateway = gateway
         self._store = store
         self._recorder = recorder
@@ -326,7 +328,11 @@ class TurnRunner:
         )
         result_event = events_pb2.ToolResult(tool_call_id=call.id, tool_name=call.name)
         context = ToolCallContext(
-            tenant=self._tenant, session=self._session, agent=agent.name, tool_call_id=call.id
+            tenant=self._tenant,
+            session=self._session,
+            agent=agent.name,
+            tool_call_id=call.id,
+            user=self._user,
         )
         try:
             result = await turn.tools.call(context, call)

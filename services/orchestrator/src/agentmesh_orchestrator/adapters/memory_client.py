@@ -14,9 +14,9 @@ from typing import TypeVar
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2
 
-from agentmesh.common.v1 import events_pb2, sessions_pb2
+from agentmesh.common.v1 import events_pb2, memory_entries_pb2, sessions_pb2
 from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
-from agentmesh_common import TENANT_METADATA_KEY, from_rpc_error
+from agentmesh_common import TENANT_METADATA_KEY, NotFound, from_rpc_error
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
@@ -119,6 +119,26 @@ class MemoryClient:
             memory_pb2.ListExecutionsRequest(idempotency_key=idempotency_key, page_size=1),
         )
         return reply.executions[0] if reply.executions else None
+
+    # -- agent memory (for the memory tools) -------------------------------------------------
+
+    async def get_memory(self, tenant: str, name: str) -> memory_entries_pb2.MemoryEntry | None:
+        try:
+            reply = await self.call(
+                tenant, self.stub.GetMemory, memory_pb2.GetMemoryRequest(name=name)
+            )
+        except NotFound:
+            return None
+        return reply.entry
+
+    async def put_memory(
+        self, tenant: str, entry: memory_entries_pb2.MemoryEntry, ttl_seconds: float | None
+    ) -> memory_entries_pb2.MemoryEntry:
+        request = memory_pb2.PutMemoryRequest(entry=entry)
+        if ttl_seconds is not None:
+            request.ttl.CopyFrom(_duration(ttl_seconds))
+        reply = await self.call(tenant, self.stub.PutMemory, request)
+        return reply.entry
 
     # -- sessions, events and leases ---------------------------------------------------------
 
