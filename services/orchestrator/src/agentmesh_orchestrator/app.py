@@ -14,6 +14,7 @@ from .adapters.gateway_client import GatewayClient
 from .adapters.memory_client import MemoryClient
 from .edge import Authenticator, RateLimiter
 from .engine import EngineSettings, SessionEngine
+from .observability import OrchestratorMetrics
 from .service import OrchestratorApp, resolve_agents
 from .servicer import OrchestratorServicer
 from .sessions import LeaseSettings, SessionManager
@@ -39,11 +40,14 @@ async def build(
     memory = MemoryClient(memory_channel)
     gateway = GatewayClient(gateway_channel)
     tools = builtin_tools() | memory_tools(memory)
+    metrics = OrchestratorMetrics.create(telemetry.registry)
     engine = SessionEngine(
         store=memory,
         gateway=gateway,
         tools=tools,
         settings=EngineSettings(default_route=settings.default_route),
+        metrics=metrics,
+        tracer=telemetry.tracer("agentmesh.orchestrator"),
     )
     manager = SessionManager(
         engine=engine,
@@ -51,6 +55,7 @@ async def build(
         resolve_agents=resolve_agents,
         owner=settings.replica_id,
         lease=LeaseSettings(ttl_seconds=settings.lease_ttl_seconds),
+        metrics=metrics,
     )
     stack.push_async_callback(manager.shutdown)
     app = OrchestratorApp(memory=memory, manager=manager)

@@ -33,6 +33,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.rpc import code_pb2, status_pb2
+from opentelemetry import trace
 
 from agentmesh.common.v1 import (
     agents_pb2,
@@ -47,6 +48,7 @@ from .domain.agent_types import AgentKind
 from .domain.plans import PLAN_SCHEMA, PlanDraft, PlannedTask, PlanRejected, parse_plan, ready_tasks
 from .domain.templates import TemplateValues
 from .events import EventRecorder
+from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
 from .tools import Tool, ToolBox
 from .turns import Turn, TurnFailed, TurnOutcome, TurnRunner, UsageMeter
@@ -179,11 +181,15 @@ class SessionEngine:
         gateway: ModelGateway,
         tools: Mapping[str, Tool],
         settings: EngineSettings | None = None,
+        metrics: OrchestratorMetrics | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._store = store
         self._gateway = gateway
         self._tools = tools
         self._settings = settings or EngineSettings()
+        self._metrics = metrics
+        self._tracer = tracer or trace.NoOpTracer()
 
     def open_run(
         self,
@@ -209,6 +215,8 @@ class SessionEngine:
             tenant=tenant,
             session=session.name,
             user=session.metadata.get("user") or "default",
+            metrics=self._metrics,
+            tracer=self._tracer,
         )
         return SessionRun(
             tenant=tenant,
@@ -227,6 +235,23 @@ class SessionEngine:
 
         Ends with exactly one terminal event unless `single_step` left it running.
         """
+        attributes: dict[str, str | bool] = {
+            "agentmesh.session": run.name,
+            "agentmesh.resumed": resumed,
+        }
+        with self._tracer.start_as_current_span("session.run", attributes=attributes):
+            final = await self._run(run, single_step=single_step, resumed=resumed)
+        if self._metrics is not None and final.status not in (
+            sessions_pb2.SESSION_STATUS_PENDING,
+            sessions_pb2.SESSION_STATUS_RUNNING,
+        ):
+            outcome = sessions_pb2.SessionStatus.Name(final.status).removeprefix("SESSION_STATUS_")
+            self._metrics.sessions_ended.labels(outcome.lower()).inc()
+        return final
+
+    async def _run(
+        self, run: SessionRun, *, single_step: bool, resumed: bool
+    ) -> sessions_pb2.Session:
         session = run.session
         try:
             if session.status == sessions_pb2.SESSION_STATUS_PENDING or resumed:
@@ -767,6 +792,9 @@ class SessionEngine:
         await self._save(run, ["status", "error", "usage", "end_time", "rounds_completed"])
 
     async def _cancel(self, run: SessionRun, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.cancellations.labels(reason).inc()
+            self._metrics.sessions_ended.labels("cancelled").inc()
         session = run.session
         session.status = sessions_pb2.SESSION_STATUS_CANCELLED
         session.error.CopyFrom(

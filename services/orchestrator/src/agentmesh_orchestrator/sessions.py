@@ -24,10 +24,11 @@ from typing import Protocol
 
 from agentmesh.common.v1 import events_pb2, messages_pb2, sessions_pb2
 from agentmesh.memory.v1 import memory_pb2
-from agentmesh_common import FailedPrecondition
+from agentmesh_common import FailedPrecondition, current_trace_id
 
 from .agents import SessionAgent
 from .engine import SessionEngine, SessionRun
+from .observability import OrchestratorMetrics
 
 _logger = logging.getLogger(__name__)
 
@@ -98,7 +99,9 @@ class SessionManager:
         resolve_agents: AgentResolver,
         owner: str | None = None,
         lease: LeaseSettings | None = None,
+        metrics: OrchestratorMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._engine = engine
         self._store = store
         self._resolve_agents = resolve_agents
@@ -199,6 +202,8 @@ class SessionManager:
                 continue  # another replica was faster
             resumed += 1
             self.takeovers += 1
+            if self._metrics is not None:
+                self._metrics.lease_takeovers.inc()
         return resumed
 
     async def shutdown(self) -> None:
@@ -217,10 +222,18 @@ class SessionManager:
             tenant, session.name, self.owner, self._lease.ttl_seconds
         )
         agents = await self._resolve_agents(tenant, session)
-        run = self._engine.open_run(tenant, session, agents, last_seq=session.last_event_seq)
+        run = self._engine.open_run(
+            tenant,
+            session,
+            agents,
+            trace_id=current_trace_id(),
+            last_seq=session.last_event_seq,
+        )
         active = ActiveSession(tenant=tenant, run=run)
         key = (tenant, session.name)
         self._active[key] = active
+        if self._metrics is not None:
+            self._metrics.active_sessions.set(len(self._active))
         active.renewer = asyncio.create_task(self._renew(active))
         active.task = asyncio.create_task(
             self._engine.run(run, single_step=single_step, resumed=resumed or lease.took_over)
@@ -237,6 +250,8 @@ class SessionManager:
             with contextlib.suppress(Exception):
                 await self._store.release_lease(active.tenant, key[1], self.owner)
         self._active.pop(key, None)
+        if self._metrics is not None:
+            self._metrics.active_sessions.set(len(self._active))
         active.done.set()
 
     async def _renew(self, active: ActiveSession) -> None:

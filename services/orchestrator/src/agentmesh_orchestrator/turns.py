@@ -10,6 +10,7 @@ used instead.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import duration_pb2, struct_pb2
 from google.rpc import code_pb2, status_pb2
+from opentelemetry import trace
 
 from agentmesh.common.v1 import events_pb2, generation_pb2, messages_pb2, tools_pb2
 from agentmesh.inference.v1 import inference_pb2
@@ -25,6 +27,7 @@ from agentmesh.memory.v1 import memory_pb2
 
 from .agents import SessionAgent
 from .events import EventRecorder
+from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
 from .tools import ToolBox, ToolCallContext, ToolError, struct_to_json_text
 
@@ -106,8 +109,12 @@ class TurnRunner:
         session: str,
         user: str = "default",
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
+        metrics: OrchestratorMetrics | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self._user = user
+        self._metrics = metrics
+        self._tracer = tracer or trace.NoOpTracer()
         self._gateway = gateway
         self._store = store
         self._recorder = recorder
@@ -118,6 +125,28 @@ class TurnRunner:
 
     async def run(self, turn: Turn) -> TurnOutcome:
         """Run the turn to its final message; raise `TurnFailed` if a model call fails."""
+        started = time.monotonic()
+        outcome = "failed"
+        attributes: dict[str, str | int] = {
+            "agentmesh.agent": turn.agent.name,
+            "agentmesh.round": turn.round,
+        }
+        if turn.task_id:
+            attributes["agentmesh.task"] = turn.task_id
+        with self._tracer.start_as_current_span("agent.turn", attributes=attributes):
+            try:
+                result = await self._run(turn)
+                outcome = "completed"
+                return result
+            except BaseException as exc:
+                outcome = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
+                raise
+            finally:
+                if self._metrics is not None:
+                    self._metrics.turns.labels(outcome).inc()
+                    self._metrics.turn_seconds.observe(time.monotonic() - started)
+
+    async def _run(self, turn: Turn) -> TurnOutcome:
         agent = turn.agent
         definition = agent.definition
         system = definition.prompts.system
@@ -338,7 +367,11 @@ class TurnRunner:
             result = await turn.tools.call(context, call)
             result_event.result.CopyFrom(result)
             content = struct_to_json_text(result)
+            if self._metrics is not None:
+                self._metrics.tool_calls.labels(call.name, "ok").inc()
         except ToolError as exc:
+            if self._metrics is not None:
+                self._metrics.tool_calls.labels(call.name, exc.code).inc()
             result_event.error.CopyFrom(
                 status_pb2.Status(code=code_pb2.Code.Value(exc.code), message=exc.message)
             )
