@@ -1,0 +1,652 @@
+"""The `agentmesh` command line.
+
+    agentmesh up                         start the four services on localhost (embedded default)
+    agentmesh run "goal" [--agents FILE] [--strategy round-robin] [--max-rounds 3] [--json]
+    agentmesh sessions list|show|watch|cancel
+    agentmesh agents create FILE|list|show|delete
+    agentmesh memory list|get|put|delete, agentmesh settings show|set
+    agentmesh models, agentmesh providers, agentmesh tools, agentmesh keys create
+
+The API address and key come from `--target`/`AGENTMESH_TARGET` (default 127.0.0.1:50051) and
+`--api-key`/`AGENTMESH_API_KEY`, else from the key `agentmesh up` wrote to `.data/api-key`.
+Errors print one line with the status and the field at fault, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import grpc
+import typer
+import yaml
+from google.protobuf import struct_pb2
+from google.protobuf.json_format import MessageToDict, MessageToJson, ParseDict, ParseError
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from agentmesh.common.v1 import (
+    agents_pb2,
+    events_pb2,
+    operations_pb2,
+    sessions_pb2,
+    user_settings_pb2,
+)
+from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
+from agentmesh_common import TENANT_METADATA_KEY
+from agentmesh_common.errors import AgentmeshError, InvalidArgument
+
+from .client import AgentmeshClient
+from .mesh import MEMORY, ServiceStartError, start_mesh, stop_mesh
+from .render import SessionView, status_name, usage_table
+
+T = TypeVar("T")
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_DATA_DIR = Path(".data")
+STRATEGIES = {
+    "router": sessions_pb2.STRATEGY_ROUTER,
+    "planner-executor": sessions_pb2.STRATEGY_PLANNER_EXECUTOR,
+    "round-robin": sessions_pb2.STRATEGY_ROUND_ROBIN,
+    "pipeline": sessions_pb2.STRATEGY_PIPELINE,
+}
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+sessions_app = typer.Typer(no_args_is_help=True, help="Inspect, follow and cancel sessions.")
+agents_app = typer.Typer(no_args_is_help=True, help="Manage agent definitions.")
+memory_app = typer.Typer(no_args_is_help=True, help="Read and write agent memory.")
+settings_app = typer.Typer(no_args_is_help=True, help="User settings.")
+keys_app = typer.Typer(no_args_is_help=True, help="Tenant API keys (operators).")
+app.add_typer(sessions_app, name="sessions")
+app.add_typer(agents_app, name="agents")
+app.add_typer(memory_app, name="memory")
+app.add_typer(settings_app, name="settings")
+app.add_typer(keys_app, name="keys")
+
+console = Console()
+errors = Console(stderr=True)
+
+Target = Annotated[str, typer.Option(envvar="AGENTMESH_TARGET", help="orchestrator address")]
+ApiKey = Annotated[str, typer.Option(envvar="AGENTMESH_API_KEY", help="API key")]
+DataDir = Annotated[Path, typer.Option(help="where `up` keeps state, logs and the API key")]
+
+
+class CliError(Exception):
+    """A failure to report on one line."""
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, InvalidArgument) and exc.violations:
+        fields = ", ".join(v.field for v in exc.violations)
+        return f"INVALID_ARGUMENT: {exc.message} (field: {fields})"
+    if isinstance(exc, AgentmeshError):
+        retry = getattr(exc, "retry_after", None)
+        hint = f" (retry in {retry:.1f}s)" if retry else ""
+        code = type(exc).__name__
+        return f"{exc.reason or code}: {exc.message}{hint}"
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coroutine)
+    except (AgentmeshError, grpc.aio.AioRpcError, CliError, ServiceStartError) as exc:
+        errors.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _api_key(api_key: str, data_dir: Path = DEFAULT_DATA_DIR) -> str:
+    if api_key:
+        return api_key
+    stored = data_dir / "api-key"
+    if stored.exists():
+        return stored.read_text().strip()
+    raise CliError("no API key: pass --api-key, set AGENTMESH_API_KEY, or run `agentmesh up`")
+
+
+async def _with_client(
+    target: str, api_key: str, use: Callable[[AgentmeshClient], Awaitable[T]]
+) -> T:
+    async with AgentmeshClient(target, api_key=_api_key(api_key)) as client:
+        return await use(client)
+
+
+# -- up ----------------------------------------------------------------------------------------
+
+
+async def create_api_key(memory_target: str, tenant: str, name: str) -> str:
+    """Create an API key for `tenant` through the memory service; returns the secret."""
+    async with grpc.aio.insecure_channel(memory_target) as channel:
+        reply = await memory_pb2_grpc.MemoryServiceStub(channel).CreateApiKey(
+            memory_pb2.CreateApiKeyRequest(display_name=name),
+            metadata=((TENANT_METADATA_KEY, tenant),),
+            timeout=10,
+        )
+    return reply.secret
+
+
+@app.command()
+def up(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Start memory, local runner, gateway and orchestrator on localhost until Ctrl-C."""
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _run(_up(data_dir))
+
+
+async def _up(data_dir: Path) -> None:
+    console.print(f"starting agentmesh (data in {data_dir}) …")
+    running = await start_mesh(data_dir)
+    try:
+        key_file = data_dir / "api-key"
+        if not key_file.exists():
+            memory = next(s for s in running if s.spec is MEMORY)
+            secret = await create_api_key(memory.address, "local", "agentmesh up")
+            key_file.write_text(secret + "\n")
+            key_file.chmod(0o600)
+        table = Table(title="agentmesh is up")
+        for column in ("service", "address", "metrics"):
+            table.add_column(column)
+        for service in running:
+            metrics = f":{service.metrics_port}" if service.metrics_port else ""
+            table.add_row(service.spec.name, service.address, metrics)
+        console.print(table)
+        console.print(f"API key (tenant local): {key_file.read_text().strip()}")
+        console.print(f'logs: {data_dir / "logs"}  ·  try: agentmesh run "Say hello"')
+        console.print("The demo model's text is meaningless by design; see the README.")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        exits = [asyncio.create_task(s.process.wait()) for s in running if s.process]
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *exits], return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            dead = [s.spec.name for s in running if s.process and s.process.returncode is not None]
+            errors.print(f"[red]error:[/red] {', '.join(dead)} exited; stopping the mesh")
+        for task in [waiter, *exits]:
+            task.cancel()
+    finally:
+        console.print("stopping …")
+        await stop_mesh(running)
+        console.print("stopped")
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+def load_agents(path: Path) -> list[agents_pb2.AgentDefinition]:
+    """Agent definitions from a YAML file: a list, or a mapping with an `agents` list."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+    items = document.get("agents", []) if isinstance(document, dict) else document
+    if not isinstance(items, list):
+        raise CliError(f"{path}: expected a list of agents")
+    return [_agent_from_yaml(item, f"{path}: agents[{i}]") for i, item in enumerate(items)]
+
+
+def _agent_from_yaml(item: object, where: str) -> agents_pb2.AgentDefinition:
+    if not isinstance(item, dict) or "id" not in item:
+        raise CliError(f"{where}: each agent needs an `id`")
+    fields = dict(item)
+    agent_id = str(fields.pop("id"))
+    prompts = {
+        k: fields.pop(k) for k in ("system", "user_template", "context_instructions") if k in fields
+    }
+    if prompts:
+        fields["prompts"] = {**fields.get("prompts", {}), **prompts}
+    if isinstance(fields.get("type"), str) and not fields["type"].startswith("AGENT_TYPE_"):
+        fields["type"] = "AGENT_TYPE_" + fields["type"].upper().replace("-", "_")
+    if isinstance(fields.get("model"), str):
+        fields["model"] = {"route": fields["model"]}
+    try:
+        definition = ParseDict(fields, agents_pb2.AgentDefinition())
+    except ParseError as exc:
+        raise CliError(f"{where}: {exc}") from None
+    definition.name = f"agents/{agent_id}"
+    return definition
+
+
+@app.command()
+def run(
+    goal: Annotated[str, typer.Argument(help="what the agents should achieve")],
+    strategy: Annotated[str, typer.Option(help=", ".join(STRATEGIES))] = "",
+    agents: Annotated[Path | None, typer.Option(help="YAML file of agents")] = None,
+    max_rounds: Annotated[int, typer.Option(help="rounds for round-robin")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="one event per line")] = False,
+    target: Target = DEFAULT_TARGET,
+    api_key: ApiKey = "",
+) -> None:
+    """Start a session for GOAL and show it live; Ctrl-C cancels it."""
+    if strategy and strategy not in STRATEGIES:
+        errors.print(f"[red]error:[/red] --strategy must be one of {', '.join(STRATEGIES)}")
+        raise typer.Exit(2)
+    team = load_agents(agents) if agents is not None else []
+    chosen = STRATEGIES.get(strategy, sessions_pb2.STRATEGY_UNSPECIFIED)
+    if not team and chosen == sessions_pb2.STRATEGY_UNSPECIFIED:
+        chosen = sessions_pb2.STRATEGY_ROUTER
+
+    async def go(client: AgentmeshClient) -> None:
+        session = await client.create_session(
+            goal=goal,
+            inline_agents=team,
+            strategy=chosen,
+            limits=sessions_pb2.SessionLimits(max_rounds=max_rounds),
+        )
+        await _show(client, session.name, client.run(session.name), as_json)
+
+    _run(_with_client(target, api_key, go))
+
+
+async def _show(
+    client: AgentmeshClient,
+    session: str,
+    events: AsyncIterator[events_pb2.SessionEvent],
+    as_json: bool,
+    *,
+    cancel_on_interrupt: bool = True,
+) -> None:
+    view = SessionView(session=session)
+    interrupted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    try:
+        with contextlib.ExitStack() as stack:
+            live = (
+                None
+                if as_json
+                else stack.enter_context(Live(view.render(), console=console, refresh_per_second=8))
+            )
+            iterator = events.__aiter__()
+            while True:
+                next_event = asyncio.ensure_future(iterator.__anext__())
+                stopper = asyncio.ensure_future(interrupted.wait())
+                done, _ = await asyncio.wait(
+                    {next_event, stopper}, return_when=asyncio.FIRST_COMPLETED
+                )
+                stopper.cancel()
+                if next_event not in done:
+                    next_event.cancel()
+                    if cancel_on_interrupt:
+                        await client.cancel_session(session)
+                        iterator = client.events(session, after_seq=view.last_seq).__aiter__()
+                        interrupted.clear()
+                        cancel_on_interrupt = False
+                        continue
+                    return
+                try:
+                    event = next_event.result()
+                except StopAsyncIteration:
+                    break
+                view.apply(event)
+                if as_json:
+                    print(MessageToJson(event, indent=None), flush=True)
+                elif live is not None:
+                    live.update(view.render())
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    if view.outcome.startswith("failed"):
+        raise typer.Exit(1)
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+@sessions_app.command("list")
+def sessions_list(
+    status: Annotated[
+        str, typer.Option(help="pending, running, completed, failed, cancelled")
+    ] = "",
+    target: Target = DEFAULT_TARGET,
+    api_key: ApiKey = "",
+) -> None:
+    """Sessions, newest first."""
+    wanted = (
+        sessions_pb2.SessionStatus.Value(f"SESSION_STATUS_{status.upper()}")
+        if status
+        else sessions_pb2.SESSION_STATUS_UNSPECIFIED
+    )
+
+    async def go(client: AgentmeshClient) -> None:
+        table = Table()
+        for column in ("session", "status", "strategy", "goal", "tokens"):
+            table.add_column(column)
+        async for session in client.list_sessions(status=wanted):
+            table.add_row(
+                session.name,
+                status_name(session.status),
+                sessions_pb2.Strategy.Name(session.strategy).removeprefix("STRATEGY_").lower(),
+                session.goal[:60],
+                str(session.usage.total_tokens),
+            )
+        console.print(table)
+
+    _run(_with_client(target, api_key, go))
+
+
+@sessions_app.command("show")
+def sessions_show(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+    """A session with its agents, tasks and usage."""
+
+    async def go(client: AgentmeshClient) -> None:
+        reply = await client.get_session(_session_name(name))
+        session = reply.session
+        console.print(f"[bold]{session.name}[/bold]  {status_name(session.status)}")
+        console.print(f"goal: {session.goal}")
+        console.print(f"agents: {', '.join(a.name for a in reply.agents) or '-'}")
+        if reply.tasks:
+            table = Table(title="tasks")
+            for column in ("task", "status", "agent", "retries"):
+                table.add_column(column)
+            for task in reply.tasks:
+                status = sessions_pb2.TaskStatus.Name(task.status).removeprefix("TASK_STATUS_")
+                table.add_row(task.task_id, status.lower(), task.agent, str(task.retry_count))
+            console.print(table)
+        if session.final_answer:
+            console.print(f"answer: {session.final_answer}")
+        console.print(usage_table({}, session.usage))
+
+    _run(_with_client(target, api_key, go))
+
+
+@sessions_app.command("watch")
+def sessions_watch(
+    name: str,
+    after_seq: Annotated[int, typer.Option(help="replay events after this seq")] = 0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    target: Target = DEFAULT_TARGET,
+    api_key: ApiKey = "",
+) -> None:
+    """Replay a session's events, then follow it live."""
+
+    async def go(client: AgentmeshClient) -> None:
+        session = _session_name(name)
+        await _show(
+            client,
+            session,
+            client.events(session, after_seq=after_seq),
+            as_json,
+            cancel_on_interrupt=False,
+        )
+
+    _run(_with_client(target, api_key, go))
+
+
+@sessions_app.command("cancel")
+def sessions_cancel(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+    """Cancel a session."""
+
+    async def go(client: AgentmeshClient) -> None:
+        session = await client.cancel_session(_session_name(name))
+        console.print(f"{session.name}: {status_name(session.status)}")
+
+    _run(_with_client(target, api_key, go))
+
+
+def _session_name(name: str) -> str:
+    return name if name.startswith("sessions/") else f"sessions/{name}"
+
+
+# -- agents ------------------------------------------------------------------------------------
+
+
+@agents_app.command("create")
+def agents_create(file: Path, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+    """Create every agent of a YAML file."""
+    definitions = load_agents(file)
+
+    async def go(client: AgentmeshClient) -> None:
+        for definition in definitions:
+            agent_id = definition.name.removeprefix("agents/")
+            created = await client.create_agent(agent_id, definition)
+            console.print(f"created {created.name}")
+
+    _run(_with_client(target, api_key, go))
+
+
+@agents_app.command("list")
+def agents_list(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+    """Agent definitions."""
+
+    async def go(client: AgentmeshClient) -> None:
+        table = Table()
+        for column in ("agent", "type", "model", "tools", "description"):
+            table.add_column(column)
+        async for agent in client.list_agents():
+            table.add_row(
+                agent.name,
+                agents_pb2.AgentType.Name(agent.type).removeprefix("AGENT_TYPE_").lower(),
+                agent.model.route or f"{agent.model.provider}/{agent.model.model}",
+                ", ".join(agent.tools),
+                agent.description[:60],
+            )
+        console.print(table)
+
+    _run(_with_client(target, api_key, go))
+
+
+@agents_app.command("show")
+def agents_show(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+    """An agent definition as YAML."""
+
+    async def go(client: AgentmeshClient) -> None:
+        agent = await client.get_agent(name if name.startswith("agents/") else f"agents/{name}")
+        console.print(yaml.safe_dump(MessageToDict(agent), sort_keys=False))
+
+    _run(_with_client(target, api_key, go))
+
+
+@agents_app.command("delete")
+def agents_delete(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+    """Delete an agent definition."""
+
+    async def go(client: AgentmeshClient) -> None:
+        full = name if name.startswith("agents/") else f"agents/{name}"
+        await client.delete_agent(full)
+        console.print(f"deleted {full}")
+
+    _run(_with_client(target, api_key, go))
+
+
+# -- memory, settings, models, providers, tools, keys ------------------------------------------
+
+
+@memory_app.command("list")
+def memory_list(
+    agent: str, user: str = "default", target: Target = DEFAULT_TARGET, api_key: ApiKey = ""
+) -> None:
+    """An agent's memories for a user."""
+
+    async def go(client: AgentmeshClient) -> None:
+        for entry in await client.list_memories(f"agents/{agent}/users/{user}"):
+            value = json.dumps(MessageToDict(entry.value))
+            console.print(f"{entry.name.rsplit('/', 1)[-1]} = {value}")
+
+    _run(_with_client(target, api_key, go))
+
+
+@memory_app.command("get")
+def memory_get(
+    agent: str,
+    key: str,
+    user: str = "default",
+    target: Target = DEFAULT_TARGET,
+    api_key: ApiKey = "",
+) -> None:
+    """One memory entry."""
+
+    async def go(client: AgentmeshClient) -> None:
+        entry = await client.get_memory(f"agents/{agent}/users/{user}/memories/{key}")
+        console.print(json.dumps(MessageToDict(entry.value)))
+
+    _run(_with_client(target, api_key, go))
+
+
+@memory_app.command("put")
+def memory_put(
+    agent: str,
+    key: str,
+    value: Annotated[str, typer.Argument(help="a JSON value")],
+    user: str = "default",
+    ttl: Annotated[float | None, typer.Option(help="seconds to live")] = None,
+    target: Target = DEFAULT_TARGET,
+    api_key: ApiKey = "",
+) -> None:
+    """Write a memory entry."""
+    try:
+        parsed = ParseDict(json.loads(value), struct_pb2.Value())
+    except (ValueError, ParseError) as exc:
+        errors.print(f"[red]error:[/red] VALUE is not JSON: {exc}")
+        raise typer.Exit(2) from None
+
+    async def go(client: AgentmeshClient) -> None:
+        entry = await client.put_memory(
+            f"agents/{agent}/users/{user}/memories/{key}", parsed, ttl_seconds=ttl
+        )
+        console.print(f"stored {entry.name}")
+
+    _run(_with_client(target, api_key, go))
+
+
+@memory_app.command("delete")
+def memory_delete(
+    agent: str,
+    key: str,
+    user: str = "default",
+    target: Target = DEFAULT_TARGET,
+    api_key: ApiKey = "",
+) -> None:
+    """Delete a memory entry."""
+
+    async def go(client: AgentmeshClient) -> None:
+        await client.delete_memory(f"agents/{agent}/users/{user}/memories/{key}")
+        console.print("deleted")
+
+    _run(_with_client(target, api_key, go))
+
+
+@settings_app.command("show")
+def settings_show(
+    user: str = "default", target: Target = DEFAULT_TARGET, api_key: ApiKey = ""
+) -> None:
+    """A user's settings."""
+
+    async def go(client: AgentmeshClient) -> None:
+        settings = await client.get_user_settings(user)
+        console.print(yaml.safe_dump(MessageToDict(settings), sort_keys=False) or "{}")
+
+    _run(_with_client(target, api_key, go))
+
+
+@settings_app.command("set")
+def settings_set(
+    default_route: Annotated[str, typer.Option(help="route for agents that name none")] = "",
+    preference: Annotated[str, typer.Option(help="local or online")] = "",
+    user: str = "default",
+    target: Target = DEFAULT_TARGET,
+    api_key: ApiKey = "",
+) -> None:
+    """Change a user's settings."""
+    settings = user_settings_pb2.UserSettings(name=f"users/{user}/settings")
+    fields: list[str] = []
+    if default_route:
+        settings.default_route = default_route
+        fields.append("default_route")
+    if preference:
+        settings.model_preference = user_settings_pb2.ModelPreference.Value(
+            f"MODEL_PREFERENCE_{preference.upper()}"
+        )
+        fields.append("model_preference")
+
+    async def go(client: AgentmeshClient) -> None:
+        stored = await client.update_user_settings(settings, fields=fields)
+        console.print(yaml.safe_dump(MessageToDict(stored), sort_keys=False))
+
+    _run(_with_client(target, api_key, go))
+
+
+@app.command()
+def models(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+    """Routes and the models behind them."""
+
+    async def go(client: AgentmeshClient) -> None:
+        table = Table()
+        for column in ("route", "deployments (fallback order)", "context"):
+            table.add_column(column)
+        for model in await client.list_models():
+            table.add_row(
+                model.route, " → ".join(model.deployments), str(model.context_window_tokens or "")
+            )
+        console.print(table)
+
+    _run(_with_client(target, api_key, go))
+
+
+@app.command()
+def providers(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+    """Health and circuit state of every deployment."""
+
+    async def go(client: AgentmeshClient) -> None:
+        table = Table()
+        for column in ("route", "deployment", "health", "circuit", "rpm left", "tpm left"):
+            table.add_column(column)
+        for status in await client.provider_status():
+            table.add_row(
+                status.route,
+                f"{status.provider}/{status.model}",
+                operations_pb2.DeploymentHealth.Name(status.health)
+                .removeprefix("DEPLOYMENT_HEALTH_")
+                .lower(),
+                operations_pb2.CircuitState.Name(status.circuit_state)
+                .removeprefix("CIRCUIT_STATE_")
+                .lower(),
+                "∞" if status.rpm_remaining < 0 else str(status.rpm_remaining),
+                "∞" if status.tpm_remaining < 0 else str(status.tpm_remaining),
+            )
+        console.print(table)
+
+    _run(_with_client(target, api_key, go))
+
+
+@app.command()
+def tools(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+    """Tools agents can be given."""
+
+    async def go(client: AgentmeshClient) -> None:
+        table = Table()
+        for column in ("tool", "permission", "source", "description"):
+            table.add_column(column)
+        for tool in await client.list_tools():
+            permission = "read-only" if tool.spec.permission == 1 else "read-write"
+            table.add_row(tool.spec.name, permission, tool.source, tool.spec.description)
+        console.print(table)
+
+    _run(_with_client(target, api_key, go))
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="tenant id")],
+    name: Annotated[str, typer.Option(help="a label")] = "",
+    memory: Annotated[str, typer.Option(help="memory service address")] = "127.0.0.1:50054",
+) -> None:
+    """Create an API key for a tenant (talks to the memory service; shown once)."""
+    secret = _run(create_api_key(memory, tenant, name))
+    print(secret)
+
+
+def main() -> None:
+    """Entry point of the `agentmesh` script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
