@@ -15,11 +15,12 @@ TYPED_SOURCES := services/common/src services/memory/src services/inference-gate
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-setup: ## Install uv (if missing), every Python package (locked) and buf (from npm, into tools/buf)
+setup: ## Install uv (if missing), the locked Python packages, buf and the Node client (npm)
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
 		python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) sync --frozen --all-packages
 	npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error
+	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
 
 run: ## Start the four services on localhost (embedded default) and wait; Ctrl-C stops them
 	$(RUN) python -m agentmesh_client.mesh
