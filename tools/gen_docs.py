@@ -1,0 +1,235 @@
+"""Generate the reference parts of docs/ from their sources, so they cannot drift.
+
+- `docs/api.md`: every service and RPC of the v1 contract and every session event, from the
+  comments in `protos/` (compiled with source info), plus every error reason the services
+  raise (found in the code) with what a caller should do about it.
+- `docs/configuration.md`: every environment variable of every service, from the settings
+  classes (name, type, default, description).
+
+`--check` regenerates in memory and exits 1 when a committed file differs, or when the code
+raises an error reason that `REASON_GUIDANCE` below does not explain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc_tools
+from google.protobuf import descriptor_pb2
+from pydantic.fields import FieldInfo
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ROOT / "protos"
+DOCS = ROOT / "docs"
+
+SETTINGS = [
+    ("orchestrator", "agentmesh_orchestrator.settings", "OrchestratorSettings"),
+    ("inference gateway", "agentmesh_gateway.settings", "GatewaySettings"),
+    ("local runner", "agentmesh_runner.settings", "RunnerSettings"),
+    ("memory", "agentmesh_memory.settings", "MemorySettings"),
+]
+
+# What a caller should do about each error reason. The check fails when the code raises a
+# reason that is not explained here.
+REASON_GUIDANCE: dict[str, str] = {
+    "INVALID_ARGUMENT": "Fix the request: the field violations name each field at fault.",
+    "NOT_FOUND": "The resource does not exist for your tenant; check the name.",
+    "ALREADY_EXISTS": "Choose another id, or fetch the existing resource.",
+    "FAILED_PRECONDITION": "The resource is not in a state that allows this; read it and retry.",
+    "ABORTED": "A concurrent change or a failed plan stopped the operation; retry it.",
+    "OUT_OF_RANGE": "Use a value or page within the valid range.",
+    "RESOURCE_EXHAUSTED": "Wait for the RetryInfo delay, then retry.",
+    "UNAUTHENTICATED": "Send a valid API key as 'authorization: Bearer <key>'.",
+    "PERMISSION_DENIED": "The caller may not do this; use an allowed tool or credentials.",
+    "UNAVAILABLE": "A dependency is down or restarting; retry with backoff.",
+    "DEADLINE_EXCEEDED": "The call ran out of time; retry with a longer deadline.",
+    "CANCELLED": "The call was cancelled by the caller or by shutdown.",
+    "UNIMPLEMENTED": "This RPC is not available in this version.",
+    "INTERNAL": "A bug on our side; the message carries a trace id to report.",
+    "UNKNOWN": "A call failed without a status (e.g. a broken connection); retry it.",
+    "API_KEY_MISSING": "Send an API key: 'authorization: Bearer <key>'.",
+    "API_KEY_INVALID": "The key is unknown or revoked; create one with `agentmesh keys create`.",
+    "TENANT_MISSING": "Internal calls must carry the x-agentmesh-tenant metadata.",
+    "TENANT_RATE_LIMITED": "Your tenant's requests per minute are spent; wait RetryInfo.",
+    "TENANT_TOKENS_EXHAUSTED": "Your tenant's tokens per minute are spent; wait RetryInfo.",
+    "SESSION_ENDED": "The session has ended; start a new one.",
+    "SESSION_BUSY": "The session is running; follow it with StreamSession or retry later.",
+    "SESSION_RUNNING_ELSEWHERE": "Another replica runs the session; send the call there.",
+}
+_REASON = re.compile(r"""reason\s*=\s*["']([A-Z][A-Z0-9_]+)["']""")
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return text.replace("|", "\\|")
+
+
+def _descriptors() -> descriptor_pb2.FileDescriptorSet:
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "contract.pb"
+        files = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "agentmesh").rglob("*.proto"))
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                f"-I{PROTOS}",
+                f"-I{PROTOS / 'third_party' / 'googleapis'}",
+                f"-I{Path(grpc_tools.__file__).parent / '_proto'}",
+                "--include_source_info",
+                f"--descriptor_set_out={out}",
+                *files,
+            ],
+            check=True,
+            cwd=PROTOS,
+        )
+        return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
+
+
+def _comments(file: descriptor_pb2.FileDescriptorProto) -> dict[tuple[int, ...], str]:
+    return {
+        tuple(location.path): " ".join(location.leading_comments.split())
+        for location in file.source_code_info.location
+        if location.leading_comments
+    }
+
+
+def _reasons() -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "services").rglob("*.py")):
+        if "/tests/" in str(path) or "/testing" in str(path):
+            continue
+        for reason in _REASON.findall(path.read_text(encoding="utf-8")):
+            found.setdefault(reason, []).append(str(path.relative_to(ROOT)).split("/")[1])
+    return found
+
+
+def api_markdown() -> str:
+    """docs/api.md."""
+    lines = [
+        "# API reference",
+        "",
+        "Generated by `tools/gen_docs.py` from the comments in `protos/` (do not edit by hand;",
+        "run `make docs`). The public API is `agentmesh.orchestrator.v1.OrchestratorService`;",
+        "the other services are internal. Every call needs an API key in the `authorization`",
+        "metadata (`Bearer <key>`). Errors are `google.rpc.Status` with an `ErrorInfo` whose",
+        "`reason` is listed at the end, `BadRequest` field violations for bad input and",
+        "`RetryInfo` where waiting helps.",
+        "",
+    ]
+    descriptor_set = _descriptors()
+    events: list[str] = []
+    for file in descriptor_set.file:
+        comments = _comments(file)
+        for s_index, service in enumerate(file.service):
+            lines += [f"## {file.package}.{service.name}", ""]
+            lines += [comments.get((6, s_index), ""), ""]
+            lines += ["| RPC | request → response | what it does |", "|---|---|---|"]
+            for m_index, method in enumerate(service.method):
+                stream = "stream " if method.server_streaming else ""
+                request = method.input_type.rsplit(".", 1)[-1]
+                response = method.output_type.rsplit(".", 1)[-1]
+                doc = comments.get((6, s_index, 2, m_index), "")
+                lines.append(
+                    f"| `{method.name}` | `{request}` → `{stream}{response}` | {_cell(doc)} |"
+                )
+            lines.append("")
+        for m_index, message in enumerate(file.message_type):
+            if message.name != "SessionEvent":
+                continue
+            events += [comments.get((4, m_index), ""), ""]
+            events += ["| event | payload | meaning |", "|---|---|---|"]
+            for f_index, message_field in enumerate(message.field):
+                if message_field.HasField("oneof_index"):
+                    doc = comments.get((4, m_index, 2, f_index), "")
+                    payload = message_field.type_name.rsplit(".", 1)[-1]
+                    events.append(f"| `{message_field.name}` | `{payload}` | {_cell(doc)} |")
+            events.append("")
+    lines += ["## Session events", "", *events]
+    lines += [
+        "## Error reasons",
+        "",
+        "| reason | raised by | what the caller should do |",
+        "|---|---|---|",
+    ]
+    reasons = _reasons()
+    for reason in sorted(set(reasons) | set(REASON_GUIDANCE)):
+        where = ", ".join(sorted(set(reasons.get(reason, ["any service"]))))
+        lines.append(f"| `{reason}` | {where} | {REASON_GUIDANCE.get(reason, '')} |")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _settings_rows(module: str, class_name: str) -> Iterator[tuple[str, str, str, str]]:
+    settings_class = getattr(importlib.import_module(module), class_name)
+    prefix = settings_class.model_config.get("env_prefix", "")
+    fields: dict[str, FieldInfo] = settings_class.model_fields
+    for name, info in fields.items():
+        annotation = (
+            info.annotation.__name__
+            if isinstance(info.annotation, type)
+            else str(info.annotation).replace("typing.", "").replace("pathlib.", "")
+        )
+        annotation = annotation.replace("Annotated[Path, PathType(path_type='file')]", "FilePath")
+        default = "" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        yield f"{prefix}{name.upper()}", annotation, default, info.description or ""
+
+
+def configuration_markdown() -> str:
+    """docs/configuration.md."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated by `tools/gen_docs.py` from the settings classes (do not edit by hand; run",
+        "`make docs`). Each service reads these environment variables once at start; an",
+        "invalid value stops it with one line naming the variable.",
+        "",
+    ]
+    for title, module, class_name in SETTINGS:
+        try:
+            rows = list(_settings_rows(module, class_name))
+        except (ImportError, AttributeError):
+            continue
+        lines += [f"## {title}", "", "| variable | type | default | meaning |", "|---|---|---|---|"]
+        for variable, annotation, default, description in rows:
+            cell = f"`{default}`" if default else ""
+            lines.append(
+                f"| `{variable}` | `{_cell(annotation)}` | {_cell(cell)} | {_cell(description)} |"
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail when docs/ is out of date")
+    args = parser.parse_args()
+    outputs = {DOCS / "api.md": api_markdown(), DOCS / "configuration.md": configuration_markdown()}
+    unexplained = sorted(set(_reasons()) - set(REASON_GUIDANCE))
+    if unexplained:
+        print(
+            f"error reasons without guidance in tools/gen_docs.py: {', '.join(unexplained)}",
+            file=sys.stderr,
+        )
+        if args.check:
+            return 1
+    stale = [p for p, text in outputs.items() if not p.exists() or p.read_text() != text]
+    if args.check:
+        for path in stale:
+            print(f"{path.relative_to(ROOT)} is out of date; run `make docs`", file=sys.stderr)
+        return 1 if stale else 0
+    DOCS.mkdir(exist_ok=True)
+    for path, text in outputs.items():
+        path.write_text(text)
+        print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
