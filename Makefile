@@ -52,5 +52,10 @@ breaking: ## buf breaking against the previous commit (skipped with a reason whe
 		cd protos && ../$(BUF) breaking --against '../.git#ref=HEAD~1,subdir=protos'; \
 	else echo "buf breaking: HEAD~1 has no protos/agentmesh, nothing to compare against"; fi
 
+.PHONY: deploy-check
+deploy-check: ## Validate deploy/ offline: kustomize overlays, Kubernetes schemas, Dockerfiles, compose, dashboards
+	npm ci --prefix deploy/tools --no-audit --no-fund --loglevel=error
+	$(RUN) python tools/deploy_check.py
+
 clean: ## Remove caches and local data
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .data

@@ -269,8 +269,13 @@ def ref(obj: Mapping[str, Any]) -> str:
 
 
 def schema_problems(objects: list[dict[str, Any]], version: str) -> list[str]:
-    import kubernetes_validate
-
+    try:
+        import kubernetes_validate
+    except ImportError:
+        return [
+            "kubernetes-validate is not installed: it is a dev dependency "
+            "(kubernetes-validate==1.37.0 in the root pyproject.toml; `uv sync`)"
+        ]
     problems = []
     for obj in objects:
         try:
@@ -562,12 +567,14 @@ def network_problems(objects: list[dict[str, Any]]) -> tuple[list[str], int]:
             policies, namespace, prometheus, pod, service.metrics_port
         ):
             problems.append(f"Prometheus cannot scrape {name}:{service.metrics_port}")
-        if name != "orchestrator" and allowed(policies, namespace, client, pod, 50051):
-            problems.append(f"an outside client can reach {name}")
-    if "orchestrator" in pods and not allowed(
-        policies, namespace, client, pods["orchestrator"], 50051
-    ):
-        problems.append("clients cannot reach the orchestrator on 50051")
+        for port in ports:
+            checked += 1
+            public = name == "orchestrator" and port == BY_NAME["orchestrator"].port
+            is_open = allowed(policies, namespace, client, pod, port)
+            if is_open and not public:
+                problems.append(f"an outside client can reach {name}:{port}")
+            if public and not is_open:
+                problems.append(f"clients cannot reach the orchestrator on {port}")
     return problems, checked
 
 
