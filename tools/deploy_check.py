@@ -270,7 +270,7 @@ def ref(obj: Mapping[str, Any]) -> str:
 
 def schema_problems(objects: list[dict[str, Any]], version: str) -> list[str]:
     try:
-        import kubernetes_validate
+        import kubernetes_validate  # type: ignore[import-untyped]
     except ImportError:
         return [
             "kubernetes-validate is not installed: it is a dev dependency "
@@ -477,8 +477,10 @@ def port_matches(rule_ports: list[dict[str, Any]] | None, port: int) -> bool:
         return True
     for item in rule_ports:
         start = item.get("port")
-        end = item.get("endPort", start)
-        if start is None or (isinstance(start, int) and start <= port <= end):
+        if start is None:
+            return True
+        # Named ports (strings) are not used in deploy/; treat them as not matching a number.
+        if isinstance(start, int) and start <= port <= int(item.get("endPort", start)):
             return True
     return False
 
