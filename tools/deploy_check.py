@@ -322,9 +322,7 @@ def workload_problems(objects: list[dict[str, Any]], label: str) -> list[str]:
         if spec is None:
             continue
         name = ref(obj)
-        security = spec.get("securityContext", {})
-        if not security.get("runAsNonRoot") or security.get("runAsUser", 1) == 0:
-            problems.append(f"{name}: pods must set runAsNonRoot and a non-zero runAsUser")
+        problems += restricted_problems(name, spec)
         problems += _reference_problems(name, spec, config_maps, secrets)
         service = BY_NAME.get(obj["metadata"]["name"])
         if obj["kind"] != "Deployment" or service is None:
@@ -385,6 +383,34 @@ def workload_problems(objects: list[dict[str, Any]], label: str) -> list[str]:
         ]
         if not slices or not any(s.get("endpoints") for s in slices):
             problems.append("Service/local-runner has no selector and no EndpointSlice addresses")
+    return problems
+
+
+def restricted_problems(name: str, spec: Mapping[str, Any]) -> list[str]:
+    """What the "restricted" Pod Security level (enforced on our namespaces) would reject."""
+    problems: list[str] = []
+    pod = spec.get("securityContext", {})
+    if pod.get("runAsUser") == 0:
+        problems.append(f"{name}: runAsUser 0 (root)")
+    pod_seccomp = pod.get("seccompProfile", {}).get("type")
+    for kind in ("initContainers", "containers"):
+        for container in spec.get(kind, []):
+            where = f"{name}: container {container['name']}"
+            security = container.get("securityContext", {})
+            if not (security.get("runAsNonRoot", pod.get("runAsNonRoot"))):
+                problems.append(f"{where}: runAsNonRoot must be true (restricted Pod Security)")
+            if security.get("runAsUser", pod.get("runAsUser")) == 0:
+                problems.append(f"{where}: runs as uid 0")
+            if security.get("allowPrivilegeEscalation") is not False:
+                problems.append(f"{where}: allowPrivilegeEscalation must be false")
+            if "ALL" not in security.get("capabilities", {}).get("drop", []):
+                problems.append(f"{where}: capabilities must drop ALL")
+            seccomp = security.get("seccompProfile", {}).get("type", pod_seccomp)
+            if seccomp not in ("RuntimeDefault", "Localhost"):
+                problems.append(f"{where}: seccompProfile must be RuntimeDefault")
+    for volume in spec.get("volumes", []):
+        if "hostPath" in volume:
+            problems.append(f"{name}: hostPath volume {volume['name']} (restricted Pod Security)")
     return problems
 
 
@@ -675,7 +701,6 @@ def env_problems(
     names: Iterable[tuple[str, str]],
     fields: Mapping[str, set[str]],
     pending: set[str],
-    report: Report,
 ) -> tuple[list[str], int]:
     problems: list[str] = []
     count = 0
@@ -781,7 +806,7 @@ def collector_problems(deploy: Path) -> list[str]:
 
 
 def dashboard_problems(
-    deploy: Path, defined: Mapping[str, str], pending: set[str], report: Report
+    deploy: Path, defined: Mapping[str, str], pending: set[str]
 ) -> tuple[list[str], int, set[str]]:
     grafana = deploy / "grafana"
     problems: list[str] = []
@@ -969,8 +994,8 @@ def run(args: argparse.Namespace) -> int:
         report.check(
             f"workloads {label}",
             workload_problems(objects, label),
-            "gRPC probes, drain < termination grace, non-root, headless Services, HPA, PDB, "
-            "migration Job, references resolve",
+            "restricted Pod Security, gRPC probes, drain < termination grace, headless "
+            "Services, HPA, PDB, migration Job, references resolve",
         )
         problems, checked = network_problems(objects)
         report.check(
@@ -1007,7 +1032,7 @@ def run(args: argparse.Namespace) -> int:
     compose_env = set((compose["services"]["inference-gateway"].get("environment") or {}).keys())
     report.check("prometheus", prometheus_problems(deploy), "scrapes every service's metrics port")
     report.check("otel collector", collector_problems(deploy), "pipelines use defined components")
-    problems, panels, queried = dashboard_problems(deploy, defined, pending_metrics, report)
+    problems, panels, queried = dashboard_problems(deploy, defined, pending_metrics)
     report.check(
         "grafana dashboard",
         problems,
@@ -1027,7 +1052,7 @@ def run(args: argparse.Namespace) -> int:
     # Environment variables everywhere against the settings classes.
     for path in iter_files(deploy):
         env_uses += [(str(path.relative_to(repo)), name) for name in env_names(path.read_text())]
-    problems, count = env_problems(env_uses, fields, pending_settings, report)
+    problems, count = env_problems(env_uses, fields, pending_settings)
     report.check(
         "settings", problems, f"{count} uses of AGENTMESH_* variables, each a real setting"
     )

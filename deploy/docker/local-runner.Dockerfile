@@ -24,7 +24,8 @@ RUN groupadd --system --gid 10001 agentmesh \
     && useradd --system --uid 10001 --gid agentmesh --no-create-home --home-dir /nonexistent agentmesh
 COPY --from=build /opt/venv /opt/venv
 # Models live on a volume (the tiny demo model is written there at start when missing).
-ENV AGENTMESH_RUNNER_MODELS_DIR=/models
+ENV AGENTMESH_RUNNER_MODELS_DIR=/models \
+    HF_HOME=/tmp/huggingface
 RUN mkdir /models && chown 10001:10001 /models
 VOLUME /models
 ENV PATH=/opt/venv/bin:$PATH \

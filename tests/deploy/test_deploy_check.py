@@ -99,6 +99,12 @@ def test_broken_deployments_are_reported_with_file_and_reason(
         "terminationGracePeriodSeconds: 30",
         "terminationGracePeriodSeconds: 20",
     )
+    # The migration Job keeps its capabilities: the restricted namespace would refuse the pod.
+    _edit(
+        base / "memory-migrate-job.yaml",
+        "            capabilities: {drop: [ALL]}\n",
+        "",
+    )
     # A typo the API server would reject.
     _edit(base / "inference-gateway.yaml", "revisionHistoryLimit: 5", "revisionHistoryLimt: 5")
     # The memory service accepts any caller instead of the orchestrator only.
@@ -141,6 +147,10 @@ def test_broken_deployments_are_reported_with_file_and_reason(
     ), out
     assert (
         "FAIL network policies k8s/overlays/prod: an outside client can reach memory:50054" in out
+    )
+    assert (
+        "FAIL workloads k8s/overlays/dev: Job/memory-migrate: container migrate: capabilities "
+        "must drop ALL" in out
     )
     assert "AGENTMESH_ORCHESTRATOR_LEASE_TTL is not a setting of its service" in out
     assert "queries agentmesh_sessions_in_flight, which no service defines" in out
