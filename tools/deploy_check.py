@@ -837,6 +837,10 @@ def dashboard_problems(
         targets = panel.get("targets") or []
         if not targets:
             problems.append(f"{path.name}: panel {panel.get('title')!r} has no query")
+        for target in targets:
+            unbalanced = promql_balance(target.get("expr", ""))
+            if unbalanced:
+                problems.append(f"{path.name}: panel {panel.get('title')!r}: {unbalanced}")
         series_names = {
             series
             for target in targets
@@ -860,6 +864,27 @@ def dashboard_problems(
         ):
             problems.append(f"dashboards.yaml: {provider_path} is not mounted in compose grafana")
     return problems, count, queried
+
+
+def promql_balance(expr: str) -> str | None:
+    """A message when the brackets and quotes of a PromQL expression do not pair up."""
+    if not expr.strip():
+        return "empty query"
+    closing = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    quote: str | None = None
+    for char in expr:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char in "([{":
+            stack.append(char)
+        elif char in closing and (not stack or stack.pop() != closing[char]):
+            return f"unbalanced {char!r} in {expr!r}"
+    if quote or stack:
+        return f"unclosed {quote or stack[-1]!r} in {expr!r}"
+    return None
 
 
 def launchd_problems(deploy: Path) -> list[str]:
