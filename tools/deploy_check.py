@@ -23,7 +23,8 @@ What it checks (each line of output is PASS or FAIL with the file and the reason
   components; the Grafana dashboard is valid JSON whose every query names a metric the code
   defines, over provisioned datasources;
 * every ``AGENTMESH_<SERVICE>_*`` variable set anywhere in deploy/ is a field of that service's
-  settings class (read from the source with ``ast``), since the services ignore unknown ones;
+  settings class (read from the source with ``ast``), since the services ignore unknown ones,
+  and each service's environment (Kubernetes, compose, launchd) loads into that class;
 * the launchd example parses and gives the runner more time to exit than its drain.
 
 Names that deploy/ uses before the service that defines them is merged are listed in
@@ -297,6 +298,18 @@ def pod_spec(obj: Mapping[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def drain_seconds(env: Mapping[str, str], service: Service) -> float:
+    """GRACE_SECONDS + SHUTDOWN_NOTICE_SECONDS as the service would read them (bad values
+    are reported by the settings-values check; here they count as the defaults)."""
+    total = 0.0
+    for name, default in (("GRACE_SECONDS", 10.0), ("SHUTDOWN_NOTICE_SECONDS", 0.0)):
+        try:
+            total += float(env.get(service.prefix + name, default))
+        except ValueError:
+            total += default
+    return total
+
+
 def container_env(
     container: Mapping[str, Any], config_maps: Mapping[str, Mapping[str, str]]
 ) -> dict[str, str]:
@@ -306,7 +319,7 @@ def container_env(
         if name in config_maps:
             env.update(config_maps[name])
     for item in container.get("env", []):
-        env[item["name"]] = str(item.get("value", "<from a reference>"))
+        env[item["name"]] = str(item.get("value", FROM_REFERENCE))
     return env
 
 
@@ -336,8 +349,7 @@ def workload_problems(objects: list[dict[str, Any]], label: str) -> list[str]:
                         f"{name}: {kind} must be a gRPC probe on port {service.port}, "
                         f"got {probe or 'none'}"
                     )
-            drain = float(env.get(service.prefix + "GRACE_SECONDS", "10"))
-            drain += float(env.get(service.prefix + "SHUTDOWN_NOTICE_SECONDS", "0"))
+            drain = drain_seconds(env, service)
             grace = spec.get("terminationGracePeriodSeconds", 30)
             if grace <= drain:
                 problems.append(
@@ -697,6 +709,39 @@ def env_names(text: str) -> set[str]:
     return {m.group(0) for m in _ENV_NAME.finditer(text)}
 
 
+SETTINGS_CLASSES = {
+    "orchestrator": ("agentmesh_orchestrator.settings", "OrchestratorSettings"),
+    "inference-gateway": ("agentmesh_gateway.settings", "GatewaySettings"),
+    "local-runner": ("agentmesh_runner.settings", "RunnerSettings"),
+    "memory": ("agentmesh_memory.settings", "MemorySettings"),
+}
+FROM_REFERENCE = "<from a reference>"
+
+
+def settings_value_problems(where: str, service: Service, env: Mapping[str, str]) -> list[str]:
+    """Load the service's settings class from ``env`` as the service would at start."""
+    from agentmesh_common import SettingsError, load_settings
+
+    module_name, class_name = SETTINGS_CLASSES[service.name]
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        return [f"{where}: cannot import {module_name}.{class_name}: {exc}"]
+    values = {
+        key: value
+        for key, value in env.items()
+        if key.startswith(service.prefix)
+        and value != FROM_REFERENCE
+        # Certificates exist only where the service runs; their presence is checked there.
+        and not key.removeprefix(service.prefix).startswith("TLS_")
+    }
+    try:
+        load_settings(cls, values)
+    except SettingsError as exc:
+        return [f"{where}: {service.name} would not start: {exc}"]
+    return []
+
+
 def env_problems(
     names: Iterable[tuple[str, str]],
     fields: Mapping[str, set[str]],
@@ -751,8 +796,7 @@ def compose_problems(deploy: Path) -> list[str]:
         if service.port not in {int(n) for n in re.findall(r":(\d{5})'", json.dumps(test))}:
             problems.append(f"compose.yaml: {name}'s healthcheck must check its gRPC port")
         env = {k: str(v) for k, v in (spec.get("environment") or {}).items()}
-        drain = float(env.get(service.prefix + "GRACE_SECONDS", "10"))
-        drain += float(env.get(service.prefix + "SHUTDOWN_NOTICE_SECONDS", "0"))
+        drain = drain_seconds(env, service)
         grace = _seconds(str(spec.get("stop_grace_period", "10s")))
         if grace <= drain:
             problems.append(
@@ -907,8 +951,7 @@ def launchd_problems(deploy: Path) -> list[str]:
         env = data.get("EnvironmentVariables", {})
         if env.get(runner.prefix + "HOST") != "0.0.0.0":
             problems.append(f"{path.name}: the runner must listen on 0.0.0.0 to be reached")
-        drain = float(env.get(runner.prefix + "GRACE_SECONDS", "10"))
-        drain += float(env.get(runner.prefix + "SHUTDOWN_NOTICE_SECONDS", "0"))
+        drain = drain_seconds(env, runner)
         if data.get("ExitTimeOut", 20) <= drain:
             problems.append(f"{path.name}: ExitTimeOut must exceed the drain ({drain:g}s)")
     return problems
@@ -1028,6 +1071,21 @@ def run(args: argparse.Namespace) -> int:
             problems,
             f"only the architecture's edges are open ({checked} connections checked)",
         )
+        config_maps = {
+            o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"
+        }
+        value_problems: list[str] = []
+        for obj in objects:
+            service = BY_NAME.get(obj["metadata"]["name"])
+            if obj["kind"] == "Deployment" and service is not None:
+                for container in obj["spec"]["template"]["spec"]["containers"]:
+                    env = container_env(container, config_maps)
+                    value_problems += settings_value_problems(ref(obj), service, env)
+        report.check(
+            f"settings values {label}",
+            value_problems,
+            "each Deployment's environment loads into its service's settings class",
+        )
         for obj in objects:
             if ref(obj) == "Deployment/inference-gateway":
                 for container in obj["spec"]["template"]["spec"]["containers"]:
@@ -1055,6 +1113,21 @@ def run(args: argparse.Namespace) -> int:
     )
     compose = yaml.safe_load((deploy / "compose.yaml").read_text())
     compose_env = set((compose["services"]["inference-gateway"].get("environment") or {}).keys())
+    value_problems = []
+    for service in SERVICES:
+        env = {
+            k: str(v)
+            for k, v in (compose["services"][service.name].get("environment") or {}).items()
+        }
+        value_problems += settings_value_problems(f"compose {service.name}", service, env)
+    for plist in sorted((deploy / "launchd").glob("*.plist")):
+        env = plistlib.loads(plist.read_bytes()).get("EnvironmentVariables", {})
+        value_problems += settings_value_problems(plist.name, BY_NAME["local-runner"], env)
+    report.check(
+        "settings values compose and launchd",
+        value_problems,
+        "each service's environment loads into its settings class",
+    )
     report.check("prometheus", prometheus_problems(deploy), "scrapes every service's metrics port")
     report.check("otel collector", collector_problems(deploy), "pipelines use defined components")
     problems, panels, queried = dashboard_problems(deploy, defined, pending_metrics)

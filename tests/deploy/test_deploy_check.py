@@ -120,6 +120,12 @@ def test_broken_deployments_are_reported_with_file_and_reason(
         "      - AGENTMESH_ORCHESTRATOR_LEASE_TTL_SECONDS=15",
         "      - AGENTMESH_ORCHESTRATOR_LEASE_TTL=15",
     )
+    # A log level the orchestrator refuses at start.
+    _edit(
+        base / "kustomization.yaml",
+        "      - AGENTMESH_ORCHESTRATOR_LOG_LEVEL=INFO",
+        "      - AGENTMESH_ORCHESTRATOR_LOG_LEVEL=VERBOSE",
+    )
     # A dashboard panel over a metric no service exports.
     dashboard_path = deploy / "grafana" / "dashboards" / "agentmesh.json"
     dashboard = json.loads(dashboard_path.read_text())
@@ -153,6 +159,11 @@ def test_broken_deployments_are_reported_with_file_and_reason(
         "must drop ALL" in out
     )
     assert "AGENTMESH_ORCHESTRATOR_LEASE_TTL is not a setting of its service" in out
+    assert re.search(
+        r"FAIL settings values k8s/overlays/prod: Deployment/orchestrator: orchestrator would not "
+        r"start: .*AGENTMESH_ORCHESTRATOR_LOG_LEVEL",
+        out,
+    ), out
     assert "queries agentmesh_sessions_in_flight, which no service defines" in out
     assert re.search(r"FAIL compose: compose.yaml: \w[\w-]* stop_grace_period 5s <= drain 22s", out)
     assert "deploy check FAILED" in out
