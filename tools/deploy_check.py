@@ -864,6 +864,12 @@ def dashboard_problems(
         for f in (grafana / "provisioning" / "datasources").glob("*.yaml")
         for d in yaml.safe_load(f.read_text()).get("datasources", [])
     }
+    variables = {v.get("name"): v for v in (dashboard.get("templating") or {}).get("list", [])}
+    for name, variable in variables.items():
+        # A datasource variable stands for its default choice, which must be provisioned.
+        default = (variable.get("current") or {}).get("value")
+        if variable.get("type") == "datasource" and default in datasources:
+            datasources.add("${" + str(name) + "}")
     ids: set[int] = set()
     queried: set[str] = set()
     count = 0
