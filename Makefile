@@ -10,7 +10,7 @@ PYTHON_SOURCES := services clients tests bench tools
 TYPED_SOURCES := services/common/src services/memory/src services/inference-gateway/src \
 	services/local-runner/src services/orchestrator/src clients/python/src
 
-.PHONY: help setup run test lint fmt typecheck protos protos-check breaking docs docs-check clean
+.PHONY: help setup run test lint fmt typecheck protos protos-check breaking docs docs-check deploy-check clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -21,6 +21,7 @@ setup: ## Install uv (if missing), the locked Python packages, buf and the Node 
 	$(UV) sync --frozen --all-packages
 	npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error
 	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
+	npm ci --prefix deploy/tools --no-audit --no-fund --loglevel=error
 
 run: ## Start the four services on localhost (embedded default) and wait; Ctrl-C stops them
 	$(RUN) python -m agentmesh_client.mesh
@@ -58,6 +59,10 @@ docs: ## Regenerate docs/api.md and docs/configuration.md from the protos and se
 
 docs-check: ## Fail if the generated docs are out of date
 	$(RUN) python tools/gen_docs.py --check
+
+deploy-check: ## Validate deploy/ offline: kustomize overlays, Kubernetes schemas, Dockerfiles, compose, dashboards
+	npm ci --prefix deploy/tools --no-audit --no-fund --loglevel=error
+	$(RUN) python tools/deploy_check.py
 
 clean: ## Remove caches and local data
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .data
