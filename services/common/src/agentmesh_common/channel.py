@@ -40,7 +40,10 @@ MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 DEFAULT_UNARY_TIMEOUT = 30.0
 TENANT_METADATA_KEY = "x-agentmesh-tenant"
 
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
+    # Spread calls over every address a name resolves to (headless Kubernetes Services list
+    # each replica); the default pick_first would pin a channel to one replica.
+    ("grpc.lb_policy_name", "round_robin"),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),

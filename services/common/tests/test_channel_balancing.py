@@ -1,0 +1,54 @@
+"""Channels spread calls over every address a target resolves to (client-side round-robin)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf.wrappers_pb2 import StringValue
+from opentelemetry.sdk.trace import TracerProvider
+
+from agentmesh_common import create_channel
+
+
+def _server_named(name: str) -> grpc.aio.Server:
+    async def who(request: StringValue, context: grpc.aio.ServicerContext[Any, Any]) -> StringValue:
+        return StringValue(value=name)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        [
+            grpc.method_handlers_generic_handler(
+                "test.v1.Who",
+                {
+                    "Name": grpc.unary_unary_rpc_method_handler(
+                        who,
+                        request_deserializer=StringValue.FromString,
+                        response_serializer=StringValue.SerializeToString,
+                    )
+                },
+            )
+        ]
+    )
+    return server
+
+
+async def test_calls_are_spread_over_every_replica() -> None:
+    servers = [_server_named("a"), _server_named("b")]
+    ports = [server.add_insecure_port("127.0.0.1:0") for server in servers]
+    for server in servers:
+        await server.start()
+    target = "ipv4:" + ",".join(f"127.0.0.1:{port}" for port in ports)
+    channel = create_channel(target, tracer_provider=TracerProvider())
+    try:
+        call = channel.unary_unary(
+            "/test.v1.Who/Name",
+            request_serializer=StringValue.SerializeToString,
+            response_deserializer=StringValue.FromString,
+        )
+        answers = [(await call(StringValue())).value for _ in range(10)]
+    finally:
+        await channel.close()
+        for server in servers:
+            await server.stop(None)
+    assert set(answers) == {"a", "b"}, f"a pick_first channel would answer from one: {answers}"
