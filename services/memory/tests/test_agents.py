@@ -39,7 +39,8 @@ async def test_create_stores_the_definition_and_get_returns_it(api: Api) -> None
         memory_policy=agents_pb2.MemoryPolicy(read=True, types=[agents_pb2.MEMORY_TYPE_LONG_TERM]),
     )
     assert agent.name == "agents/researcher"
-    assert agent.HasField("create_time") and agent.update_time == agent.create_time
+    assert agent.HasField("create_time")
+    assert agent.update_time == agent.create_time
     got = (await api.GetAgent(memory_pb2.GetAgentRequest(name="agents/researcher"))).agent
     assert got == agent
     assert got.generation.temperature == pytest.approx(0.3)
@@ -85,19 +86,27 @@ async def test_list_pages_in_name_order_and_filters_by_type(api: Api) -> None:
             break
     assert names == [f"agents/agent-{i}" for i in range(7)]
     planners = await api.ListAgents(memory_pb2.ListAgentsRequest(type=PLANNER))
-    assert [a.name for a in planners.agents] == ["agents/agent-1", "agents/agent-3", "agents/agent-5"]
+    assert [a.name for a in planners.agents] == [
+        "agents/agent-1",
+        "agents/agent-3",
+        "agents/agent-5",
+    ]
     # A token is bound to its filters.
     first = await api.ListAgents(memory_pb2.ListAgentsRequest(page_size=1))
     await rpc_error(
         api.ListAgents(
-            memory_pb2.ListAgentsRequest(page_size=1, page_token=first.next_page_token, type=PLANNER)
+            memory_pb2.ListAgentsRequest(
+                page_size=1, page_token=first.next_page_token, type=PLANNER
+            )
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
 
 
 async def test_update_changes_only_masked_fields(api: Api) -> None:
-    original = await create(api, "editor", description="old", tools=["a"], prompts=agents_pb2.AgentPrompts(system="s"))
+    original = await create(
+        api, "editor", description="old", tools=["a"], prompts=agents_pb2.AgentPrompts(system="s")
+    )
     change = definition(name="agents/editor", description="new", tools=["b", "c"], type=PLANNER)
     updated = (
         await api.UpdateAgent(
@@ -112,7 +121,9 @@ async def test_update_changes_only_masked_fields(api: Api) -> None:
     assert updated.prompts.system == "s"
     assert updated.create_time == original.create_time
     assert updated.update_time.ToDatetime() >= original.update_time.ToDatetime()
-    nested = definition(name="agents/editor", prompts=agents_pb2.AgentPrompts(user_template="{goal}!"))
+    nested = definition(
+        name="agents/editor", prompts=agents_pb2.AgentPrompts(user_template="{goal}!")
+    )
     updated = (
         await api.UpdateAgent(
             memory_pb2.UpdateAgentRequest(
@@ -120,7 +131,8 @@ async def test_update_changes_only_masked_fields(api: Api) -> None:
             )
         )
     ).agent
-    assert updated.prompts.system == "s" and updated.prompts.user_template == "{goal}!"
+    assert updated.prompts.system == "s"
+    assert updated.prompts.user_template == "{goal}!"
 
 
 async def test_update_rejects_bad_masks_and_values(api: Api) -> None:
@@ -135,7 +147,9 @@ async def test_update_rejects_bad_masks_and_values(api: Api) -> None:
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
-    bad = definition(name="agents/strict", generation=generation_pb2.GenerationConfig(temperature=3))
+    bad = definition(
+        name="agents/strict", generation=generation_pb2.GenerationConfig(temperature=3)
+    )
     error = await rpc_error(
         api.UpdateAgent(
             memory_pb2.UpdateAgentRequest(
@@ -158,7 +172,10 @@ async def test_delete_removes_the_agent(api: Api) -> None:
     await api.DeleteAgent(memory_pb2.DeleteAgentRequest(name="agents/temp", request_id="del-1"))
     # A retry with the same request_id succeeds again; without one it is NOT_FOUND.
     await api.DeleteAgent(memory_pb2.DeleteAgentRequest(name="agents/temp", request_id="del-1"))
-    await rpc_error(api.DeleteAgent(memory_pb2.DeleteAgentRequest(name="agents/temp")), grpc.StatusCode.NOT_FOUND)
+    await rpc_error(
+        api.DeleteAgent(memory_pb2.DeleteAgentRequest(name="agents/temp")),
+        grpc.StatusCode.NOT_FOUND,
+    )
     error = await rpc_error(
         api.GetAgent(memory_pb2.GetAgentRequest(name="agents/temp")), grpc.StatusCode.NOT_FOUND
     )
@@ -171,14 +188,20 @@ async def test_delete_removes_the_agent(api: Api) -> None:
         (memory_pb2.CreateAgentRequest(agent_id="", agent=definition()), "agent_id"),
         (memory_pb2.CreateAgentRequest(agent_id="Bad_Name", agent=definition()), "agent_id"),
         (memory_pb2.CreateAgentRequest(agent_id="x" * 64, agent=definition()), "agent_id"),
-        (memory_pb2.CreateAgentRequest(agent_id="ok", agent=agents_pb2.AgentDefinition()), "agent.type"),
+        (
+            memory_pb2.CreateAgentRequest(agent_id="ok", agent=agents_pb2.AgentDefinition()),
+            "agent.type",
+        ),
         (
             memory_pb2.CreateAgentRequest(
                 agent_id="ok", agent=definition(generation=generation_pb2.GenerationConfig(top_p=2))
             ),
             "agent.generation.top_p",
         ),
-        (memory_pb2.CreateAgentRequest(agent_id="ok", agent=definition(description="d" * 5000)), "agent.description"),
+        (
+            memory_pb2.CreateAgentRequest(agent_id="ok", agent=definition(description="d" * 5000)),
+            "agent.description",
+        ),
     ],
 )
 async def test_create_rejects_bad_input_with_field_violations(
@@ -190,14 +213,17 @@ async def test_create_rejects_bad_input_with_field_violations(
 
 @pytest.mark.parametrize("name", ["", "agents", "agents/", "agent/x", "agents/x/y", "agents/UPPER"])
 async def test_malformed_names_are_invalid(api: Api, name: str) -> None:
-    error = await rpc_error(api.GetAgent(memory_pb2.GetAgentRequest(name=name)), grpc.StatusCode.INVALID_ARGUMENT)
+    error = await rpc_error(
+        api.GetAgent(memory_pb2.GetAgentRequest(name=name)), grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert violation_fields(error) == {"name"}
 
 
 @pytest.mark.parametrize("size", [-1, 1001])
 async def test_page_size_out_of_range_is_invalid(api: Api, size: int) -> None:
     error = await rpc_error(
-        api.ListAgents(memory_pb2.ListAgentsRequest(page_size=size)), grpc.StatusCode.INVALID_ARGUMENT
+        api.ListAgents(memory_pb2.ListAgentsRequest(page_size=size)),
+        grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert violation_fields(error) == {"page_size"}
 

@@ -13,7 +13,14 @@ import pytest
 
 from agentmesh.common.v1 import events_pb2, sessions_pb2
 from agentmesh.memory.v1 import memory_pb2
-from agentmesh_memory.testing import Api, RunningMemory, memory_settings, rpc_error, start_memory, violation_fields
+from agentmesh_memory.testing import (
+    Api,
+    RunningMemory,
+    memory_settings,
+    rpc_error,
+    start_memory,
+    violation_fields,
+)
 
 E = events_pb2
 
@@ -28,12 +35,16 @@ def completed(answer: str = "done") -> E.SessionEvent:
 
 async def new_session(api: Api, session_id: str = "") -> str:
     response = await api.CreateSession(
-        memory_pb2.CreateSessionRequest(session=sessions_pb2.Session(goal="g"), session_id=session_id)
+        memory_pb2.CreateSessionRequest(
+            session=sessions_pb2.Session(goal="g"), session_id=session_id
+        )
     )
     return str(response.session.name)
 
 
-async def append(api: Api, session: str, *events: E.SessionEvent, request_id: str = "") -> tuple[int, int]:
+async def append(
+    api: Api, session: str, *events: E.SessionEvent, request_id: str = ""
+) -> tuple[int, int]:
     response = await api.AppendEvents(
         memory_pb2.AppendEventsRequest(session=session, events=list(events), request_id=request_id)
     )
@@ -42,7 +53,9 @@ async def append(api: Api, session: str, *events: E.SessionEvent, request_id: st
 
 async def watch_all(api: Api, session: str, after_seq: int = 0) -> list[E.SessionEvent]:
     seen: list[E.SessionEvent] = []
-    call = api.WatchEvents(memory_pb2.WatchEventsRequest(session=session, after_seq=after_seq), timeout=30)
+    call = api.WatchEvents(
+        memory_pb2.WatchEventsRequest(session=session, after_seq=after_seq), timeout=30
+    )
     async for response in call:
         seen.extend(response.events)
     return seen
@@ -78,13 +91,15 @@ async def test_a_bad_batch_writes_nothing(api: Api) -> None:
     await rpc_error(
         api.AppendEvents(
             memory_pb2.AppendEventsRequest(
-                session=session, events=[E.SessionEvent(session="sessions/other", content_delta=E.ContentDelta())]
+                session=session,
+                events=[E.SessionEvent(session="sessions/other", content_delta=E.ContentDelta())],
             )
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     await rpc_error(
-        api.AppendEvents(memory_pb2.AppendEventsRequest(session=session)), grpc.StatusCode.INVALID_ARGUMENT
+        api.AppendEvents(memory_pb2.AppendEventsRequest(session=session)),
+        grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert await append(api, session, delta("first")) == (1, 1)
 
@@ -98,7 +113,9 @@ async def test_nothing_can_follow_the_terminal_event(api: Api) -> None:
     )
     assert error.reason == "SESSION_ENDED"
     await rpc_error(
-        api.AppendEvents(memory_pb2.AppendEventsRequest(session="sessions/missing", events=[delta("x")])),
+        api.AppendEvents(
+            memory_pb2.AppendEventsRequest(session="sessions/missing", events=[delta("x")])
+        ),
         grpc.StatusCode.NOT_FOUND,
     )
 
@@ -156,7 +173,9 @@ async def test_watch_replays_then_tails_without_gaps_or_duplicates(api: Api) -> 
     task = asyncio.create_task(watcher())
     await asyncio.wait_for(started.wait(), 10)
     for batch in range(20):
-        await append(api, session, *(delta(f"live-{batch}-{i}") for i in range(random.randint(1, 5))))
+        await append(
+            api, session, *(delta(f"live-{batch}-{i}") for i in range(random.randint(1, 5)))
+        )
         if batch % 5 == 0:
             await asyncio.sleep(0.01)
     last = (await append(api, session, completed()))[1]
@@ -171,12 +190,17 @@ async def test_watchers_joining_at_random_moments_see_every_event_once(api: Api)
     async def late_watcher(delay: float, after_seq: int) -> None:
         await asyncio.sleep(delay)
         seqs: list[int] = []
-        call = api.WatchEvents(memory_pb2.WatchEventsRequest(session=session, after_seq=after_seq), timeout=30)
+        call = api.WatchEvents(
+            memory_pb2.WatchEventsRequest(session=session, after_seq=after_seq), timeout=30
+        )
         async for response in call:
             seqs.extend(e.seq for e in response.events)
         results.append((after_seq, seqs))
 
-    watchers = [asyncio.create_task(late_watcher(random.uniform(0, 0.3), random.choice([0, 0, 3]))) for _ in range(8)]
+    watchers = [
+        asyncio.create_task(late_watcher(random.uniform(0, 0.3), random.choice([0, 0, 3])))
+        for _ in range(8)
+    ]
 
     async def appender(index: int) -> None:
         for i in range(15):
@@ -209,7 +233,9 @@ async def test_watch_wakes_at_once_without_polling(database_url: str, tenant: st
             api = Api(channel, tenant)
             session = await new_session(api)
             await append(api, session, delta("first"))
-            call = api.WatchEvents(memory_pb2.WatchEventsRequest(session=session, after_seq=1), timeout=30)
+            call = api.WatchEvents(
+                memory_pb2.WatchEventsRequest(session=session, after_seq=1), timeout=30
+            )
             waiter = asyncio.create_task(call.read())
             await asyncio.sleep(0.2)  # the watcher has caught up and waits
             sent = time.perf_counter()
@@ -250,7 +276,9 @@ async def test_append_on_one_replica_watch_on_another(
         caught_up = asyncio.Event()
 
         async def watch() -> None:
-            async for response in reader.WatchEvents(memory_pb2.WatchEventsRequest(session=session), timeout=30):
+            async for response in reader.WatchEvents(
+                memory_pb2.WatchEventsRequest(session=session), timeout=30
+            ):
                 for event in response.events:
                     received.append(event.seq)
                     arrival[event.seq] = time.perf_counter()

@@ -27,7 +27,9 @@ def value(data: object) -> struct_pb2.Value:
     return result
 
 
-def put(name: str, data: object, kind: int = LONG, ttl: float | None = None, **extra: object) -> memory_pb2.PutMemoryRequest:
+def put(
+    name: str, data: object, kind: int = LONG, ttl: float | None = None, **extra: object
+) -> memory_pb2.PutMemoryRequest:
     request = memory_pb2.PutMemoryRequest(
         entry=memory_entries_pb2.MemoryEntry(name=name, type=kind, value=value(data)),  # type: ignore[arg-type]
         **extra,  # type: ignore[arg-type]
@@ -42,40 +44,60 @@ BASE = "agents/helper/users/u1/memories"
 
 async def test_put_get_list_delete(api: Api) -> None:
     stored = (await api.PutMemory(put(f"{BASE}/color", {"favorite": "blue", "n": [1, 2]}))).entry
-    assert stored.name == f"{BASE}/color" and stored.access_count == 0
+    assert stored.name == f"{BASE}/color"
+    assert stored.access_count == 0
     got = (await api.GetMemory(memory_pb2.GetMemoryRequest(name=f"{BASE}/color"))).entry
     assert got.value.struct_value["favorite"] == "blue"
-    assert got.access_count == 1 and got.access_time.seconds
+    assert got.access_count == 1
+    assert got.access_time.seconds
     again = (await api.GetMemory(memory_pb2.GetMemoryRequest(name=f"{BASE}/color"))).entry
-    assert again.access_count == 2 and again.access_time.ToDatetime() >= got.access_time.ToDatetime()
+    assert again.access_count == 2
+    assert again.access_time.ToDatetime() >= got.access_time.ToDatetime()
     replaced = (await api.PutMemory(put(f"{BASE}/color", "green", SHORT))).entry
-    assert replaced.value.string_value == "green" and replaced.type == SHORT
-    assert replaced.create_time == stored.create_time and replaced.access_count == 2
+    assert replaced.value.string_value == "green"
+    assert replaced.type == SHORT
+    assert replaced.create_time == stored.create_time
+    assert replaced.access_count == 2
     await api.PutMemory(put(f"{BASE}/age", 3))
     await api.PutMemory(put("agents/helper/users/u2/memories/other", 1))
     listed = await api.ListMemories(memory_pb2.ListMemoriesRequest(parent="agents/helper/users/u1"))
     assert [e.name for e in listed.entries] == [f"{BASE}/age", f"{BASE}/color"]
-    short = await api.ListMemories(memory_pb2.ListMemoriesRequest(parent="agents/helper/users/u1", type=SHORT))
+    short = await api.ListMemories(
+        memory_pb2.ListMemoriesRequest(parent="agents/helper/users/u1", type=SHORT)
+    )
     assert [e.name for e in short.entries] == [f"{BASE}/color"]
     await api.DeleteMemory(memory_pb2.DeleteMemoryRequest(name=f"{BASE}/color"))
-    await rpc_error(api.GetMemory(memory_pb2.GetMemoryRequest(name=f"{BASE}/color")), grpc.StatusCode.NOT_FOUND)
-    await rpc_error(api.DeleteMemory(memory_pb2.DeleteMemoryRequest(name=f"{BASE}/color")), grpc.StatusCode.NOT_FOUND)
+    await rpc_error(
+        api.GetMemory(memory_pb2.GetMemoryRequest(name=f"{BASE}/color")), grpc.StatusCode.NOT_FOUND
+    )
+    await rpc_error(
+        api.DeleteMemory(memory_pb2.DeleteMemoryRequest(name=f"{BASE}/color")),
+        grpc.StatusCode.NOT_FOUND,
+    )
 
 
 async def test_an_expired_entry_is_invisible_at_once_and_swept(api: Api, db: Database) -> None:
     await api.PutMemory(put(f"{BASE}/soon", "x", SHORT, ttl=0.3))
     await api.PutMemory(put(f"{BASE}/kept", "y"))
-    assert (await api.GetMemory(memory_pb2.GetMemoryRequest(name=f"{BASE}/soon"))).entry.expire_time.seconds
+    assert (
+        await api.GetMemory(memory_pb2.GetMemoryRequest(name=f"{BASE}/soon"))
+    ).entry.expire_time.seconds
     await asyncio.sleep(0.4)
-    await rpc_error(api.GetMemory(memory_pb2.GetMemoryRequest(name=f"{BASE}/soon")), grpc.StatusCode.NOT_FOUND)
+    await rpc_error(
+        api.GetMemory(memory_pb2.GetMemoryRequest(name=f"{BASE}/soon")), grpc.StatusCode.NOT_FOUND
+    )
     listed = await api.ListMemories(memory_pb2.ListMemoriesRequest(parent="agents/helper/users/u1"))
     assert [e.name for e in listed.entries] == [f"{BASE}/kept"]
-    await rpc_error(api.DeleteMemory(memory_pb2.DeleteMemoryRequest(name=f"{BASE}/soon")), grpc.StatusCode.NOT_FOUND)
+    await rpc_error(
+        api.DeleteMemory(memory_pb2.DeleteMemoryRequest(name=f"{BASE}/soon")),
+        grpc.StatusCode.NOT_FOUND,
+    )
     swept, _ = await Stores.build(db, LocalNotifier()).memories.sweep(timedelta(days=7))
     assert swept >= 1
     # Writing the key again starts a fresh entry.
     fresh = (await api.PutMemory(put(f"{BASE}/soon", "new"))).entry
-    assert fresh.access_count == 0 and not fresh.HasField("expire_time")
+    assert fresh.access_count == 0
+    assert not fresh.HasField("expire_time")
 
 
 @pytest.mark.parametrize(
@@ -87,10 +109,17 @@ async def test_an_expired_entry_is_invisible_at_once_and_swept(api: Api, db: Dat
         (put(f"{BASE}/k", 1, agents_pb2.MEMORY_TYPE_UNSPECIFIED), "entry.type"),
         (put(f"{BASE}/k", "v" * 300_000), "entry.value"),
         (put(f"{BASE}/k", 1, ttl=-1), "ttl"),
-        (memory_pb2.PutMemoryRequest(entry=memory_entries_pb2.MemoryEntry(name=f"{BASE}/k", type=LONG)), "entry.value"),
+        (
+            memory_pb2.PutMemoryRequest(
+                entry=memory_entries_pb2.MemoryEntry(name=f"{BASE}/k", type=LONG)
+            ),
+            "entry.value",
+        ),
     ],
 )
-async def test_bad_memory_writes_are_refused(api: Api, request_: memory_pb2.PutMemoryRequest, field: str) -> None:
+async def test_bad_memory_writes_are_refused(
+    api: Api, request_: memory_pb2.PutMemoryRequest, field: str
+) -> None:
     error = await rpc_error(api.PutMemory(request_), grpc.StatusCode.INVALID_ARGUMENT)
     assert field in violation_fields(error)
 
@@ -106,10 +135,15 @@ async def test_user_settings_default_then_update(api: Api) -> None:
         model_preference=user_settings_pb2.MODEL_PREFERENCE_LOCAL,
         rag_archives=["docs"],
     )
-    updated = (await api.UpdateUserSettings(memory_pb2.UpdateUserSettingsRequest(settings=change))).settings
-    assert updated.default_route == "fast" and dict(updated.default_models) == {"planner": "openai/gpt-4o"}
+    updated = (
+        await api.UpdateUserSettings(memory_pb2.UpdateUserSettingsRequest(settings=change))
+    ).settings
+    assert updated.default_route == "fast"
+    assert dict(updated.default_models) == {"planner": "openai/gpt-4o"}
     assert updated.update_time.seconds
-    partial = user_settings_pb2.UserSettings(name=name, rag_archives=["papers", "notes"], default_route="ignored")
+    partial = user_settings_pb2.UserSettings(
+        name=name, rag_archives=["papers", "notes"], default_route="ignored"
+    )
     updated = (
         await api.UpdateUserSettings(
             memory_pb2.UpdateUserSettingsRequest(
@@ -117,14 +151,20 @@ async def test_user_settings_default_then_update(api: Api) -> None:
             )
         )
     ).settings
-    assert list(updated.rag_archives) == ["papers", "notes"] and updated.default_route == "fast"
-    assert (await api.GetUserSettings(memory_pb2.GetUserSettingsRequest(name=name))).settings == updated
+    assert list(updated.rag_archives) == ["papers", "notes"]
+    assert updated.default_route == "fast"
+    assert (
+        await api.GetUserSettings(memory_pb2.GetUserSettingsRequest(name=name))
+    ).settings == updated
     await rpc_error(
-        api.GetUserSettings(memory_pb2.GetUserSettingsRequest(name="users/u1")), grpc.StatusCode.INVALID_ARGUMENT
+        api.GetUserSettings(memory_pb2.GetUserSettingsRequest(name="users/u1")),
+        grpc.StatusCode.INVALID_ARGUMENT,
     )
     await rpc_error(
         api.UpdateUserSettings(
-            memory_pb2.UpdateUserSettingsRequest(settings=change, update_mask=field_mask_pb2.FieldMask(paths=["name"]))
+            memory_pb2.UpdateUserSettingsRequest(
+                settings=change, update_mask=field_mask_pb2.FieldMask(paths=["name"])
+            )
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
@@ -132,29 +172,40 @@ async def test_user_settings_default_then_update(api: Api) -> None:
 
 async def test_api_keys_hash_only_and_authenticate(api: Api) -> None:
     created = await api.CreateApiKey(memory_pb2.CreateApiKeyRequest(display_name="ci"))
-    assert created.secret.startswith("amk_") and created.api_key.tenant == api.tenant
+    assert created.secret.startswith("amk_")
+    assert created.api_key.tenant == api.tenant
     assert created.secret.startswith(created.api_key.prefix)
     listed = await api.ListApiKeys(memory_pb2.ListApiKeysRequest())
     assert [k.name for k in listed.api_keys] == [created.api_key.name]
     resolved = await api.AuthenticateApiKey(
         memory_pb2.AuthenticateApiKeyRequest(secret=created.secret), metadata=()
     )
-    assert resolved.api_key.tenant == api.tenant and resolved.api_key.last_used_time.seconds
+    assert resolved.api_key.tenant == api.tenant
+    assert resolved.api_key.last_used_time.seconds
     await rpc_error(
-        api.AuthenticateApiKey(memory_pb2.AuthenticateApiKeyRequest(secret="amk_wrong"), metadata=()),
+        api.AuthenticateApiKey(
+            memory_pb2.AuthenticateApiKeyRequest(secret="amk_wrong"), metadata=()
+        ),
         grpc.StatusCode.UNAUTHENTICATED,
     )
     await api.DeleteApiKey(memory_pb2.DeleteApiKeyRequest(name=created.api_key.name))
     await rpc_error(
-        api.AuthenticateApiKey(memory_pb2.AuthenticateApiKeyRequest(secret=created.secret), metadata=()),
+        api.AuthenticateApiKey(
+            memory_pb2.AuthenticateApiKeyRequest(secret=created.secret), metadata=()
+        ),
         grpc.StatusCode.UNAUTHENTICATED,
     )
 
 
 async def test_api_key_secret_is_never_stored(api: Api, db: Database) -> None:
-    created = await api.CreateApiKey(memory_pb2.CreateApiKeyRequest(display_name="x", request_id="k-1"))
-    replay = await api.CreateApiKey(memory_pb2.CreateApiKeyRequest(display_name="x", request_id="k-1"))
-    assert replay.api_key == created.api_key and replay.secret == ""
+    created = await api.CreateApiKey(
+        memory_pb2.CreateApiKeyRequest(display_name="x", request_id="k-1")
+    )
+    replay = await api.CreateApiKey(
+        memory_pb2.CreateApiKeyRequest(display_name="x", request_id="k-1")
+    )
+    assert replay.api_key == created.api_key
+    assert replay.secret == ""
     import sqlalchemy as sa
 
     from agentmesh_memory.db.tables import METADATA

@@ -81,7 +81,9 @@ async def test_alembic_upgrade_head_on_its_own_builds_the_exact_schema(empty_dat
     assert again.returncode == 0, again.stderr
 
 
-async def test_start_refuses_an_unmigrated_database_unless_asked_to_migrate(empty_database: str) -> None:
+async def test_start_refuses_an_unmigrated_database_unless_asked_to_migrate(
+    empty_database: str,
+) -> None:
     with pytest.raises(FailedPrecondition) as caught:
         await start_memory(memory_settings(empty_database))
     assert caught.value.reason == "SCHEMA_OUTDATED"
@@ -169,17 +171,24 @@ async def test_health_is_not_serving_while_the_database_is_unreachable(
     proxied_url: tuple[str, Proxy], tenant: str
 ) -> None:
     url, proxy = proxied_url
-    running = await start_memory(memory_settings(url, pool_timeout_seconds="1", statement_timeout_seconds="2"))
+    running = await start_memory(
+        memory_settings(url, pool_timeout_seconds="1", statement_timeout_seconds="2")
+    )
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
-            serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+            serving, not_serving = (
+                health_pb2.HealthCheckResponse.SERVING,
+                health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
             assert await health_status(channel) == serving
             await proxy.cut()
 
             async def down() -> bool:
-                return await health_status(channel) == not_serving and await health_status(
-                    channel, "agentmesh.memory.v1.MemoryService"
-                ) == not_serving
+                return (
+                    await health_status(channel) == not_serving
+                    and await health_status(channel, "agentmesh.memory.v1.MemoryService")
+                    == not_serving
+                )
 
             await eventually(down)
             api = Api(channel, tenant)
@@ -225,7 +234,9 @@ async def test_metrics_cover_query_latency_and_pool_use(api: Api, server: object
     await api.ListAgents(memory_pb2.ListAgentsRequest())
     registry = server.telemetry.registry  # type: ignore[attr-defined]
     text = generate_latest(registry).decode()
-    assert 'agentmesh_memory_db_operation_seconds_count{operation="ListAgents",outcome="ok"}' in text
+    assert (
+        'agentmesh_memory_db_operation_seconds_count{operation="ListAgents",outcome="ok"}' in text
+    )
     assert 'agentmesh_memory_db_statement_seconds_count{kind="SELECT"}' in text
     assert "agentmesh_memory_db_pool_checked_out" in text
     assert "agentmesh_memory_db_pool_size 10.0" in text

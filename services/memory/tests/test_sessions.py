@@ -45,7 +45,9 @@ async def test_create_starts_pending_and_ignores_output_only_fields(api: Api) ->
         "s1",
         strategy=S.STRATEGY_ROUND_ROBIN,
         agents=["agents/a"],
-        inline_agents=[agents_pb2.AgentDefinition(name="helper", type=agents_pb2.AGENT_TYPE_CRITIC)],
+        inline_agents=[
+            agents_pb2.AgentDefinition(name="helper", type=agents_pb2.AGENT_TYPE_CRITIC)
+        ],
         limits=S.SessionLimits(max_rounds=3),
         metadata={"lang": "en"},
         status=COMPLETED,
@@ -54,17 +56,20 @@ async def test_create_starts_pending_and_ignores_output_only_fields(api: Api) ->
     )
     assert session.name == "sessions/s1"
     assert session.status == PENDING
-    assert session.final_answer == "" and session.last_event_seq == 0
+    assert session.final_answer == ""
+    assert session.last_event_seq == 0
     got = (await api.GetSession(memory_pb2.GetSessionRequest(name="sessions/s1"))).session
     assert got == session
-    assert got.limits.max_rounds == 3 and dict(got.metadata) == {"lang": "en"}
+    assert got.limits.max_rounds == 3
+    assert dict(got.metadata) == {"lang": "en"}
     assert got.inline_agents[0].name == "helper"
 
 
 async def test_generated_ids_and_duplicates(api: Api) -> None:
     first = await new_session(api)
     second = await new_session(api)
-    assert first.name != second.name and first.name.startswith("sessions/")
+    assert first.name != second.name
+    assert first.name.startswith("sessions/")
     await new_session(api, "fixed")
     await rpc_error(new_session(api, "fixed"), grpc.StatusCode.ALREADY_EXISTS)
 
@@ -128,7 +133,9 @@ async def test_status_moves_only_forward(api: Api, path: list[int], allowed: boo
             assert updated.HasField("end_time")
     else:
         before = (await api.GetSession(memory_pb2.GetSessionRequest(name=session.name))).session
-        error = await rpc_error(set_status(api, session.name, path[-1]), grpc.StatusCode.FAILED_PRECONDITION)
+        error = await rpc_error(
+            set_status(api, session.name, path[-1]), grpc.StatusCode.FAILED_PRECONDITION
+        )
         assert error.reason == "INVALID_STATUS_TRANSITION"
         after = (await api.GetSession(memory_pb2.GetSessionRequest(name=session.name))).session
         assert after.status == before.status
@@ -148,11 +155,14 @@ async def test_update_masked_fields_and_plan_with_tasks(api: Api) -> None:
         await api.UpdateSession(
             memory_pb2.UpdateSessionRequest(
                 session=change,
-                update_mask=field_mask_pb2.FieldMask(paths=["final_answer", "rounds_completed", "plan"]),
+                update_mask=field_mask_pb2.FieldMask(
+                    paths=["final_answer", "rounds_completed", "plan"]
+                ),
             )
         )
     ).session
-    assert updated.final_answer == "done" and updated.rounds_completed == 2
+    assert updated.final_answer == "done"
+    assert updated.rounds_completed == 2
     assert updated.goal == "write a haiku"
     await api.BatchCreateTasks(
         memory_pb2.BatchCreateTasksRequest(
@@ -166,7 +176,8 @@ async def test_update_masked_fields_and_plan_with_tasks(api: Api) -> None:
         await rpc_error(
             api.UpdateSession(
                 memory_pb2.UpdateSessionRequest(
-                    session=S.Session(name=session.name), update_mask=field_mask_pb2.FieldMask(paths=paths)
+                    session=S.Session(name=session.name),
+                    update_mask=field_mask_pb2.FieldMask(paths=paths),
                 )
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -185,7 +196,8 @@ async def test_update_masked_fields_and_plan_with_tasks(api: Api) -> None:
 )
 async def test_create_rejects_bad_input(api: Api, session: S.Session, field: str) -> None:
     error = await rpc_error(
-        api.CreateSession(memory_pb2.CreateSessionRequest(session=session)), grpc.StatusCode.INVALID_ARGUMENT
+        api.CreateSession(memory_pb2.CreateSessionRequest(session=session)),
+        grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert field in violation_fields(error)
     assert not (await api.ListSessions(memory_pb2.ListSessionsRequest())).sessions
@@ -202,17 +214,23 @@ async def test_lease_acquire_renew_release_and_takeover(api: Api) -> None:
     first = await api.AcquireLease(
         memory_pb2.AcquireLeaseRequest(session=session.name, owner="replica-a", ttl=ttl(0.5))
     )
-    assert first.lease.owner == "replica-a" and first.lease.epoch == 1 and not first.took_over
+    assert first.lease.owner == "replica-a"
+    assert first.lease.epoch == 1
+    assert not first.took_over
     held = (await api.GetSession(memory_pb2.GetSessionRequest(name=session.name))).session
     assert held.lease_owner == "replica-a"
 
     error = await rpc_error(
-        api.AcquireLease(memory_pb2.AcquireLeaseRequest(session=session.name, owner="replica-b", ttl=ttl(5))),
+        api.AcquireLease(
+            memory_pb2.AcquireLeaseRequest(session=session.name, owner="replica-b", ttl=ttl(5))
+        ),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     assert error.reason == "LEASE_HELD"
     await rpc_error(
-        api.RenewLease(memory_pb2.RenewLeaseRequest(session=session.name, owner="replica-b", ttl=ttl(5))),
+        api.RenewLease(
+            memory_pb2.RenewLeaseRequest(session=session.name, owner="replica-b", ttl=ttl(5))
+        ),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     await rpc_error(
@@ -236,18 +254,25 @@ async def test_lease_acquire_renew_release_and_takeover(api: Api) -> None:
     taken = await api.AcquireLease(
         memory_pb2.AcquireLeaseRequest(session=session.name, owner="replica-b", ttl=ttl(5))
     )
-    assert taken.took_over and taken.lease.owner == "replica-b" and taken.lease.epoch == 2
-    assert not (await api.ListSessions(memory_pb2.ListSessionsRequest(lease_expired_only=True))).sessions
+    assert taken.took_over
+    assert taken.lease.owner == "replica-b"
+    assert taken.lease.epoch == 2
+    assert not (
+        await api.ListSessions(memory_pb2.ListSessionsRequest(lease_expired_only=True))
+    ).sessions
     # The old owner can no longer renew or release.
     await rpc_error(
-        api.RenewLease(memory_pb2.RenewLeaseRequest(session=session.name, owner="replica-a", ttl=ttl(5))),
+        api.RenewLease(
+            memory_pb2.RenewLeaseRequest(session=session.name, owner="replica-a", ttl=ttl(5))
+        ),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     await api.ReleaseLease(memory_pb2.ReleaseLeaseRequest(session=session.name, owner="replica-b"))
     free = await api.AcquireLease(
         memory_pb2.AcquireLeaseRequest(session=session.name, owner="replica-c", ttl=ttl(5))
     )
-    assert not free.took_over and free.lease.epoch == 3
+    assert not free.took_over
+    assert free.lease.epoch == 3
 
 
 async def test_concurrent_acquisitions_have_one_winner(api: Api) -> None:
@@ -274,7 +299,9 @@ async def test_lease_input_is_validated(api: Api) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     await rpc_error(
-        api.AcquireLease(memory_pb2.AcquireLeaseRequest(session=session.name, owner="a", ttl=ttl(7200))),
+        api.AcquireLease(
+            memory_pb2.AcquireLeaseRequest(session=session.name, owner="a", ttl=ttl(7200))
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     await rpc_error(

@@ -29,19 +29,30 @@ MEMORY = "agents/owner/users/u/memories/secret"
 async def owned(api: Api) -> Api:
     """The owner's resources; returns a client of *another* tenant."""
     await api.CreateAgent(
-        pb.CreateAgentRequest(agent_id="owner", agent=agents_pb2.AgentDefinition(type=agents_pb2.AGENT_TYPE_CRITIC))
+        pb.CreateAgentRequest(
+            agent_id="owner", agent=agents_pb2.AgentDefinition(type=agents_pb2.AGENT_TYPE_CRITIC)
+        )
     )
-    await api.CreateSession(pb.CreateSessionRequest(session=sessions_pb2.Session(goal="private"), session_id="owned"))
+    await api.CreateSession(
+        pb.CreateSessionRequest(session=sessions_pb2.Session(goal="private"), session_id="owned")
+    )
     await api.AppendMessages(
         pb.AppendMessagesRequest(
             parent=S,
-            messages=[pb.StoredMessage(message=messages_pb2.Message(role=messages_pb2.ROLE_USER, content="hi"))],
+            messages=[
+                pb.StoredMessage(
+                    message=messages_pb2.Message(role=messages_pb2.ROLE_USER, content="hi")
+                )
+            ],
         )
     )
-    await api.BatchCreateTasks(pb.BatchCreateTasksRequest(parent=S, tasks=[sessions_pb2.Task(task_id="t1")]))
+    await api.BatchCreateTasks(
+        pb.BatchCreateTasksRequest(parent=S, tasks=[sessions_pb2.Task(task_id="t1")])
+    )
     await api.AppendEvents(
         pb.AppendEventsRequest(
-            session=S, events=[events_pb2.SessionEvent(content_delta=events_pb2.ContentDelta(text="x"))]
+            session=S,
+            events=[events_pb2.SessionEvent(content_delta=events_pb2.ContentDelta(text="x"))],
         )
     )
     entry = memory_entries_pb2.MemoryEntry(name=MEMORY, type=agents_pb2.MEMORY_TYPE_LONG_TERM)
@@ -50,12 +61,17 @@ async def owned(api: Api) -> Api:
     await api.RecordExecution(
         pb.RecordExecutionRequest(
             execution=pb.Execution(
-                session=S, provider="openai", outcome=pb.EXECUTION_OUTCOME_SUCCEEDED, idempotency_key="k"
+                session=S,
+                provider="openai",
+                outcome=pb.EXECUTION_OUTCOME_SUCCEEDED,
+                idempotency_key="k",
             )
         )
     )
     await api.UpdateUserSettings(
-        pb.UpdateUserSettingsRequest(settings=user_settings_pb2.UserSettings(name="users/u/settings", default_route="r"))
+        pb.UpdateUserSettingsRequest(
+            settings=user_settings_pb2.UserSettings(name="users/u/settings", default_route="r")
+        )
     )
     return api.as_tenant(api.tenant + "-intruder")
 
@@ -67,7 +83,9 @@ async def watch(api: Api) -> None:
 
 CALLS: dict[str, Callable[[Api], Awaitable[Any]]] = {
     "GetAgent": lambda a: a.GetAgent(pb.GetAgentRequest(name="agents/owner")),
-    "UpdateAgent": lambda a: a.UpdateAgent(pb.UpdateAgentRequest(agent=agents_pb2.AgentDefinition(name="agents/owner", type=1))),
+    "UpdateAgent": lambda a: a.UpdateAgent(
+        pb.UpdateAgentRequest(agent=agents_pb2.AgentDefinition(name="agents/owner", type=1))
+    ),
     "DeleteAgent": lambda a: a.DeleteAgent(pb.DeleteAgentRequest(name="agents/owner")),
     "GetSession": lambda a: a.GetSession(pb.GetSessionRequest(name=S)),
     "UpdateSession": lambda a: a.UpdateSession(
@@ -81,21 +99,31 @@ CALLS: dict[str, Callable[[Api], Awaitable[Any]]] = {
     ),
     "AppendMessages": lambda a: a.AppendMessages(
         pb.AppendMessagesRequest(
-            parent=S, messages=[pb.StoredMessage(message=messages_pb2.Message(role=messages_pb2.ROLE_USER))]
+            parent=S,
+            messages=[pb.StoredMessage(message=messages_pb2.Message(role=messages_pb2.ROLE_USER))],
         )
     ),
     "ListMessages": lambda a: a.ListMessages(pb.ListMessagesRequest(parent=S)),
-    "BatchCreateTasks": lambda a: a.BatchCreateTasks(pb.BatchCreateTasksRequest(parent=S, tasks=[sessions_pb2.Task(task_id="t2")])),
+    "BatchCreateTasks": lambda a: a.BatchCreateTasks(
+        pb.BatchCreateTasksRequest(parent=S, tasks=[sessions_pb2.Task(task_id="t2")])
+    ),
     "UpdateTask": lambda a: a.UpdateTask(
-        pb.UpdateTaskRequest(task=sessions_pb2.Task(name=f"{S}/tasks/t1", output="o"), update_mask=field_mask_pb2.FieldMask(paths=["output"]))
+        pb.UpdateTaskRequest(
+            task=sessions_pb2.Task(name=f"{S}/tasks/t1", output="o"),
+            update_mask=field_mask_pb2.FieldMask(paths=["output"]),
+        )
     ),
     "ListTasks": lambda a: a.ListTasks(pb.ListTasksRequest(parent=S)),
     "AppendEvents": lambda a: a.AppendEvents(
-        pb.AppendEventsRequest(session=S, events=[events_pb2.SessionEvent(content_delta=events_pb2.ContentDelta())])
+        pb.AppendEventsRequest(
+            session=S, events=[events_pb2.SessionEvent(content_delta=events_pb2.ContentDelta())]
+        )
     ),
     "WatchEvents": watch,
     "RecordExecution": lambda a: a.RecordExecution(
-        pb.RecordExecutionRequest(execution=pb.Execution(session=S, provider="p", outcome=pb.EXECUTION_OUTCOME_SUCCEEDED))
+        pb.RecordExecutionRequest(
+            execution=pb.Execution(session=S, provider="p", outcome=pb.EXECUTION_OUTCOME_SUCCEEDED)
+        )
     ),
     "ListExecutions": lambda a: a.ListExecutions(pb.ListExecutionsRequest(session=S)),
     "GetMemory": lambda a: a.GetMemory(pb.GetMemoryRequest(name=MEMORY)),
@@ -116,16 +144,26 @@ async def test_another_tenant_gets_not_found(owned: Api, call: str) -> None:
 async def test_listings_and_rollups_show_nothing_of_another_tenant(owned: Api) -> None:
     assert not (await owned.ListAgents(pb.ListAgentsRequest())).agents
     assert not (await owned.ListSessions(pb.ListSessionsRequest())).sessions
-    assert not (await owned.ListMemories(pb.ListMemoriesRequest(parent="agents/owner/users/u"))).entries
-    assert not (await owned.ListExecutions(pb.ListExecutionsRequest(idempotency_key="k"))).executions
+    assert not (
+        await owned.ListMemories(pb.ListMemoriesRequest(parent="agents/owner/users/u"))
+    ).entries
+    assert not (
+        await owned.ListExecutions(pb.ListExecutionsRequest(idempotency_key="k"))
+    ).executions
     assert not (await owned.ListApiKeys(pb.ListApiKeysRequest())).api_keys
     assert not (await owned.GetUsage(pb.GetUsageRequest())).rows
-    settings = (await owned.GetUserSettings(pb.GetUserSettingsRequest(name="users/u/settings"))).settings
+    settings = (
+        await owned.GetUserSettings(pb.GetUserSettingsRequest(name="users/u/settings"))
+    ).settings
     assert settings.default_route == ""  # the defaults, not the owner's settings
     # The same ids are free for the other tenant, and do not touch the owner's.
-    await owned.CreateSession(pb.CreateSessionRequest(session=sessions_pb2.Session(goal="mine"), session_id="owned"))
+    await owned.CreateSession(
+        pb.CreateSessionRequest(session=sessions_pb2.Session(goal="mine"), session_id="owned")
+    )
     appended = await owned.AppendEvents(
-        pb.AppendEventsRequest(session=S, events=[events_pb2.SessionEvent(content_delta=events_pb2.ContentDelta())])
+        pb.AppendEventsRequest(
+            session=S, events=[events_pb2.SessionEvent(content_delta=events_pb2.ContentDelta())]
+        )
     )
     assert appended.first_seq == 1
 
@@ -133,5 +171,8 @@ async def test_listings_and_rollups_show_nothing_of_another_tenant(owned: Api) -
 async def test_another_tenants_api_key_cannot_be_deleted(api: Api) -> None:
     created = await api.CreateApiKey(pb.CreateApiKeyRequest(display_name="k"))
     intruder = api.as_tenant(api.tenant + "-intruder")
-    await rpc_error(intruder.DeleteApiKey(pb.DeleteApiKeyRequest(name=created.api_key.name)), grpc.StatusCode.NOT_FOUND)
+    await rpc_error(
+        intruder.DeleteApiKey(pb.DeleteApiKeyRequest(name=created.api_key.name)),
+        grpc.StatusCode.NOT_FOUND,
+    )
     assert (await api.ListApiKeys(pb.ListApiKeysRequest())).api_keys

@@ -281,7 +281,8 @@ async def start_memory(settings: MemorySettings) -> RunningMemory:
     task = asyncio.create_task(
         serve(SERVICE_NAME, settings, build, telemetry=telemetry, stop=stop, on_started=on_started)
     )
-    done, _ = await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+    waiting: list[asyncio.Future[Any]] = [task, started]
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()  # raises the start failure
     server = started.result()

@@ -85,6 +85,7 @@ class Database:
         self.dialect: Dialect = "sqlite" if url.get_backend_name() == "sqlite" else "postgresql"
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         self._metrics = _DbMetrics(metrics)
+        self._probes: set[asyncio.Future[None]] = set()
         self._instrument()
 
     @classmethod
@@ -212,15 +213,24 @@ class Database:
             )
 
     async def ping(self, timeout: float) -> bool:  # noqa: ASYNC109
-        """Whether the database answers ``SELECT 1`` within ``timeout`` seconds."""
-        try:
-            async with asyncio.timeout(timeout), self.engine.connect() as conn:
-                await conn.execute(sa.text("SELECT 1"))
-            return True
-        except Exception:  # any failure means not reachable for health purposes
-            return False
+        """Whether the database answers ``SELECT 1`` within ``timeout`` seconds.
+
+        The probe runs as its own task: a timeout (or cancelling the caller) leaves it to
+        finish or fail by itself instead of abandoning a connection half-way.
+        """
+        probe = asyncio.ensure_future(self._select_one())
+        self._probes.add(probe)
+        probe.add_done_callback(self._probes.discard)
+        done, _ = await asyncio.wait({probe}, timeout=timeout)
+        return bool(done) and not probe.cancelled() and probe.exception() is None
+
+    async def _select_one(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
 
     async def close(self) -> None:
+        if self._probes:
+            await asyncio.wait(self._probes, timeout=self.options.pool_timeout_seconds)
         await self.engine.dispose()
 
 

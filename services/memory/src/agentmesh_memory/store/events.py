@@ -15,7 +15,8 @@ repeat one, whichever replica appended it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -149,45 +150,56 @@ class EventStore:
             self._notifier.published(session_pk, last)
         return response
 
-    async def watch(
-        self, tenant: str, request: memory_pb2.WatchEventsRequest
-    ) -> AsyncIterator[memory_pb2.WatchEventsResponse]:
-        """Replay events after ``after_seq``, then tail; ends after the terminal event."""
-        session_id = parse_session_name(request.session, "session")
-        if request.after_seq < 0:
-            raise invalid("after_seq", "must not be negative")
+    async def _lookup(self, tenant: str, session_id: str) -> Any:
         async with self._db.read("WatchEvents.lookup") as conn:
-            row = (
+            return (
                 await conn.execute(
                     sa.select(sessions.c.id, sessions.c.terminal_seq).where(
                         sessions.c.tenant_id == tenant, sessions.c.session_id == session_id
                     )
                 )
             ).first()
+
+    async def _read_after(self, session_pk: int, delivered: int) -> tuple[list[Any], int | None]:
+        """The next events after ``delivered``, or none and the terminal seq (if any)."""
+        async with self._db.read("WatchEvents.read") as conn:
+            batch = list(
+                (
+                    await conn.execute(
+                        sa.select(events.c.seq, events.c.type, events.c.payload)
+                        .where(events.c.session_pk == session_pk, events.c.seq > delivered)
+                        .order_by(events.c.seq)
+                        .limit(WATCH_PAGE)
+                    )
+                ).all()
+            )
+            if batch:
+                return batch, None
+            terminal_seq = (
+                await conn.execute(
+                    sa.select(sessions.c.terminal_seq).where(sessions.c.id == session_pk)
+                )
+            ).scalar()
+            return batch, terminal_seq
+
+    async def watch(
+        self, tenant: str, request: memory_pb2.WatchEventsRequest
+    ) -> AsyncGenerator[memory_pb2.WatchEventsResponse, None]:
+        """Replay events after ``after_seq``, then tail; ends after the terminal event."""
+        session_id = parse_session_name(request.session, "session")
+        if request.after_seq < 0:
+            raise invalid("after_seq", "must not be negative")
+        row = await asyncio.shield(asyncio.ensure_future(self._lookup(tenant, session_id)))
         if row is None:
             raise not_found(session_id)
         session_pk = int(row.id)
         delivered = request.after_seq
         with self._notifier.subscribe(session_pk) as subscription:
             while True:
-                async with self._db.read("WatchEvents.read") as conn:
-                    batch = (
-                        await conn.execute(
-                            sa.select(events.c.seq, events.c.type, events.c.payload)
-                            .where(events.c.session_pk == session_pk, events.c.seq > delivered)
-                            .order_by(events.c.seq)
-                            .limit(WATCH_PAGE)
-                        )
-                    ).all()
-                    terminal_seq = None
-                    if not batch:
-                        terminal_seq = (
-                            await conn.execute(
-                                sa.select(sessions.c.terminal_seq).where(
-                                    sessions.c.id == session_pk
-                                )
-                            )
-                        ).scalar()
+                # Shielded: a cancelled watch never abandons a query half-way.
+                batch, terminal_seq = await asyncio.shield(
+                    asyncio.ensure_future(self._read_after(session_pk, delivered))
+                )
                 if not batch:
                     if terminal_seq is not None and delivered >= terminal_seq:
                         return
