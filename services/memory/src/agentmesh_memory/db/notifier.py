@@ -22,7 +22,6 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = [
     "CHANNEL",
@@ -65,10 +64,9 @@ class Subscription:
 class EventNotifier(Protocol):
     """Port: how appenders announce new events and watchers hear of them."""
 
-    async def publish_in_transaction(
-        self, conn: AsyncConnection, session_pk: int, last_seq: int
-    ) -> None:
-        """Called inside the appending transaction (before commit)."""
+    def notification(self, session_pk: Any, last_seq: Any) -> tuple[Any, ...]:
+        """SQL expressions to add to the appending ``UPDATE ... RETURNING`` (which yields the
+        session's key and new last seq), so that the commit also notifies other replicas."""
 
     def published(self, session_pk: int, last_seq: int) -> None:
         """Called after the appending transaction committed."""
@@ -93,10 +91,8 @@ class LocalNotifier:
     async def close(self) -> None:
         self._subscribers.clear()
 
-    async def publish_in_transaction(
-        self, conn: AsyncConnection, session_pk: int, last_seq: int
-    ) -> None:
-        return None
+    def notification(self, session_pk: Any, last_seq: Any) -> tuple[Any, ...]:
+        return ()
 
     def published(self, session_pk: int, last_seq: int) -> None:
         for subscription in tuple(self._subscribers.get(session_pk, ())):
@@ -148,13 +144,9 @@ class PostgresNotifier(LocalNotifier):
                 await self._task
         await super().close()
 
-    async def publish_in_transaction(
-        self, conn: AsyncConnection, session_pk: int, last_seq: int
-    ) -> None:
-        await conn.execute(
-            sa.text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": CHANNEL, "payload": f"{session_pk}:{last_seq}"},
-        )
+    def notification(self, session_pk: Any, last_seq: Any) -> tuple[Any, ...]:
+        payload = sa.cast(session_pk, sa.Text) + ":" + sa.cast(last_seq, sa.Text)
+        return (sa.func.pg_notify(CHANNEL, payload).label("notified"),)
 
     def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         pk, _, seq = payload.partition(":")

@@ -21,7 +21,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agentmesh.common.v1 import events_pb2
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common import FailedPrecondition, FieldViolation
 from agentmesh_memory.db.notifier import EventNotifier
@@ -78,6 +77,9 @@ class EventStore:
         is_terminal = bool(terminal_at)
         appended: list[tuple[int, int]] = []
 
+        # On PostgreSQL the NOTIFY rides on the UPDATE (one round trip less per append).
+        notification = self._notifier.notification(sessions.c.id, sessions.c.last_event_seq)
+
         async def append(conn: AsyncConnection) -> memory_pb2.AppendEventsResponse:
             bumped = (
                 await conn.execute(
@@ -93,7 +95,7 @@ class EventStore:
                         if is_terminal
                         else sessions.c.terminal_seq,
                     )
-                    .returning(sessions.c.id, sessions.c.last_event_seq)
+                    .returning(sessions.c.id, sessions.c.last_event_seq, *notification)
                 )
             ).first()
             if bumped is None:
@@ -116,9 +118,8 @@ class EventStore:
             first = last - count + 1
             now = self._context.now()
             rows = []
-            for offset, (event, kind) in enumerate(zip(request.events, kinds, strict=True)):
-                stored = events_pb2.SessionEvent()
-                stored.CopyFrom(event)
+            for offset, (stored, kind) in enumerate(zip(request.events, kinds, strict=True)):
+                # The request's own messages are completed in place (they are ours).
                 stored.session = name
                 stored.seq = first + offset
                 if not stored.HasField("time"):
@@ -134,7 +135,6 @@ class EventStore:
                     }
                 )
             await conn.execute(sa.insert(events), rows)
-            await self._notifier.publish_in_transaction(conn, session_pk, last)
             appended.append((session_pk, last))
             return memory_pb2.AppendEventsResponse(first_seq=first, last_seq=last)
 
