@@ -10,7 +10,7 @@ PYTHON_SOURCES := services clients tests bench tools
 TYPED_SOURCES := services/common/src services/memory/src services/inference-gateway/src \
 	services/local-runner/src services/orchestrator/src clients/python/src
 
-.PHONY: help setup run test lint fmt typecheck protos protos-check breaking clean
+.PHONY: help setup run test lint fmt typecheck protos protos-check breaking bench clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ breaking: ## buf breaking against the previous commit (skipped with a reason whe
 	@if git cat-file -e HEAD~1:protos/agentmesh 2>/dev/null; then \
 		cd protos && ../$(BUF) breaking --against '../.git#ref=HEAD~1,subdir=protos'; \
 	else echo "buf breaking: HEAD~1 has no protos/agentmesh, nothing to compare against"; fi
+
+bench: ## Run the benchmarks (memory event log on PostgreSQL and SQLite) and print the results
+	$(RUN) python bench/memory/run.py
 
 clean: ## Remove caches and local data
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .data
