@@ -224,3 +224,34 @@ async def test_memory_ttl_duration_is_applied(api: Api) -> None:
     request.ttl.CopyFrom(duration_pb2.Duration(seconds=3600))
     entry = (await api.PutMemory(request)).entry
     assert 3590 <= entry.expire_time.seconds - entry.update_time.seconds <= 3600
+
+
+async def test_the_background_sweeper_deletes_expired_rows(
+    database_url: str, tenant: str, db: Database
+) -> None:
+    import grpc.aio
+    import sqlalchemy as sa
+
+    from agentmesh_memory.db.tables import agent_memory
+    from agentmesh_memory.testing import memory_settings, start_memory
+
+    running = await start_memory(memory_settings(database_url, sweep_interval_seconds="0.1"))
+    try:
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            api = Api(channel, tenant)
+            await api.PutMemory(put(f"{BASE}/brief", "x", SHORT, ttl=0.2))
+            await api.PutMemory(put(f"{BASE}/lasting", "y"))
+
+            async def stored_keys() -> list[str]:
+                async with db.read("check") as conn:
+                    query = sa.select(agent_memory.c.key).where(agent_memory.c.tenant_id == tenant)
+                    return sorted((await conn.execute(query)).scalars())
+
+            assert await stored_keys() == ["brief", "lasting"]
+            for _ in range(50):
+                if await stored_keys() == ["lasting"]:
+                    break
+                await asyncio.sleep(0.1)
+            assert await stored_keys() == ["lasting"]
+    finally:
+        await running.stop()
