@@ -10,7 +10,7 @@ PYTHON_SOURCES := services clients tests bench tools
 TYPED_SOURCES := services/common/src services/memory/src services/inference-gateway/src \
 	services/local-runner/src services/orchestrator/src clients/python/src
 
-.PHONY: help setup run test lint fmt typecheck protos protos-check breaking docs docs-check deploy-check clean
+.PHONY: help setup run test lint fmt typecheck protos protos-check breaking docs docs-check deploy-check bench clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ docs-check: ## Fail if the generated docs are out of date
 deploy-check: ## Validate deploy/ offline: kustomize overlays, Kubernetes schemas, Dockerfiles, compose, dashboards
 	npm ci --prefix deploy/tools --no-audit --no-fund --loglevel=error
 	$(RUN) python tools/deploy_check.py
+
+bench: ## Run the benchmarks (memory event log on PostgreSQL and SQLite) and print the results
+	$(RUN) python bench/memory/run.py
 
 clean: ## Remove caches and local data
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .data

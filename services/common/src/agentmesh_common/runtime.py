@@ -89,6 +89,9 @@ async def serve(
             # On any exit the server stops before the resources its handlers use close.
             stack.push_async_callback(server.stop)
             await server.start()
+            for registration in registrations:
+                if registration.on_started is not None:
+                    await registration.on_started(server)
             metrics_port: int | None = None
             if settings.metrics_port is not None:
                 metrics_port, stop_metrics = start_metrics_server(

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +43,15 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
 
 @dataclass(frozen=True)
 class Registration:
-    """One gRPC service to serve: its full name and how to add it to the server."""
+    """One gRPC service to serve: its full name and how to add it to the server.
+
+    ``on_started``, when given, is awaited once the server is serving, with the server: a
+    service that watches a dependency uses it to report its health (``set_serving``).
+    """
 
     service_name: str
     add_to_server: Callable[[grpc.aio.Server], None]
+    on_started: Callable[[ServiceServer], Awaitable[None]] | None = None
 
     @classmethod
     def from_handler(cls, handler: grpc.ServiceRpcHandler[Any, Any]) -> Registration:
