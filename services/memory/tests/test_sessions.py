@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import grpc
 import pytest
@@ -308,3 +309,32 @@ async def test_lease_input_is_validated(api: Api) -> None:
         api.AcquireLease(memory_pb2.AcquireLeaseRequest(session="sessions/none", owner="a")),
         grpc.StatusCode.NOT_FOUND,
     )
+
+
+async def test_orphaned_sessions_of_every_tenant_are_listed_with_their_tenant(api: Api) -> None:
+    other = api.as_tenant(f"tenant-{uuid.uuid4().hex[:8]}")
+    mine, theirs, healthy = (
+        await new_session(api, "mine"),
+        await new_session(other, "theirs"),
+        await new_session(api, "healthy"),
+    )
+    for client, session, seconds in ((api, mine, 0.2), (other, theirs, 0.2), (api, healthy, 60)):
+        await client.AcquireLease(
+            memory_pb2.AcquireLeaseRequest(session=session.name, owner="dead", ttl=ttl(seconds))
+        )
+        await set_status(client, session.name, RUNNING)
+    await asyncio.sleep(0.3)
+
+    found: dict[str, str] = {}
+    token = ""
+    while True:
+        page = await api.ListOrphanedSessions(
+            memory_pb2.ListOrphanedSessionsRequest(page_size=1, page_token=token)
+        )
+        found.update({o.session.name: o.tenant for o in page.sessions})
+        token = page.next_page_token
+        if not token:
+            break
+    assert found[mine.name] == api.tenant
+    assert found[theirs.name] == other.tenant
+    assert healthy.name not in found

@@ -279,6 +279,8 @@ async def test_a_recorded_model_call_is_not_repeated_on_resume(
     final = await harness.engine.run(harness.engine.open_run(TENANT, resumed, agents), resumed=True)
     assert len(harness.gateway.requests) == 1, "the recorded call must not be repeated"
     assert final.final_answer == "first answer"
+    conversation = harness.store.messages[(TENANT, "sessions/s1")]
+    assert [m.message.content for m in conversation] == ["first answer"], "remembered once"
 
 
 async def test_router_sends_simple_goals_to_one_agent(

@@ -216,3 +216,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: pb.ReleaseLeaseRequest, context: Context
     ) -> pb.ReleaseLeaseResponse:
         return await _complete(self._s.sessions.release_lease(tenant_of(context), request))
+
+    async def ListOrphanedSessions(
+        self, request: pb.ListOrphanedSessionsRequest, context: Context
+    ) -> pb.ListOrphanedSessionsResponse:
+        return await _complete(self._s.sessions.list_orphaned(request))

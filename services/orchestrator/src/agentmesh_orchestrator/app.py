@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from functools import partial
@@ -58,6 +59,10 @@ async def build(
         metrics=metrics,
     )
     stack.push_async_callback(manager.shutdown)
+    takeover = asyncio.create_task(
+        manager.watch_for_orphans(memory.list_orphaned, settings.takeover_interval_seconds)
+    )
+    stack.callback(takeover.cancel)
     app = OrchestratorApp(memory=memory, manager=manager)
 
     async def resolve_key(secret: str) -> str | None:

@@ -147,7 +147,6 @@ class SessionRun:
     turns: TurnRunner
     limits: Limits
     inbox: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
-    turn_counter: int = 0
     cancel_reason: str = "cancel_session"
     abandoned: bool = False
     current_turn: asyncio.Task[TurnOutcome] | None = None
@@ -165,10 +164,10 @@ class SessionRun:
     def name(self) -> str:
         return self.session.name
 
-    def next_key(self, label: str) -> str:
-        """A deterministic idempotency key: the same step of a resumed session gets the same."""
-        self.turn_counter += 1
-        return f"{self.name}/{self.turn_counter}-{label}"
+    def key(self, label: str) -> str:
+        """The idempotency key of one step, named by what it is (round and agent, task and
+        attempt), so a replica resuming the session derives the same keys for the same steps."""
+        return f"{self.name}/{label}"
 
 
 class SessionEngine:
@@ -350,6 +349,7 @@ class SessionEngine:
                     session.rounds_completed = round_number
                     return Ending(await self._last_answer(run), "token_budget")
             session.rounds_completed = round_number
+            await self._save(run, ["rounds_completed"])
             if judge is not None and await self._judge_says_done(run, judge, round_number):
                 return Ending(await self._last_answer(run), "judge")
             if single_step:
@@ -391,7 +391,7 @@ class SessionEngine:
                 prompt=prompt,
                 history=history,
                 tools=self._toolbox(agent, read_only=False),
-                idempotency_key=run.next_key(agent.label),
+                idempotency_key=run.key(f"r{round_number}-{agent.label}"),
                 round=round_number,
             )
         )
@@ -408,7 +408,7 @@ class SessionEngine:
                 prompt=JUDGE_PROMPT.format(goal=run.session.goal, round=round_number),
                 history=history,
                 tools=self._toolbox(judge, read_only=True),
-                idempotency_key=run.next_key(f"judge-{judge.label}"),
+                idempotency_key=run.key(f"r{round_number}-judge-{judge.label}"),
                 round=round_number,
             )
         )
@@ -435,7 +435,7 @@ class SessionEngine:
                     ),
                     history=(),
                     tools=self._toolbox(agent, read_only=False),
-                    idempotency_key=run.next_key(f"stage-{stage_name}"),
+                    idempotency_key=run.key(f"stage-{stage_name}"),
                 )
             )
             await self._remember(run, agent, outcome)
@@ -494,7 +494,7 @@ class SessionEngine:
                 ),
                 history=(),
                 tools=self._toolbox(synthesizer, read_only=True),
-                idempotency_key=run.next_key("synthesis"),
+                idempotency_key=run.key(f"synthesis-r{run.session.plan.revision}"),
             )
         )
         await self._remember(run, synthesizer, outcome)
@@ -519,7 +519,7 @@ class SessionEngine:
                     + extra,
                     history=(),
                     tools=ToolBox({}, (), read_only=True),
-                    idempotency_key=run.next_key(f"plan-r{revision}-a{attempt}"),
+                    idempotency_key=run.key(f"plan-r{revision}-a{attempt}"),
                     response_schema=schema,
                 )
             )
@@ -657,7 +657,7 @@ class SessionEngine:
                         ),
                         history=(),
                         tools=self._toolbox(executor, read_only=True),
-                        idempotency_key=run.next_key(f"task-{proto.task_id}-a{attempt}"),
+                        idempotency_key=run.key(f"task-{proto.task_id}-a{attempt}"),
                         task_id=proto.task_id,
                     )
                 )
@@ -721,7 +721,7 @@ class SessionEngine:
                 prompt=f"Goal: {run.session.goal}",
                 history=(),
                 tools=ToolBox({}, (), read_only=True),
-                idempotency_key=run.next_key("analysis"),
+                idempotency_key=run.key("analysis"),
                 response_schema=schema,
             )
         )
@@ -832,11 +832,12 @@ class SessionEngine:
     async def _remember(
         self, run: SessionRun, agent: SessionAgent, outcome: TurnOutcome, *, round_number: int = 0
     ) -> None:
-        """Add an agent's final answer to the shared conversation."""
+        """Add an agent's final answer to the shared conversation (once, even on resume)."""
         await self._store.append_messages(
             run.tenant,
             run.name,
-            [
+            request_id=f"{outcome.idempotency_key}/remember",
+            messages=[
                 memory_pb2.StoredMessage(
                     message=outcome.message,
                     agent=agent.name,

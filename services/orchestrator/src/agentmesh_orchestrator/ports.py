@@ -27,9 +27,13 @@ class SessionStore(Protocol):
         ...
 
     async def append_messages(
-        self, tenant: str, session: str, messages: Sequence[memory_pb2.StoredMessage]
+        self,
+        tenant: str,
+        session: str,
+        messages: Sequence[memory_pb2.StoredMessage],
+        request_id: str = "",
     ) -> None:
-        """Add messages to the session's conversation."""
+        """Add messages to the session's conversation; a repeated request id adds nothing."""
         ...
 
     async def recent_messages(

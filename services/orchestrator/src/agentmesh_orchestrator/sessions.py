@@ -80,7 +80,11 @@ class SessionStoreApi(Protocol):
     async def release_lease(self, tenant: str, session: str, owner: str) -> None: ...
 
     async def append_messages(
-        self, tenant: str, session: str, messages: Sequence[memory_pb2.StoredMessage]
+        self,
+        tenant: str,
+        session: str,
+        messages: Sequence[memory_pb2.StoredMessage],
+        request_id: str = "",
     ) -> None: ...
 
     async def append_events(
@@ -205,6 +209,22 @@ class SessionManager:
             if self._metrics is not None:
                 self._metrics.lease_takeovers.inc()
         return resumed
+
+    async def watch_for_orphans(
+        self,
+        find: Callable[[], Awaitable[Sequence[tuple[str, sessions_pb2.Session]]]],
+        interval_seconds: float,
+    ) -> None:
+        """Forever: every `interval_seconds`, resume the sessions `find` reports orphaned."""
+        while True:
+            await asyncio.sleep(interval_seconds)
+            try:
+                resumed = await self.resume_expired(await find())
+            except Exception:
+                _logger.exception("looking for orphaned sessions failed; trying again later")
+                continue
+            if resumed:
+                _logger.info("resumed %d orphaned session(s)", resumed)
 
     async def shutdown(self) -> None:
         """Stop every run here without ending the sessions: another replica resumes them."""

@@ -36,6 +36,7 @@ class InMemorySessionStore:
         self.sessions: dict[tuple[str, str], sessions_pb2.Session] = {}
         self.tasks: dict[tuple[str, str], sessions_pb2.Task] = {}
         self.executions: dict[tuple[str, str], memory_pb2.Execution] = {}
+        self.request_ids: set[tuple[str, str]] = set()
         self.appended = asyncio.Condition()
 
     async def append_events(
@@ -52,8 +53,16 @@ class InMemorySessionStore:
         return len(log)
 
     async def append_messages(
-        self, tenant: str, session: str, messages: Sequence[memory_pb2.StoredMessage]
+        self,
+        tenant: str,
+        session: str,
+        messages: Sequence[memory_pb2.StoredMessage],
+        request_id: str = "",
     ) -> None:
+        if request_id:
+            if (tenant, request_id) in self.request_ids:
+                return
+            self.request_ids.add((tenant, request_id))
         self.messages[(tenant, session)].extend(messages)
 
     async def recent_messages(

@@ -87,6 +87,7 @@ class TurnOutcome:
     finish_reason: generation_pb2.FinishReason.ValueType
     structured: struct_pb2.Struct | None
     new_messages: tuple[messages_pb2.Message, ...]
+    idempotency_key: str
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,7 @@ class TurnRunner:
                         else None
                     ),
                     new_messages=tuple(new_messages),
+                    idempotency_key=turn.idempotency_key,
                 )
             for call in finished.tool_calls:
                 answer = await self._run_tool(turn, call, message_id)
@@ -219,18 +221,9 @@ class TurnRunner:
     ) -> _CallResult:
         agent = turn.agent
         model = agent.definition.model
-        await self._recorder.emit(
-            events_pb2.SessionEvent(
-                agent=agent.name,
-                task_id=turn.task_id,
-                message_id=message_id,
-                message_started=events_pb2.MessageStarted(
-                    model=model.route or f"{model.provider}/{model.model}", round=turn.round
-                ),
-            )
-        )
         recorded = await self._store.find_execution(self._tenant, key)
         if recorded is not None and recorded.outcome == memory_pb2.EXECUTION_OUTCOME_SUCCEEDED:
+            # Done before a takeover: use the recorded answer, do not call the model again.
             finished = generation_pb2.Finished(
                 finish_reason=(
                     generation_pb2.FINISH_REASON_TOOL_CALLS
@@ -244,7 +237,16 @@ class TurnRunner:
                 text=recorded.response.content,
             )
             return _CallResult(finished=finished, reused=True)
-
+        await self._recorder.emit(
+            events_pb2.SessionEvent(
+                agent=agent.name,
+                task_id=turn.task_id,
+                message_id=message_id,
+                message_started=events_pb2.MessageStarted(
+                    model=model.route or f"{model.provider}/{model.model}", round=turn.round
+                ),
+            )
+        )
         request = inference_pb2.GenerateRequest(
             route=model.route,
             provider=model.provider,

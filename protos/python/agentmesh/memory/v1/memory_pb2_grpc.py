@@ -196,6 +196,11 @@ class MemoryServiceStub:
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ReleaseLeaseRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ReleaseLeaseResponse.FromString,
                 _registered_method=True)
+        self.ListOrphanedSessions = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/ListOrphanedSessions',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListOrphanedSessionsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListOrphanedSessionsResponse.FromString,
+                _registered_method=True)
 
 
 class MemoryServiceServicer:
@@ -429,6 +434,14 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOrphanedSessions(self, request, context):
+        """Lists RUNNING sessions of every tenant whose lease has expired (their owner died), for an
+        orchestrator replica to resume; needs no tenant metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -591,6 +604,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.ReleaseLease,
                     request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ReleaseLeaseRequest.FromString,
                     response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'ListOrphanedSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOrphanedSessions,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListOrphanedSessionsRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListOrphanedSessionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1459,6 +1477,33 @@ class MemoryService:
             '/agentmesh.memory.v1.MemoryService/ReleaseLease',
             agentmesh_dot_memory_dot_v1_dot_memory__pb2.ReleaseLeaseRequest.SerializeToString,
             agentmesh_dot_memory_dot_v1_dot_memory__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOrphanedSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/ListOrphanedSessions',
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListOrphanedSessionsRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListOrphanedSessionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -103,6 +103,10 @@ class MemoryServiceStub:
     """Extends a lease; only its owner may."""
     ReleaseLease: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ReleaseLeaseRequest, _memory_pb2.ReleaseLeaseResponse]
     """Gives a lease up; only its owner may."""
+    ListOrphanedSessions: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListOrphanedSessionsRequest, _memory_pb2.ListOrphanedSessionsResponse]
+    """Lists RUNNING sessions of every tenant whose lease has expired (their owner died), for an
+    orchestrator replica to resume; needs no tenant metadata.
+    """
 
 @_typing.type_check_only
 class MemoryServiceAsyncStub(MemoryServiceStub):
@@ -179,6 +183,10 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Extends a lease; only its owner may."""
     ReleaseLease: _aio.UnaryUnaryMultiCallable[_memory_pb2.ReleaseLeaseRequest, _memory_pb2.ReleaseLeaseResponse]  # type: ignore[assignment]
     """Gives a lease up; only its owner may."""
+    ListOrphanedSessions: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListOrphanedSessionsRequest, _memory_pb2.ListOrphanedSessionsResponse]  # type: ignore[assignment]
+    """Lists RUNNING sessions of every tenant whose lease has expired (their owner died), for an
+    orchestrator replica to resume; needs no tenant metadata.
+    """
 
 class MemoryServiceServicer:
     """The memory service: the only owner of the database. Every call is scoped to the tenant in
@@ -412,5 +420,14 @@ class MemoryServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.ReleaseLeaseResponse, _abc.Awaitable[_memory_pb2.ReleaseLeaseResponse]]:
         """Gives a lease up; only its owner may."""
+
+    def ListOrphanedSessions(
+        self,
+        request: _memory_pb2.ListOrphanedSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.ListOrphanedSessionsResponse, _abc.Awaitable[_memory_pb2.ListOrphanedSessionsResponse]]:
+        """Lists RUNNING sessions of every tenant whose lease has expired (their owner died), for an
+        orchestrator replica to resume; needs no tenant metadata.
+        """
 
 def add_MemoryServiceServicer_to_server(servicer: MemoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

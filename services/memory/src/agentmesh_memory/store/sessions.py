@@ -335,6 +335,35 @@ class SessionStore:
             response.next_page_token = PageToken(int(rows[size - 1].id)).encode(query_key)
         return response
 
+    async def list_orphaned(
+        self, request: memory_pb2.ListOrphanedSessionsRequest
+    ) -> memory_pb2.ListOrphanedSessionsResponse:
+        """RUNNING sessions of every tenant whose lease expired, oldest first."""
+        size = page_size(request.page_size)
+        query_key = ("orphaned",)
+        token = PageToken.decode(request.page_token, query_key)
+        now = self._context.now()
+        query = sa.select(sessions).where(
+            sessions.c.status == RUNNING,
+            sa.or_(sessions.c.lease_expire_time.is_(None), sessions.c.lease_expire_time <= now),
+        )
+        if token is not None:
+            if not isinstance(token.after, int):
+                raise invalid("page_token", "is not a token returned by this list")
+            query = query.where(sessions.c.id > token.after)
+        query = query.order_by(sessions.c.id).limit(size + 1)
+        async with self._db.read("ListOrphanedSessions") as conn:
+            rows = (await conn.execute(query)).all()
+        response = memory_pb2.ListOrphanedSessionsResponse(
+            sessions=[
+                memory_pb2.OrphanedSession(tenant=row.tenant_id, session=to_proto(row, now))
+                for row in rows[:size]
+            ]
+        )
+        if len(rows) > size:
+            response.next_page_token = PageToken(int(rows[size - 1].id)).encode(query_key)
+        return response
+
     async def update(
         self, tenant: str, request: memory_pb2.UpdateSessionRequest
     ) -> memory_pb2.UpdateSessionResponse:

@@ -51,12 +51,18 @@ class MemoryClient:
         return reply.last_seq
 
     async def append_messages(
-        self, tenant: str, session: str, messages: Sequence[memory_pb2.StoredMessage]
+        self,
+        tenant: str,
+        session: str,
+        messages: Sequence[memory_pb2.StoredMessage],
+        request_id: str = "",
     ) -> None:
         await self.call(
             tenant,
             self.stub.AppendMessages,
-            memory_pb2.AppendMessagesRequest(parent=session, messages=messages),
+            memory_pb2.AppendMessagesRequest(
+                parent=session, messages=messages, request_id=request_id
+            ),
         )
 
     async def recent_messages(
@@ -164,6 +170,21 @@ class MemoryClient:
             raise from_rpc_error(exc) from None
         finally:
             call.cancel()
+
+    async def list_orphaned(self) -> list[tuple[str, sessions_pb2.Session]]:
+        """RUNNING sessions of any tenant whose lease expired, with their tenant."""
+        found: list[tuple[str, sessions_pb2.Session]] = []
+        token = ""
+        while True:
+            reply = await self.call(
+                "",
+                self.stub.ListOrphanedSessions,
+                memory_pb2.ListOrphanedSessionsRequest(page_size=100, page_token=token),
+            )
+            found.extend((item.tenant, item.session) for item in reply.sessions)
+            token = reply.next_page_token
+            if not token:
+                return found
 
     async def acquire_lease(
         self, tenant: str, session: str, owner: str, ttl_seconds: float
