@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from functools import partial
 
+from agentmesh.inference.v1 import inference_pb2_grpc
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2_grpc
 from agentmesh_common import NotFound, Registration, Telemetry, Unauthenticated, create_channel
@@ -16,6 +17,7 @@ from .adapters.memory_client import MemoryClient
 from .edge import Authenticator, RateLimiter
 from .engine import EngineSettings, SessionEngine
 from .observability import OrchestratorMetrics
+from .ports import ModelGateway
 from .service import OrchestratorApp, resolve_agents
 from .servicer import OrchestratorServicer
 from .sessions import LeaseSettings, SessionManager
@@ -29,7 +31,7 @@ GRPC_SERVICE = "agentmesh.orchestrator.v1.OrchestratorService"
 async def build(
     stack: AsyncExitStack, settings: OrchestratorSettings, telemetry: Telemetry
 ) -> Sequence[Registration]:
-    """Open the channels and build the servicer."""
+    """Open the channels to memory and the gateway, then compose the service."""
     memory_channel = create_channel(
         settings.memory_target, tracer_provider=telemetry.tracer_provider
     )
@@ -38,13 +40,32 @@ async def build(
         settings.gateway_target, tracer_provider=telemetry.tracer_provider, default_timeout=None
     )
     stack.push_async_callback(gateway_channel.close, None)
-    memory = MemoryClient(memory_channel)
     gateway = GatewayClient(gateway_channel)
+    return compose(
+        stack,
+        settings,
+        telemetry,
+        memory=MemoryClient(memory_channel),
+        models=gateway,
+        catalog=gateway.stub,
+    )
+
+
+def compose(
+    stack: AsyncExitStack,
+    settings: OrchestratorSettings,
+    telemetry: Telemetry,
+    *,
+    memory: MemoryClient,
+    models: ModelGateway,
+    catalog: inference_pb2_grpc.InferenceServiceAsyncStub,
+) -> list[Registration]:
+    """Wire the orchestrator over a memory client and a model gateway (tests inject theirs)."""
     tools = builtin_tools() | memory_tools(memory)
     metrics = OrchestratorMetrics.create(telemetry.registry)
     engine = SessionEngine(
         store=memory,
-        gateway=gateway,
+        gateway=models,
         tools=tools,
         settings=EngineSettings(default_route=settings.default_route),
         metrics=metrics,
@@ -63,7 +84,6 @@ async def build(
         manager.watch_for_orphans(memory.list_orphaned, settings.takeover_interval_seconds)
     )
     stack.callback(takeover.cancel)
-    app = OrchestratorApp(memory=memory, manager=manager)
 
     async def resolve_key(secret: str) -> str | None:
         try:
@@ -77,9 +97,9 @@ async def build(
         return reply.api_key.tenant
 
     servicer = OrchestratorServicer(
-        app=app,
+        app=OrchestratorApp(memory=memory, manager=manager),
         memory=memory,
-        gateway=gateway,
+        catalog=catalog,
         manager=manager,
         auth=Authenticator(resolve_key, cache_seconds=settings.api_key_cache_seconds),
         limiter=RateLimiter(

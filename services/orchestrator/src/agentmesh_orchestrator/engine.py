@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import random
 import string
 from collections.abc import Coroutine, Mapping, Sequence
@@ -71,6 +72,7 @@ JUDGE_PROMPT = (
     "Goal: {goal}\n\nAfter round {round}, has the conversation reached the goal? Start your "
     "answer with GOAL REACHED or GOAL NOT REACHED, then say why in one sentence."
 )
+_logger = logging.getLogger(__name__)
 GOAL_KINDS = {
     "simple": events_pb2.GOAL_KIND_SIMPLE,
     "tool": events_pb2.GOAL_KIND_TOOL,
@@ -272,14 +274,22 @@ class SessionEngine:
             await self._fail(run, failure.status)
         except TurnFailed as failed:
             await self._fail(run, failed.status)
+        except Exception:
+            # A bug or a store failure: end the session visibly if the store still answers.
+            _logger.exception("session %s failed unexpectedly", run.name)
+            await self._fail(
+                run,
+                status_pb2.Status(
+                    code=code_pb2.INTERNAL,
+                    message=f"internal error (trace {run.recorder.trace_id or 'unknown'})",
+                ),
+            )
         return run.session
 
     async def _start(self, run: SessionRun, *, resumed: bool) -> None:
         session = run.session
         session.status = sessions_pb2.SESSION_STATUS_RUNNING
-        if not session.HasField("start_time"):
-            session.start_time.GetCurrentTime()
-        await self._save(run, ["status", "start_time"])
+        await self._save(run, ["status"])
         await run.recorder.emit(
             events_pb2.SessionEvent(
                 session_started=events_pb2.SessionStarted(
@@ -609,9 +619,7 @@ class SessionEngine:
                     proto = stored[prefix + task.task_id]
                     proto.status = sessions_pb2.TASK_STATUS_CANCELLED
                     proto.end_time.GetCurrentTime()
-                    await asyncio.shield(
-                        self._store.update_task(run.tenant, proto, ["status", "end_time"])
-                    )
+                    await asyncio.shield(self._store.update_task(run.tenant, proto, ["status"]))
 
     async def _run_task(
         self,
@@ -631,9 +639,7 @@ class SessionEngine:
             proto.retry_count = attempt - 1
             if attempt == 1:
                 proto.start_time.GetCurrentTime()
-            await self._store.update_task(
-                run.tenant, proto, ["status", "agent", "retry_count", "start_time"]
-            )
+            await self._store.update_task(run.tenant, proto, ["status", "agent", "retry_count"])
             await run.recorder.emit(
                 events_pb2.SessionEvent(
                     agent=executor.name,
@@ -679,15 +685,13 @@ class SessionEngine:
                 proto.status = sessions_pb2.TASK_STATUS_FAILED
                 proto.error.CopyFrom(failed.status)
                 proto.end_time.GetCurrentTime()
-                await self._store.update_task(run.tenant, proto, ["status", "error", "end_time"])
+                await self._store.update_task(run.tenant, proto, ["status", "error"])
                 raise _TaskGaveUp(task.task_id) from failed
             proto.status = sessions_pb2.TASK_STATUS_COMPLETED
             proto.output = outcome.text
             proto.usage.CopyFrom(outcome.usage)
             proto.end_time.GetCurrentTime()
-            await self._store.update_task(
-                run.tenant, proto, ["status", "output", "usage", "end_time"]
-            )
+            await self._store.update_task(run.tenant, proto, ["status", "output", "usage"])
             await run.recorder.emit(
                 events_pb2.SessionEvent(
                     agent=executor.name,
@@ -776,7 +780,7 @@ class SessionEngine:
                 )
             )
         )
-        await self._save(run, ["status", "final_answer", "usage", "end_time", "rounds_completed"])
+        await self._save(run, ["status", "final_answer", "usage", "rounds_completed"])
 
     async def _fail(self, run: SessionRun, status: status_pb2.Status) -> None:
         session = run.session
@@ -789,7 +793,7 @@ class SessionEngine:
                 session_failed=events_pb2.SessionFailed(error=status, usage=run.meter.snapshot())
             )
         )
-        await self._save(run, ["status", "error", "usage", "end_time", "rounds_completed"])
+        await self._save(run, ["status", "error", "usage", "rounds_completed"])
 
     async def _cancel(self, run: SessionRun, reason: str) -> None:
         if self._metrics is not None:
@@ -809,7 +813,7 @@ class SessionEngine:
                 )
             )
         )
-        await self._save(run, ["status", "error", "usage", "end_time", "rounds_completed"])
+        await self._save(run, ["status", "error", "usage", "rounds_completed"])
 
     async def _save(self, run: SessionRun, fields: Sequence[str]) -> None:
         run.session.usage.CopyFrom(run.meter.snapshot())

@@ -44,7 +44,7 @@ class EventRecorder:
         self._store = store
         self._tenant = tenant
         self._session = session
-        self._trace_id = trace_id
+        self.trace_id = trace_id
         self._flush_interval = flush_interval
         self._pending: list[_PendingDelta] = []
         self._lock = asyncio.Lock()
@@ -114,7 +114,7 @@ class EventRecorder:
     def _stamp(self, event: events_pb2.SessionEvent) -> events_pb2.SessionEvent:
         event.session = self._session
         if not event.trace_id:
-            event.trace_id = self._trace_id
+            event.trace_id = self.trace_id
         if not event.HasField("time"):
             now = timestamp_pb2.Timestamp()
             now.GetCurrentTime()

@@ -439,10 +439,7 @@ class OrchestratorApp:
             terminal.time.GetCurrentTime()
             await self._memory.append_events(tenant, session.name, [terminal])
             session.status = status
-            session.end_time.GetCurrentTime()
-            return await self._memory.update_session(
-                tenant, session, ["status", "end_time", "final_answer"]
-            )
+            return await self._memory.update_session(tenant, session, ["status", "final_answer"])
         finally:
             await self._memory.release_lease(tenant, session.name, lease.lease.owner)
 

@@ -16,12 +16,11 @@ from typing import Any, TypeVar
 import grpc
 
 from agentmesh.common.v1 import events_pb2
-from agentmesh.inference.v1 import inference_pb2
+from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from agentmesh_common import from_rpc_error
 
-from .adapters.gateway_client import GatewayClient
 from .adapters.memory_client import MemoryClient
 from .edge import Authenticator, RateLimiter
 from .service import OrchestratorApp, invalid
@@ -40,7 +39,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         *,
         app: OrchestratorApp,
         memory: MemoryClient,
-        gateway: GatewayClient,
+        catalog: inference_pb2_grpc.InferenceServiceAsyncStub,
         manager: SessionManager,
         auth: Authenticator,
         limiter: RateLimiter,
@@ -48,7 +47,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> None:
         self._app = app
         self._memory = memory
-        self._gateway = gateway
+        self._catalog = catalog
         self._manager = manager
         self._auth = auth
         self._limiter = limiter
@@ -333,7 +332,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> orchestrator_pb2.ListModelsResponse:
         await self._tenant(context)
         try:
-            reply = await self._gateway.stub.ListModels(
+            reply = await self._catalog.ListModels(
                 inference_pb2.ListModelsRequest(page_size=1000), timeout=10
             )
         except grpc.aio.AioRpcError as exc:
@@ -356,7 +355,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     ) -> orchestrator_pb2.GetProviderStatusResponse:
         await self._tenant(context)
         try:
-            reply = await self._gateway.stub.GetProviderStatus(
+            reply = await self._catalog.GetProviderStatus(
                 inference_pb2.GetProviderStatusRequest(provider=request.provider), timeout=10
             )
         except grpc.aio.AioRpcError as exc:

@@ -138,8 +138,15 @@ class SessionManager:
                 reason="SESSION_BUSY",
             )
         active = await self._start(tenant, session, single_step=single_step, resumed=False)
+        ended = False
         async for event in self._relay(active, after_seq=session.last_event_seq):
+            ended = event.WhichOneof("payload") in TERMINAL_EVENTS
             yield event
+        task = active.task
+        if not ended and task is not None and task.done() and not task.cancelled():
+            failure = task.exception()
+            if failure is not None:
+                raise failure  # mapped to a status by the interceptor; never a silent end
 
     async def stream(
         self, tenant: str, session_name: str, after_seq: int
@@ -342,6 +349,8 @@ class SessionManager:
         finally:
             if not next_event.done():
                 next_event.cancel()
+                with contextlib.suppress(BaseException):
+                    await next_event
 
 
 def _stamped(session: str, message: events_pb2.UserMessage) -> events_pb2.SessionEvent:

@@ -79,6 +79,8 @@ class InMemorySessionStore:
             stored.CopyFrom(session)
             self.sessions[(tenant, session.name)] = stored
         for name in fields:
+            if name == "status" and session.status != stored.status:
+                _stamp_transition(stored, session.status)
             setattr_field(stored, session, name)
         return stored
 
@@ -99,6 +101,8 @@ class InMemorySessionStore:
     ) -> sessions_pb2.Task:
         stored = self.tasks[(tenant, task.name)]
         for name in fields:
+            if name == "status" and task.status != stored.status:
+                _stamp_transition(stored, task.status)
             setattr_field(stored, task, name)
         return stored
 
@@ -112,6 +116,29 @@ class InMemorySessionStore:
         self, tenant: str, idempotency_key: str
     ) -> memory_pb2.Execution | None:
         return self.executions.get((tenant, idempotency_key))
+
+
+_RUNNING = {sessions_pb2.SESSION_STATUS_RUNNING, sessions_pb2.TASK_STATUS_RUNNING}
+_ENDED_SESSION = {
+    sessions_pb2.SESSION_STATUS_COMPLETED,
+    sessions_pb2.SESSION_STATUS_FAILED,
+    sessions_pb2.SESSION_STATUS_CANCELLED,
+}
+_ENDED_TASK = {
+    sessions_pb2.TASK_STATUS_COMPLETED,
+    sessions_pb2.TASK_STATUS_FAILED,
+    sessions_pb2.TASK_STATUS_CANCELLED,
+    sessions_pb2.TASK_STATUS_SKIPPED,
+}
+
+
+def _stamp_transition(stored: sessions_pb2.Session | sessions_pb2.Task, status: int) -> None:
+    """Set start and end times on status changes, as the memory service does."""
+    ended = _ENDED_SESSION if isinstance(stored, sessions_pb2.Session) else _ENDED_TASK
+    if status in _RUNNING and not stored.HasField("start_time"):
+        stored.start_time.GetCurrentTime()
+    if status in ended:
+        stored.end_time.GetCurrentTime()
 
 
 def setattr_field(target: object, source: object, name: str) -> None:

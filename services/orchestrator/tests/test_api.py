@@ -1,0 +1,573 @@
+"""The public API end to end in one process: the orchestrator's gRPC server over a real memory
+service (SQLite and PostgreSQL), driven with the Python client; models are scripted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2
+from opentelemetry.sdk.trace import TracerProvider
+
+from agentmesh.common.v1 import agents_pb2, events_pb2, messages_pb2, sessions_pb2
+from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
+from agentmesh.orchestrator.v1 import orchestrator_pb2
+from agentmesh_client.cli import create_api_key
+from agentmesh_client.client import AgentmeshClient
+from agentmesh_common import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Registration,
+    ResourceExhausted,
+    ServiceServer,
+    Telemetry,
+    Unauthenticated,
+    create_channel,
+    load_settings,
+    serve,
+)
+from agentmesh_memory.testing import (
+    PostgresServer,
+    PostgresUnavailable,
+    RunningMemory,
+    fresh_database,
+    memory_settings,
+    postgres_server,
+    start_memory,
+)
+from agentmesh_orchestrator.adapters.memory_client import MemoryClient
+from agentmesh_orchestrator.app import compose
+from agentmesh_orchestrator.settings import OrchestratorSettings
+from agentmesh_orchestrator.testing import (
+    Reply,
+    ScriptedGateway,
+    last_user_content,
+    system_prompt,
+)
+
+TERMINAL = {"session_completed", "session_failed", "session_cancelled"}
+
+
+def echo_script(request: inference_pb2.GenerateRequest) -> Reply:
+    name = system_prompt(request).split(".")[0]
+    return Reply(text=f"{name} says hi", chunks=3)
+
+
+@dataclass
+class Mesh:
+    """An orchestrator over a real memory service, with a scripted model."""
+
+    orchestrator: ServiceServer
+    memory: RunningMemory
+    gateway: ScriptedGateway
+    telemetry: Telemetry
+    keys: dict[str, str]
+
+    def client(self, tenant: str = "acme") -> AgentmeshClient:
+        return AgentmeshClient(
+            f"127.0.0.1:{self.orchestrator.port}", api_key=self.keys[tenant], timeout=10
+        )
+
+    def raw_client(self, api_key: str) -> AgentmeshClient:
+        return AgentmeshClient(f"127.0.0.1:{self.orchestrator.port}", api_key=api_key, timeout=10)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    try:
+        server = postgres_server()
+    except PostgresUnavailable as error:  # pragma: no cover - depends on the machine
+        pytest.fail(f"PostgreSQL is required for these tests: {error}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    with fresh_database(postgres, prefix="agentmesh_orch") as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('orch') / 'memory.db'}"
+
+
+async def start_mesh(
+    database_url: str, script: Callable[[inference_pb2.GenerateRequest], Reply], **settings: str
+) -> tuple[Mesh, Callable[[], asyncio.Future[None]]]:
+    memory = await start_memory(memory_settings(database_url, migrate_on_start="true"))
+    gateway = ScriptedGateway(script)
+    env = {
+        "AGENTMESH_ORCHESTRATOR_PORT": "0",
+        "AGENTMESH_ORCHESTRATOR_METRICS_PORT": "off",
+        "AGENTMESH_ORCHESTRATOR_GRACE_SECONDS": "1",
+        "AGENTMESH_ORCHESTRATOR_MEMORY_TARGET": memory.address,
+        "AGENTMESH_ORCHESTRATOR_GATEWAY_TARGET": "127.0.0.1:1",
+        "AGENTMESH_ORCHESTRATOR_REQUESTS_PER_MINUTE": "0",
+        "AGENTMESH_ORCHESTRATOR_TOKENS_PER_MINUTE": "0",
+    } | {f"AGENTMESH_ORCHESTRATOR_{k.upper()}": v for k, v in settings.items()}
+    orchestrator_settings = load_settings(OrchestratorSettings, env)
+    telemetry = Telemetry(service_name="orchestrator", tracer_provider=TracerProvider())
+
+    async def build(
+        stack: AsyncExitStack, config: OrchestratorSettings, tel: Telemetry
+    ) -> list[Registration]:
+        channel = create_channel(memory.address, tracer_provider=tel.tracer_provider)
+        stack.push_async_callback(channel.close, None)
+        catalog = inference_pb2_grpc.InferenceServiceStub(grpc.aio.insecure_channel("127.0.0.1:1"))
+        return compose(
+            stack, config, tel, memory=MemoryClient(channel), models=gateway, catalog=catalog
+        )
+
+    stop = asyncio.Event()
+    started: asyncio.Future[ServiceServer] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve(
+            "orchestrator",
+            orchestrator_settings,
+            build,
+            telemetry=telemetry,
+            stop=stop,
+            on_started=lambda server, _: started.set_result(server),
+        )
+    )
+    server = await started
+    keys = {
+        tenant: await create_api_key(memory.address, tenant, "test")
+        for tenant in (f"acme-{uuid.uuid4().hex[:6]}", f"globex-{uuid.uuid4().hex[:6]}")
+    }
+    named = dict(zip(("acme", "globex"), keys.values(), strict=True))
+
+    async def shutdown() -> None:
+        stop.set()
+        await task
+        await memory.stop()
+
+    mesh = Mesh(server, memory, gateway, telemetry, named)
+    return mesh, shutdown  # type: ignore[return-value]
+
+
+@pytest.fixture
+async def mesh(database_url: str) -> AsyncIterator[Mesh]:
+    started, shutdown = await start_mesh(database_url, echo_script)
+    try:
+        yield started
+    finally:
+        await shutdown()
+
+
+def agent(agent_id: str, **fields: object) -> agents_pb2.AgentDefinition:
+    definition = agents_pb2.AgentDefinition(
+        name=agent_id,
+        type=agents_pb2.AGENT_TYPE_CUSTOM,
+        model=agents_pb2.ModelSelection(route="default"),
+        prompts=agents_pb2.AgentPrompts(system=f"{agent_id.capitalize()}. Be brief."),
+    )
+    for key, value in fields.items():
+        if key == "tools":
+            definition.tools.extend(value)  # type: ignore[arg-type]
+        elif key == "prompts":
+            definition.prompts.MergeFrom(value)  # type: ignore[arg-type]
+        else:
+            setattr(definition, key, value)
+    return definition
+
+
+def kinds(events: list[events_pb2.SessionEvent]) -> list[str]:
+    return [str(e.WhichOneof("payload")) for e in events]
+
+
+async def collect(stream: AsyncIterator[events_pb2.SessionEvent]) -> list[events_pb2.SessionEvent]:
+    return [event async for event in stream]
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+async def test_run_streams_every_stored_event_once_and_in_order(mesh: Mesh) -> None:
+    async with mesh.client() as client:
+        session = await client.create_session(
+            goal="Greet the team",
+            inline_agents=[agent("alice"), agent("bob")],
+            limits=sessions_pb2.SessionLimits(max_rounds=2),
+        )
+        events = await collect(client.run(session.name))
+        assert [e.seq for e in events] == list(range(1, len(events) + 1))
+        assert kinds(events)[0] == "session_started"
+        assert kinds(events).count("message_completed") == 4
+        assert kinds(events)[-1] == "session_completed"
+        assert sum(k in TERMINAL for k in kinds(events)) == 1
+        assert all(e.session == session.name for e in events)
+        replay = await collect(client.events(session.name))
+        assert [e.SerializeToString() for e in replay] == [e.SerializeToString() for e in events]
+        details = await client.get_session(session.name)
+        assert details.session.status == sessions_pb2.SESSION_STATUS_COMPLETED
+        assert details.session.final_answer == "Bob says hi"
+        assert details.session.usage.total_tokens == events[-1].session_completed.usage.total_tokens
+        assert [a.name for a in details.agents] == ["agents/alice", "agents/bob"]
+        listed = [s.name async for s in client.list_sessions()]
+        assert session.name in listed
+    turns = mesh.telemetry.registry.get_sample_value(
+        "agentmesh_orchestrator_turns_total", {"outcome": "completed"}
+    )
+    assert turns is not None
+    assert turns >= 4
+
+
+async def test_step_runs_one_round_at_a_time_and_end_session_completes_it(mesh: Mesh) -> None:
+    async with mesh.client() as client:
+        session = await client.create_session(
+            goal="Discuss", inline_agents=[agent("alice"), agent("bob")]
+        )
+        first = await collect(client.step(session.name))
+        assert kinds(first).count("message_completed") == 2
+        assert not set(kinds(first)) & TERMINAL
+        second = await collect(client.step(session.name))
+        assert second[0].seq == first[-1].seq + 1
+        assert kinds(second).count("session_started") == 0
+        details = await client.get_session(session.name)
+        assert details.session.rounds_completed == 2
+        assert details.session.status == sessions_pb2.SESSION_STATUS_RUNNING
+        ended = await client.end_session(session.name)
+        assert ended.status == sessions_pb2.SESSION_STATUS_COMPLETED
+        assert ended.final_answer == "Bob says hi"
+        tail = await collect(client.events(session.name, after_seq=second[-1].seq))
+        assert kinds(tail) == ["session_completed"]
+
+
+async def test_execute_plans_runs_tasks_and_reports_them(database_url: str) -> None:
+    plan = {
+        "rationale": "two steps",
+        "tasks": [
+            {"id": "facts", "description": "Collect facts"},
+            {"id": "write", "description": "Write it up", "depends_on": ["facts"]},
+        ],
+    }
+
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        system = system_prompt(request)
+        if "Classify the goal" in system:
+            return Reply(text=json.dumps({"kind": "complex", "reason": "two parts"}))
+        if "You are a planner" in system:
+            return Reply(text=json.dumps(plan))
+        return Reply(text=f"output for: {last_user_content(request).splitlines()[0]}")
+
+    mesh, shutdown = await start_mesh(database_url, script)
+    try:
+        async with mesh.client() as client:
+            events = await collect(client.execute("Write a report"))
+            assert kinds(events)[0] == "session_started"
+            assert "analysis" in kinds(events)
+            assert kinds(events)[-1] == "session_completed"
+            details = await client.get_session(events[0].session)
+            statuses = {t.task_id: t.status for t in details.tasks}
+            assert statuses == {
+                "facts": sessions_pb2.TASK_STATUS_COMPLETED,
+                "write": sessions_pb2.TASK_STATUS_COMPLETED,
+            }
+            assert all(t.HasField("start_time") and t.HasField("end_time") for t in details.tasks)
+            assert details.session.plan.revision == 1
+    finally:
+        await shutdown()
+
+
+async def test_a_dropped_stream_resumes_with_every_event_exactly_once(database_url: str) -> None:
+    mesh, shutdown = await start_mesh(
+        database_url, lambda _: Reply(text="slowly " * 8, chunks=8, delay_seconds=0.2)
+    )
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Talk",
+                inline_agents=[agent("alice")],
+                limits=sessions_pb2.SessionLimits(max_rounds=2),
+            )
+            seen: list[events_pb2.SessionEvent] = []
+            async for event in client.run(session.name):
+                seen.append(event)
+                if len(seen) == 3:
+                    break  # the client goes away; the session keeps running
+            rest = await collect(client.events(session.name, after_seq=seen[-1].seq))
+            every = [e.seq for e in seen + rest]
+            assert every == list(range(1, len(every) + 1))
+            assert kinds(rest)[-1] == "session_completed"
+    finally:
+        await shutdown()
+
+
+async def test_cancel_on_disconnect_cancels_the_session(database_url: str) -> None:
+    mesh, shutdown = await start_mesh(
+        database_url, lambda _: Reply(text="x " * 40, chunks=40, delay_seconds=4.0)
+    )
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Talk", inline_agents=[agent("alice")], cancel_on_disconnect=True
+            )
+            async for event in client.run(session.name):
+                if event.WhichOneof("payload") == "content_delta":
+                    break
+            events = await asyncio.wait_for(collect(client.events(session.name)), 10)
+            assert kinds(events)[-1] == "session_cancelled"
+            assert events[-1].session_cancelled.reason == "client_disconnected"
+            assert events[-1].session_cancelled.usage.total_tokens >= 0
+    finally:
+        await shutdown()
+
+
+async def test_cancel_session_stops_a_run_and_bills_usage_so_far(database_url: str) -> None:
+    calls = 0
+
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        nonlocal calls
+        calls += 1
+        return Reply(text="done", delay_seconds=0.0 if calls == 1 else 10.0)
+
+    mesh, shutdown = await start_mesh(database_url, script)
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Talk", inline_agents=[agent("alice"), agent("bob")]
+            )
+            run = client.run(session.name).__aiter__()
+            while (await run.__anext__()).WhichOneof("payload") != "message_completed":
+                pass
+            cancelled = await client.cancel_session(session.name)
+            assert cancelled.status == sessions_pb2.SESSION_STATUS_CANCELLED
+            rest = [event async for event in run]
+            assert kinds(rest)[-1] == "session_cancelled"
+            assert rest[-1].session_cancelled.usage.total_tokens > 0, "the first turn is billed"
+            again = await client.cancel_session(session.name)
+            assert again.status == sessions_pb2.SESSION_STATUS_CANCELLED
+    finally:
+        await shutdown()
+
+
+# -- tools -------------------------------------------------------------------------------------
+
+
+async def test_a_tool_the_agent_may_not_use_is_refused_over_the_api(database_url: str) -> None:
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        if not any(m.role == messages_pb2.ROLE_TOOL for m in request.messages):
+            args = struct_pb2.Struct()
+            args.update({"key": "secret", "value": "x"})
+            return Reply(
+                tool_calls=[messages_pb2.ToolCall(id="c1", name="memory_write", arguments=args)]
+            )
+        return Reply(text="could not write")
+
+    mesh, shutdown = await start_mesh(database_url, script)
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Remember",
+                inline_agents=[agent("alice", tools=["memory_read"])],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            events = await collect(client.run(session.name))
+            result = next(e.tool_result for e in events if e.HasField("tool_result"))
+            assert result.error.code == code_pb2.PERMISSION_DENIED
+            with pytest.raises(NotFound):
+                await client.get_memory("agents/alice/users/default/memories/secret")
+            assert [t.name for t in mesh.gateway.requests[0].tools] == ["memory_read"]
+    finally:
+        await shutdown()
+
+
+async def test_memory_tools_store_through_the_memory_service(database_url: str) -> None:
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        if not any(m.role == messages_pb2.ROLE_TOOL for m in request.messages):
+            args = struct_pb2.Struct()
+            args.update({"key": "color", "value": "teal"})
+            return Reply(
+                tool_calls=[messages_pb2.ToolCall(id="c1", name="memory_write", arguments=args)]
+            )
+        return Reply(text="stored")
+
+    mesh, shutdown = await start_mesh(database_url, script)
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Remember",
+                inline_agents=[agent("alice", tools=["memory_write"])],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+                metadata={"user": "u7"},
+            )
+            await collect(client.run(session.name))
+            entry = await client.get_memory("agents/alice/users/u7/memories/color")
+            assert entry.value.string_value == "teal"
+    finally:
+        await shutdown()
+
+
+# -- edge --------------------------------------------------------------------------------------
+
+
+async def test_calls_without_a_valid_key_are_unauthenticated(mesh: Mesh) -> None:
+    async with mesh.raw_client("not-a-key") as client:
+        with pytest.raises(Unauthenticated) as caught:
+            await client.get_session("sessions/x")
+        assert caught.value.reason == "API_KEY_INVALID"
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{mesh.orchestrator.port}")
+    async with AgentmeshClient("unused", api_key="x", channel=channel) as client:
+        client._metadata = ()  # no key at all
+        with pytest.raises(Unauthenticated) as missing:
+            await client.get_session("sessions/x")
+        assert missing.value.reason == "API_KEY_MISSING"
+
+
+async def test_tenants_cannot_see_or_touch_each_others_sessions(mesh: Mesh) -> None:
+    async with mesh.client("acme") as acme, mesh.client("globex") as globex:
+        created = await acme.create_agent("analyst", agent("analyst"))
+        session = await acme.create_session(goal="Secret plan", agents=[created.name])
+        for attempt in (
+            globex.get_session(session.name),
+            globex.cancel_session(session.name),
+            globex.get_agent(created.name),
+            collect(globex.events(session.name)),
+            globex.send_message(session.name, "hi"),
+        ):
+            with pytest.raises(NotFound):
+                await attempt
+        assert [s.name async for s in globex.list_sessions()] == []
+        assert [a.name async for a in globex.list_agents()] == []
+        with pytest.raises(InvalidArgument) as caught:
+            await globex.create_session(goal="steal", agents=[created.name])
+        assert caught.value.violations[0].field == "session.agents[0]"
+
+
+async def test_tenant_request_limit_answers_resource_exhausted_with_retry_info(
+    database_url: str,
+) -> None:
+    mesh, shutdown = await start_mesh(database_url, echo_script, requests_per_minute="3")
+    try:
+        async with mesh.client() as client:
+            for _ in range(3):
+                await client.list_tools()
+            with pytest.raises(ResourceExhausted) as caught:
+                await client.list_tools()
+            assert caught.value.reason == "TENANT_RATE_LIMITED"
+            assert caught.value.retry_after is not None
+            assert 0 < caught.value.retry_after <= 20
+        async with mesh.client("globex") as other:
+            await other.list_tools()  # another tenant has its own budget
+    finally:
+        await shutdown()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda s: setattr(s, "goal", ""), "session.goal"),
+        (lambda s: setattr(s, "goal", "x" * 20_001), "session.goal"),
+        (lambda s: s.limits.__setattr__("max_rounds", 1000), "session.limits.max_rounds"),
+        (lambda s: s.agents.append("agents/nobody"), "session.agents[0]"),
+        (lambda s: s.agents.append("nobody"), "session.agents[0]"),
+        (
+            lambda s: s.inline_agents.extend([agent(f"a{i}") for i in range(17)]),
+            "session.agents",
+        ),
+        (
+            lambda s: s.inline_agents.append(
+                agent("x", prompts=agents_pb2.AgentPrompts(user_template="{oops}"))
+            ),
+            "session.inline_agents[0].prompts.user_template",
+        ),
+        (
+            lambda s: (
+                s.inline_agents.append(agent("alice")),
+                s.termination.__setattr__("judge_agent", "zed"),
+            ),
+            "session.termination.judge_agent",
+        ),
+    ],
+)
+async def test_bad_sessions_are_rejected_naming_the_field(
+    mesh: Mesh, change: Callable[[sessions_pb2.Session], object], field: str
+) -> None:
+    draft = sessions_pb2.Session(goal="valid goal")
+    change(draft)
+    async with mesh.client() as client:
+        with pytest.raises(InvalidArgument) as caught:
+            await client._call(
+                client._stub.CreateSession,
+                orchestrator_pb2.CreateSessionRequest(session=draft),
+            )
+        assert [v.field for v in caught.value.violations] == [field]
+        assert [s async for s in client.list_sessions()] == [], "nothing half-written"
+
+
+async def test_agents_are_validated_stored_with_defaults_and_snapshotted(mesh: Mesh) -> None:
+    async with mesh.client() as client:
+        with pytest.raises(InvalidArgument) as caught:
+            await client.create_agent(
+                "bad", agent("bad", prompts=agents_pb2.AgentPrompts(user_template="{nope}"))
+            )
+        assert caught.value.violations[0].field == "agent.prompts.user_template"
+        with pytest.raises(InvalidArgument):
+            await client.create_agent("Bad Id!", agent("x"))
+        planner = await client.create_agent(
+            "planner", agents_pb2.AgentDefinition(type=agents_pb2.AGENT_TYPE_PLANNER)
+        )
+        assert "You are a planner" in planner.prompts.system, "type defaults are filled in"
+        session = await client.create_session(goal="Plan", agents=[planner.name])
+        updated = await client.update_agent(
+            agents_pb2.AgentDefinition(name=planner.name, description="changed"),
+            fields=["description"],
+        )
+        assert updated.description == "changed"
+        assert updated.prompts.system == planner.prompts.system
+        await client.delete_agent(planner.name)
+        with pytest.raises(NotFound):
+            await client.get_agent(planner.name)
+        details = await client.get_session(session.name)
+        assert details.agents[0].prompts.system == planner.prompts.system, "the team keeps its copy"
+
+
+async def test_send_message_delivers_enqueues_or_rejects(database_url: str) -> None:
+    seen_user_messages: list[str] = []
+
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        seen_user_messages.extend(
+            m.content for m in request.messages if m.role == messages_pb2.ROLE_USER
+        )
+        return Reply(text="ok", delay_seconds=0.3)
+
+    mesh, shutdown = await start_mesh(database_url, script)
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Chat",
+                inline_agents=[agent("alice"), agent("bob")],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            idle = await client.send_message(session.name, "before we start")
+            assert idle.disposition == orchestrator_pb2.MESSAGE_DISPOSITION_DELIVERED
+            run = client.run(session.name).__aiter__()
+            while (await run.__anext__()).WhichOneof("payload") != "message_started":
+                pass
+            with pytest.raises(FailedPrecondition):
+                await client.send_message(
+                    session.name, "now!", policy=orchestrator_pb2.BUSY_POLICY_REJECT
+                )
+            queued = await client.send_message(session.name, "after alice")
+            assert queued.disposition == orchestrator_pb2.MESSAGE_DISPOSITION_ENQUEUED
+            rest = [event async for event in run]
+            assert "user_message" in kinds(rest)
+            assert "before we start" in seen_user_messages
+            assert "after alice" in seen_user_messages, "bob's turn heard the queued message"
+    finally:
+        await shutdown()
