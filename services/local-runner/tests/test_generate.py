@@ -1,0 +1,265 @@
+"""Generation through the gRPC service with real mlx-lm on the generated tiny model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from mlx_lm.utils import load_tokenizer
+
+from agentmesh.common.v1 import generation_pb2, messages_pb2
+from agentmesh.runner.v1 import runner_pb2
+from agentmesh_common import ResourceExhausted, from_rpc_error
+
+from .conftest import RunningRunner, StartRunner
+
+USER = messages_pb2.ROLE_USER
+ASSISTANT = messages_pb2.ROLE_ASSISTANT
+
+
+def request(
+    text: str = "hello there agent",
+    *,
+    max_tokens: int = 16,
+    stop: tuple[str, ...] = (),
+    cache_key: str = "",
+    history: tuple[messages_pb2.Message, ...] = (),
+    model: str = "tiny",
+    keep_alive: float | None = None,
+) -> runner_pb2.GenerateRequest:
+    message = runner_pb2.GenerateRequest(
+        model=model,
+        messages=[*history, messages_pb2.Message(role=USER, content=text)],
+        config=generation_pb2.GenerationConfig(max_tokens=max_tokens, stop=list(stop)),
+        cache_key=cache_key,
+    )
+    if keep_alive is not None:
+        message.keep_alive.FromNanoseconds(int(keep_alive * 1e9))
+    return message
+
+
+async def collect(
+    runner: RunningRunner, message: runner_pb2.GenerateRequest
+) -> tuple[list[str], generation_pb2.Finished]:
+    deltas: list[str] = []
+    finished: generation_pb2.Finished | None = None
+    async for response in runner.stub.Generate(message, timeout=60):
+        kind = response.event.WhichOneof("event")
+        assert finished is None, "nothing may follow `finished`"
+        if kind == "delta":
+            deltas.append(response.event.delta.text)
+        else:
+            assert kind == "finished"
+            finished = response.event.finished
+    assert finished is not None
+    return deltas, finished
+
+
+def prompt_length(model_dir: Path, *texts: str) -> int:
+    tokenizer = load_tokenizer(model_dir)
+    roles = ["user", "assistant"]
+    messages = [{"role": roles[i % 2], "content": t} for i, t in enumerate(texts)]
+    return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+
+async def test_streams_deltas_then_finished_with_exact_token_counts(
+    start_runner: StartRunner, tiny_model: Path
+) -> None:
+    runner = await start_runner()
+    deltas, finished = await collect(runner, request(max_tokens=12))
+
+    assert len(deltas) > 1
+    assert "".join(deltas) == finished.text
+    assert finished.finish_reason == generation_pb2.FINISH_REASON_LENGTH
+    assert finished.usage.completion_tokens == 12
+    assert finished.usage.prompt_tokens == prompt_length(tiny_model, "hello there agent")
+    assert finished.usage.total_tokens == finished.usage.prompt_tokens + 12
+    assert finished.usage.cached_prompt_tokens == 0
+    assert (finished.provider, finished.model) == ("local", "tiny")
+
+
+async def test_greedy_generation_is_repeatable_and_max_tokens_bounds_it(
+    start_runner: StartRunner,
+) -> None:
+    runner = await start_runner()
+    _, long = await collect(runner, request(max_tokens=20))
+    _, short = await collect(runner, request(max_tokens=5))
+    assert short.usage.completion_tokens == 5
+    assert long.text.startswith(short.text)
+    assert len(short.text) < len(long.text)
+
+
+async def test_stop_sequence_ends_the_answer_before_it(start_runner: StartRunner) -> None:
+    runner = await start_runner()
+    _, free = await collect(runner, request(max_tokens=30))
+    stop = free.text[10:13]
+    expected = free.text[: free.text.find(stop)]
+
+    deltas, finished = await collect(runner, request(max_tokens=30, stop=(stop,)))
+
+    assert finished.finish_reason == generation_pb2.FINISH_REASON_STOP
+    assert finished.text == expected
+    assert "".join(deltas) == expected
+    assert finished.usage.completion_tokens < 30
+
+
+async def test_cancelling_mid_stream_stops_generation_and_frees_the_model(
+    start_runner: StartRunner,
+) -> None:
+    runner = await start_runner(max_batch=1)
+    call = runner.stub.Generate(request(max_tokens=1_000_000))
+    for _ in range(3):
+        response = await call.read()
+        assert response.event.WhichOneof("event") == "delta"
+    call.cancel()
+
+    async with asyncio.timeout(5):
+        while (await runner.stub.GetStatus(runner_pb2.GetStatusRequest())).models[
+            0
+        ].active_requests:
+            await asyncio.sleep(0.01)
+    # The owner thread is free again: a new request is served at once.
+    _, finished = await collect(runner, request(max_tokens=4))
+    assert finished.usage.completion_tokens == 4
+
+
+async def test_deadline_exceeded_stops_generation(start_runner: StartRunner) -> None:
+    runner = await start_runner(max_batch=1)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in runner.stub.Generate(request(max_tokens=1_000_000), timeout=0.5):
+            pass
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    _, finished = await collect(runner, request(max_tokens=4))
+    assert finished.usage.completion_tokens == 4
+
+
+async def test_full_queue_answers_resource_exhausted_with_retry_info(
+    start_runner: StartRunner,
+) -> None:
+    runner = await start_runner(max_batch=1, queue_capacity=1)
+    running = runner.stub.Generate(request(max_tokens=1_000_000))
+    await running.read()
+    waiting = runner.stub.Generate(request(max_tokens=2))
+    async with asyncio.timeout(5):
+        while (await runner.stub.GetStatus(runner_pb2.GetStatusRequest())).queue_depth < 1:
+            await asyncio.sleep(0.01)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await collect(runner, request(max_tokens=2))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    error = from_rpc_error(caught.value)
+    assert isinstance(error, ResourceExhausted)
+    assert error.retry_after is not None and error.retry_after > 0
+
+    running.cancel()  # frees the model; the queued request then completes
+    responses = [r async for r in waiting]
+    assert responses[-1].event.finished.usage.completion_tokens == 2
+
+
+async def test_eight_concurrent_streams_all_complete(start_runner: StartRunner) -> None:
+    runner = await start_runner()
+    results = await asyncio.gather(
+        *(collect(runner, request(f"question number {i}", max_tokens=24)) for i in range(8))
+    )
+    for deltas, finished in results:
+        assert finished.usage.completion_tokens == 24
+        assert "".join(deltas) == finished.text
+        assert finished.finish_reason == generation_pb2.FINISH_REASON_LENGTH
+    status = await runner.stub.GetStatus(runner_pb2.GetStatusRequest())
+    assert status.models[0].recent_tokens_per_second > 0
+    assert status.queue_depth == 0
+
+
+async def test_follow_up_turn_reuses_the_prompt_cache(
+    start_runner: StartRunner, tiny_model: Path
+) -> None:
+    runner = await start_runner()
+    _, first = await collect(runner, request("tell me about agents", cache_key="c1"))
+    assert first.usage.cached_prompt_tokens == 0
+    history = (
+        messages_pb2.Message(role=USER, content="tell me about agents"),
+        messages_pb2.Message(role=ASSISTANT, content=first.text),
+    )
+
+    _, cached = await collect(runner, request("and the runner?", cache_key="c1", history=history))
+    _, uncached = await collect(runner, request("and the runner?", history=history))
+
+    expected = prompt_length(tiny_model, "tell me about agents", first.text, "and the runner?")
+    assert cached.usage.prompt_tokens == uncached.usage.prompt_tokens == expected
+    assert uncached.usage.cached_prompt_tokens == 0
+    # The follow-up processes fewer prompt tokens: at least the whole first prompt is reused.
+    assert cached.usage.cached_prompt_tokens >= prompt_length(tiny_model, "tell me about agents")
+    status = await runner.stub.GetStatus(runner_pb2.GetStatusRequest())
+    assert status.models[0].prompt_cache_hits == 1
+
+
+async def test_generation_records_metrics_and_spans(start_runner: StartRunner) -> None:
+    runner = await start_runner()
+    await collect(runner, request(max_tokens=6))
+    registry = runner.telemetry.registry
+    labels = {"model": "tiny"}
+    assert registry.get_sample_value("agentmesh_runner_time_to_first_token_seconds_count", labels)
+    assert registry.get_sample_value("agentmesh_runner_queue_wait_seconds_count", labels) == 1
+    completion = {"model": "tiny", "kind": "completion"}
+    assert registry.get_sample_value("agentmesh_runner_tokens_total", completion) == 6
+    names = {span.name for span in runner.spans.get_finished_spans()}
+    assert {"runner.generate", "runner.prefill", "runner.decode"} <= names
+
+
+async def test_keep_alive_unloads_an_idle_model(start_runner: StartRunner) -> None:
+    runner = await start_runner(reap_interval_seconds=0.05)
+    await collect(runner, request(max_tokens=2, keep_alive=0.2))
+    listed = await runner.stub.ListModels(runner_pb2.ListModelsRequest())
+    assert [m.loaded for m in listed.models] == [True]
+    started = time.monotonic()
+    async with asyncio.timeout(5):
+        while (await runner.stub.ListModels(runner_pb2.ListModelsRequest())).models[0].loaded:
+            await asyncio.sleep(0.02)
+    assert time.monotonic() - started >= 0.1
+
+
+async def test_load_unload_list_and_status(start_runner: StartRunner) -> None:
+    runner = await start_runner()
+    listed = await runner.stub.ListModels(runner_pb2.ListModelsRequest())
+    assert [(m.name, m.loaded, m.backend) for m in listed.models] == [("tiny", False, "mlx")]
+    assert listed.models[0].parameters > 0 and listed.models[0].context_length == 2048
+
+    keep = Duration(seconds=60)
+    loaded = await runner.stub.LoadModel(runner_pb2.LoadModelRequest(model="tiny", keep_alive=keep))
+    assert loaded.model.loaded and loaded.load_duration.ToNanoseconds() > 0
+    again = await runner.stub.LoadModel(runner_pb2.LoadModelRequest(model="tiny"))
+    assert again.load_duration.ToNanoseconds() == 0
+
+    status = await runner.stub.GetStatus(runner_pb2.GetStatusRequest())
+    assert [m.model.name for m in status.models] == ["tiny"]
+    assert status.memory_in_use_bytes == listed.models[0].size_bytes
+    assert status.default_backend == "mlx" and status.device in ("cpu", "gpu")
+
+    unloaded = await runner.stub.UnloadModel(runner_pb2.UnloadModelRequest(model="tiny"))
+    assert unloaded.was_loaded
+    unloaded = await runner.stub.UnloadModel(runner_pb2.UnloadModelRequest(model="tiny"))
+    assert not unloaded.was_loaded
+    status = await runner.stub.GetStatus(runner_pb2.GetStatusRequest())
+    assert list(status.models) == [] and status.memory_in_use_bytes == 0
+
+
+async def test_memory_budget_unloads_the_least_recently_used_model(
+    start_runner: StartRunner, tiny_model: Path
+) -> None:
+    size = sum(p.stat().st_size for p in tiny_model.glob("*.safetensors"))
+    runner = await start_runner(memory_budget_bytes=int(size * 2.5))
+    for name in ("tiny-b", "tiny-c"):
+        (runner.models_dir / name).symlink_to(runner.models_dir / "tiny")
+    for name in ("tiny", "tiny-b"):
+        await runner.stub.LoadModel(runner_pb2.LoadModelRequest(model=name))
+    await collect(runner, request(max_tokens=1, model="tiny"))  # tiny-b is now the LRU
+
+    await runner.stub.LoadModel(runner_pb2.LoadModelRequest(model="tiny-c"))
+
+    status = await runner.stub.GetStatus(runner_pb2.GetStatusRequest())
+    assert [m.model.name for m in status.models] == ["tiny", "tiny-c"]
+    assert status.memory_in_use_bytes <= status.memory_budget_bytes
