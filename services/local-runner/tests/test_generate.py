@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -57,6 +59,23 @@ async def collect(
             finished = response.event.finished
     assert finished is not None
     return deltas, finished
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
+    """Poll ``check`` until it holds (the runner changes state on its own threads)."""
+    async with asyncio.timeout(within):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.01)
+
+
+async def status(runner: RunningRunner) -> runner_pb2.GetStatusResponse:
+    return await runner.stub.GetStatus(runner_pb2.GetStatusRequest(), timeout=5)
+
+
+def weights_size(model_dir: Path) -> int:
+    return sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
 
 
 def prompt_length(model_dir: Path, *texts: str) -> int:
@@ -117,11 +136,10 @@ async def test_cancelling_mid_stream_stops_generation_and_frees_the_model(
         assert response.event.WhichOneof("event") == "delta"
     call.cancel()
 
-    async with asyncio.timeout(5):
-        while (await runner.stub.GetStatus(runner_pb2.GetStatusRequest())).models[
-            0
-        ].active_requests:
-            await asyncio.sleep(0.01)
+    async def idle() -> bool:
+        return (await status(runner)).models[0].active_requests == 0
+
+    await eventually(idle)
     # The owner thread is free again: a new request is served at once.
     _, finished = await collect(runner, request(max_tokens=4))
     assert finished.usage.completion_tokens == 4
@@ -144,16 +162,19 @@ async def test_full_queue_answers_resource_exhausted_with_retry_info(
     running = runner.stub.Generate(request(max_tokens=1_000_000))
     await running.read()
     waiting = runner.stub.Generate(request(max_tokens=2))
-    async with asyncio.timeout(5):
-        while (await runner.stub.GetStatus(runner_pb2.GetStatusRequest())).queue_depth < 1:
-            await asyncio.sleep(0.01)
+
+    async def queued() -> bool:
+        return (await status(runner)).queue_depth == 1
+
+    await eventually(queued)
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await collect(runner, request(max_tokens=2))
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     error = from_rpc_error(caught.value)
     assert isinstance(error, ResourceExhausted)
-    assert error.retry_after is not None and error.retry_after > 0
+    assert error.retry_after is not None
+    assert error.retry_after > 0
 
     running.cancel()  # frees the model; the queued request then completes
     responses = [r async for r in waiting]
@@ -216,9 +237,12 @@ async def test_keep_alive_unloads_an_idle_model(start_runner: StartRunner) -> No
     listed = await runner.stub.ListModels(runner_pb2.ListModelsRequest())
     assert [m.loaded for m in listed.models] == [True]
     started = time.monotonic()
-    async with asyncio.timeout(5):
-        while (await runner.stub.ListModels(runner_pb2.ListModelsRequest())).models[0].loaded:
-            await asyncio.sleep(0.02)
+
+    async def unloaded() -> bool:
+        listed = await runner.stub.ListModels(runner_pb2.ListModelsRequest(), timeout=5)
+        return not listed.models[0].loaded
+
+    await eventually(unloaded)
     assert time.monotonic() - started >= 0.1
 
 
@@ -226,32 +250,35 @@ async def test_load_unload_list_and_status(start_runner: StartRunner) -> None:
     runner = await start_runner()
     listed = await runner.stub.ListModels(runner_pb2.ListModelsRequest())
     assert [(m.name, m.loaded, m.backend) for m in listed.models] == [("tiny", False, "mlx")]
-    assert listed.models[0].parameters > 0 and listed.models[0].context_length == 2048
+    assert listed.models[0].parameters > 0
+    assert listed.models[0].context_length == 2048
 
     keep = Duration(seconds=60)
     loaded = await runner.stub.LoadModel(runner_pb2.LoadModelRequest(model="tiny", keep_alive=keep))
-    assert loaded.model.loaded and loaded.load_duration.ToNanoseconds() > 0
+    assert loaded.model.loaded
+    assert loaded.load_duration.ToNanoseconds() > 0
     again = await runner.stub.LoadModel(runner_pb2.LoadModelRequest(model="tiny"))
     assert again.load_duration.ToNanoseconds() == 0
 
     status = await runner.stub.GetStatus(runner_pb2.GetStatusRequest())
     assert [m.model.name for m in status.models] == ["tiny"]
     assert status.memory_in_use_bytes == listed.models[0].size_bytes
-    assert status.default_backend == "mlx" and status.device in ("cpu", "gpu")
+    assert status.default_backend == "mlx"
+    assert status.device in ("cpu", "gpu")
 
     unloaded = await runner.stub.UnloadModel(runner_pb2.UnloadModelRequest(model="tiny"))
     assert unloaded.was_loaded
     unloaded = await runner.stub.UnloadModel(runner_pb2.UnloadModelRequest(model="tiny"))
     assert not unloaded.was_loaded
     status = await runner.stub.GetStatus(runner_pb2.GetStatusRequest())
-    assert list(status.models) == [] and status.memory_in_use_bytes == 0
+    assert list(status.models) == []
+    assert status.memory_in_use_bytes == 0
 
 
 async def test_memory_budget_unloads_the_least_recently_used_model(
     start_runner: StartRunner, tiny_model: Path
 ) -> None:
-    size = sum(p.stat().st_size for p in tiny_model.glob("*.safetensors"))
-    runner = await start_runner(memory_budget_bytes=int(size * 2.5))
+    runner = await start_runner(memory_budget_bytes=int(weights_size(tiny_model) * 2.5))
     for name in ("tiny-b", "tiny-c"):
         (runner.models_dir / name).symlink_to(runner.models_dir / "tiny")
     for name in ("tiny", "tiny-b"):
@@ -263,3 +290,56 @@ async def test_memory_budget_unloads_the_least_recently_used_model(
     status = await runner.stub.GetStatus(runner_pb2.GetStatusRequest())
     assert [m.model.name for m in status.models] == ["tiny", "tiny-c"]
     assert status.memory_in_use_bytes <= status.memory_budget_bytes
+
+
+async def test_a_stream_joined_mid_way_continues_exactly_in_the_batch(
+    start_runner: StartRunner, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="agentmesh.runner.mlx")
+    runner = await start_runner()
+    _, alone = await collect(runner, request("first caller", max_tokens=200))
+
+    first = runner.stub.Generate(request("first caller", max_tokens=200))
+    await first.read()
+    await first.read()
+    joined = await asyncio.gather(
+        *(collect(runner, request(f"caller {i}", max_tokens=10)) for i in range(3))
+    )
+    responses = []
+    while (response := await first.read()) is not grpc.aio.EOF:
+        responses.append(response)
+
+    joins = [r for r in caplog.records if r.getMessage() == "stream joins a batch"]
+    assert len(joins) == 1
+    assert 0 < joins[0].generated < 200
+    finished = responses[-1].event.finished
+    assert finished.usage.completion_tokens == 200
+    assert finished.text == alone.text
+    assert all(f.usage.completion_tokens == 10 for _, f in joined)
+
+
+async def test_prompt_cache_is_reused_by_batched_conversations(
+    start_runner: StartRunner,
+) -> None:
+    runner = await start_runner()
+    firsts = await asyncio.gather(
+        *(collect(runner, request(f"topic {i}", cache_key=f"k{i}")) for i in range(3))
+    )
+    follow_ups = await asyncio.gather(
+        *(
+            collect(
+                runner,
+                request(
+                    "go on",
+                    cache_key=f"k{i}",
+                    history=(
+                        messages_pb2.Message(role=USER, content=f"topic {i}"),
+                        messages_pb2.Message(role=ASSISTANT, content=finished.text),
+                    ),
+                ),
+            )
+            for i, (_, finished) in enumerate(firsts)
+        )
+    )
+    for (_, first), (_, follow_up) in zip(firsts, follow_ups, strict=True):
+        assert follow_up.usage.cached_prompt_tokens >= first.usage.prompt_tokens

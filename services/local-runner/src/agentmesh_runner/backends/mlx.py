@@ -9,6 +9,7 @@ until it drains. bench/runner measured both for 8 concurrent streams and keeps t
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import time
 from collections import OrderedDict
@@ -36,6 +37,8 @@ from agentmesh_runner.domain import (
 from .base import Inbox, Job
 
 __all__ = ["MlxBackend", "MlxModel"]
+
+_logger = logging.getLogger("agentmesh.runner.mlx")
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
@@ -237,8 +240,11 @@ class _Running:
     job: Job
     prompt: list[int]
     cached: int
+    cache: list[Any] | None
     output: _Output
     began: float
+    sampler: Any
+    processors: list[Any]
     generated: list[int] = field(default_factory=list)
     first_token_at: float | None = None
 
@@ -284,10 +290,13 @@ class MlxModel:
 
     def serve(self, inbox: Inbox) -> None:
         while (job := inbox.take()) is not None:
-            if len(inbox) == 0 or self._max_batch == 1:
-                self._run_alone(job)
-            else:
-                self._run_batch(job, inbox)
+            running = self._begin(job)
+            if running is None:
+                continue
+            if self._max_batch > 1 and len(inbox) > 0:
+                self._run_batch(running, inbox)
+            elif (handed_over := self._run_alone(running, inbox)) is not None:
+                self._run_batch(handed_over, inbox)
 
     def close(self) -> None:
         self._cache = _PromptCache(0)
@@ -296,7 +305,7 @@ class MlxModel:
 
     # -- request preparation ------------------------------------------------------------
 
-    def _begin(self, job: Job) -> tuple[_Running, list[Any] | None] | None:
+    def _begin(self, job: Job) -> _Running | None:
         request = job.request
         try:
             prompt = self._render(request)
@@ -306,8 +315,23 @@ class MlxModel:
         cache, cached = self._cache.take(request.cache_key, prompt)
         if cached:
             self.prompt_cache_hits += 1
-        output = _Output(job, self._tokenizer.detokenizer, request.config.stop)
-        return _Running(job, prompt, cached, output, time.monotonic()), cache
+        config = request.config
+        if config.seed is not None:
+            mx.random.seed(config.seed)
+        return _Running(
+            job=job,
+            prompt=prompt,
+            cached=cached,
+            cache=cache,
+            output=_Output(job, self._tokenizer.detokenizer, config.stop),
+            began=time.monotonic(),
+            sampler=make_sampler(temp=config.temperature, top_p=config.top_p),
+            processors=make_logits_processors(
+                repetition_penalty=config.repetition_penalty,
+                presence_penalty=config.presence_penalty,
+                frequency_penalty=config.frequency_penalty,
+            ),
+        )
 
     def _render(self, request: GenerationRequest) -> list[int]:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
@@ -335,66 +359,56 @@ class MlxModel:
             tokens = tokens["input_ids"]
         return [int(t) for t in tokens]
 
-    def _sampling(self, request: GenerationRequest) -> tuple[Any, list[Any]]:
-        config = request.config
-        if config.seed is not None:
-            mx.random.seed(config.seed)
-        sampler = make_sampler(temp=config.temperature, top_p=config.top_p)
-        processors = make_logits_processors(
-            repetition_penalty=config.repetition_penalty,
-            presence_penalty=config.presence_penalty,
-            frequency_penalty=config.frequency_penalty,
-        )
-        return sampler, processors
-
     # -- one request alone --------------------------------------------------------------
 
-    def _run_alone(self, job: Job) -> None:
-        begun = self._begin(job)
-        if begun is None:
-            return
-        running, cache = begun
-        if cache is None:
-            cache = make_prompt_cache(self._model)
-        sampler, processors = self._sampling(job.request)
+    def _run_alone(self, running: _Running, inbox: Inbox) -> _Running | None:
+        """Generate for one request; hand it back mid-way if others start waiting (they
+        then continue together in a batch)."""
+        job = running.job
+        if running.cache is None:
+            running.cache = make_prompt_cache(self._model)
         max_tokens = job.request.config.max_tokens
         reason: FinishReason | None = None
         steps = generate_step(
             mx.array(running.prompt[running.cached :]),
             self._model,
             max_tokens=-1,
-            sampler=sampler,
-            logits_processors=processors or None,
-            prompt_cache=cache,
+            sampler=running.sampler,
+            logits_processors=running.processors or None,
+            prompt_cache=running.cache,
         )
         try:
             for sampled, _ in steps:
                 if running.first_token_at is None:
                     running.first_token_at = time.monotonic()
                 if job.cancelled:
-                    break
+                    return None  # nobody is listening any more
                 token = int(sampled)
                 running.generated.append(token)
-                if token in self._eos:
-                    reason = FinishReason.STOP
-                    break
-                if running.output.add(token):
+                if token in self._eos or running.output.add(token):
                     reason = FinishReason.STOP
                     break
                 if len(running.generated) >= max_tokens:
                     reason = FinishReason.LENGTH
                     break
+                if self._max_batch > 1 and len(inbox) > 0:
+                    _logger.debug(
+                        "stream joins a batch",
+                        extra={"model": self._name, "generated": len(running.generated)},
+                    )
+                    return running
         except Exception as exc:
             job.fail(_internal(exc))
-            return
+            return None
         finally:
             steps.close()
-        if reason is None:
-            return  # cancelled: nobody is listening
-        self._complete(running, reason, cache)
+        if reason is None:  # the step generator ended by itself (it never does)
+            return None
+        self._complete(running, reason, running.cache)
+        return None
 
     def _complete(self, running: _Running, reason: FinishReason, cache: list[Any] | None) -> None:
-        if reason is FinishReason.LENGTH or running.output.final_text is None:
+        if running.output.final_text is None:
             running.output.flush()
         if cache is not None:
             self._cache.put(
@@ -404,7 +418,7 @@ class MlxModel:
 
     # -- several requests together ------------------------------------------------------
 
-    def _run_batch(self, first: Job, inbox: Inbox) -> None:
+    def _run_batch(self, first: _Running, inbox: Inbox) -> None:
         generator: Any = BatchGenerator(
             self._model,
             max_tokens=256,
@@ -417,30 +431,37 @@ class MlxModel:
             self._admit(generator, first, running)
             while running or len(inbox):
                 while len(running) < self._max_batch and (job := inbox.take_nowait()):
-                    self._admit(generator, job, running)
-                if not running:
-                    continue
-                self._batch_step(generator, running)
+                    if (item := self._begin(job)) is not None:
+                        self._admit(generator, item, running)
+                if running:
+                    self._batch_step(generator, running)
         except Exception as exc:
             for item in running.values():
                 item.job.fail(_internal(exc))
         finally:
             generator.close()
 
-    def _admit(self, generator: Any, job: Job, running: dict[int, _Running]) -> None:
-        begun = self._begin(job)
-        if begun is None:
-            return
-        item, cache = begun
-        sampler, processors = self._sampling(job.request)
+    def _admit(self, generator: Any, item: _Running, running: dict[int, _Running]) -> None:
+        max_tokens = item.job.request.config.max_tokens
+        if item.generated:
+            # Handed over mid-generation: the cache holds the prompt and every generated
+            # token; the last one is fed again so the batch samples the next from it.
+            assert item.cache is not None
+            known = item.prompt + item.generated
+            trim_prompt_cache(item.cache, item.cache[0].offset - (len(known) - 1))
+            tokens, history = known[-1:], known[:-1]
+            max_tokens -= len(item.generated)
+        else:
+            tokens, history = item.prompt[item.cached :], item.prompt[: item.cached]
         (uid,) = generator.insert(
-            [item.prompt[item.cached :]],
-            max_tokens=[job.request.config.max_tokens],
-            caches=[cache] if cache is not None else None,
-            all_tokens=[item.prompt[: item.cached]],
-            samplers=[sampler],
-            logits_processors=[processors],
+            [tokens],
+            max_tokens=[max_tokens],
+            caches=[item.cache] if item.cache is not None else None,
+            all_tokens=[history],
+            samplers=[item.sampler],
+            logits_processors=[item.processors],
         )
+        item.cache = None  # the batch owns it now
         running[uid] = item
 
     def _batch_step(self, generator: Any, running: dict[int, _Running]) -> None:
