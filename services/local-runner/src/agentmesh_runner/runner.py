@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,6 +180,10 @@ class LocalRunner:
         self, model: str, *, keep_alive_seconds: float | None = None, backend: str = ""
     ) -> LoadResult:
         """Load ``model`` now (no-op if loaded), making room within the memory budget."""
+        worker = self._workers.get(model)
+        if worker is not None:
+            worker.touch(keep_alive_seconds)
+            return LoadResult(self._info(worker), 0.0)
         path = await self._resolve(model)
         async with self._lock:
             worker = self._workers.get(model)
@@ -253,10 +257,8 @@ class LocalRunner:
         """Models in the models directory plus loaded ones from elsewhere, by name."""
         infos = {name: self._info(worker) for name, worker in self._workers.items()}
         backend = self._backend("")
-        directory = self.config.models_dir
-        entries = sorted(directory.iterdir()) if directory.is_dir() else []
-        for entry in entries:
-            if entry.name in infos or not (entry / "config.json").is_file():
+        for entry in await asyncio.to_thread(self._model_directories):
+            if entry.name in infos:
                 continue
             try:
                 facts = await asyncio.to_thread(backend.inspect, entry)
@@ -266,6 +268,12 @@ class LocalRunner:
                 name=entry.name, path=str(entry), backend=backend.name, loaded=False, facts=facts
             )
         return [infos[name] for name in sorted(infos)]
+
+    def _model_directories(self) -> list[Path]:
+        directory = self.config.models_dir
+        if not directory.is_dir():
+            return []
+        return sorted(e for e in directory.iterdir() if (e / "config.json").is_file())
 
     def status(self) -> RunnerStatus:
         models = tuple(
@@ -292,7 +300,7 @@ class LocalRunner:
 
     # -- generation ---------------------------------------------------------------------
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         """Stream text deltas, then one GenerationFinished. Stopping the iteration (the
         caller cancelled or its deadline passed) stops the model at its next decode step."""
         await self.load(request.model, keep_alive_seconds=request.keep_alive_seconds)

@@ -196,7 +196,7 @@ class RunnerServicer(runner_pb2_grpc.LocalRunnerServiceServicer):
                     finished.finished.model = request.model
                     yield runner_pb2.GenerateResponse(event=finished)
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
 
     async def ListModels(
         self, request: runner_pb2.ListModelsRequest, context: _Context

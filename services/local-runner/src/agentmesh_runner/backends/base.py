@@ -51,6 +51,7 @@ class Job:
         self._loop = loop
         self._cancelled = threading.Event()
         self._done = False
+        self._done_lock = threading.Lock()  # the owner thread and an unload may race to end it
         self.events: asyncio.Queue[GenerationEvent | JobFailed] = asyncio.Queue()
 
     @property
@@ -78,14 +79,17 @@ class Job:
             self._post(TextDelta(text))
 
     def finish(self, finished: GenerationFinished) -> None:
-        if not self._done:
-            self._done = True
+        if self._end():
             self._post(finished)
 
     def fail(self, error: AgentmeshError) -> None:
-        if not self._done:
-            self._done = True
+        if self._end():
             self._post(JobFailed(error))
+
+    def _end(self) -> bool:
+        with self._done_lock:
+            ended, self._done = self._done, True
+            return not ended
 
     def _post(self, event: GenerationEvent | JobFailed) -> None:
         try:
