@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from .domain import (
     LoadResult,
     ModelInfo,
     RunnerStatus,
+    TextDelta,
 )
 from .worker import ModelWorker
 
@@ -313,9 +315,20 @@ class LocalRunner:
         ) as span:
             job = worker.submit(request)
             self._metrics.queue_depth.labels(request.model).set(worker.queue_depth)
+            pending: deque[GenerationEvent | JobFailed] = deque()
             try:
                 while True:
-                    event = await job.events.get()
+                    if not pending:
+                        pending.append(await job.events.get())
+                        while not job.events.empty():
+                            pending.append(job.events.get_nowait())
+                    event = pending.popleft()
+                    if isinstance(event, TextDelta) and pending:
+                        # The caller fell behind: send what piled up as one delta.
+                        texts = [event.text]
+                        while pending and isinstance(pending[0], TextDelta):
+                            texts.append(pending.popleft().text)  # type: ignore[union-attr]
+                        event = TextDelta("".join(texts))
                     if isinstance(event, JobFailed):
                         raise event.error
                     if isinstance(event, GenerationFinished):
