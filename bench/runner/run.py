@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -26,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,13 +46,10 @@ from agentmesh_client.mesh import RUNNER, ServiceProcess
 from agentmesh_runner.demo_model import write_demo_model
 
 HERE = Path(__file__).parent
-TOKENS = {"tiny": 256, "small": 48}
+TOKENS = {"tiny": 256, "small": 24}
+REPEATS = {"tiny": 5, "small": 2}  # 1-stream figures are the median of this many runs
 STREAMS = 8
-REPEATS = 3  # 1-stream figures are the median of this many runs
-SYSTEM = (
-    "You are one agent of a mesh. Agents talk through a shared service, remember facts in a "
-    "memory service and run small models on this machine. Answer briefly and precisely. "
-) * 3
+SYSTEM = "You are one agent of a mesh of agents. Answer briefly."
 
 
 def prompt_text(i: int) -> str:
@@ -72,47 +71,48 @@ class Stream:
 # -- in-process ------------------------------------------------------------------------
 
 
-def in_process(model_dir: Path, tokens: int) -> dict[str, Any]:
-    model, tokenizer = mlx_lm.load(str(model_dir))[:2]
-    prompts = [
-        tokenizer.apply_chat_template(messages(i), add_generation_prompt=True)
-        for i in range(STREAMS)
-    ]
+class InProcess:
+    """The same model loaded with mlx-lm in this process, driven by its public API."""
 
-    def one(prompt: list[int]) -> Stream:
+    def __init__(self, model_dir: Path) -> None:
+        self.model, self.tokenizer = mlx_lm.load(str(model_dir))[:2]
+        self.prompts = [
+            self.tokenizer.apply_chat_template(messages(i), add_generation_prompt=True)
+            for i in range(STREAMS)
+        ]
+
+    def one(self, i: int, tokens: int) -> Stream:
         start = time.perf_counter()
         first = last = start
         n = 0
-        for _ in stream_generate(model, tokenizer, prompt, max_tokens=tokens):
+        for _ in stream_generate(self.model, self.tokenizer, self.prompts[i], max_tokens=tokens):
             last = time.perf_counter()
             if n == 0:
                 first = last
             n += 1
-        return Stream(first - start, n, (n - 1) / (last - first), last - start)
+        return Stream(first - start, n, (n - 1) / max(last - first, 1e-9), last - start)
 
-    one(prompts[0])  # warm-up
-    single = [one(prompts[0]) for _ in range(REPEATS)]
-    start = time.perf_counter()
-    sequential = [one(p) for p in prompts]
-    sequential_seconds = time.perf_counter() - start
+    def sequential_tps(self, tokens: int) -> float:
+        start = time.perf_counter()
+        produced = sum(self.one(i, tokens).tokens for i in range(STREAMS))
+        return produced / (time.perf_counter() - start)
 
-    generator = BatchGenerator(model, completion_batch_size=STREAMS, prefill_batch_size=STREAMS)
-    start = time.perf_counter()
-    uids = generator.insert(prompts, max_tokens=[tokens] * STREAMS)
-    left, produced = set(uids), 0
-    while left:
-        _, responses = generator.next()
-        for response in responses:
-            produced += 1
-            if response.finish_reason:
-                left.discard(response.uid)
-    batch_seconds = time.perf_counter() - start
-    generator.close()
-    return {
-        "single": _median(single),
-        "sequential_tps": sum(s.tokens for s in sequential) / sequential_seconds,
-        "batch_tps": produced / batch_seconds,
-    }
+    def batch_tps(self, tokens: int) -> float:
+        generator = BatchGenerator(
+            self.model, completion_batch_size=STREAMS, prefill_batch_size=STREAMS
+        )
+        start = time.perf_counter()
+        left = set(generator.insert(self.prompts, max_tokens=[tokens] * STREAMS))
+        produced = 0
+        while left:
+            _, responses = generator.next()
+            for response in responses:
+                produced += 1
+                if response.finish_reason:
+                    left.discard(response.uid)
+        seconds = time.perf_counter() - start
+        generator.close()
+        return produced / seconds
 
 
 def _median(streams: list[Stream]) -> dict[str, float]:
@@ -157,7 +157,10 @@ async def stream(
     return Stream(first - start, n, (n - 1) / max(last - first, 1e-9), last - start), finished
 
 
-async def service(model_dir: Path, tokens: int, max_batch: int) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def runner_process(
+    model_dir: Path, max_batch: int
+) -> AsyncIterator[runner_pb2_grpc.LocalRunnerServiceStub]:
     env = {
         "AGENTMESH_RUNNER_PORT": "0",
         "AGENTMESH_RUNNER_METRICS_PORT": "",
@@ -171,32 +174,71 @@ async def service(model_dir: Path, tokens: int, max_batch: int) -> dict[str, Any
     try:
         async with grpc.aio.insecure_channel(process.address) as channel:
             stub = runner_pb2_grpc.LocalRunnerServiceStub(channel)
-            name = model_dir.name
-            await stub.LoadModel(runner_pb2.LoadModelRequest(model=name), timeout=120)
-            await stream(stub, request(0, tokens, model=name))  # warm-up
-            single = [
-                (await stream(stub, request(0, tokens, model=name)))[0] for _ in range(REPEATS)
-            ]
-            start = time.perf_counter()
-            sequential = [
-                (await stream(stub, request(i, tokens, model=name)))[0] for i in range(STREAMS)
-            ]
-            sequential_seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            concurrent = await asyncio.gather(
-                *(stream(stub, request(i, tokens, model=name)) for i in range(STREAMS))
-            )
-            concurrent_seconds = time.perf_counter() - start
-            cache = await prompt_cache(stub, name, tokens) if max_batch > 1 else {}
-        return {
-            "single": _median(single),
-            "sequential_tps": sum(s.tokens for s in sequential) / sequential_seconds,
-            "concurrent_tps": sum(s.tokens for s, _ in concurrent) / concurrent_seconds,
-            "concurrent_ttft_ms": statistics.median(s.ttft for s, _ in concurrent) * 1000,
-            **cache,
-        }
+            load = runner_pb2.LoadModelRequest(model=model_dir.name)
+            await stub.LoadModel(load, timeout=120)
+            await stream(stub, request(0, 8, model=model_dir.name))  # warm-up
+            yield stub
     finally:
         await process.stop(grace=10)
+
+
+async def sequential_tps(
+    stub: runner_pb2_grpc.LocalRunnerServiceStub, name: str, tokens: int
+) -> float:
+    start = time.perf_counter()
+    produced = 0
+    for i in range(STREAMS):
+        produced += (await stream(stub, request(i, tokens, model=name)))[0].tokens
+    return produced / (time.perf_counter() - start)
+
+
+async def concurrent(
+    stub: runner_pb2_grpc.LocalRunnerServiceStub, name: str, tokens: int
+) -> tuple[float, float]:
+    start = time.perf_counter()
+    results = await asyncio.gather(
+        *(stream(stub, request(i, tokens, model=name)) for i in range(STREAMS))
+    )
+    seconds = time.perf_counter() - start
+    ttft = statistics.median(s.ttft for s, _ in results) * 1000
+    return sum(s.tokens for s, _ in results) / seconds, ttft
+
+
+async def measure(model_dir: Path, size: str) -> dict[str, Any]:
+    tokens, repeats, name = TOKENS[size], REPEATS[size], model_dir.name
+    local = InProcess(model_dir)
+    local.one(0, 8)  # warm-up
+    async with runner_process(model_dir, max_batch=STREAMS) as stub:
+        # Alternate the two so that load from other jobs on the machine hits both alike.
+        local_single, service_single = [], []
+        for _ in range(repeats):
+            local_single.append(local.one(0, tokens))
+            service_single.append((await stream(stub, request(0, tokens, model=name)))[0])
+        local_sequential = local.sequential_tps(tokens)
+        service_sequential = await sequential_tps(stub, name, tokens)
+        local_batch = local.batch_tps(tokens)
+        service_concurrent, service_concurrent_ttft = await concurrent(stub, name, tokens)
+        cache = await prompt_cache(stub, name, tokens)
+    async with runner_process(model_dir, max_batch=1) as stub:
+        turns_concurrent, turns_ttft = await concurrent(stub, name, tokens)
+    return {
+        "in_process": {
+            "single": _median(local_single),
+            "sequential_tps": local_sequential,
+            "batch_tps": local_batch,
+        },
+        "service": {
+            "single": _median(service_single),
+            "sequential_tps": service_sequential,
+            "concurrent_tps": service_concurrent,
+            "concurrent_ttft_ms": service_concurrent_ttft,
+            **cache,
+        },
+        "service_taking_turns": {
+            "concurrent_tps": turns_concurrent,
+            "concurrent_ttft_ms": turns_ttft,
+        },
+    }
 
 
 async def prompt_cache(
@@ -251,20 +293,15 @@ async def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             model_dir = write_demo_model(Path(tmp) / "bench", size)
-            tokens = TOKENS[size]
-            print(f"[{size}] in-process", flush=True)
-            local = await asyncio.to_thread(in_process, model_dir, tokens)
-            print(f"[{size}] service (batching)", flush=True)
-            batched = await service(model_dir, tokens, max_batch=STREAMS)
-            print(f"[{size}] service (taking turns)", flush=True)
-            turns = await service(model_dir, tokens, max_batch=1)
+            print(f"[{size}] measuring", flush=True)
+            started = time.perf_counter()
             results["sizes"][size] = {
                 "parameters": parameters(model_dir),
-                "completion_tokens_per_stream": tokens,
-                "in_process": local,
-                "service": batched,
-                "service_taking_turns": turns,
+                "completion_tokens_per_stream": TOKENS[size],
+                "single_stream_repeats": REPEATS[size],
+                **(await measure(model_dir, size)),
             }
+            print(f"[{size}] took {time.perf_counter() - started:.0f} s", flush=True)
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (HERE / "RESULTS.md").write_text(markdown(results))
     print(markdown(results))
@@ -282,7 +319,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Command: `{results['command']}`. Greedy decoding; the demo models' text is "
         "meaningless by design, the work is real. 1-stream rows are medians of "
-        f"{REPEATS} runs.",
+        "several runs, alternating in-process and service runs.",
         "",
         "| model | params | measure | in-process mlx-lm | service | service / in-process |",
         "|---|---|---|---|---|---|",

@@ -43,6 +43,7 @@ async def build(
             memory_budget_bytes=settings.memory_budget_bytes,
             queue_capacity=settings.queue_capacity,
             reap_interval_seconds=settings.reap_interval_seconds,
+            stream_interval_seconds=settings.stream_interval_seconds,
         ),
         registry,
         metrics=RunnerMetrics(telemetry.metrics),

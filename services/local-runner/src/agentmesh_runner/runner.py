@@ -57,6 +57,7 @@ class RunnerConfig:
     queue_capacity: int = 16
     reap_interval_seconds: float = 1.0
     retry_after_seconds: float = 1.0
+    stream_interval_seconds: float = 0.0
 
 
 class RunnerMetrics:
@@ -207,6 +208,7 @@ class LocalRunner:
                     else keep_alive_seconds
                 ),
                 retry_after_seconds=self.config.retry_after_seconds,
+                stream_interval_seconds=self.config.stream_interval_seconds,
             )
             seconds = await worker.start()
             self._workers[model] = worker

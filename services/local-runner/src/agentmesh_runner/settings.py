@@ -53,3 +53,12 @@ class RunnerSettings(ServiceSettings):
     reap_interval_seconds: float = Field(
         default=1.0, gt=0, description="How often idle models are checked for keep-alive."
     )
+    stream_interval_seconds: float = Field(
+        default=0.005,
+        ge=0,
+        le=1,
+        description=(
+            "Least time between two deltas of one stream after the first; text generated in"
+            " between goes out together. Only very fast models notice; 0 sends every token."
+        ),
+    )

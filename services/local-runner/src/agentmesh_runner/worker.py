@@ -32,12 +32,14 @@ class ModelWorker:
         queue_capacity: int,
         keep_alive_seconds: float,
         retry_after_seconds: float,
+        stream_interval_seconds: float = 0.0,
     ) -> None:
         self.name = name
         self.path = path
         self.backend = backend
         self.facts = facts
         self.keep_alive_seconds = keep_alive_seconds
+        self.stream_interval_seconds = stream_interval_seconds
         self.inbox = Inbox(queue_capacity, retry_after_seconds)
         self.active: set[Job] = set()
         self.last_used = time.time()
@@ -74,7 +76,7 @@ class ModelWorker:
 
     def submit(self, request: GenerationRequest) -> Job:
         """Queue ``request``; ResourceExhausted (with retry_after) when the queue is full."""
-        job = Job(request, asyncio.get_running_loop())
+        job = Job(request, asyncio.get_running_loop(), stream_interval=self.stream_interval_seconds)
         self.inbox.submit(job)
         self.active.add(job)
         self.touch(request.keep_alive_seconds)

@@ -40,11 +40,18 @@ class Job:
     """One generation request travelling from asyncio to an owner thread and back.
 
     The owner thread calls :meth:`delta`, :meth:`finish` or :meth:`fail`; each hands the
-    event to the event loop with ``call_soon_threadsafe``. asyncio sets :meth:`cancel`, which
+    event to the event loop with ``call_soon_threadsafe`` (callbacks run in order, so buffered
+    text always arrives before the end). asyncio sets :meth:`cancel`, which
     the owner thread reads between decode steps.
     """
 
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        request: GenerationRequest,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        stream_interval: float = 0.0,
+    ) -> None:
         self.request = request
         self.enqueued_at = time.monotonic()
         self.started_at: float | None = None
@@ -52,6 +59,11 @@ class Job:
         self._cancelled = threading.Event()
         self._done = False
         self._done_lock = threading.Lock()  # the owner thread and an unload may race to end it
+        self._buffer: list[str] = []
+        self._buffer_lock = threading.Lock()
+        self._flush_scheduled = False
+        self._stream_interval = stream_interval
+        self._last_flush = 0.0
         self.events: asyncio.Queue[GenerationEvent | JobFailed] = asyncio.Queue()
 
     @property
@@ -75,8 +87,35 @@ class Job:
         return (self.started_at or time.monotonic()) - self.enqueued_at
 
     def delta(self, text: str) -> None:
-        if text and not self._done:
-            self._post(TextDelta(text))
+        """Buffer ``text`` for the event loop. The first delta goes at once; later ones at
+        most every ``stream_interval`` seconds, each carrying everything buffered since."""
+        if not text or self._done:
+            return
+        with self._buffer_lock:
+            self._buffer.append(text)
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+            delay = self._last_flush + self._stream_interval - time.monotonic()
+        try:
+            self._loop.call_soon_threadsafe(self._schedule_flush, delay)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            self.cancel()
+
+    def _schedule_flush(self, delay: float) -> None:
+        if delay > 0:
+            self._loop.call_later(delay, self._flush)
+        else:
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._buffer_lock:
+            text = "".join(self._buffer)
+            self._buffer.clear()
+            self._flush_scheduled = False
+            self._last_flush = time.monotonic()
+        if text:
+            self.events.put_nowait(TextDelta(text))
 
     def finish(self, finished: GenerationFinished) -> None:
         if self._end():
@@ -93,9 +132,13 @@ class Job:
 
     def _post(self, event: GenerationEvent | JobFailed) -> None:
         try:
-            self._loop.call_soon_threadsafe(self.events.put_nowait, event)
+            self._loop.call_soon_threadsafe(self._deliver, event)
         except RuntimeError:  # the event loop is closed: nobody is listening any more
             self.cancel()
+
+    def _deliver(self, event: GenerationEvent | JobFailed) -> None:
+        self._flush()  # buffered text first: the end is always the last event
+        self.events.put_nowait(event)
 
 
 class Inbox:
