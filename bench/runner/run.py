@@ -47,9 +47,13 @@ from agentmesh_runner.demo_model import write_demo_model
 
 HERE = Path(__file__).parent
 TOKENS = {"tiny": 256, "small": 24}
-REPEATS = {"tiny": 5, "small": 2}  # 1-stream figures are the median of this many runs
+REPEATS = {"tiny": 5, "small": 3}  # 1-stream figures are the median of this many runs
 STREAMS = 8
 SYSTEM = "You are one agent of a mesh of agents. Answer briefly."
+CONTEXT = (
+    "Notes so far: the orchestrator runs sessions, the gateway routes requests to providers, "
+    "the memory service remembers facts and the local runner serves small models. "
+) * 4
 
 
 def prompt_text(i: int) -> str:
@@ -245,14 +249,18 @@ async def prompt_cache(
     stub: runner_pb2_grpc.LocalRunnerServiceStub, name: str, tokens: int
 ) -> dict[str, Any]:
     figures: dict[str, Any] = {}
+    # A conversation with a long context (the system prompt, several times over) and a short
+    # first answer, as agents' turns usually are.
+    context = [messages_pb2.Message(role=messages_pb2.ROLE_USER, content=CONTEXT)]
     for label, key in (("without_cache", ""), ("with_cache", "bench-conversation")):
-        _, first = await stream(stub, request(100, tokens, model=name, cache_key=key))
+        opening = request(100, 8, model=name, cache_key=key, more=context)
+        _, first = await stream(stub, opening)
         follow_up = [
             messages_pb2.Message(role=messages_pb2.ROLE_ASSISTANT, content=first.text),
             messages_pb2.Message(role=messages_pb2.ROLE_USER, content="And when it is idle?"),
         ]
         timing, second = await stream(
-            stub, request(100, tokens, model=name, cache_key=key, more=follow_up)
+            stub, request(100, 8, model=name, cache_key=key, more=context + follow_up)
         )
         usage = second.usage
         figures[f"follow_up_{label}"] = {
