@@ -275,6 +275,16 @@ async def prompt_cache(
 # -- report ----------------------------------------------------------------------------
 
 
+def matmul_gflops() -> float:
+    """fp32 matrix-multiply speed of this device: what bounds prefill and batched decode."""
+    a, b = mx.random.normal((512, 576)), mx.random.normal((576, 1536))
+    mx.eval(a, b)
+    start = time.perf_counter()
+    for _ in range(10):
+        mx.eval(a @ b)
+    return 10 * 2 * 512 * 576 * 1536 / (time.perf_counter() - start) / 1e9
+
+
 def parameters(model_dir: Path) -> int:
     weights = mx.load(str(model_dir / "model.safetensors"))
     return sum(int(w.size) for w in weights.values())
@@ -293,6 +303,7 @@ async def main() -> int:
             "mlx": mx.__version__,
             "mlx_lm": mlx_lm.__version__,
             "python": sys.version.split()[0],
+            "fp32_matmul_gflops": round(matmul_gflops(), 1),
         },
         "command": "uv run python bench/runner/run.py",
         "streams": STREAMS,
@@ -323,7 +334,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Machine: {machine['platform']}, {machine['cpus']} CPUs ({machine['processor']}), "
         f"MLX {machine['mlx']} on {machine['device']}, mlx-lm {machine['mlx_lm']}, "
-        f"Python {machine['python']}. Shared with other jobs while it ran.",
+        f"Python {machine['python']}; fp32 matmul {machine['fp32_matmul_gflops']} GFLOP/s. "
+        "Shared with other jobs while it ran.",
         "",
         f"Command: `{results['command']}`. Greedy decoding; the demo models' text is "
         "meaningless by design, the work is real. 1-stream rows are medians of "

@@ -343,3 +343,26 @@ async def test_prompt_cache_is_reused_by_batched_conversations(
     )
     for (_, first), (_, follow_up) in zip(firsts, follow_ups, strict=True):
         assert follow_up.usage.cached_prompt_tokens >= first.usage.prompt_tokens
+
+
+async def test_unloading_fails_running_and_queued_requests_with_unavailable(
+    start_runner: StartRunner,
+) -> None:
+    runner = await start_runner(max_batch=1)
+    running = runner.stub.Generate(request(max_tokens=1_000_000))
+    await running.read()
+    queued = runner.stub.Generate(request(max_tokens=2))
+
+    async def waiting() -> bool:
+        return (await status(runner)).queue_depth == 1
+
+    await eventually(waiting)
+    unloaded = await runner.stub.UnloadModel(runner_pb2.UnloadModelRequest(model="tiny"))
+    assert unloaded.was_loaded
+
+    for call in (running, queued):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            while await call.read() is not grpc.aio.EOF:
+                pass
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert list((await status(runner)).models) == []
