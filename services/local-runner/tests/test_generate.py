@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -72,6 +73,11 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) 
 
 async def status(runner: RunningRunner) -> runner_pb2.GetStatusResponse:
     return await runner.stub.GetStatus(runner_pb2.GetStatusRequest(), timeout=5)
+
+
+async def drain(call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
+    while await call.read() is not grpc.aio.EOF:
+        pass
 
 
 def weights_size(model_dir: Path) -> int:
@@ -362,7 +368,6 @@ async def test_unloading_fails_running_and_queued_requests_with_unavailable(
 
     for call in (running, queued):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            while await call.read() is not grpc.aio.EOF:
-                pass
+            await drain(call)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert list((await status(runner)).models) == []
