@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from agentmesh_common import FailedPrecondition, InvalidArgument, MetricFactory
+from agentmesh_common import FailedPrecondition, InvalidArgument, MetricFactory, Unavailable
 from agentmesh_runner.backends import BackendRegistry, Inbox
 from agentmesh_runner.domain import (
     ChatMessage,
@@ -61,9 +62,24 @@ class EchoBackend:
         return EchoModel()
 
 
-def make_runner(models_dir: Path, registry: BackendRegistry) -> LocalRunner:
+class BrokenModel(EchoModel):
+    """Its owner thread dies on the first request, as a library bug would make it."""
+
+    def serve(self, inbox: Inbox) -> None:
+        inbox.take()
+        raise RuntimeError("segfault averted")
+
+
+class BrokenBackend(EchoBackend):
+    name = "broken"
+
+    def load(self, path: Path) -> EchoModel:
+        return BrokenModel()
+
+
+def make_runner(models_dir: Path, registry: BackendRegistry, **config: Any) -> LocalRunner:
     return LocalRunner(
-        RunnerConfig(models_dir=models_dir, default_backend="echo"),
+        RunnerConfig(models_dir=models_dir, **{"default_backend": "echo", **config}),
         registry,
         metrics=RunnerMetrics(MetricFactory(CollectorRegistry())),
         tracer=TracerProvider().get_tracer("test"),
@@ -89,6 +105,34 @@ async def test_a_registered_backend_serves_generations(tmp_path: Path) -> None:
         finished = events[-1]
         assert isinstance(finished, GenerationFinished)
         assert finished.usage.total_tokens == 6
+        assert [m.model.backend for m in runner.status().models] == ["echo"]
+    finally:
+        await runner.close()
+
+
+def echo_request(model: str) -> GenerationRequest:
+    return GenerationRequest(model=model, messages=(ChatMessage("user", "hi"),))
+
+
+async def test_backend_is_chosen_per_model_and_a_failing_owner_thread_fails_its_requests(
+    tmp_path: Path,
+) -> None:
+    for name in ("parrot", "fragile"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "echo.txt").write_text("")
+    registry = BackendRegistry()
+    registry.register_runner("echo", EchoBackend)
+    registry.register_runner("broken", BrokenBackend)
+    runner = make_runner(tmp_path, registry, model_backends={"fragile": "broken"})
+    await runner.start()
+    try:
+        with pytest.raises(Unavailable, match="fragile failed"):
+            async for _ in runner.generate(echo_request("fragile")):
+                pass
+        assert [m.model.backend for m in runner.status().models] == ["broken"]
+        assert await runner.unload_expired() == ["fragile"]
+        events = [e async for e in runner.generate(echo_request("parrot"))]
+        assert isinstance(events[-1], GenerationFinished)
         assert [m.model.backend for m in runner.status().models] == ["echo"]
     finally:
         await runner.close()

@@ -39,6 +39,7 @@ async def build(
         RunnerConfig(
             models_dir=settings.models_dir,
             default_backend=settings.default_backend,
+            model_backends=settings.model_backends,
             keep_alive_seconds=settings.keep_alive_seconds,
             memory_budget_bytes=settings.memory_budget_bytes,
             queue_capacity=settings.queue_capacity,
@@ -49,7 +50,8 @@ async def build(
         metrics=RunnerMetrics(telemetry.metrics),
         tracer=telemetry.tracer("agentmesh.runner"),
     )
-    registry.get_runner(settings.default_backend)  # an unknown default fails at start
+    for backend in {settings.default_backend, *settings.model_backends.values()}:
+        registry.get_runner(backend)  # an unknown backend fails at start, not on first use
     await runner.start()
     stack.push_async_callback(runner.close)
     servicer = RunnerServicer(runner)

@@ -12,8 +12,8 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from opentelemetry import trace
@@ -58,6 +58,7 @@ class RunnerConfig:
     reap_interval_seconds: float = 1.0
     retry_after_seconds: float = 1.0
     stream_interval_seconds: float = 0.0
+    model_backends: Mapping[str, str] = field(default_factory=dict)
 
 
 class RunnerMetrics:
@@ -132,16 +133,20 @@ class LocalRunner:
 
     async def unload_expired(self) -> list[str]:
         """Unload every idle model whose keep-alive has passed; returns their names."""
-        now = time.time()
-        expired = [
-            name
-            for name, worker in self._workers.items()
-            if not worker.busy and worker.expires_at <= now
-        ]
-        for name in expired:
-            if await self.unload(name):
-                _logger.info("model unloaded after keep-alive", extra={"model": name})
-        return expired
+
+        def expired(worker: ModelWorker) -> bool:
+            return worker.crashed or (not worker.busy and worker.expires_at <= time.time())
+
+        unloaded: list[str] = []
+        async with self._lock:
+            for name in [name for name, worker in self._workers.items() if expired(worker)]:
+                worker = self._workers[name]
+                if expired(worker):  # still, now that the lock is held
+                    del self._workers[name]
+                    await worker.stop()
+                    unloaded.append(name)
+                    _logger.info("model unloaded after keep-alive", extra={"model": name})
+        return unloaded
 
     # -- models -------------------------------------------------------------------------
 
@@ -193,7 +198,7 @@ class LocalRunner:
             if worker is not None:
                 worker.touch(keep_alive_seconds)
                 return LoadResult(self._info(worker), 0.0)
-            chosen = self._backend(backend)
+            chosen = self._backend(backend or self.config.model_backends.get(model, ""))
             facts = await asyncio.to_thread(chosen.inspect, path)
             await self._make_room(facts.size_bytes)
             worker = ModelWorker(

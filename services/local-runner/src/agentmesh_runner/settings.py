@@ -32,6 +32,10 @@ class RunnerSettings(ServiceSettings):
         description="Write the tiny demo model to models_dir/tiny at start if it is missing.",
     )
     default_backend: str = Field(default="mlx", description="Backend for models without one.")
+    model_backends: dict[str, str] = Field(
+        default_factory=dict,
+        description='Backend per model name, as JSON: {"my-gguf-model": "llama.cpp"}.',
+    )
     keep_alive_seconds: float = Field(
         default=300.0, ge=0, description="How long an idle model stays loaded."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
 import time
 from collections import deque
@@ -15,6 +16,8 @@ from .backends.base import Backend, Inbox, Job, LoadedModel
 from .domain import GenerationFinished, GenerationRequest, ModelFacts
 
 __all__ = ["ModelWorker"]
+
+_logger = logging.getLogger("agentmesh.runner")
 
 _RECENT_GENERATIONS = 32
 
@@ -46,6 +49,7 @@ class ModelWorker:
         self._recent: deque[tuple[int, float]] = deque(maxlen=_RECENT_GENERATIONS)
         self._model: LoadedModel | None = None
         self._thread: threading.Thread | None = None
+        self.crashed = False
 
     async def start(self) -> float:
         """Load the model on a new owner thread; returns the seconds loading took."""
@@ -70,6 +74,13 @@ class ModelWorker:
         loaded.set_result(time.monotonic() - started)
         try:
             model.serve(self.inbox)
+        except Exception:
+            # A bug or a library failure: nobody may wait forever for this model.
+            _logger.exception("model owner thread failed", extra={"model": self.name})
+            self.crashed = True
+            failure = Unavailable(f"model {self.name} failed", reason="MODEL_FAILED")
+            for job in [*self.inbox.close(), *list(self.active)]:
+                job.fail(failure)
         finally:
             model.close()
             self._model = None
