@@ -217,6 +217,7 @@ async def test_follow_up_turn_reuses_the_prompt_cache(
 
     expected = prompt_length(tiny_model, "tell me about agents", first.text, "and the runner?")
     assert cached.usage.prompt_tokens == uncached.usage.prompt_tokens == expected
+    assert cached.text == uncached.text  # the reused KV cache is the right one
     assert uncached.usage.cached_prompt_tokens == 0
     # The follow-up processes fewer prompt tokens: at least the whole first prompt is reused.
     assert cached.usage.cached_prompt_tokens >= prompt_length(tiny_model, "tell me about agents")
@@ -349,6 +350,18 @@ async def test_prompt_cache_is_reused_by_batched_conversations(
     )
     for (_, first), (_, follow_up) in zip(firsts, follow_ups, strict=True):
         assert follow_up.usage.cached_prompt_tokens >= first.usage.prompt_tokens
+    # The reused caches hold the right conversation: the same answers as without a cache.
+    _, alone = await collect(
+        runner,
+        request(
+            "go on",
+            history=(
+                messages_pb2.Message(role=USER, content="topic 0"),
+                messages_pb2.Message(role=ASSISTANT, content=firsts[0][1].text),
+            ),
+        ),
+    )
+    assert follow_ups[0][1].text == alone.text
 
 
 async def test_unloading_fails_running_and_queued_requests_with_unavailable(
