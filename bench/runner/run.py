@@ -46,8 +46,8 @@ from agentmesh_client.mesh import RUNNER, ServiceProcess
 from agentmesh_runner.demo_model import write_demo_model
 
 HERE = Path(__file__).parent
-TOKENS = {"tiny": 256, "small": 24}
-REPEATS = {"tiny": 5, "small": 3}  # 1-stream figures are the median of this many runs
+TOKENS = {"tiny": 256, "small": 48}
+REPEATS = {"tiny": 5, "small": 4}  # 1-stream figures are the median of this many runs
 STREAMS = 8
 SYSTEM = "You are one agent of a mesh of agents. Answer briefly."
 CONTEXT = (

@@ -384,3 +384,25 @@ async def test_unloading_fails_running_and_queued_requests_with_unavailable(
             await drain(call)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert list((await status(runner)).models) == []
+
+
+async def test_list_models_pages_through_the_models_directory(start_runner: StartRunner) -> None:
+    runner = await start_runner()
+    for name in ("tiny-b", "tiny-c"):
+        (runner.models_dir / name).symlink_to(runner.models_dir / "tiny")
+    (runner.models_dir / "not-a-model").mkdir()
+
+    names: list[str] = []
+    token = ""
+    for _ in range(5):
+        page = await runner.stub.ListModels(
+            runner_pb2.ListModelsRequest(page_size=2, page_token=token), timeout=10
+        )
+        names += [m.name for m in page.models]
+        token = page.next_page_token
+        if not token:
+            break
+    assert names == ["tiny", "tiny-b", "tiny-c"]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await runner.stub.ListModels(runner_pb2.ListModelsRequest(page_token="x"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
