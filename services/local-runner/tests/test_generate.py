@@ -234,8 +234,16 @@ async def test_generation_records_metrics_and_spans(start_runner: StartRunner) -
     assert registry.get_sample_value("agentmesh_runner_queue_wait_seconds_count", labels) == 1
     completion = {"model": "tiny", "kind": "completion"}
     assert registry.get_sample_value("agentmesh_runner_tokens_total", completion) == 6
-    names = {span.name for span in runner.spans.get_finished_spans()}
-    assert {"runner.generate", "runner.prefill", "runner.decode"} <= names
+    spans = {span.name: span for span in runner.spans.get_finished_spans()}
+    assert {"runner.generate", "runner.prefill", "runner.decode"} <= set(spans)
+    generate = spans["runner.generate"]
+    assert generate.attributes is not None
+    assert generate.attributes["completion_tokens"] == 6
+    for name in ("runner.prefill", "runner.decode"):
+        parent = spans[name].parent
+        assert parent is not None
+        assert parent.span_id == generate.context.span_id
+    assert spans["runner.prefill"].end_time == spans["runner.decode"].start_time
 
 
 async def test_keep_alive_unloads_an_idle_model(start_runner: StartRunner) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from opentelemetry import trace
 
 from agentmesh_common import (
+    AgentmeshError,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -316,10 +317,13 @@ class LocalRunner:
         worker = self._workers.get(request.model)
         if worker is None:  # unloaded between load and submit
             raise NotFound(f"model {request.model} was unloaded", reason="MODEL_NOT_FOUND")
-        with self._tracer.start_as_current_span(
+        # Not the *current* span: an async generator's context must not stay attached across
+        # its yields. Children name it as their parent explicitly.
+        span = self._tracer.start_span(
             "runner.generate",
             attributes={"model": request.model, "request_id": request.request_id},
-        ) as span:
+        )
+        try:
             job = worker.submit(request)
             self._metrics.queue_depth.labels(request.model).set(worker.queue_depth)
             pending: deque[GenerationEvent | JobFailed] = deque()
@@ -347,6 +351,11 @@ class LocalRunner:
             finally:
                 worker.release(job)
                 self._metrics.queue_depth.labels(request.model).set(worker.queue_depth)
+        except AgentmeshError as exc:
+            span.set_status(trace.StatusCode.ERROR, exc.reason)
+            raise
+        finally:
+            span.end()
 
     def _observe(self, span: trace.Span, finished: GenerationFinished) -> None:
         model, usage, timings = finished.model, finished.usage, finished.timings
@@ -370,7 +379,9 @@ class LocalRunner:
             ("runner.prefill", prefill_start, decode_start),
             ("runner.decode", decode_start, end_ns),
         ):
-            child = self._tracer.start_span(name, start_time=start)
+            child = self._tracer.start_span(
+                name, context=trace.set_span_in_context(span), start_time=start
+            )
             child.end(end_time=end)
         span.set_attributes(
             {
