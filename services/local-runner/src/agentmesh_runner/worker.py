@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -55,12 +56,17 @@ class ModelWorker:
         """Load the model on a new owner thread; returns the seconds loading took."""
         loaded: concurrent.futures.Future[float] = concurrent.futures.Future()
         self._thread = threading.Thread(
-            target=self._own, args=(loaded,), name=f"model-{self.name}", daemon=True
+            target=self._own,
+            args=(loaded, asyncio.get_running_loop()),
+            name=f"model-{self.name}",
+            daemon=True,
         )
         self._thread.start()
         return await asyncio.wrap_future(loaded)
 
-    def _own(self, loaded: concurrent.futures.Future[float]) -> None:
+    def _own(
+        self, loaded: concurrent.futures.Future[float], loop: asyncio.AbstractEventLoop
+    ) -> None:
         started = time.monotonic()
         try:
             model = self.backend.load(self.path)
@@ -79,11 +85,18 @@ class ModelWorker:
             _logger.exception("model owner thread failed", extra={"model": self.name})
             self.crashed = True
             failure = Unavailable(f"model {self.name} failed", reason="MODEL_FAILED")
-            for job in [*self.inbox.close(), *list(self.active)]:
+            for job in self.inbox.close():
                 job.fail(failure)
+            # `active` belongs to the event loop: fail the running jobs from there.
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(self._fail_active, failure)
         finally:
             model.close()
             self._model = None
+
+    def _fail_active(self, error: AgentmeshError) -> None:
+        for job in list(self.active):
+            job.fail(error)
 
     def submit(self, request: GenerationRequest) -> Job:
         """Queue ``request``; ResourceExhausted (with retry_after) when the queue is full."""
