@@ -414,3 +414,24 @@ async def test_list_models_pages_through_the_models_directory(start_runner: Star
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await runner.stub.ListModels(runner_pb2.ListModelsRequest(page_token="x"), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_sampling_settings_reach_mlx_lm(start_runner: StartRunner) -> None:
+    runner = await start_runner()
+
+    def sampled(**config: float) -> runner_pb2.GenerateRequest:
+        message = request("sample me", max_tokens=40)
+        for name, value in config.items():
+            setattr(message.config, name, value)
+        return message
+
+    _, greedy = await collect(runner, sampled())
+    _, seeded = await collect(runner, sampled(temperature=1.0, seed=7))
+    _, seeded_again = await collect(runner, sampled(temperature=1.0, seed=7))
+    _, other_seed = await collect(runner, sampled(temperature=1.0, seed=8))
+    _, penalized = await collect(runner, sampled(repetition_penalty=2.0))
+
+    assert seeded.text == seeded_again.text  # a seed makes sampling reproducible
+    assert seeded.text != other_seed.text
+    assert seeded.text != greedy.text  # temperature 1 samples, 0 is greedy
+    assert penalized.text != greedy.text  # the repetition penalty changes greedy choices
