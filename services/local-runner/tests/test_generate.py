@@ -435,3 +435,14 @@ async def test_sampling_settings_reach_mlx_lm(start_runner: StartRunner) -> None
     assert seeded.text != other_seed.text
     assert seeded.text != greedy.text  # temperature 1 samples, 0 is greedy
     assert penalized.text != greedy.text  # the repetition penalty changes greedy choices
+
+
+async def test_a_model_directory_path_serves_like_a_name(
+    start_runner: StartRunner, tiny_model: Path
+) -> None:
+    runner = await start_runner()
+    _, finished = await collect(runner, request(max_tokens=3, model=str(tiny_model)))
+    assert finished.usage.completion_tokens == 3
+    assert finished.model == str(tiny_model)
+    listed = await runner.stub.ListModels(runner_pb2.ListModelsRequest(), timeout=10)
+    assert [(m.name, m.loaded) for m in listed.models] == [(str(tiny_model), True), ("tiny", False)]
