@@ -1,12 +1,13 @@
 """Each of the four services as a real process: starts, serves health, reflection and metrics,
-answers unbuilt RPCs with a clear UNIMPLEMENTED, and exits 0 on SIGTERM with a stream open."""
+answers its own API (or a clear UNIMPLEMENTED where not built), and exits 0 on SIGTERM with a
+stream open."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -31,51 +32,88 @@ pytestmark = pytest.mark.slow
 
 GRACE_SECONDS = 3.0
 
-# One RPC per service that is not built yet, called through the generated stub.
-UnbuiltCall = Callable[[grpc.aio.Channel], "grpc.aio.UnaryUnaryCall[object, object]"]
-CASES: dict[str, tuple[ServiceSpec, str, str, UnbuiltCall]] = {
-    # Every memory RPC is built: the probe is a real call, refused for its missing tenant.
-    "memory": (
-        MEMORY,
-        "agentmesh.memory.v1.MemoryService",
-        "GetUsage",
-        lambda ch: memory_pb2_grpc.MemoryServiceStub(ch).GetUsage(memory_pb2.GetUsageRequest()),
-    ),
+# Each service's probe calls one of its RPCs through the generated stub, checks the answer and
+# returns the status code name it got, which the service's metrics must then count.
+Probe = Callable[[grpc.aio.Channel], Awaitable[str]]
+
+
+async def _expect_error(call: Awaitable[object], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == code, caught.value.details()
+    return caught.value
+
+
+async def _probe_memory(channel: grpc.aio.Channel) -> str:
+    """Built; a call without the tenant metadata is refused, not served."""
+    stub = memory_pb2_grpc.MemoryServiceStub(channel)
+    await _expect_error(
+        stub.GetUsage(memory_pb2.GetUsageRequest()), grpc.StatusCode.UNAUTHENTICATED
+    )
+    return "UNAUTHENTICATED"
+
+
+async def _probe_runner(channel: grpc.aio.Channel) -> str:
+    """The runner serves the tiny demo model it wrote at start (no download)."""
+    stub = runner_pb2_grpc.LocalRunnerServiceStub(channel)
+    listed = await stub.ListModels(runner_pb2.ListModelsRequest(), timeout=10)
+    assert [m.name for m in listed.models] == ["tiny"]
+    return "OK"
+
+
+async def _probe_gateway(channel: grpc.aio.Channel) -> str:
+    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+    error = await _expect_error(
+        stub.GetProviderStatus(inference_pb2.GetProviderStatusRequest()),
+        grpc.StatusCode.UNIMPLEMENTED,
+    )
+    assert error.details() == (
+        "/agentmesh.inference.v1.InferenceService/GetProviderStatus is not implemented yet"
+    )
+    return "UNIMPLEMENTED"
+
+
+async def _probe_orchestrator(channel: grpc.aio.Channel) -> str:
+    """An RPC not built yet answers UNIMPLEMENTED naming the method."""
+    stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+    error = await _expect_error(
+        stub.CreateToolServer(orchestrator_pb2.CreateToolServerRequest()),
+        grpc.StatusCode.UNIMPLEMENTED,
+    )
+    assert error.details() == (
+        "/agentmesh.orchestrator.v1.OrchestratorService/CreateToolServer is not implemented yet"
+    )
+    return "UNIMPLEMENTED"
+
+
+CASES: dict[str, tuple[ServiceSpec, str, str, Probe]] = {
+    "memory": (MEMORY, "agentmesh.memory.v1.MemoryService", "GetUsage", _probe_memory),
     "local-runner": (
         RUNNER,
         "agentmesh.runner.v1.LocalRunnerService",
-        "GetStatus",
-        lambda ch: runner_pb2_grpc.LocalRunnerServiceStub(ch).GetStatus(
-            runner_pb2.GetStatusRequest()
-        ),
+        "ListModels",
+        _probe_runner,
     ),
     "inference-gateway": (
         GATEWAY,
         "agentmesh.inference.v1.InferenceService",
         "GetProviderStatus",
-        lambda ch: inference_pb2_grpc.InferenceServiceStub(ch).GetProviderStatus(
-            inference_pb2.GetProviderStatusRequest()
-        ),
+        _probe_gateway,
     ),
     "orchestrator": (
         ORCHESTRATOR,
         "agentmesh.orchestrator.v1.OrchestratorService",
         "CreateToolServer",
-        lambda ch: orchestrator_pb2_grpc.OrchestratorServiceStub(ch).CreateToolServer(
-            orchestrator_pb2.CreateToolServerRequest()
-        ),
+        _probe_orchestrator,
     ),
 }
-
-# Services whose probe RPC is built: the status it answers a call without a tenant.
-BUILT = {"agentmesh.memory.v1.MemoryService": grpc.StatusCode.UNAUTHENTICATED}
 
 
 @pytest.fixture(params=sorted(CASES))
 async def service(
     request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[tuple[ServiceProcess, str, str, UnbuiltCall]]:
-    spec, grpc_service, method, call = CASES[request.param]
+) -> AsyncIterator[tuple[ServiceProcess, str, str, Probe]]:
+    spec, grpc_service, method, probe = CASES[request.param]
     prefix = spec.env_prefix
     env = {
         f"{prefix}PORT": "0",
@@ -87,15 +125,15 @@ async def service(
     process = ServiceProcess(spec, env, log_path=tmp_path / f"{spec.name}.log")
     await process.start()
     try:
-        yield process, grpc_service, method, call
+        yield process, grpc_service, method, probe
     finally:
         await process.stop(grace=10)
 
 
 async def test_service_serves_health_reflection_metrics_and_clear_statuses(
-    service: tuple[ServiceProcess, str, str, UnbuiltCall],
+    service: tuple[ServiceProcess, str, str, Probe],
 ) -> None:
-    process, grpc_service, method, call = service
+    process, grpc_service, method, probe = service
     await process.wait_healthy(within_seconds=20)
     async with grpc.aio.insecure_channel(process.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -111,24 +149,19 @@ async def test_service_serves_health_reflection_metrics_and_clear_statuses(
         assert grpc_service in listed
         assert "grpc.health.v1.Health" in listed
 
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call(channel)
-        code = BUILT.get(grpc_service, grpc.StatusCode.UNIMPLEMENTED)
-        assert caught.value.code() == code
-        if code == grpc.StatusCode.UNIMPLEMENTED:
-            assert caught.value.details() == f"/{grpc_service}/{method} is not implemented yet"
+        code = await probe(channel)
 
     assert process.metrics_port is not None
     url = f"http://127.0.0.1:{process.metrics_port}/metrics"
     body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
     assert (
-        f'agentmesh_rpc_requests_total{{code="{code.name}",method="{method}",'
+        f'agentmesh_rpc_requests_total{{code="{code}",method="{method}",'
         f'service="{grpc_service}"}} 1.0'
     ) in body
 
 
 async def test_sigterm_with_an_open_stream_exits_zero_within_grace(
-    service: tuple[ServiceProcess, str, str, UnbuiltCall],
+    service: tuple[ServiceProcess, str, str, Probe],
 ) -> None:
     process, grpc_service, _, _ = service
     await process.wait_healthy(within_seconds=20)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from functools import partial
@@ -9,18 +11,50 @@ from functools import partial
 from agentmesh.runner.v1 import runner_pb2_grpc
 from agentmesh_common import Registration, Telemetry
 
+from .backends.registry import default_registry
+from .demo_model import DEMO_NOTICE, write_demo_model
+from .runner import LocalRunner, RunnerConfig, RunnerMetrics
 from .servicer import RunnerServicer
 from .settings import RunnerSettings
 
 SERVICE_NAME = "local-runner"
 GRPC_SERVICE = "agentmesh.runner.v1.LocalRunnerService"
+DEMO_MODEL_NAME = "tiny"
+
+_logger = logging.getLogger("agentmesh.runner")
 
 
 async def build(
     stack: AsyncExitStack, settings: RunnerSettings, telemetry: Telemetry
 ) -> Sequence[Registration]:
     """Open the service's resources on `stack` and return what to serve."""
-    servicer = RunnerServicer()
+    demo = settings.models_dir / DEMO_MODEL_NAME
+    if settings.create_demo_model and not demo.exists():
+        await asyncio.to_thread(write_demo_model, demo, "tiny")
+        _logger.info("wrote the tiny demo model", extra={"path": str(demo), "note": DEMO_NOTICE})
+    registry = default_registry(
+        max_batch=settings.max_batch, prompt_cache_entries=settings.prompt_cache_entries
+    )
+    runner = LocalRunner(
+        RunnerConfig(
+            models_dir=settings.models_dir,
+            default_backend=settings.default_backend,
+            model_backends=settings.model_backends,
+            keep_alive_seconds=settings.keep_alive_seconds,
+            memory_budget_bytes=settings.memory_budget_bytes,
+            queue_capacity=settings.queue_capacity,
+            reap_interval_seconds=settings.reap_interval_seconds,
+            stream_interval_seconds=settings.stream_interval_seconds,
+        ),
+        registry,
+        metrics=RunnerMetrics(telemetry.metrics),
+        tracer=telemetry.tracer("agentmesh.runner"),
+    )
+    for backend in {settings.default_backend, *settings.model_backends.values()}:
+        registry.get_runner(backend)  # an unknown backend fails at start, not on first use
+    await runner.start()
+    stack.push_async_callback(runner.close)
+    servicer = RunnerServicer(runner)
     return [
         Registration(
             GRPC_SERVICE,

@@ -27,3 +27,42 @@ class RunnerSettings(ServiceSettings):
         default=Path(".data/models"),
         description="Directory whose subdirectories are models served by name.",
     )
+    create_demo_model: bool = Field(
+        default=True,
+        description="Write the tiny demo model to models_dir/tiny at start if it is missing.",
+    )
+    default_backend: str = Field(default="mlx", description="Backend for models without one.")
+    model_backends: dict[str, str] = Field(
+        default_factory=dict,
+        description='Backend per model name, as JSON: {"my-gguf-model": "llama.cpp"}.',
+    )
+    keep_alive_seconds: float = Field(
+        default=300.0, ge=0, description="How long an idle model stays loaded."
+    )
+    memory_budget_bytes: int = Field(
+        default=8 * 1024**3, gt=0, description="Bytes of model weights that may stay loaded."
+    )
+    queue_capacity: int = Field(
+        default=16, ge=1, le=10_000, description="Requests that may wait for one model."
+    )
+    max_batch: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Most requests one model generates together (1 disables batching).",
+    )
+    prompt_cache_entries: int = Field(
+        default=16, ge=0, description="Conversations whose KV cache each model keeps."
+    )
+    reap_interval_seconds: float = Field(
+        default=1.0, gt=0, description="How often idle models are checked for keep-alive."
+    )
+    stream_interval_seconds: float = Field(
+        default=0.005,
+        ge=0,
+        le=1,
+        description=(
+            "Least time between two deltas of one stream after the first; text generated in"
+            " between goes out together. Only very fast models notice; 0 sends every token."
+        ),
+    )

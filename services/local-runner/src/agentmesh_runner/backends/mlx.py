@@ -1,0 +1,503 @@
+"""The ``mlx`` backend: mlx-lm models on Apple silicon (Metal) or Linux CPU.
+
+Scheduling on the owner thread: a request that finds the model idle runs alone through
+``generate_step`` (the fastest path for one stream); when two or more requests are waiting,
+they run together through mlx-lm's ``BatchGenerator`` and later arrivals join that batch
+until it drains. bench/runner measured both for 8 concurrent streams and keeps this mix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm import load as mlx_load
+from mlx_lm.generate import BatchGenerator, generate_step
+from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.sample_utils import make_logits_processors, make_sampler
+
+from agentmesh_common import AgentmeshError, FailedPrecondition, Internal, InvalidArgument
+from agentmesh_runner.domain import (
+    FinishReason,
+    GenerationFinished,
+    GenerationRequest,
+    GenerationTimings,
+    ModelFacts,
+    TokenUsage,
+)
+
+from .base import Inbox, Job
+
+__all__ = ["MlxBackend", "MlxModel"]
+
+_logger = logging.getLogger("agentmesh.runner.mlx")
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+def _safetensors_parameters(path: Path) -> int:
+    """Parameter count from a safetensors header, without reading the tensors."""
+    with path.open("rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    total = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        count = 1
+        for dim in entry["shape"]:
+            count *= int(dim)
+        total += count
+    return total
+
+
+class MlxBackend:
+    """Loads mlx-lm models from local directories."""
+
+    name = "mlx"
+
+    def __init__(self, *, max_batch: int = 8, prompt_cache_entries: int = 16) -> None:
+        self.max_batch = max_batch
+        self.prompt_cache_entries = prompt_cache_entries
+
+    @property
+    def device(self) -> str:
+        return "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
+
+    def inspect(self, path: Path) -> ModelFacts:
+        if not path.is_dir():
+            raise FailedPrecondition(f"model directory {path} does not exist")
+        config_path = path / "config.json"
+        if not config_path.is_file():
+            raise FailedPrecondition(
+                f"{path} is not a model: config.json is missing",
+                reason="MODEL_FILE_MISSING",
+                metadata={"missing_file": "config.json"},
+            )
+        if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+            raise FailedPrecondition(
+                f"{path} is not a model: tokenizer.json is missing",
+                reason="MODEL_FILE_MISSING",
+                metadata={"missing_file": "tokenizer.json"},
+            )
+        weights = sorted(path.glob("*.safetensors"))
+        if not weights:
+            raise FailedPrecondition(
+                f"{path} is not a model: model.safetensors is missing",
+                reason="MODEL_FILE_MISSING",
+                metadata={"missing_file": "model.safetensors"},
+            )
+        try:
+            config = json.loads(config_path.read_text())
+            parameters = sum(_safetensors_parameters(w) for w in weights)
+        except (OSError, ValueError, struct.error) as exc:
+            raise FailedPrecondition(
+                f"{path} is not a valid model: {exc}", reason="MODEL_INVALID"
+            ) from exc
+        return ModelFacts(
+            parameters=parameters,
+            size_bytes=sum(w.stat().st_size for w in weights),
+            context_length=int(config.get("max_position_embeddings") or 0),
+        )
+
+    def load(self, path: Path) -> MlxModel:
+        self.inspect(path)
+        try:
+            loaded = mlx_load(str(path))
+            model, tokenizer = loaded[0], loaded[1]
+        except Exception as exc:  # mlx-lm raises plain ValueError/KeyError on bad models
+            raise FailedPrecondition(
+                f"{path} could not be loaded: {exc}", reason="MODEL_INVALID"
+            ) from exc
+        return MlxModel(
+            model,
+            tokenizer,
+            name=path.name,
+            max_batch=self.max_batch,
+            prompt_cache_entries=self.prompt_cache_entries,
+        )
+
+
+@dataclass
+class _CachedPrompt:
+    tokens: list[int]
+    cache: list[Any]
+
+
+class _PromptCache:
+    """KV caches of recent conversations by cache key, least recently used dropped first."""
+
+    def __init__(self, entries: int) -> None:
+        self.entries = entries
+        self._items: OrderedDict[str, _CachedPrompt] = OrderedDict()
+
+    def take(self, key: str, prompt: list[int]) -> tuple[list[Any] | None, int]:
+        """A cache holding the longest reusable prefix of ``prompt`` and its length.
+
+        The entry is removed while in use, so two turns of one conversation never share it.
+        At least one prompt token is always left to process (it yields the first logits).
+        """
+        entry = self._items.pop(key, None) if key else None
+        if entry is None or not can_trim_prompt_cache(entry.cache):
+            return None, 0
+        common = 0
+        for cached, new in zip(entry.tokens, prompt, strict=False):
+            if cached != new:
+                break
+            common += 1
+        common = min(common, len(prompt) - 1)
+        if common <= 0:
+            return None, 0
+        trim_prompt_cache(entry.cache, entry.cache[0].offset - common)
+        return entry.cache, common
+
+    def put(self, key: str, tokens: list[int], cache: list[Any]) -> None:
+        if not key or not cache:
+            return
+        offset = int(cache[0].offset)
+        if offset > len(tokens):
+            if not can_trim_prompt_cache(cache):
+                return
+            trim_prompt_cache(cache, offset - len(tokens))
+            offset = len(tokens)
+        self._items[key] = _CachedPrompt(list(tokens[:offset]), cache)
+        self._items.move_to_end(key)
+        while len(self._items) > self.entries:
+            self._items.popitem(last=False)
+
+
+class _Output:
+    """Turns tokens into streamed text, honouring stop sequences.
+
+    Text that might be the start of a stop sequence is held back until it is clearly not.
+    """
+
+    def __init__(self, job: Job, detokenizer: Any, stops: Sequence[str]) -> None:
+        self.job = job
+        self._detokenizer = detokenizer
+        self._stops = [s for s in stops if s]
+        self._longest = max((len(s) for s in self._stops), default=0)
+        self._text = ""
+        self._sent = 0
+        self.final_text: str | None = None
+
+    def add(self, token: int) -> bool:
+        """Feed one token; True when a stop sequence ended the answer."""
+        self._detokenizer.add_token(token)
+        return self._push(self._detokenizer.last_segment)
+
+    def flush(self) -> None:
+        self._detokenizer.finalize()
+        if not self._push(self._detokenizer.last_segment):
+            self.job.delta(self._text[self._sent :])
+            self._sent = len(self._text)
+
+    @property
+    def text(self) -> str:
+        return self.final_text if self.final_text is not None else self._text
+
+    def _push(self, segment: str) -> bool:
+        if self.final_text is not None:
+            return True
+        self._text += segment
+        if not self._stops:
+            self.job.delta(self._text[self._sent :])
+            self._sent = len(self._text)
+            return False
+        start = max(0, self._sent - self._longest)
+        found = [i for i in (self._text.find(s, start) for s in self._stops) if i >= 0]
+        if found:
+            end = min(found)
+            self.job.delta(self._text[self._sent : end])
+            self.final_text = self._text[:end]
+            self._sent = end
+            return True
+        hold = 0
+        for stop in self._stops:
+            for k in range(min(len(stop) - 1, len(self._text)), hold, -1):
+                if self._text.endswith(stop[:k]):
+                    hold = k
+                    break
+        safe = len(self._text) - hold
+        if safe > self._sent:
+            self.job.delta(self._text[self._sent : safe])
+            self._sent = safe
+        return False
+
+
+@dataclass
+class _Running:
+    """A job in progress on the owner thread."""
+
+    job: Job
+    prompt: list[int]
+    cached: int
+    cache: list[Any] | None
+    output: _Output
+    began: float
+    sampler: Any
+    processors: list[Any]
+    generated: list[int] = field(default_factory=list)
+    first_token_at: float | None = None
+
+    def finished(self, reason: FinishReason, model: str) -> GenerationFinished:
+        now = time.monotonic()
+        first = self.first_token_at or now
+        return GenerationFinished(
+            finish_reason=reason,
+            usage=TokenUsage(
+                prompt_tokens=len(self.prompt),
+                completion_tokens=len(self.generated),
+                cached_prompt_tokens=self.cached,
+            ),
+            model=model,
+            text=self.output.text,
+            timings=GenerationTimings(
+                queue_wait=self.job.queue_wait, prefill=first - self.began, decode=now - first
+            ),
+        )
+
+
+class MlxModel:
+    """A loaded mlx-lm model and its prompt cache; every method runs on the owner thread."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str,
+        max_batch: int,
+        prompt_cache_entries: int,
+    ) -> None:
+        self._model = model
+        self._tokenizer = tokenizer
+        self._name = name
+        self._max_batch = max(1, max_batch)
+        self._cache = _PromptCache(prompt_cache_entries)
+        self._eos = set(int(t) for t in tokenizer.eos_token_ids)
+        self.prompt_cache_hits = 0
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    def serve(self, inbox: Inbox) -> None:
+        while (job := inbox.take()) is not None:
+            running = self._begin(job)
+            if running is None:
+                continue
+            if self._max_batch > 1 and len(inbox) > 0:
+                self._run_batch(running, inbox)
+            elif (handed_over := self._run_alone(running, inbox)) is not None:
+                self._run_batch(handed_over, inbox)
+
+    def close(self) -> None:
+        self._cache = _PromptCache(0)
+        self._model = None
+        mx.clear_cache()
+
+    # -- request preparation ------------------------------------------------------------
+
+    def _begin(self, job: Job) -> _Running | None:
+        request = job.request
+        try:
+            prompt = self._render(request)
+        except AgentmeshError as exc:
+            job.fail(exc)
+            return None
+        cache, cached = self._cache.take(request.cache_key, prompt)
+        if cached:
+            self.prompt_cache_hits += 1
+        config = request.config
+        if config.seed is not None:
+            mx.random.seed(config.seed)
+        return _Running(
+            job=job,
+            prompt=prompt,
+            cached=cached,
+            cache=cache,
+            output=_Output(job, self._tokenizer.detokenizer, config.stop),
+            began=time.monotonic(),
+            sampler=make_sampler(temp=config.temperature, top_p=config.top_p),
+            processors=make_logits_processors(
+                repetition_penalty=config.repetition_penalty,
+                presence_penalty=config.presence_penalty,
+                frequency_penalty=config.frequency_penalty,
+            ),
+        )
+
+    def _render(self, request: GenerationRequest) -> list[int]:
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        tools = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": json.loads(t.parameters_json or "{}"),
+                },
+            }
+            for t in request.tools
+        ]
+        try:
+            tokens = self._tokenizer.apply_chat_template(
+                messages, tools=tools or None, add_generation_prompt=True
+            )
+        except Exception as exc:  # jinja raises TemplateError for what it cannot render
+            raise InvalidArgument(
+                f"the chat template of {self._name} rejected the messages: {exc}",
+                reason="CHAT_TEMPLATE_FAILED",
+            ) from exc
+        if hasattr(tokens, "get"):  # some tokenizers answer a BatchEncoding
+            tokens = tokens["input_ids"]
+        return [int(t) for t in tokens]
+
+    # -- one request alone --------------------------------------------------------------
+
+    def _run_alone(self, running: _Running, inbox: Inbox) -> _Running | None:
+        """Generate for one request; hand it back mid-way if others start waiting (they
+        then continue together in a batch)."""
+        job = running.job
+        if running.cache is None:
+            running.cache = make_prompt_cache(self._model)
+        max_tokens = job.request.config.max_tokens
+        reason: FinishReason | None = None
+        steps = generate_step(
+            mx.array(running.prompt[running.cached :]),
+            self._model,
+            max_tokens=-1,
+            sampler=running.sampler,
+            logits_processors=running.processors or None,
+            prompt_cache=running.cache,
+        )
+        try:
+            for sampled, _ in steps:
+                if running.first_token_at is None:
+                    running.first_token_at = time.monotonic()
+                if job.cancelled:
+                    return None  # nobody is listening any more
+                token = int(sampled)
+                running.generated.append(token)
+                if token in self._eos or running.output.add(token):
+                    reason = FinishReason.STOP
+                    break
+                if len(running.generated) >= max_tokens:
+                    reason = FinishReason.LENGTH
+                    break
+                if self._max_batch > 1 and len(inbox) > 0:
+                    _logger.debug(
+                        "stream joins a batch",
+                        extra={"model": self._name, "generated": len(running.generated)},
+                    )
+                    return running
+        except Exception as exc:
+            job.fail(_internal(exc))
+            return None
+        finally:
+            steps.close()
+        if reason is None:  # the step generator ended by itself (it never does)
+            return None
+        self._complete(running, reason, running.cache)
+        return None
+
+    def _complete(self, running: _Running, reason: FinishReason, cache: list[Any] | None) -> None:
+        if running.output.final_text is None:
+            running.output.flush()
+        if cache is not None:
+            self._cache.put(
+                running.job.request.cache_key, running.prompt + running.generated, cache
+            )
+        running.job.finish(running.finished(reason, self._name))
+
+    # -- several requests together ------------------------------------------------------
+
+    def _run_batch(self, first: _Running, inbox: Inbox) -> None:
+        generator: Any = BatchGenerator(
+            self._model,
+            max_tokens=256,
+            stop_tokens=[[t] for t in sorted(self._eos)],
+            completion_batch_size=self._max_batch,
+            prefill_batch_size=self._max_batch,
+        )
+        running: dict[int, _Running] = {}
+        try:
+            self._admit(generator, first, running)
+            while running or len(inbox):
+                while len(running) < self._max_batch and (job := inbox.take_nowait()):
+                    if (item := self._begin(job)) is not None:
+                        self._admit(generator, item, running)
+                if running:
+                    self._batch_step(generator, running)
+        except Exception as exc:
+            for item in running.values():
+                item.job.fail(_internal(exc))
+        finally:
+            generator.close()
+
+    def _admit(self, generator: Any, item: _Running, running: dict[int, _Running]) -> None:
+        max_tokens = item.job.request.config.max_tokens
+        if item.generated:
+            # Handed over mid-generation: the cache holds the prompt and every generated
+            # token; the last one is fed again so the batch samples the next from it.
+            assert item.cache is not None
+            known = item.prompt + item.generated
+            trim_prompt_cache(item.cache, item.cache[0].offset - (len(known) - 1))
+            tokens, history = known[-1:], known[:-1]
+            max_tokens -= len(item.generated)
+        else:
+            tokens, history = item.prompt[item.cached :], item.prompt[: item.cached]
+        (uid,) = generator.insert(
+            [tokens],
+            max_tokens=[max_tokens],
+            caches=[item.cache] if item.cache is not None else None,
+            all_tokens=[history],
+            samplers=[item.sampler],
+            logits_processors=[item.processors],
+        )
+        item.cache = None  # the batch owns it now
+        running[uid] = item
+
+    def _batch_step(self, generator: Any, running: dict[int, _Running]) -> None:
+        _, responses = generator.next()
+        stopped: list[int] = []
+        now = time.monotonic()
+        for response in responses:
+            item = running.get(response.uid)
+            if item is None:
+                continue
+            if item.first_token_at is None:
+                item.first_token_at = now
+            token = int(response.token)
+            item.generated.append(token)
+            if response.finish_reason == "stop":  # an end-of-sequence token
+                del running[response.uid]
+                self._complete(item, FinishReason.STOP, response.prompt_cache)
+            elif item.output.add(token):
+                if response.finish_reason is None:
+                    stopped.append(response.uid)
+                else:
+                    del running[response.uid]
+                    self._complete(item, FinishReason.STOP, response.prompt_cache)
+            elif response.finish_reason == "length":
+                del running[response.uid]
+                self._complete(item, FinishReason.LENGTH, response.prompt_cache)
+        cancelled = [uid for uid, item in running.items() if item.job.cancelled]
+        if stopped or cancelled:
+            caches = generator.remove(stopped + cancelled, return_prompt_caches=True)
+            for uid in stopped:
+                item = running.pop(uid)
+                cache = caches.get(uid)
+                self._complete(item, FinishReason.STOP, cache[0] if cache else None)
+            for uid in cancelled:
+                running.pop(uid)
+
+
+def _internal(exc: Exception) -> AgentmeshError:
+    return Internal(f"generation failed: {type(exc).__name__}: {exc}", reason="GENERATION_FAILED")
