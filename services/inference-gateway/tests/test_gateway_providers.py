@@ -1,0 +1,261 @@
+"""Every provider's happy path against a fake speaking its exact wire format: text, tool
+calls assembled from fragments, reasoning, normalized finish reasons, usage from wherever the
+provider reports it (never double-counted), and the request each provider expects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentmesh_gateway.domain import FinishReason, ThinkingDelta, ToolCallDelta
+from agentmesh_gateway_fakes import wire
+from agentmesh_gateway_fakes.calls import WEATHER_TOOL, ask, compact, config, finished, text_of
+from agentmesh_gateway_fakes.server import FakeProvider, Stream
+
+
+def route(provider: str, model: str, url: str, extra: str = "") -> str:
+    return f"""
+routes:
+  main:
+    - name: d1
+      provider: {provider}
+      model: {model}
+      base_url: {url}
+      api_key_env: KEY
+      input_price_per_million: 2.0
+      output_price_per_million: 8.0
+{extra}
+"""
+
+
+ENV = {"KEY": "sk-test-0123456789abcdef"}
+
+
+async def test_openai_text_streams_deltas_and_takes_usage_from_the_usage_chunk(
+    fake: FakeProvider, harness: Any
+) -> None:
+    fake.push(Stream(wire.sse(*wire.openai_text(), done=True)))
+    h = harness(route("openai", "gpt-4.1-mini", fake.url + "/v1"), ENV)
+    events = await h.run(
+        ask(config=config(temperature=0.7, max_tokens=256, top_p=0.9, stop=("\n\nUser:",)))
+    )
+    assert compact(events) == ["started", "delta", "finished"]
+    assert text_of(events) == "Expect mild weather in Paris tomorrow."
+    done = finished(events)
+    assert done.finish_reason is FinishReason.STOP
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (112, 8)
+    assert not done.usage.estimated
+    # 112 * 2.0 + 8 * 8.0 micro-USD per token... per million: (224 + 64) micro-USD
+    assert done.usage.cost_micros_usd == 288
+    seen = fake.requests[0]
+    assert seen.path == "/v1/chat/completions"
+    assert seen.headers["Authorization"] == "Bearer sk-test-0123456789abcdef"
+    body = seen.body
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["max_completion_tokens"] == 256 and body["stop"] == ["\n\nUser:"]
+    assert body["messages"][0] == {
+        "role": "system",
+        "content": "You are a concise travel assistant.",
+    }
+
+
+async def test_openai_tool_call_fragments_are_assembled_and_parsed(
+    fake: FakeProvider, harness: Any
+) -> None:
+    fake.push(Stream(wire.sse(*wire.openai_tool(), done=True)))
+    h = harness(route("openai", "gpt-4.1-mini", fake.url + "/v1"), ENV)
+    events = await h.run(ask(tools=(WEATHER_TOOL,)))
+    fragments = [e for e in events if isinstance(e, ToolCallDelta)]
+    assert len(fragments) == 6 and fragments[0].name == "get_weather"
+    done = finished(events)
+    assert done.finish_reason is FinishReason.TOOL_CALLS
+    (call,) = done.tool_calls
+    assert call.id == "call_2Uzw0AEZQeOex2CP2TKjcLKc"
+    assert call.arguments == {"location": "Paris, France", "unit": "celsius"}
+    assert fake.requests[0].body["tools"][0]["function"]["name"] == "get_weather"
+
+
+async def test_anthropic_named_events_text_and_usage(fake: FakeProvider, harness: Any) -> None:
+    fake.push(Stream(wire.named_sse(*wire.anthropic_text())))
+    h = harness(route("anthropic", "claude-sonnet-4-5", fake.url), ENV)
+    events = await h.run(ask(config=config(temperature=0.5, top_p=0.9, stop=("\n\nUser:",))))
+    assert text_of(events) == "Expect mild weather in Paris tomorrow."
+    done = finished(events)
+    assert done.finish_reason is FinishReason.STOP
+    # Output is the cumulative message_delta value, not 1 + 11.
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (412, 11)
+    seen = fake.requests[0]
+    assert seen.path == "/v1/messages"
+    assert seen.headers["x-api-key"] == ENV["KEY"]
+    assert seen.headers["anthropic-version"] == "2023-06-01"
+    body = seen.body
+    assert body["system"] == "You are a concise travel assistant."
+    assert all(m["role"] != "system" for m in body["messages"])
+    assert body["stop_sequences"] == ["\n\nUser:"]
+    assert "top_p" not in body  # newer models refuse temperature and top_p together
+    assert body["max_tokens"] == 4096  # required by Anthropic
+
+
+async def test_anthropic_tool_use_blocks_become_one_tool_call(
+    fake: FakeProvider, harness: Any
+) -> None:
+    fake.push(Stream(wire.named_sse(*wire.anthropic_tool())))
+    h = harness(route("anthropic", "claude-sonnet-4-5", fake.url), ENV)
+    events = await h.run(ask(tools=(WEATHER_TOOL,)))
+    done = finished(events)
+    assert done.finish_reason is FinishReason.TOOL_CALLS
+    assert done.text == "I'll check the forecast for Paris."
+    (call,) = done.tool_calls
+    assert call.id == "toolu_01NRLabsLyVHZPKxbKvkfSMn"
+    assert call.arguments == {"location": "Paris, France", "unit": "celsius"}
+    assert done.usage.completion_tokens == 74
+    assert fake.requests[0].body["tools"][0]["input_schema"]["required"] == ["location"]
+
+
+async def test_gemini_crlf_stream_keeps_last_usage_snapshot(
+    fake: FakeProvider, harness: Any
+) -> None:
+    fake.push(Stream(wire.sse(*wire.GEMINI_TEXT, crlf=True)))
+    h = harness(route("gemini", "gemini-2.5-flash", fake.url), ENV)
+    events = await h.run(ask(config=config(max_tokens=256, stop=("\n\nUser:",))))
+    assert text_of(events).startswith("Expect mild weather in Paris tomorrow")
+    done = finished(events)
+    assert done.finish_reason is FinishReason.STOP
+    # last snapshot: 48 prompt, 16 candidates + 62 thoughts; not the sum over chunks
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (48, 78)
+    assert done.usage.reasoning_tokens == 62
+    seen = fake.requests[0]
+    assert seen.path == "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    assert seen.query == "alt=sse"
+    assert seen.headers["x-goog-api-key"] == ENV["KEY"]
+    assert seen.body["systemInstruction"] == {
+        "parts": [{"text": "You are a concise travel assistant."}]
+    }
+    assert seen.body["generationConfig"] == {"maxOutputTokens": 256, "stopSequences": ["\n\nUser:"]}
+
+
+async def test_gemini_function_call_gets_an_id_and_tool_calls_finish(
+    fake: FakeProvider, harness: Any
+) -> None:
+    fake.push(Stream(wire.sse(*wire.GEMINI3_TOOL, crlf=True)))
+    h = harness(route("gemini", "gemini-3-pro-preview", fake.url), ENV)
+    events = await h.run(ask(tools=(WEATHER_TOOL,)))
+    done = finished(events)
+    assert done.finish_reason is FinishReason.TOOL_CALLS  # Gemini says STOP
+    (call,) = done.tool_calls
+    assert call.id == "call_0" and call.name == "weather"
+    assert call.arguments == {"location": "San Francisco"}
+    assert text_of(events) == ""  # the empty thoughtSignature text part is not a delta
+
+
+async def test_ollama_ndjson_text_and_usage_from_done_line(
+    fake: FakeProvider, harness: Any
+) -> None:
+    fake.push(Stream(wire.ndjson(*wire.OLLAMA_TEXT), content_type="application/x-ndjson"))
+    h = harness(route("ollama", "llama3.2", fake.url), ENV)
+    events = await h.run(ask(config=config(temperature=0.7, max_tokens=256)))
+    assert text_of(events) == "Expect mild weather in Paris tomorrow."
+    done = finished(events)
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (168, 9)
+    seen = fake.requests[0]
+    assert seen.path == "/api/chat"
+    assert seen.body["options"] == {"temperature": 0.7, "num_predict": 256}
+
+
+async def test_ollama_tool_call_with_object_arguments_and_missing_prompt_count(
+    fake: FakeProvider, harness: Any
+) -> None:
+    fake.push(Stream(wire.ndjson(*wire.OLLAMA_TOOL), content_type="application/x-ndjson"))
+    h = harness(route("ollama", "llama3.2", fake.url), ENV)
+    events = await h.run(ask(tools=(WEATHER_TOOL,)))
+    done = finished(events)
+    assert done.finish_reason is FinishReason.TOOL_CALLS  # Ollama says "stop"
+    assert done.tool_calls[0].arguments == {"location": "Paris, France", "unit": "celsius"}
+    assert done.tool_calls[0].id == "call_k3x9qz1a"
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (0, 15)
+
+
+async def test_xai_reasoning_deltas_and_reasoning_tokens_added_to_completion(
+    fake: FakeProvider, harness: Any
+) -> None:
+    fake.push(Stream(wire.sse(*wire.XAI_TEXT, done=True)))
+    h = harness(route("xai", "grok-3-mini", fake.url + "/v1"), ENV)
+    events = await h.run(ask(config=config(stop=("\n\nUser:",), presence_penalty=0.5)))
+    thinking = "".join(e.text for e in events if isinstance(e, ThinkingDelta))
+    assert thinking == "First,"
+    assert text_of(events) == "Hello"
+    done = finished(events)
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (12, 291)
+    assert done.usage.reasoning_tokens == 290
+    body = fake.requests[0].body
+    # grok-3-mini is a reasoning model: stop and penalties would be a 400, so dropped
+    assert "stop" not in body and "presence_penalty" not in body
+
+
+async def test_xai_whole_tool_call(fake: FakeProvider, harness: Any) -> None:
+    fake.push(Stream(wire.sse(*wire.XAI_TOOL, done=True)))
+    h = harness(route("xai", "grok-3-mini", fake.url + "/v1"), ENV)
+    done = finished(await h.run(ask(tools=(WEATHER_TOOL,))))
+    assert done.tool_calls[0].id == "call_55117580"
+    assert done.tool_calls[0].arguments == {"location": "San Francisco"}
+
+
+async def test_groq_usage_in_finish_chunk_without_opt_in(fake: FakeProvider, harness: Any) -> None:
+    fake.push(Stream(wire.sse(*wire.GROQ_TEXT, done=True)))
+    h = harness(route("groq", "llama-3.3-70b-versatile", fake.url + "/openai/v1"), ENV)
+    events = await h.run(ask(config=config(frequency_penalty=0.3)))
+    assert text_of(events) == "Introducing"
+    done = finished(events)
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (45, 662)
+    body = fake.requests[0].body
+    assert fake.requests[0].path == "/openai/v1/chat/completions"
+    assert "stream_options" not in body and "frequency_penalty" not in body
+
+
+async def test_groq_tool_call_with_usage_only_in_x_groq(fake: FakeProvider, harness: Any) -> None:
+    fake.push(Stream(wire.sse(*wire.GROQ_TOOL, done=True)))
+    h = harness(route("groq", "llama-3.3-70b-versatile", fake.url + "/openai/v1"), ENV)
+    done = finished(await h.run(ask(tools=(WEATHER_TOOL,))))
+    assert done.tool_calls[0].id == "tk85n1k4m" and done.tool_calls[0].arguments == {}
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (210, 15)
+
+
+async def test_openai_compatible_sends_custom_headers_and_estimates_missing_usage(
+    fake: FakeProvider, harness: Any
+) -> None:
+    fake.push(Stream(wire.sse(*wire.openai_text(usage=None), done=True)))
+    yaml = f"""
+routes:
+  main:
+    - provider: openai_compatible
+      model: my-model
+      base_url: {fake.url}/v1
+      headers: {{X-Team: agents}}
+"""
+    h = harness(yaml)
+    done = finished(await h.run(ask()))
+    assert done.usage.estimated
+    assert done.usage.completion_tokens > 0 and done.usage.prompt_tokens > 0
+    seen = fake.requests[0]
+    assert seen.headers["X-Team"] == "agents" and "Authorization" not in seen.headers
+    assert (
+        h.metric(
+            "agentmesh_gateway_tokens_total",
+            {
+                "provider": "openai_compatible",
+                "model": "my-model",
+                "direction": "completion",
+                "estimated": "true",
+            },
+        )
+        == done.usage.completion_tokens
+    )
+
+
+async def test_length_and_content_filter_finish_reasons(fake: FakeProvider, harness: Any) -> None:
+    fake.push(
+        Stream(wire.sse(*wire.openai_text(finish="length"), done=True)),
+        Stream(wire.sse(*wire.openai_text(finish="content_filter"), done=True)),
+    )
+    h = harness(route("openai", "gpt-4.1-mini", fake.url + "/v1"), ENV)
+    assert finished(await h.run(ask())).finish_reason is FinishReason.LENGTH
+    assert finished(await h.run(ask())).finish_reason is FinishReason.CONTENT_FILTER
