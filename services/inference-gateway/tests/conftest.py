@@ -33,7 +33,8 @@ def _load_fakes() -> None:
     spec = importlib.util.spec_from_file_location(
         "agentmesh_gateway_fakes", root / "__init__.py", submodule_search_locations=[str(root)]
     )
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["agentmesh_gateway_fakes"] = module
     spec.loader.exec_module(module)

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentmesh_gateway.domain import FinishReason, ThinkingDelta, ToolCallDelta
 from agentmesh_gateway_fakes import wire
 from agentmesh_gateway_fakes.calls import WEATHER_TOOL, ask, compact, config, finished, text_of
 from agentmesh_gateway_fakes.server import FakeProvider, Stream
+
+from agentmesh_gateway.domain import FinishReason, ThinkingDelta, ToolCallDelta
 
 
 def route(provider: str, model: str, url: str, extra: str = "") -> str:
@@ -50,8 +51,10 @@ async def test_openai_text_streams_deltas_and_takes_usage_from_the_usage_chunk(
     assert seen.path == "/v1/chat/completions"
     assert seen.headers["Authorization"] == "Bearer sk-test-0123456789abcdef"
     body = seen.body
-    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
-    assert body["max_completion_tokens"] == 256 and body["stop"] == ["\n\nUser:"]
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["max_completion_tokens"] == 256
+    assert body["stop"] == ["\n\nUser:"]
     assert body["messages"][0] == {
         "role": "system",
         "content": "You are a concise travel assistant.",
@@ -65,7 +68,8 @@ async def test_openai_tool_call_fragments_are_assembled_and_parsed(
     h = harness(route("openai", "gpt-4.1-mini", fake.url + "/v1"), ENV)
     events = await h.run(ask(tools=(WEATHER_TOOL,)))
     fragments = [e for e in events if isinstance(e, ToolCallDelta)]
-    assert len(fragments) == 6 and fragments[0].name == "get_weather"
+    assert len(fragments) == 6
+    assert fragments[0].name == "get_weather"
     done = finished(events)
     assert done.finish_reason is FinishReason.TOOL_CALLS
     (call,) = done.tool_calls
@@ -142,7 +146,8 @@ async def test_gemini_function_call_gets_an_id_and_tool_calls_finish(
     done = finished(events)
     assert done.finish_reason is FinishReason.TOOL_CALLS  # Gemini says STOP
     (call,) = done.tool_calls
-    assert call.id == "call_0" and call.name == "weather"
+    assert call.id == "call_0"
+    assert call.name == "weather"
     assert call.arguments == {"location": "San Francisco"}
     assert text_of(events) == ""  # the empty thoughtSignature text part is not a delta
 
@@ -188,7 +193,8 @@ async def test_xai_reasoning_deltas_and_reasoning_tokens_added_to_completion(
     assert done.usage.reasoning_tokens == 290
     body = fake.requests[0].body
     # grok-3-mini is a reasoning model: stop and penalties would be a 400, so dropped
-    assert "stop" not in body and "presence_penalty" not in body
+    assert "stop" not in body
+    assert "presence_penalty" not in body
 
 
 async def test_xai_whole_tool_call(fake: FakeProvider, harness: Any) -> None:
@@ -208,14 +214,16 @@ async def test_groq_usage_in_finish_chunk_without_opt_in(fake: FakeProvider, har
     assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (45, 662)
     body = fake.requests[0].body
     assert fake.requests[0].path == "/openai/v1/chat/completions"
-    assert "stream_options" not in body and "frequency_penalty" not in body
+    assert "stream_options" not in body
+    assert "frequency_penalty" not in body
 
 
 async def test_groq_tool_call_with_usage_only_in_x_groq(fake: FakeProvider, harness: Any) -> None:
     fake.push(Stream(wire.sse(*wire.GROQ_TOOL, done=True)))
     h = harness(route("groq", "llama-3.3-70b-versatile", fake.url + "/openai/v1"), ENV)
     done = finished(await h.run(ask(tools=(WEATHER_TOOL,))))
-    assert done.tool_calls[0].id == "tk85n1k4m" and done.tool_calls[0].arguments == {}
+    assert done.tool_calls[0].id == "tk85n1k4m"
+    assert done.tool_calls[0].arguments == {}
     assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (210, 15)
 
 
@@ -234,9 +242,11 @@ routes:
     h = harness(yaml)
     done = finished(await h.run(ask()))
     assert done.usage.estimated
-    assert done.usage.completion_tokens > 0 and done.usage.prompt_tokens > 0
+    assert done.usage.completion_tokens > 0
+    assert done.usage.prompt_tokens > 0
     seen = fake.requests[0]
-    assert seen.headers["X-Team"] == "agents" and "Authorization" not in seen.headers
+    assert seen.headers["X-Team"] == "agents"
+    assert "Authorization" not in seen.headers
     assert (
         h.metric(
             "agentmesh_gateway_tokens_total",

@@ -218,6 +218,9 @@ def classify_http(
         return err(ErrorKind.AUTH)
     if status == 404:
         return err(ErrorKind.NOT_FOUND)
+    hard_quota = "insufficient_quota" in lowered or "perday" in lowered
+    if status == 429 and wait is not None and not hard_quota:
+        return err(ErrorKind.RATE_LIMITED)  # a retry hint means the window will reopen
     if status == 402 or any(phrase in lowered for phrase in _QUOTA_PHRASES):
         return err(ErrorKind.QUOTA_EXHAUSTED)
     if status == 429:
