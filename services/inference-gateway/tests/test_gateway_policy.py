@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from agentmesh_gateway_fakes import wire
-from agentmesh_gateway_fakes.calls import ask, compact, config, finished, text_of
+from agentmesh_gateway_fakes.calls import ask, compact, config, finished, one, text_of
 from agentmesh_gateway_fakes.server import FakeProvider, Reply, Stream
 
 from agentmesh_common import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
@@ -89,7 +89,7 @@ async def test_anthropic_529_is_retried(fake: FakeProvider, harness: Any) -> Non
         Reply(529, wire.ANTHROPIC_529, {"retry-after": "0"}),
         Stream(wire.named_sse(*wire.anthropic_text())),
     )
-    yaml = f"routes:\n  main:\n    - {{provider: anthropic, model: claude-sonnet-4-5, base_url: '{fake.url}', api_key_env: KEY}}\n"
+    yaml = one("anthropic", "claude-sonnet-4-5", fake.url)
     events = await harness(yaml, ENV).run(ask())
     assert failures(events)[0].reason == "OVERLOADED"
     assert text_of(events) == "Expect mild weather in Paris tomorrow."
@@ -97,7 +97,7 @@ async def test_anthropic_529_is_retried(fake: FakeProvider, harness: Any) -> Non
 
 async def test_gemini_retry_info_delay_is_honoured(fake: FakeProvider, harness: Any) -> None:
     fake.push(Reply(429, wire.GEMINI_429), Stream(wire.sse(*wire.GEMINI_TEXT, crlf=True)))
-    yaml = f"routes:\n  main:\n    - {{provider: gemini, model: gemini-2.5-flash, base_url: '{fake.url}', api_key_env: KEY}}\n"
+    yaml = one("gemini", "gemini-2.5-flash", fake.url)
     started = time.monotonic()
     events = await harness(yaml, ENV).run(ask())
     assert time.monotonic() - started >= 0.05
@@ -236,7 +236,7 @@ async def test_error_event_inside_a_200_stream_restarts_on_the_next_attempt(
 ) -> None:
     partial = wire.sse(*wire.openai_text()[:3]) + wire.sse(wire.OPENAI_MIDSTREAM_ERROR)
     fake.push(Stream(partial), OK)
-    yaml = f"routes:\n  main:\n    - {{provider: openai, model: m, base_url: '{fake.url}', api_key_env: KEY}}\n"
+    yaml = one("openai", "m", fake.url)
     events = await harness(yaml, ENV).run(ask())
     assert compact(events) == [
         "started",
@@ -260,12 +260,16 @@ async def test_mid_stream_failure_with_error_policy_says_how_much_was_streamed(
 ) -> None:
     partial = wire.sse(*wire.openai_text()[:3])
     fake.push(Stream(partial, cut_after=len(partial)), OK)
-    yaml = f"routes:\n  main:\n    - {{provider: openai, model: m, base_url: '{fake.url}', api_key_env: KEY}}\n"
+    yaml = one("openai", "m", fake.url)
     h = harness(yaml, ENV)
     events: list[Any] = []
-    with pytest.raises(Unavailable) as caught:
+
+    async def consume() -> None:
         async for event in h.gateway.generate(ask(mid_stream=MidStreamPolicy.ERROR)):
             events.append(event)
+
+    with pytest.raises(Unavailable) as caught:
+        await consume()
     assert caught.value.reason == "STREAM_TRUNCATED"
     assert caught.value.metadata["streamed_tokens"] == "3"
     assert "after 3 tokens were streamed" in caught.value.message
@@ -311,7 +315,7 @@ async def test_every_provider_turns_a_broken_stream_into_a_restart_not_a_truncat
         "openai": OK,
     }[provider]
     fake.push(stream, good)
-    yaml = f"routes:\n  main:\n    - {{provider: {provider}, model: {model}, base_url: '{fake.url}', api_key_env: KEY}}\n"
+    yaml = one(provider, model, fake.url)
     events = await harness(yaml, ENV).run(ask())
     assert compact(events)[-4:] == ["failed", "restart", "started", "delta"] or compact(events)[
         -5:-1
@@ -339,7 +343,7 @@ async def test_tool_arguments_that_are_not_json_are_retried(
     bad = wire.openai_tool()
     del bad[5]  # the last fragment, with the closing brace, never arrives
     fake.push(Stream(wire.sse(*bad, done=True)), Stream(wire.sse(*wire.openai_tool(), done=True)))
-    yaml = f"routes:\n  main:\n    - {{provider: openai, model: m, base_url: '{fake.url}', api_key_env: KEY}}\n"
+    yaml = one("openai", "m", fake.url)
     events = await harness(yaml, ENV).run(ask())
     assert failures(events)[0].reason == "MALFORMED_RESPONSE"
     assert finished(events).tool_calls[0].arguments["unit"] == "celsius"
@@ -360,7 +364,7 @@ async def test_structured_output_is_passed_natively_and_validated(
     fake: FakeProvider, harness: Any
 ) -> None:
     fake.push(json_reply('{"city": "Paris", "temp_c": 18}'))
-    yaml = f"routes:\n  main:\n    - {{provider: openai, model: m, base_url: '{fake.url}', api_key_env: KEY}}\n"
+    yaml = one("openai", "m", fake.url)
     done = finished(await harness(yaml, ENV).run(ask(config=config(response_schema=SCHEMA))))
     assert done.structured_output == {"city": "Paris", "temp_c": 18}
     assert fake.requests[0].body["response_format"]["json_schema"]["schema"] == SCHEMA
@@ -371,7 +375,7 @@ async def test_invalid_structured_output_is_retried_once_then_a_typed_error(
 ) -> None:
     fake.push(json_reply('{"city": "Paris"}'), json_reply('{"city": "Paris", "temp_c": 18}'))
     fake.push(json_reply("not json"), json_reply('{"city": 3, "temp_c": 1}'))
-    yaml = f"routes:\n  main:\n    - {{provider: openai, model: m, base_url: '{fake.url}', api_key_env: KEY}}\n"
+    yaml = one("openai", "m", fake.url)
     h = harness(yaml, ENV)
     events = await h.run(ask(config=config(response_schema=SCHEMA)))
     assert "restart" in compact(events)
@@ -398,7 +402,7 @@ async def test_gemini_and_ollama_get_the_schema_natively_anthropic_by_instructio
             )
         ),
     )
-    yaml = f"routes:\n  main:\n    - {{provider: gemini, model: g, base_url: '{fake.url}', api_key_env: KEY}}\n"
+    yaml = one("gemini", "g", fake.url)
     done = finished(await harness(yaml, ENV).run(ask(config=config(response_schema=SCHEMA))))
     assert done.structured_output == {"city": "Paris", "temp_c": 18}
     generation = fake.requests[0].body["generationConfig"]
@@ -419,7 +423,7 @@ async def test_gemini_and_ollama_get_the_schema_natively_anthropic_by_instructio
 async def test_out_of_range_config_is_invalid_argument(
     fake: FakeProvider, harness: Any, values: dict[str, Any], field: str
 ) -> None:
-    yaml = f"routes:\n  main:\n    - {{provider: openai, model: m, base_url: '{fake.url}', api_key_env: KEY}}\n"
+    yaml = one("openai", "m", fake.url)
     with pytest.raises(InvalidArgument) as caught:
         await harness(yaml, ENV).run(ask(config=config(**values)))
     assert [v.field for v in caught.value.violations] == [field]
@@ -429,10 +433,10 @@ async def test_out_of_range_config_is_invalid_argument(
 async def test_parameters_a_provider_refuses_are_rejected_before_the_call(
     fake: FakeProvider, harness: Any
 ) -> None:
-    yaml = f"routes:\n  main:\n    - {{provider: anthropic, model: c, base_url: '{fake.url}', api_key_env: KEY}}\n"
+    yaml = one("anthropic", "c", fake.url)
     with pytest.raises(InvalidArgument, match="temperature between 0 and 1"):
         await harness(yaml, ENV).run(ask(config=config(temperature=1.5)))
-    yaml = f"routes:\n  main:\n    - {{provider: openai, model: m, base_url: '{fake.url}', api_key_env: KEY}}\n"
+    yaml = one("openai", "m", fake.url)
     with pytest.raises(InvalidArgument, match="at most 4 stop"):
         await harness(yaml, ENV).run(ask(config=config(stop=("a", "b", "c", "d", "e"))))
     assert not fake.requests

@@ -78,3 +78,11 @@ def compact(events: list[Any]) -> list[str]:
         if not (kind == "delta" and out and out[-1] == "delta"):
             out.append(kind)
     return out
+
+
+def one(provider: str, model: str, url: str) -> str:
+    """A routes file with one route "main" of one deployment keyed by env var KEY."""
+    return (
+        f"routes:\n  main:\n    - {{provider: {provider}, model: {model}, "
+        f"base_url: '{url}', api_key_env: KEY}}\n"
+    )
