@@ -136,8 +136,8 @@ async def test_errors_reach_the_caller_as_typed_statuses(
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             [r async for r in stub.Generate(request("nope"), timeout=10)]
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        bad = request(config=generation_pb2.GenerationConfig(temperature=3))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            bad = request(config=generation_pb2.GenerationConfig(temperature=3))
             [r async for r in stub.Generate(bad, timeout=10)]
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         # the backup deployment has no key configured: a clear failure, not a crash
@@ -158,8 +158,8 @@ async def test_rate_limits_answer_resource_exhausted_with_retry_info(
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         tenant = ((TENANT_METADATA_KEY, "limited"),)
         [r async for r in stub.Generate(request(), metadata=tenant, timeout=10)]
+        call = stub.Generate(request(fail_fast_on_rate_limit=True), metadata=tenant, timeout=10)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            call = stub.Generate(request(fail_fast_on_rate_limit=True), metadata=tenant, timeout=10)
             [r async for r in call]
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         reason, retry = details(caught.value)
@@ -313,9 +313,13 @@ async def test_api_keys_never_reach_logs_spans_errors_or_responses(
         ):
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             seen.extend([str(r) async for r in stub.Generate(request(), timeout=10)])
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
+
+            async def failing() -> None:
                 async for r in stub.Generate(request(), timeout=10):
                     seen.append(str(r))
+
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await failing()
             seen.append(str(caught.value.details()))
             seen.append(str(caught.value.trailing_metadata()))
             status = await stub.GetProviderStatus(inference_pb2.GetProviderStatusRequest())
