@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agentmesh_gateway_fakes import wire
+from agentmesh_gateway_fakes.calls import ask, finished
+from agentmesh_gateway_fakes.server import FakeProvider, Stream
 
 from agentmesh_gateway.domain import ChatMessage, Role
 from agentmesh_gateway.routes import RoutesFileError, load_routes
 from agentmesh_gateway.tokens import count_messages, count_text
-from agentmesh_gateway_fakes import wire
-from agentmesh_gateway_fakes.calls import ask, finished
-from agentmesh_gateway_fakes.server import FakeProvider, Stream
 
 
 @pytest.mark.parametrize(
