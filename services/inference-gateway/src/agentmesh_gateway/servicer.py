@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -19,6 +20,7 @@ from .domain import (
     AttemptFailed,
     AttemptStarted,
     Finished,
+    GatewayEvent,
     GenerateCall,
     MidStreamPolicy,
     Restart,
@@ -60,6 +62,68 @@ _HEALTH = {
 Response = inference_pb2.GenerateResponse
 Event = generation_pb2.GenerateEvent
 DeltaPb = generation_pb2.Delta
+
+
+async def coalesced(
+    events: AsyncGenerator[GatewayEvent, None],
+) -> AsyncGenerator[list[GatewayEvent], None]:
+    """Batches of ``events``: whatever arrived while the previous batch was being written.
+
+    A pump task reads the upstream stream while the caller writes; nothing ever waits for
+    more data (an idle stream yields each event at once), but under load consecutive deltas
+    that are already here travel in one gRPC message. Closing this generator cancels the pump,
+    which closes the upstream request.
+    """
+    buffer: list[GatewayEvent] = []
+    ready = asyncio.Event()
+    finished = False
+    failure: Exception | None = None
+
+    async def pump() -> None:
+        nonlocal finished, failure
+        try:
+            async for event in events:
+                buffer.append(event)
+                ready.set()
+        except Exception as exc:  # delivered after the events read before it
+            failure = exc
+        finally:
+            finished = True
+            ready.set()
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            if not buffer and not finished:
+                await ready.wait()
+                ready.clear()
+            if buffer:
+                batch = buffer[:]
+                buffer.clear()
+                yield _merge_text(batch)
+            elif finished:
+                break
+        if failure is not None:
+            raise failure
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await events.aclose()
+
+
+def _merge_text(batch: list[GatewayEvent]) -> list[GatewayEvent]:
+    if len(batch) == 1:
+        return batch
+    merged: list[GatewayEvent] = []
+    for event in batch:
+        if merged and type(event) is TextDelta and type(merged[-1]) is TextDelta:
+            merged[-1] = TextDelta(merged[-1].text + event.text)
+        elif merged and type(event) is ThinkingDelta and type(merged[-1]) is ThinkingDelta:
+            merged[-1] = ThinkingDelta(merged[-1].text + event.text)
+        else:
+            merged.append(event)
+    return merged
 
 
 def _tenant(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -152,55 +216,56 @@ class GatewayServicer(inference_pb2_grpc.InferenceServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncGenerator[inference_pb2.GenerateResponse, None]:
         call = _call_from_request(request, _tenant(context))
-        async with aclosing(self._gateway.generate(call)) as events:
-            async for event in events:
-                kind = type(event)
-                if kind is TextDelta:
-                    yield Response(event=Event(delta=DeltaPb(text=event.text)))  # type: ignore[union-attr,unused-ignore]
-                elif kind is ToolCallDelta:
-                    assert isinstance(event, ToolCallDelta)
-                    yield Response(
-                        event=Event(
-                            delta=DeltaPb(
-                                tool_call=generation_pb2.ToolCallDelta(
-                                    index=event.index,
-                                    id=event.id,
-                                    name=event.name,
-                                    arguments_fragment=event.arguments_fragment,
+        async with aclosing(coalesced(self._gateway.generate(call))) as batches:
+            async for batch in batches:
+                for event in batch:
+                    kind = type(event)
+                    if kind is TextDelta:
+                        yield Response(event=Event(delta=DeltaPb(text=event.text)))  # type: ignore[union-attr,unused-ignore]
+                    elif kind is ToolCallDelta:
+                        assert isinstance(event, ToolCallDelta)
+                        yield Response(
+                            event=Event(
+                                delta=DeltaPb(
+                                    tool_call=generation_pb2.ToolCallDelta(
+                                        index=event.index,
+                                        id=event.id,
+                                        name=event.name,
+                                        arguments_fragment=event.arguments_fragment,
+                                    )
                                 )
                             )
                         )
-                    )
-                elif kind is ThinkingDelta:
-                    assert isinstance(event, ThinkingDelta)
-                    yield Response(event=Event(delta=DeltaPb(thinking=event.text)))
-                elif kind is AttemptStarted:
-                    assert isinstance(event, AttemptStarted)
-                    yield Response(
-                        event=Event(
-                            attempt_started=generation_pb2.AttemptStarted(
-                                provider=event.provider,
-                                model=event.model,
-                                attempt=event.attempt,
-                                deployment=event.deployment,
+                    elif kind is ThinkingDelta:
+                        assert isinstance(event, ThinkingDelta)
+                        yield Response(event=Event(delta=DeltaPb(thinking=event.text)))
+                    elif kind is AttemptStarted:
+                        assert isinstance(event, AttemptStarted)
+                        yield Response(
+                            event=Event(
+                                attempt_started=generation_pb2.AttemptStarted(
+                                    provider=event.provider,
+                                    model=event.model,
+                                    attempt=event.attempt,
+                                    deployment=event.deployment,
+                                )
                             )
                         )
-                    )
-                elif kind is AttemptFailed:
-                    assert isinstance(event, AttemptFailed)
-                    yield _attempt_failed(event)
-                elif kind is Restart:
-                    assert isinstance(event, Restart)
-                    yield Response(
-                        event=Event(
-                            restart=generation_pb2.Restart(
-                                reason=event.reason, next_attempt=event.next_attempt
+                    elif kind is AttemptFailed:
+                        assert isinstance(event, AttemptFailed)
+                        yield _attempt_failed(event)
+                    elif kind is Restart:
+                        assert isinstance(event, Restart)
+                        yield Response(
+                            event=Event(
+                                restart=generation_pb2.Restart(
+                                    reason=event.reason, next_attempt=event.next_attempt
+                                )
                             )
                         )
-                    )
-                elif kind is Finished:
-                    assert isinstance(event, Finished)
-                    yield _finished(event)
+                    elif kind is Finished:
+                        assert isinstance(event, Finished)
+                        yield _finished(event)
 
     async def ListModels(
         self,
