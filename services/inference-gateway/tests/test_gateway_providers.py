@@ -269,3 +269,28 @@ async def test_length_and_content_filter_finish_reasons(fake: FakeProvider, harn
     h = harness(route("openai", "gpt-4.1-mini", fake.url + "/v1"), ENV)
     assert finished(await h.run(ask())).finish_reason is FinishReason.LENGTH
     assert finished(await h.run(ask())).finish_reason is FinishReason.CONTENT_FILTER
+
+
+async def test_finished_streams_return_their_connection_to_the_keep_alive_pool(
+    fake: FakeProvider, harness: Any
+) -> None:
+    fake.push(
+        Stream(wire.sse(*wire.openai_text(), done=True)),
+        Stream(wire.named_sse(*wire.anthropic_text())),
+        Stream(wire.sse(*wire.openai_text(), done=True)),
+        Stream(wire.named_sse(*wire.anthropic_text())),
+    )
+    yaml = f"""
+routes:
+  main:
+    - {{provider: openai, model: m, base_url: '{fake.url}', api_key_env: KEY}}
+  claude:
+    - {{provider: anthropic, model: c, base_url: '{fake.url}', api_key_env: KEY}}
+"""
+    h = harness(yaml, ENV)
+    for _ in range(2):
+        finished(await h.run(ask()))
+        finished(await h.run(ask(route="claude")))
+    peers = [r.peer for r in fake.requests]
+    assert peers[0] == peers[2]  # openai adapter reused its connection
+    assert peers[1] == peers[3]  # anthropic adapter too

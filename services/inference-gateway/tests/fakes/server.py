@@ -45,6 +45,7 @@ class Seen:
     query: str
     headers: dict[str, str]
     body: Any
+    peer: Any = None  # client (host, port): equal for requests on one kept-alive connection
 
 
 class FakeProvider:
@@ -86,7 +87,14 @@ class FakeProvider:
         except ValueError:
             body = raw.decode()
         self.requests.append(
-            Seen(request.method, request.path, request.query_string, dict(request.headers), body)
+            Seen(
+                request.method,
+                request.path,
+                request.query_string,
+                dict(request.headers),
+                body,
+                request.transport.get_extra_info("peername") if request.transport else None,
+            )
         )
         behaviour = self.script.popleft() if self.script else self.default
         if isinstance(behaviour, Reply):

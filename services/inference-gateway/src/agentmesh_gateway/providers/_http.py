@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -117,6 +118,17 @@ async def open_stream(
         raise transport_error(exc, provider) from None
     finally:
         await response.aclose()
+
+
+async def drain(rest: AsyncIterator[Any]) -> None:
+    """Read what is left of a finished stream (the end of the chunked body) so that the
+    connection goes back to the keep-alive pool instead of being closed."""
+    try:
+        async with asyncio.timeout(1.0):
+            async for _ in rest:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass  # the connection is closed instead; the answer is complete either way
 
 
 def transport_error(exc: httpx.HTTPError, provider: str) -> UpstreamError:

@@ -25,6 +25,7 @@ from agentmesh_gateway.domain import (
 )
 from agentmesh_gateway.errors import ErrorKind, UpstreamError
 from agentmesh_gateway.providers._http import (
+    drain,
     new_client,
     open_stream,
     parse_json,
@@ -118,7 +119,8 @@ class AnthropicAdapter:
             timeout=target.timeout,
             provider=self.name,
         ) as response:
-            async for sse in sse_events(response):
+            events = sse_events(response)
+            async for sse in events:
                 kind = sse.event
                 if kind == "ping":
                     continue
@@ -164,6 +166,7 @@ class AnthropicAdapter:
                         if output_tokens is not None
                         else None
                     )
+                    await drain(events)
                     yield StreamEnd(finish or FinishReason.STOP, usage_out)
                     return
         raise UpstreamError(ErrorKind.TRUNCATED, "anthropic stream ended without message_stop")

@@ -20,7 +20,7 @@ from agentmesh_gateway.domain import (
     Usage,
 )
 from agentmesh_gateway.errors import ErrorKind, UpstreamError
-from agentmesh_gateway.providers._http import new_client, open_stream, stream_error
+from agentmesh_gateway.providers._http import drain, new_client, open_stream, stream_error
 from agentmesh_gateway.providers.base import Target
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"
@@ -87,7 +87,8 @@ class OllamaAdapter:
             timeout=target.timeout,
             provider=self.name,
         ) as response:
-            async for line in response.aiter_lines():
+            lines = response.aiter_lines()
+            async for line in lines:
                 if not line.strip():
                     continue
                 try:
@@ -126,6 +127,7 @@ class OllamaAdapter:
                             prompt_tokens=int(chunk.get("prompt_eval_count") or 0),
                             completion_tokens=int(chunk.get("eval_count") or 0),
                         )
+                    await drain(lines)
                     yield StreamEnd(finish, usage)
                     return
         raise UpstreamError(ErrorKind.TRUNCATED, "ollama stream ended without done:true")

@@ -32,7 +32,7 @@ from agentmesh_gateway.domain import (
     Usage,
 )
 from agentmesh_gateway.errors import ErrorKind, UpstreamError
-from agentmesh_gateway.providers._http import new_client, open_stream, stream_error
+from agentmesh_gateway.providers._http import drain, new_client, open_stream, stream_error
 from agentmesh_gateway.providers.base import (
     Target,
     check_stop,
@@ -161,7 +161,8 @@ class OpenAIChatAdapter:
             provider=provider,
         ) as response:
             rest = b""
-            async for data in response.aiter_bytes():
+            reads = response.aiter_bytes()
+            async for data in reads:
                 # Everything that arrived in one read is parsed together, and consecutive
                 # text pieces of it become one delta: no delta waits for a later read.
                 lines = (rest + data).split(b"\n")
@@ -183,6 +184,7 @@ class OpenAIChatAdapter:
                             )
                         if saw_tool and finish is FinishReason.STOP:
                             finish = FinishReason.TOOL_CALLS
+                        await drain(reads)
                         yield StreamEnd(finish, usage)
                         return
                     try:
