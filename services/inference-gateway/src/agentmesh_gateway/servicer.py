@@ -77,6 +77,7 @@ async def coalesced(
     buffer: list[GatewayEvent] = []
     ready = asyncio.Event()
     finished = False
+    writer_idle = False
     failure: Exception | None = None
 
     async def pump() -> None:
@@ -85,6 +86,10 @@ async def coalesced(
             async for event in events:
                 buffer.append(event)
                 ready.set()
+                if writer_idle:
+                    # Let the idle writer send this at once rather than after the pump has
+                    # also parsed whatever else is already buffered.
+                    await asyncio.sleep(0)
         except Exception as exc:  # delivered after the events read before it
             failure = exc
         finally:
@@ -95,7 +100,9 @@ async def coalesced(
     try:
         while True:
             if not buffer and not finished:
+                writer_idle = True
                 await ready.wait()
+                writer_idle = False
                 ready.clear()
             if buffer:
                 batch = buffer[:]
