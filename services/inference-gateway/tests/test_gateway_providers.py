@@ -8,7 +8,7 @@ from typing import Any
 
 from agentmesh_gateway_fakes import wire
 from agentmesh_gateway_fakes.calls import WEATHER_TOOL, ask, compact, config, finished, text_of
-from agentmesh_gateway_fakes.server import FakeProvider, Stream
+from agentmesh_gateway_fakes.server import FakeProvider, Reply, Stream
 
 from agentmesh_gateway.domain import FinishReason, ThinkingDelta, ToolCallDelta
 
@@ -294,3 +294,86 @@ routes:
     peers = [r.peer for r in fake.requests]
     assert peers[0] == peers[2]  # openai adapter reused its connection
     assert peers[1] == peers[3]  # anthropic adapter too
+
+
+OPENAI_NONSTREAM = {
+    "id": "chatcmpl-CfC0aZbYcXdWeVfUgThSiRjQkP",
+    "object": "chat.completion",
+    "created": 1767225700,
+    "model": "gpt-4.1-mini-2025-04-14",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Expect mild weather in Paris tomorrow.",
+                "refusal": None,
+                "annotations": [],
+            },
+            "logprobs": None,
+            "finish_reason": "stop",
+        }
+    ],
+    "usage": {"prompt_tokens": 112, "completion_tokens": 8, "total_tokens": 120},
+    "service_tier": "default",
+    "system_fingerprint": "fp_6f2eabb9a5",
+}
+GROQ_NONSTREAM_TOOL = {
+    "id": "chatcmpl-1fd017fc-60b8-44eb-a736-375b8e1bc3e7",
+    "object": "chat.completion",
+    "created": 1770770815,
+    "model": "llama-3.3-70b-versatile",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "ax9fskhev",
+                        "type": "function",
+                        "function": {"name": "weather", "arguments": "{}"},
+                    }
+                ],
+            },
+            "logprobs": None,
+            "finish_reason": "tool_calls",
+        }
+    ],
+    "usage": {
+        "queue_time": 0.179481775,
+        "prompt_tokens": 218,
+        "completion_tokens": 15,
+        "total_tokens": 233,
+    },
+    "usage_breakdown": None,
+    "x_groq": {"id": "req_01kh52madzem68scv0bcz3vm00", "seed": 1790130236},
+    "service_tier": "on_demand",
+}
+
+
+async def test_non_streaming_deployments_are_replayed_as_events(
+    fake: FakeProvider, harness: Any
+) -> None:
+    fake.push(Reply(200, OPENAI_NONSTREAM))
+    h = harness(route("openai", "gpt-4.1-mini", fake.url + "/v1", "      stream: false"), ENV)
+    events = await h.run(ask())
+    assert compact(events) == ["started", "delta", "finished"]
+    done = finished(events)
+    assert done.text == "Expect mild weather in Paris tomorrow."
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (112, 8)
+    assert fake.requests[0].body["stream"] is False
+    assert "stream_options" not in fake.requests[0].body
+
+
+async def test_groq_with_a_response_schema_is_asked_without_streaming(
+    fake: FakeProvider, harness: Any
+) -> None:
+    fake.push(Reply(200, GROQ_NONSTREAM_TOOL))
+    h = harness(route("groq", "llama-3.3-70b-versatile", fake.url + "/openai/v1"), ENV)
+    schema = {"type": "object"}
+    done = finished(await h.run(ask(tools=(WEATHER_TOOL,), config=config(response_schema=schema))))
+    assert done.finish_reason is FinishReason.TOOL_CALLS
+    assert done.tool_calls[0].id == "ax9fskhev"
+    assert done.usage.prompt_tokens == 218
+    assert fake.requests[0].body["stream"] is False

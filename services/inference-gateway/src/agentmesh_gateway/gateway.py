@@ -408,7 +408,13 @@ class Gateway:
                 sources = ", ".join(deployment.key_sources) or "api_key_env / api_key_file"
                 raise UpstreamError(ErrorKind.AUTH, f"no API key configured ({sources})")
             target = Target(
-                provider, model, deployment.base_url, deployment.timeout, key, deployment.headers
+                provider,
+                model,
+                deployment.base_url,
+                deployment.timeout,
+                key,
+                deployment.headers,
+                deployment.stream,
             )
             end: StreamEnd | None = None
             text, tools = state.text, state.tools

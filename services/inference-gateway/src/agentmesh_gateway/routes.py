@@ -64,6 +64,7 @@ class Deployment:
     output_price_micros_per_million: int = 0
     context_window: int = 0
     max_retries: int = 2
+    stream: bool = True
 
     @property
     def needs_key(self) -> bool:
@@ -115,6 +116,7 @@ class _DeploymentModel(BaseModel):
     output_price_per_million: float = Field(default=0.0, ge=0)
     context_window: int = Field(default=0, ge=0)
     max_retries: int = Field(default=2, ge=0, le=10)
+    stream: bool = True
 
     @field_validator("base_url")
     @classmethod
@@ -257,6 +259,7 @@ def load_routes(path: Path, environ: Mapping[str, str] | None = None) -> RouteTa
                     output_price_micros_per_million=round(item.output_price_per_million * 1e6),
                     context_window=item.context_window,
                     max_retries=item.max_retries,
+                    stream=item.stream,
                 )
             )
         routes[route] = tuple(built)

@@ -21,6 +21,7 @@ class Target:
     timeout: float
     api_key: str | None = field(default=None, repr=False)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    stream: bool = True  # False: one non-streaming request, replayed as events
 
 
 class ProviderAdapter(Protocol):

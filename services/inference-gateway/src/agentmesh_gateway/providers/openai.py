@@ -32,7 +32,15 @@ from agentmesh_gateway.domain import (
     Usage,
 )
 from agentmesh_gateway.errors import ErrorKind, UpstreamError
-from agentmesh_gateway.providers._http import drain, new_client, open_stream, stream_error
+from agentmesh_gateway.providers._http import (
+    classify_http,
+    drain,
+    new_client,
+    open_stream,
+    stream_error,
+    timeout_for,
+    transport_error,
+)
 from agentmesh_gateway.providers.base import (
     Target,
     check_stop,
@@ -146,6 +154,11 @@ class OpenAIChatAdapter:
         self, call: GenerateCall, target: Target
     ) -> AsyncGenerator[ProviderEvent, None]:
         body = self.build_body(call, target.model)
+        # Groq refuses response_format together with stream: ask once, replay as events.
+        if not target.stream or (self.flavor is GROQ and call.config.response_schema):
+            async for event in self._complete(body, target):
+                yield event
+            return
         base = (target.base_url or self.flavor.default_base_url).rstrip("/")
         provider = self.flavor.name
         excludes_reasoning = self.flavor.completion_excludes_reasoning
@@ -241,6 +254,54 @@ class OpenAIChatAdapter:
                 for event in out:
                     yield event
         raise UpstreamError(ErrorKind.TRUNCATED, f"{provider} stream ended without [DONE]")
+
+    async def _complete(
+        self, body: dict[str, Any], target: Target
+    ) -> AsyncGenerator[ProviderEvent, None]:
+        """One non-streaming request (``stream: false``) turned into the same events."""
+        provider = self.flavor.name
+        body = {**body, "stream": False}
+        body.pop("stream_options", None)
+        base = (target.base_url or self.flavor.default_base_url).rstrip("/")
+        headers = self.headers(target)
+        headers["accept"] = "application/json"
+        try:
+            response = await self._client.post(
+                base + "/chat/completions",
+                content=json.dumps(body),
+                headers=headers,
+                timeout=timeout_for(target.timeout),
+            )
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, provider) from None
+        if response.status_code != 200:
+            raise classify_http(response.status_code, response.content, response.headers, provider)
+        try:
+            answer = response.json()
+            choice = answer["choices"][0]
+            message = choice.get("message") or {}
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise UpstreamError(
+                ErrorKind.MALFORMED, f"{provider} sent an unreadable answer"
+            ) from None
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        if reasoning:
+            yield ThinkingDelta(reasoning)
+        if message.get("content"):
+            yield TextDelta(message["content"])
+        calls = message.get("tool_calls") or ()
+        for index, tc in enumerate(calls):
+            function = tc.get("function") or {}
+            arguments = function.get("arguments") or ""
+            if not isinstance(arguments, str):
+                arguments = json.dumps(arguments)
+            yield ToolCallDelta(index, tc.get("id") or "", function.get("name") or "", arguments)
+        finish = _FINISH.get(choice.get("finish_reason") or "", FinishReason.STOP)
+        if calls and finish is FinishReason.STOP:
+            finish = FinishReason.TOOL_CALLS
+        raw_usage = answer.get("usage") or (answer.get("x_groq") or {}).get("usage")
+        usage = _usage(raw_usage, self.flavor.completion_excludes_reasoning) if raw_usage else None
+        yield StreamEnd(finish, usage)
 
 
 def _usage(raw: dict[str, Any], excludes_reasoning: bool) -> Usage:
