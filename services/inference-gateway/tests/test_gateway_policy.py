@@ -217,6 +217,7 @@ async def test_circuit_opens_skips_the_deployment_then_probes_after_cooldown(
     (view,) = h.gateway.status(route="main")[:1]
     assert view.circuit is CircuitState.OPEN
     assert view.consecutive_failures == 2
+    assert h.metric("agentmesh_gateway_circuit_state", {"deployment": "first"}) == 2
     events = await h.run(ask())  # skipped: straight to the second deployment
     assert compact(events) == ["started", "delta", "finished"]
     assert len(fake.requests) == 2

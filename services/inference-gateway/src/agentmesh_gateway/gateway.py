@@ -361,6 +361,7 @@ class Gateway:
         return result
 
     def _record_failure(self, deployment: Deployment, error: UpstreamError) -> None:
+        error.message = scrub(error.message, self._secrets)  # before it is stored or shown
         self._last_error[deployment.name] = error
         self._metrics.errors.labels(deployment.provider, error.kind.value).inc()
         self._metrics.attempts.labels(deployment.provider, "error").inc()
