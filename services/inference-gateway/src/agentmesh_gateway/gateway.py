@@ -236,13 +236,17 @@ class Gateway:
             for position, deployment in enumerate(candidates):
                 if min_context >= 0 and deployment.context_window <= min_context:
                     continue
+                breaker = self._breakers[deployment.name]
+                if breaker.current_state() is CircuitState.OPEN:
+                    circuit_waits.append(breaker.seconds_until_probe())
+                    continue
                 window = self._windows[deployment.name]
                 entry, wait = window.try_acquire(reserve)
                 if entry is None:
                     rate_waits.append(wait)
                     continue
-                breaker = self._breakers[deployment.name]
-                if not breaker.allow():
+                if not breaker.allow():  # another call holds the half-open probe
+                    window.release(entry)
                     circuit_waits.append(breaker.seconds_until_probe())
                     continue
                 adapter = self._adapters[deployment.provider]
@@ -463,8 +467,9 @@ class Gateway:
         except UpstreamError as error:
             span.set_attribute("gateway.error_reason", error.kind.value)
             raise
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             outcome = "cancelled"
+            self._breakers[deployment.name].release_probe()  # says nothing about health
             raise
         finally:
             span.set_attribute("gateway.outcome", outcome)

@@ -117,6 +117,14 @@ class RateWindow:
         self._tokens += tokens
         return entry, 0.0
 
+    def release(self, entry: list[float]) -> None:
+        """Give back an admitted request that was never sent."""
+        try:
+            self._entries.remove(entry)
+        except ValueError:
+            return  # already out of the window
+        self._tokens -= entry[1]
+
     def settle(self, entry: list[float], actual_tokens: int) -> None:
         """Correct an admitted request's estimate with the tokens it really used."""
         if not self.tpm or entry[0] <= self._clock() - self.WINDOW:
