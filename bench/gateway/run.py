@@ -184,6 +184,7 @@ async def scenario(
 
 
 async def main(quick: bool) -> None:
+    load_before = os.getloadavg()
     fake = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--fake-server", stdout=asyncio.subprocess.PIPE
     )
@@ -272,6 +273,7 @@ async def main(quick: bool) -> None:
         "cpu": platform.processor() or platform.machine(),
         "python": platform.python_version(),
         "system": platform.platform(),
+        "load_average_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
     }
     if quick:
         print(json.dumps(added))
@@ -286,7 +288,9 @@ def write_markdown(results: dict[str, Any]) -> None:
         "# Gateway benchmark",
         "",
         f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['system']}), "
-        f"Python {results['machine']['python']}; shared with other workloads while running.",
+        f"Python {results['machine']['python']}; shared with other workloads while running "
+        f"(1-minute load average before/after: {results['machine']['load_average_1m_before_after']}).",
+        "The fake server, the gateway and this client share the same 2 CPUs.",
         "",
         "Command: `uv run python bench/gateway/run.py`",
         "",
