@@ -289,7 +289,8 @@ def write_markdown(results: dict[str, Any]) -> None:
         "",
         f"Machine: {results['machine']['cpus']} CPUs ({results['machine']['system']}), "
         f"Python {results['machine']['python']}; shared with other workloads while running "
-        f"(1-minute load average before/after: {results['machine']['load_average_1m_before_after']}).",
+        "(1-minute load average before/after: "
+        f"{results['machine']['load_average_1m_before_after']}).",
         "The fake server, the gateway and this client share the same 2 CPUs.",
         "",
         "Command: `uv run python bench/gateway/run.py`",
