@@ -377,3 +377,55 @@ async def test_groq_with_a_response_schema_is_asked_without_streaming(
     assert done.tool_calls[0].id == "ax9fskhev"
     assert done.usage.prompt_tokens == 218
     assert fake.requests[0].body["stream"] is False
+
+
+async def test_reasoning_text_from_anthropic_thinking_blocks_and_ollama_thinking(
+    fake: FakeProvider, harness: Any
+) -> None:
+    thinking = [
+        wire.anthropic_text()[0],
+        (
+            "content_block_start",
+            '{"type":"content_block_start","index":0,"content_block":{"type":"thinking",'
+            '"thinking":""}}',
+        ),
+        (
+            "content_block_delta",
+            '{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta",'
+            '"thinking":"Paris in spring..."}}',
+        ),
+        (
+            "content_block_delta",
+            '{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta",'
+            '"signature":"EqQBCgIYAhIM"}}',
+        ),
+        ("content_block_stop", '{"type":"content_block_stop","index":0}'),
+        *[
+            (name, data.replace('"index":0', '"index":1'))
+            for name, data in wire.anthropic_text()[1:]
+        ],
+    ]
+    fake.push(
+        Stream(wire.named_sse(*thinking)),
+        Stream(
+            wire.ndjson(
+                '{"model":"qwen3","created_at":"2026-08-22T10:15:02.1Z","message":{"role":'
+                '"assistant","content":"","thinking":"Let me think."},"done":false}',
+                *wire.OLLAMA_TEXT,
+            )
+        ),
+    )
+    yaml = f"""
+routes:
+  main:
+    - {{provider: anthropic, model: c, base_url: '{fake.url}', api_key_env: KEY}}
+  local:
+    - {{provider: ollama, model: qwen3, base_url: '{fake.url}'}}
+"""
+    h = harness(yaml, ENV)
+    events = await h.run(ask())
+    assert "".join(e.text for e in events if isinstance(e, ThinkingDelta)) == "Paris in spring..."
+    assert text_of(events) == "Expect mild weather in Paris tomorrow."
+    events = await h.run(ask(route="local"))
+    assert [e.text for e in events if isinstance(e, ThinkingDelta)] == ["Let me think."]
+    assert finished(events).text == "Expect mild weather in Paris tomorrow."
