@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
-
 from agentmesh_gateway.domain import (
     FinishReason,
     GenerateCall,
@@ -25,6 +23,7 @@ from agentmesh_gateway.domain import (
 )
 from agentmesh_gateway.errors import ErrorKind, UpstreamError
 from agentmesh_gateway.providers._http import (
+    UpstreamClient,
     drain,
     new_client,
     open_stream,
@@ -51,7 +50,7 @@ class AnthropicAdapter:
     name = "anthropic"
     supports_response_schema = False  # instructed via the system prompt, then validated
 
-    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, client: UpstreamClient | None = None) -> None:
         self._client = client or new_client()
 
     async def aclose(self) -> None:

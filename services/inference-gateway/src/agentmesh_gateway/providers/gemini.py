@@ -11,8 +11,6 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
-
 from agentmesh_gateway.domain import (
     FinishReason,
     GenerateCall,
@@ -27,6 +25,7 @@ from agentmesh_gateway.domain import (
 )
 from agentmesh_gateway.errors import ErrorKind, UpstreamError
 from agentmesh_gateway.providers._http import (
+    UpstreamClient,
     new_client,
     open_stream,
     parse_json,
@@ -57,7 +56,7 @@ class GeminiAdapter:
     name = "gemini"
     supports_response_schema = True
 
-    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, client: UpstreamClient | None = None) -> None:
         self._client = client or new_client()
 
     async def aclose(self) -> None:

@@ -6,8 +6,6 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import httpx
-
 from agentmesh_gateway.domain import (
     FinishReason,
     GenerateCall,
@@ -20,7 +18,13 @@ from agentmesh_gateway.domain import (
     Usage,
 )
 from agentmesh_gateway.errors import ErrorKind, UpstreamError
-from agentmesh_gateway.providers._http import drain, new_client, open_stream, stream_error
+from agentmesh_gateway.providers._http import (
+    UpstreamClient,
+    drain,
+    new_client,
+    open_stream,
+    stream_error,
+)
 from agentmesh_gateway.providers.base import Target
 
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"
@@ -30,7 +34,7 @@ class OllamaAdapter:
     name = "ollama"
     supports_response_schema = True
 
-    def __init__(self, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, client: UpstreamClient | None = None) -> None:
         self._client = client or new_client()
 
     async def aclose(self) -> None:

@@ -33,6 +33,7 @@ from agentmesh_gateway.domain import (
 )
 from agentmesh_gateway.errors import ErrorKind, UpstreamError
 from agentmesh_gateway.providers._http import (
+    UpstreamClient,
     classify_http,
     drain,
     new_client,
@@ -93,7 +94,7 @@ class OpenAIChatAdapter:
 
     supports_response_schema = True
 
-    def __init__(self, flavor: Flavor, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, flavor: Flavor, client: UpstreamClient | None = None) -> None:
         self.flavor = flavor
         self.name = flavor.name
         self._client = client or new_client()
