@@ -441,3 +441,22 @@ async def test_parameters_a_provider_refuses_are_rejected_before_the_call(
     with pytest.raises(InvalidArgument, match="at most 4 stop"):
         await harness(yaml, ENV).run(ask(config=config(stop=("a", "b", "c", "d", "e"))))
     assert not fake.requests
+
+
+async def test_closing_the_call_between_deltas_closes_the_upstream_at_once(
+    fake: FakeProvider, harness: Any
+) -> None:
+    fake.push(Stream(wire.sse(*wire.openai_text(), done=True), hang_after=2))
+    h = harness(one("openai", "m", fake.url), ENV)
+    call = h.gateway.generate(ask())
+    async for event in call:
+        if type(event).__name__ == "TextDelta":
+            break  # suspended at a yield, upstream still open
+    closed_at = time.monotonic()
+    await call.aclose()
+    for _ in range(100):
+        if fake.disconnected_at:
+            break
+        await asyncio.sleep(0.005)
+    assert fake.disconnected_at
+    assert fake.disconnected_at[0] - closed_at < 0.1

@@ -262,12 +262,16 @@ class Gateway:
                     )
                     state = _Attempt()
                     try:
-                        async for event in self._attempt(call, deployment, adapter, attempt, state):
-                            yield event
-                            if type(event) is Finished:
-                                window.settle(entry, event.usage.total_tokens)
-                                tenant_window.settle(tenant_entry, event.usage.total_tokens)
-                                return
+                        # aclosing: if our caller goes away, the upstream closes now, not at GC
+                        async with aclosing(
+                            self._attempt(call, deployment, adapter, attempt, state)
+                        ) as attempt_events:
+                            async for event in attempt_events:
+                                yield event
+                                if type(event) is Finished:
+                                    window.settle(entry, event.usage.total_tokens)
+                                    tenant_window.settle(tenant_entry, event.usage.total_tokens)
+                                    return
                     except UpstreamError as error:
                         streamed_tokens = state.streamed_tokens() if state.streamed else 0
                         self._record_failure(deployment, error)
