@@ -429,3 +429,87 @@ routes:
     events = await h.run(ask(route="local"))
     assert [e.text for e in events if isinstance(e, ThinkingDelta)] == ["Let me think."]
     assert finished(events).text == "Expect mild weather in Paris tomorrow."
+
+
+ANTHROPIC_NONSTREAM_TOOL = {
+    "id": "msg_01NrT5gYk2LwP9dQeXzV4bHa",
+    "type": "message",
+    "role": "assistant",
+    "model": "claude-sonnet-4-5-20250929",
+    "content": [
+        {"type": "text", "text": "I'll check the forecast for Paris."},
+        {
+            "type": "tool_use",
+            "id": "toolu_01NRLabsLyVHZPKxbKvkfSMn",
+            "name": "get_weather",
+            "input": {"location": "Paris, France", "unit": "celsius"},
+        },
+    ],
+    "stop_reason": "tool_use",
+    "stop_sequence": None,
+    "usage": {
+        "input_tokens": 681,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "output_tokens": 74,
+    },
+}
+GEMINI_NONSTREAM = {
+    "candidates": [
+        {
+            "content": {
+                "parts": [{"text": "Expect mild weather in Paris tomorrow."}],
+                "role": "model",
+            },
+            "finishReason": "STOP",
+            "index": 0,
+        }
+    ],
+    "usageMetadata": {
+        "promptTokenCount": 48,
+        "candidatesTokenCount": 16,
+        "totalTokenCount": 126,
+        "thoughtsTokenCount": 62,
+    },
+    "modelVersion": "gemini-2.5-flash",
+    "responseId": "m36LaZGyCLz1xs0PtNSB-QU",
+}
+OLLAMA_NONSTREAM = {
+    "model": "llama3.2",
+    "created_at": "2026-08-22T10:17:11.416799Z",
+    "message": {"role": "assistant", "content": "Expect mild weather in Paris tomorrow."},
+    "done": True,
+    "done_reason": "stop",
+    "total_duration": 5191566416,
+    "prompt_eval_count": 168,
+    "eval_count": 9,
+}
+
+
+async def test_non_streaming_anthropic_gemini_and_ollama(fake: FakeProvider, harness: Any) -> None:
+    fake.push(
+        Reply(200, ANTHROPIC_NONSTREAM_TOOL),
+        Reply(200, GEMINI_NONSTREAM),
+        Reply(200, OLLAMA_NONSTREAM),
+    )
+    yaml = f"""
+routes:
+  claude: [{{provider: anthropic, model: c, base_url: '{fake.url}', api_key_env: KEY,
+            stream: false}}]
+  gemini: [{{provider: gemini, model: g, base_url: '{fake.url}', api_key_env: KEY, stream: false}}]
+  ollama: [{{provider: ollama, model: llama3.2, base_url: '{fake.url}', stream: false}}]
+"""
+    h = harness(yaml, ENV)
+    done = finished(await h.run(ask(route="claude", tools=(WEATHER_TOOL,))))
+    assert done.finish_reason is FinishReason.TOOL_CALLS
+    assert done.text == "I'll check the forecast for Paris."
+    assert done.tool_calls[0].arguments == {"location": "Paris, France", "unit": "celsius"}
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (681, 74)
+    done = finished(await h.run(ask(route="gemini")))
+    assert done.text == "Expect mild weather in Paris tomorrow."
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (48, 78)
+    done = finished(await h.run(ask(route="ollama")))
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (168, 9)
+    paths = [r.path for r in fake.requests]
+    assert paths == ["/v1/messages", "/v1beta/models/g:generateContent", "/api/chat"]
+    assert [r.body.get("stream") for r in fake.requests] == [False, None, False]

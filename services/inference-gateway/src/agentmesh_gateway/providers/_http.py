@@ -155,6 +155,32 @@ async def drain(rest: AsyncIterator[Any]) -> None:
         pass  # the connection is closed instead; the answer is complete either way
 
 
+async def post_json(
+    client: UpstreamClient,
+    url: str,
+    *,
+    body: Mapping[str, Any],
+    headers: Mapping[str, str],
+    timeout: float,  # noqa: ASYNC109 - applied per phase by httpx, not as a whole-call deadline
+    provider: str,
+) -> Any:
+    """POST ``body`` without streaming and return the parsed JSON answer."""
+    try:
+        response = await client.post(
+            url, content=json.dumps(body), headers=headers, timeout=timeout_for(timeout)
+        )
+    except httpx.HTTPError as exc:
+        raise transport_error(exc, provider) from None
+    if response.status_code != 200:
+        raise classify_http(response.status_code, response.content, response.headers, provider)
+    try:
+        return response.json()
+    except ValueError:
+        raise UpstreamError(
+            ErrorKind.MALFORMED, f"{provider} sent an answer that is not JSON"
+        ) from None
+
+
 def transport_error(exc: httpx.HTTPError, provider: str) -> UpstreamError:
     name = type(exc).__name__
     if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):

@@ -6,6 +6,7 @@ Usage: input = ``message_start.usage.input_tokens`` + both cache counters; outpu
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -28,6 +29,7 @@ from agentmesh_gateway.providers._http import (
     new_client,
     open_stream,
     parse_json,
+    post_json,
     sse_events,
     stream_error,
 )
@@ -105,6 +107,10 @@ class AnthropicAdapter:
             headers["x-api-key"] = target.api_key
         headers.update(target.headers)
         base = (target.base_url or DEFAULT_BASE_URL).rstrip("/")
+        if not target.stream:
+            async for event in self._complete(call, target, base, headers):
+                yield event
+            return
         prompt_tokens = 0
         cached = 0
         output_tokens: int | None = None
@@ -169,6 +175,42 @@ class AnthropicAdapter:
                     yield StreamEnd(finish or FinishReason.STOP, usage_out)
                     return
         raise UpstreamError(ErrorKind.TRUNCATED, "anthropic stream ended without message_stop")
+
+    async def _complete(
+        self, call: GenerateCall, target: Target, base: str, headers: dict[str, str]
+    ) -> AsyncGenerator[ProviderEvent, None]:
+        body = {**self.build_body(call, target.model), "stream": False}
+        answer = await post_json(
+            self._client,
+            base + "/v1/messages",
+            body=body,
+            headers={**headers, "accept": "application/json"},
+            timeout=target.timeout,
+            provider=self.name,
+        )
+        tools = 0
+        for block in answer.get("content") or ():
+            kind = block.get("type")
+            if kind == "text" and block.get("text"):
+                yield TextDelta(block["text"])
+            elif kind == "thinking" and block.get("thinking"):
+                yield ThinkingDelta(block["thinking"])
+            elif kind == "tool_use":
+                arguments = json.dumps(block.get("input") or {})
+                yield ToolCallDelta(tools, block.get("id", ""), block.get("name", ""), arguments)
+                tools += 1
+        raw = answer.get("usage") or {}
+        usage = None
+        if "output_tokens" in raw:
+            cached = int(raw.get("cache_read_input_tokens") or 0)
+            usage = Usage(
+                int(raw.get("input_tokens") or 0)
+                + int(raw.get("cache_creation_input_tokens") or 0)
+                + cached,
+                int(raw["output_tokens"]),
+                cached_prompt_tokens=cached,
+            )
+        yield StreamEnd(_FINISH.get(answer.get("stop_reason") or "", FinishReason.STOP), usage)
 
 
 def _messages(call: GenerateCall) -> list[dict[str, Any]]:

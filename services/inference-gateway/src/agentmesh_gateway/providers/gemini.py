@@ -29,6 +29,7 @@ from agentmesh_gateway.providers._http import (
     new_client,
     open_stream,
     parse_json,
+    post_json,
     sse_events,
     stream_error,
 )
@@ -112,10 +113,22 @@ class GeminiAdapter:
             headers["x-goog-api-key"] = target.api_key
         headers.update(target.headers)
         base = (target.base_url or DEFAULT_BASE_URL).rstrip("/")
+        if not target.stream:
+            answer = await post_json(
+                self._client,
+                f"{base}/v1beta/models/{target.model}:generateContent",
+                body=self.build_body(call),
+                headers={**headers, "accept": "application/json"},
+                timeout=target.timeout,
+                provider=self.name,
+            )
+            parsed = _Parsed()
+            for event in parsed.feed(answer):
+                yield event
+            yield parsed.end()
+            return
         url = f"{base}/v1beta/models/{target.model}:streamGenerateContent?alt=sse"
-        usage: Usage | None = None
-        finish: FinishReason | None = None
-        tool_calls = 0
+        parsed = _Parsed()
         async with open_stream(
             self._client,
             url,
@@ -125,56 +138,73 @@ class GeminiAdapter:
             provider=self.name,
         ) as response:
             async for sse in sse_events(response):
-                chunk = parse_json(sse.data, self.name)
-                if not isinstance(chunk, dict):
-                    raise UpstreamError(ErrorKind.MALFORMED, "gemini sent a non-object chunk")
-                if "error" in chunk:
-                    raise stream_error(chunk["error"], self.name)
-                meta = chunk.get("usageMetadata")
-                if meta:
-                    usage = Usage(
-                        prompt_tokens=int(meta.get("promptTokenCount") or 0)
-                        + int(meta.get("toolUsePromptTokenCount") or 0),
-                        completion_tokens=int(meta.get("candidatesTokenCount") or 0)
-                        + int(meta.get("thoughtsTokenCount") or 0),
-                        cached_prompt_tokens=int(meta.get("cachedContentTokenCount") or 0),
-                        reasoning_tokens=int(meta.get("thoughtsTokenCount") or 0),
+                for event in parsed.feed(parse_json(sse.data, self.name)):
+                    yield event
+        yield parsed.end()
+
+
+class _Parsed:
+    """State over the chunks of one answer (each a whole ``GenerateContentResponse``)."""
+
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.finish: FinishReason | None = None
+        self.tool_calls = 0
+
+    def feed(self, chunk: Any) -> list[ProviderEvent]:
+        if not isinstance(chunk, dict):
+            raise UpstreamError(ErrorKind.MALFORMED, "gemini sent a non-object chunk")
+        if "error" in chunk:
+            raise stream_error(chunk["error"], "gemini")
+        meta = chunk.get("usageMetadata")
+        if meta:  # a running snapshot: the last one wins, never summed
+            self.usage = Usage(
+                prompt_tokens=int(meta.get("promptTokenCount") or 0)
+                + int(meta.get("toolUsePromptTokenCount") or 0),
+                completion_tokens=int(meta.get("candidatesTokenCount") or 0)
+                + int(meta.get("thoughtsTokenCount") or 0),
+                cached_prompt_tokens=int(meta.get("cachedContentTokenCount") or 0),
+                reasoning_tokens=int(meta.get("thoughtsTokenCount") or 0),
+            )
+        feedback = chunk.get("promptFeedback") or {}
+        if feedback.get("blockReason"):
+            self.finish = FinishReason.CONTENT_FILTER
+        events: list[ProviderEvent] = []
+        for candidate in chunk.get("candidates") or ():
+            for part in (candidate.get("content") or {}).get("parts") or ():
+                text = part.get("text")
+                if text:
+                    events.append(ThinkingDelta(text) if part.get("thought") else TextDelta(text))
+                call_part = part.get("functionCall")
+                if call_part:
+                    events.append(
+                        ToolCallDelta(
+                            self.tool_calls,
+                            call_part.get("id") or f"call_{self.tool_calls}",
+                            call_part.get("name", ""),
+                            json.dumps(call_part.get("args") or {}),
+                        )
                     )
-                feedback = chunk.get("promptFeedback") or {}
-                if feedback.get("blockReason"):
-                    finish = FinishReason.CONTENT_FILTER
-                for candidate in chunk.get("candidates") or ():
-                    for part in (candidate.get("content") or {}).get("parts") or ():
-                        text = part.get("text")
-                        if text:
-                            yield ThinkingDelta(text) if part.get("thought") else TextDelta(text)
-                        call_part = part.get("functionCall")
-                        if call_part:
-                            name = call_part.get("name", "")
-                            yield ToolCallDelta(
-                                tool_calls,
-                                call_part.get("id") or f"call_{tool_calls}",
-                                name,
-                                json.dumps(call_part.get("args") or {}),
-                            )
-                            tool_calls += 1
-                    reason = candidate.get("finishReason")
-                    if reason:
-                        if reason in _TOOL_FAILURES:
-                            raise UpstreamError(
-                                ErrorKind.STREAM_ERROR, f"gemini finished with {reason}"
-                            )
-                        if reason == "STOP":
-                            finish = FinishReason.TOOL_CALLS if tool_calls else FinishReason.STOP
-                        elif reason == "MAX_TOKENS":
-                            finish = FinishReason.LENGTH
-                        elif reason in _FILTERED:
-                            finish = FinishReason.CONTENT_FILTER
-                        else:
-                            finish = FinishReason.STOP
-        if finish is None:
+                    self.tool_calls += 1
+            reason = candidate.get("finishReason")
+            if reason:
+                if reason in _TOOL_FAILURES:
+                    raise UpstreamError(ErrorKind.STREAM_ERROR, f"gemini finished with {reason}")
+                if reason == "STOP":
+                    self.finish = FinishReason.TOOL_CALLS if self.tool_calls else FinishReason.STOP
+                elif reason == "MAX_TOKENS":
+                    self.finish = FinishReason.LENGTH
+                elif reason in _FILTERED:
+                    self.finish = FinishReason.CONTENT_FILTER
+                else:
+                    self.finish = FinishReason.STOP
+        return events
+
+    def end(self) -> StreamEnd:
+        """No terminator on Gemini: complete only if a finish reason was seen."""
+        if self.finish is None:
             raise UpstreamError(ErrorKind.TRUNCATED, "gemini stream ended without finishReason")
-        yield StreamEnd(finish, usage)
+        return StreamEnd(self.finish, self.usage)
 
 
 def _contents(call: GenerateCall) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from agentmesh_gateway.providers._http import (
     drain,
     new_client,
     open_stream,
+    post_json,
     stream_error,
 )
 from agentmesh_gateway.providers.base import Target
@@ -82,6 +83,33 @@ class OllamaAdapter:
             headers["authorization"] = f"Bearer {target.api_key}"
         headers.update(target.headers)
         base = (target.base_url or DEFAULT_BASE_URL).rstrip("/")
+        if not target.stream:
+            answer = await post_json(
+                self._client,
+                base + "/api/chat",
+                body={**self.build_body(call, target.model), "stream": False},
+                headers=headers,
+                timeout=target.timeout,
+                provider=self.name,
+            )
+            if "error" in answer:
+                raise stream_error(answer["error"], self.name)
+            message = answer.get("message") or {}
+            if message.get("thinking"):
+                yield ThinkingDelta(message["thinking"])
+            if message.get("content"):
+                yield TextDelta(message["content"])
+            calls = message.get("tool_calls") or ()
+            for index, tc in enumerate(calls):
+                function = tc.get("function") or {}
+                yield ToolCallDelta(
+                    index,
+                    tc.get("id") or f"call_{index}",
+                    function.get("name", ""),
+                    json.dumps(function.get("arguments") or {}),
+                )
+            yield StreamEnd(_finish(answer, len(calls)), _usage(answer))
+            return
         tool_calls = 0
         async with open_stream(
             self._client,
@@ -118,23 +146,27 @@ class OllamaAdapter:
                     )
                     tool_calls += 1
                 if chunk.get("done"):
-                    reason = chunk.get("done_reason") or "stop"
-                    if reason == "length":
-                        finish = FinishReason.LENGTH
-                    elif tool_calls:
-                        finish = FinishReason.TOOL_CALLS
-                    else:
-                        finish = FinishReason.STOP
-                    usage = None
-                    if "eval_count" in chunk:
-                        usage = Usage(
-                            prompt_tokens=int(chunk.get("prompt_eval_count") or 0),
-                            completion_tokens=int(chunk.get("eval_count") or 0),
-                        )
                     await drain(lines)
-                    yield StreamEnd(finish, usage)
+                    yield StreamEnd(_finish(chunk, tool_calls), _usage(chunk))
                     return
         raise UpstreamError(ErrorKind.TRUNCATED, "ollama stream ended without done:true")
+
+
+def _finish(done: dict[str, Any], tool_calls: int) -> FinishReason:
+    """Ollama says "stop" after tool calls too: infer them from the content."""
+    if (done.get("done_reason") or "stop") == "length":
+        return FinishReason.LENGTH
+    return FinishReason.TOOL_CALLS if tool_calls else FinishReason.STOP
+
+
+def _usage(done: dict[str, Any]) -> Usage | None:
+    """Counts from the ``done`` line; ``prompt_eval_count`` is absent when fully cached."""
+    if "eval_count" not in done:
+        return None
+    return Usage(
+        prompt_tokens=int(done.get("prompt_eval_count") or 0),
+        completion_tokens=int(done.get("eval_count") or 0),
+    )
 
 
 def _messages(call: GenerateCall) -> list[dict[str, Any]]:

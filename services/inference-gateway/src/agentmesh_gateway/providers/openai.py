@@ -18,8 +18,6 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from agentmesh_gateway.domain import (
     FinishReason,
     GenerateCall,
@@ -34,13 +32,11 @@ from agentmesh_gateway.domain import (
 from agentmesh_gateway.errors import ErrorKind, UpstreamError
 from agentmesh_gateway.providers._http import (
     UpstreamClient,
-    classify_http,
     drain,
     new_client,
     open_stream,
+    post_json,
     stream_error,
-    timeout_for,
-    transport_error,
 )
 from agentmesh_gateway.providers.base import (
     Target,
@@ -266,22 +262,18 @@ class OpenAIChatAdapter:
         base = (target.base_url or self.flavor.default_base_url).rstrip("/")
         headers = self.headers(target)
         headers["accept"] = "application/json"
+        answer = await post_json(
+            self._client,
+            base + "/chat/completions",
+            body=body,
+            headers=headers,
+            timeout=target.timeout,
+            provider=provider,
+        )
         try:
-            response = await self._client.post(
-                base + "/chat/completions",
-                content=json.dumps(body),
-                headers=headers,
-                timeout=timeout_for(target.timeout),
-            )
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, provider) from None
-        if response.status_code != 200:
-            raise classify_http(response.status_code, response.content, response.headers, provider)
-        try:
-            answer = response.json()
             choice = answer["choices"][0]
             message = choice.get("message") or {}
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (KeyError, IndexError, TypeError):
             raise UpstreamError(
                 ErrorKind.MALFORMED, f"{provider} sent an unreadable answer"
             ) from None
