@@ -38,6 +38,11 @@ _QUOTA_PHRASES = (
 )
 
 
+# Sent by the transport path, which skips the client's defaults. Identity encoding: an
+# event stream is not worth compressing, and the raw bytes can then be parsed directly.
+DEFAULT_HEADERS = {"user-agent": "agentmesh-gateway/0.1", "accept-encoding": "identity"}
+
+
 class UpstreamClient(httpx.AsyncClient):
     """The long-lived client of one provider (keep-alive pool, no global timeout).
 
@@ -126,7 +131,7 @@ async def open_stream(
         "POST",
         url,
         content=json.dumps(body),
-        headers=headers,
+        headers={**DEFAULT_HEADERS, **headers},
         extensions={"timeout": timeout_for(timeout).as_dict()},
     )
     try:

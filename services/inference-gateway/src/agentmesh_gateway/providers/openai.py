@@ -171,7 +171,7 @@ class OpenAIChatAdapter:
             provider=provider,
         ) as response:
             rest = b""
-            reads = response.aiter_bytes()
+            reads = response.aiter_raw()  # identity encoding was asked for
             async for data in reads:
                 # Everything that arrived in one read is parsed together, and consecutive
                 # text pieces of it become one delta: no delta waits for a later read.
