@@ -78,17 +78,19 @@ async def coalesced(
     ready = asyncio.Event()
     finished = False
     writer_idle = False
+    first_delta_out = False
     failure: Exception | None = None
 
     async def pump() -> None:
-        nonlocal finished, failure
+        nonlocal finished, failure, first_delta_out
         try:
             async for event in events:
                 buffer.append(event)
                 ready.set()
-                if writer_idle:
-                    # Let the idle writer send this at once rather than after the pump has
-                    # also parsed whatever else is already buffered.
+                if writer_idle and not first_delta_out and type(event) in _DELTAS:
+                    # The first token matters most: let the idle writer send it now rather
+                    # than after the pump has parsed whatever else already arrived with it.
+                    first_delta_out = True
                     await asyncio.sleep(0)
         except Exception as exc:  # delivered after the events read before it
             failure = exc
@@ -117,6 +119,9 @@ async def coalesced(
             task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await events.aclose()
+
+
+_DELTAS = (TextDelta, ThinkingDelta, ToolCallDelta)
 
 
 def _merge_text(batch: list[GatewayEvent]) -> list[GatewayEvent]:
