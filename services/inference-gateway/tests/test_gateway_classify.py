@@ -107,6 +107,13 @@ def test_provider_error_bodies_are_classified(
     )
 
 
+def test_x_should_retry_overrides_the_status() -> None:
+    body = json.dumps(wire.OPENAI_500).encode()
+    assert classify_http(500, body, {}, "p").retryable
+    assert not classify_http(500, body, {"x-should-retry": "false"}, "p").retryable
+    assert classify_http(409, b"{}", {"x-should-retry": "true"}, "p").retryable
+
+
 def test_keys_echoed_in_error_bodies_are_scrubbed() -> None:
     error = classify_http(
         401, json.dumps(wire.openai_401("sk-proj-abcdefghijklmnop")).encode(), {}, "p"

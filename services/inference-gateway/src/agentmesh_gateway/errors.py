@@ -75,15 +75,19 @@ class UpstreamError(Exception):
         *,
         status: int = 0,
         retry_after: float | None = None,
+        retryable: bool | None = None,
     ) -> None:
         self.kind = kind
         self.message = scrub(message)
         self.status = status
         self.retry_after = retry_after
+        self._retryable = retryable  # the provider's own x-should-retry, when it sent one
         super().__init__(self.message)
 
     @property
     def retryable(self) -> bool:
+        if self._retryable is not None:
+            return self._retryable
         return self.kind in RETRYABLE_KINDS
 
     @property

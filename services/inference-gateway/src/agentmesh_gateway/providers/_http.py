@@ -276,8 +276,11 @@ def classify_http(
     wait = retry_after(headers, body, message)
     text = f"HTTP {status}: {message}"
 
+    should_retry = headers.get("x-should-retry")  # OpenAI and Anthropic SDKs honour it
+    override = {"true": True, "false": False}.get((should_retry or "").lower())
+
     def err(kind: ErrorKind) -> UpstreamError:
-        return UpstreamError(kind, text, status=status, retry_after=wait)
+        return UpstreamError(kind, text, status=status, retry_after=wait, retryable=override)
 
     if any(phrase in lowered for phrase in _CONTEXT_PHRASES):
         return err(ErrorKind.CONTEXT_LENGTH)
