@@ -460,3 +460,27 @@ async def test_closing_the_call_between_deltas_closes_the_upstream_at_once(
         await asyncio.sleep(0.005)
     assert fake.disconnected_at
     assert fake.disconnected_at[0] - closed_at < 0.1
+
+
+async def test_a_revoked_key_among_several_is_skipped_for_the_next_key(
+    fake: FakeProvider, fake2: FakeProvider, harness: Any
+) -> None:
+    fake.push(Reply(401, wire.openai_401("sk-revoked-aaaaaaaaaa")), OK)
+    yaml = f"""
+routes:
+  main:
+    - {{provider: openai, model: m, base_url: '{fake.url}', api_key_env: [OLD, NEW]}}
+    - {{provider: openai, model: m, base_url: '{fake2.url}', api_key_env: NEW, priority: 1}}
+"""
+    h = harness(yaml, {"OLD": "sk-revoked-aaaaaaaaaa", "NEW": "sk-current-bbbbbbbbbb"})
+    events = await h.run(ask())
+    assert failures(events)[0].reason == "PROVIDER_AUTH_FAILED"
+    assert finished(events).text == "Expect mild weather in Paris tomorrow."
+    used = [r.headers["Authorization"] for r in fake.requests]
+    assert used == ["Bearer sk-revoked-aaaaaaaaaa", "Bearer sk-current-bbbbbbbbbb"]
+    assert not fake2.requests
+    # with every key refused the call fails fast, without falling back
+    fake.push(Reply(401, wire.OPENAI_500), Reply(401, wire.OPENAI_500))
+    with pytest.raises(FailedPrecondition):
+        await h.run(ask())
+    assert not fake2.requests

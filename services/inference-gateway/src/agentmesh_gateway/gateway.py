@@ -252,6 +252,7 @@ class Gateway:
                 adapter = self._adapters[deployment.provider]
                 has_next = position + 1 < len(candidates)
                 retry = 0
+                keys_failed = 0
                 while True:
                     attempt += 1
                     if pending_restart:
@@ -286,6 +287,10 @@ class Gateway:
                         if error.kind is ErrorKind.INVALID_OUTPUT:
                             same = not invalid_output_retried
                             invalid_output_retried = True
+                        if error.kind is ErrorKind.AUTH and deployment.keys:
+                            # A revoked key among several: the next key may still work.
+                            keys_failed += 1
+                            same = keys_failed < len(deployment.keys)
                         context_fallback = error.kind is ErrorKind.CONTEXT_LENGTH and any(
                             d.context_window > deployment.context_window
                             for d in candidates[position + 1 :]
@@ -320,7 +325,8 @@ class Gateway:
                             )
                             self._metrics.restarts.labels(route).inc()
                         if same:
-                            await self._sleep(self._backoff(retry - 1, hint))
+                            if error.kind is not ErrorKind.AUTH:  # a new key needs no wait
+                                await self._sleep(self._backoff(retry - 1, hint))
                             continue
                         last = (error, deployment, streamed_tokens)
                         if context_fallback:
