@@ -298,17 +298,21 @@ def write_markdown(results: dict[str, Any]) -> None:
         f"Fake OpenAI-format server on loopback, {results['chunks']} content chunks per stream.",
         "",
         "| mode | conc. | streams | TTFT p50 ms | TTFT p99 ms | total p50 ms | total p99 ms |"
-        " streams/s | gateway CPU ms/stream |",
-        "|---|---|---|---|---|---|---|---|---|",
+        " streams/s | gateway CPU ms/stream | client CPU ms/stream |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         lines.append(
             f"| {r['mode']} | {r['concurrency']} | {r['streams']} | {r['ttft_p50_ms']} | "
             f"{r['ttft_p99_ms']} | {r['total_p50_ms']} | {r['total_p99_ms']} | "
-            f"{r['streams_per_second']} | {r.get('gateway_cpu_ms_per_stream', '-')} |"
+            f"{r['streams_per_second']} | {r.get('gateway_cpu_ms_per_stream', '-')} | "
+            f"{r['client_cpu_ms_per_stream']} |"
         )
     memory = results["memory"]
     lines += [
+        "",
+        "Client CPU is this process: for direct httpx it is the whole cost of a direct call"
+        " (HTTP + SSE + JSON); through the gateway it is the gRPC client only.",
         "",
         f"Added time to first token at concurrency 1: p50 {results['added_ttft_p50_ms_at_c1']} ms,"
         f" p99 {results['added_ttft_p99_ms_at_c1']} ms.",
@@ -324,6 +328,8 @@ def write_markdown(results: dict[str, Any]) -> None:
 if __name__ == "__main__":
     if "--fake-server" in sys.argv:
         asyncio.run(_serve_fake())
+    elif "--markdown-only" in sys.argv:  # re-render RESULTS.md from results.json
+        write_markdown(json.loads((HERE / "results.json").read_text()))
     else:
         parser = argparse.ArgumentParser()
         parser.add_argument("--quick", action="store_true")
