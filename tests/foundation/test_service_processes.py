@@ -68,16 +68,12 @@ CASES: dict[str, tuple[ServiceSpec, str, str, UnbuiltCall]] = {
 }
 
 # Services whose probe RPC is built: the probe must succeed and its reply pass this check.
-BUILT_PROBES: dict[str, Callable[[Any], None]] = {
+BUILT_PROBES: dict[str, Callable[[Any], bool]] = {
     # With no routes file the gateway serves the local runner's tiny model.
-    "agentmesh.inference.v1.InferenceService": lambda reply: _assert(
+    "agentmesh.inference.v1.InferenceService": lambda reply: (
         {(d.model.provider, d.model.model) for d in reply.deployments} == {("local", "tiny")}
     ),
 }
-
-
-def _assert(condition: bool) -> None:
-    assert condition
 
 
 @pytest.fixture(params=sorted(CASES))
@@ -122,7 +118,7 @@ async def test_service_serves_health_reflection_metrics_and_clear_unimplemented(
 
         if grpc_service in BUILT_PROBES:
             reply = await call(channel)
-            BUILT_PROBES[grpc_service](reply)
+            assert BUILT_PROBES[grpc_service](reply), reply
             code = "OK"
         else:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
