@@ -279,6 +279,24 @@ async def test_list_models_pages_and_status_and_count_tokens(
         assert counted.estimated
         assert counted.tokens > 0
         assert counted.context_window_tokens == 128000
+        by_model = await stub.CountTokens(
+            inference_pb2.CountTokensRequest(
+                provider="openai",
+                model="gpt-4.1-mini",
+                messages=[messages_pb2.Message(role=messages_pb2.ROLE_USER, content="Hello there")],
+            )
+        )
+        assert by_model.tokens == counted.tokens
+        only = await stub.ListModels(inference_pb2.ListModelsRequest(route="backup"))
+        assert [m.deployment for m in only.models] == ["claude"]
+        for bad, code in (
+            (inference_pb2.ListModelsRequest(route="nope"), grpc.StatusCode.NOT_FOUND),
+            (inference_pb2.ListModelsRequest(page_token="xyz"), grpc.StatusCode.INVALID_ARGUMENT),
+            (inference_pb2.ListModelsRequest(page_size=5000), grpc.StatusCode.INVALID_ARGUMENT),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ListModels(bad)
+            assert caught.value.code() == code
 
 
 async def test_api_keys_never_reach_logs_spans_errors_or_responses(
