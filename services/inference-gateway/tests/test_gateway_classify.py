@@ -107,6 +107,16 @@ def test_provider_error_bodies_are_classified(
     )
 
 
+def test_an_anthropic_429_without_retry_after_is_a_spend_cap() -> None:
+    body = json.dumps(
+        {"type": "error", "error": {"type": "rate_limit_error", "message": "limit reached"}}
+    ).encode()
+    assert (
+        classify_http(429, body, {"retry-after": "13"}, "anthropic").kind is ErrorKind.RATE_LIMITED
+    )
+    assert classify_http(429, body, {}, "anthropic").kind is ErrorKind.QUOTA_EXHAUSTED
+
+
 def test_x_should_retry_overrides_the_status() -> None:
     body = json.dumps(wire.OPENAI_500).encode()
     assert classify_http(500, body, {}, "p").retryable

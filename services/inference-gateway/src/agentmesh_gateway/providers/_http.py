@@ -293,6 +293,9 @@ def classify_http(
         return err(ErrorKind.RATE_LIMITED)  # a retry hint means the window will reopen
     if status == 402 or any(phrase in lowered for phrase in _QUOTA_PHRASES):
         return err(ErrorKind.QUOTA_EXHAUSTED)
+    if status == 429 and provider == "anthropic" and wait is None:
+        # Anthropic sends retry-after with every window limit; without it, a spend cap.
+        return err(ErrorKind.QUOTA_EXHAUSTED)
     if status == 429:
         return err(ErrorKind.RATE_LIMITED)
     if status in (408, 409):
