@@ -111,7 +111,7 @@ async def test_after_the_retries_the_next_deployment_answers(
     fake.default = Reply(503, wire.OPENAI_503)
     fake2.push(OK)
     h = harness(two(fake.url, fake2.url, retries=1), ENV)
-    events = await h.run(ask())
+    events = await h.run(ask(session="sessions/s1", agent="planner", tenant="acme"))
     assert len(fake.requests) == 2
     falls = failures(events)
     assert [f.will_fall_back for f in falls] == [False, True]

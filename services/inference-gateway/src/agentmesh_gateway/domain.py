@@ -98,6 +98,8 @@ class GenerateCall:
     idempotency_key: str = ""
     mid_stream: MidStreamPolicy = MidStreamPolicy.RESTART
     fail_fast_on_rate_limit: bool = False
+    session: str = ""  # "sessions/{id}" this call serves, for traces
+    agent: str = ""
 
 
 @dataclass(frozen=True, slots=True)

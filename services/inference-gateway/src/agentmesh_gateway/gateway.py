@@ -414,6 +414,9 @@ class Gateway:
                 "gen_ai.request.model": model,
                 "gateway.deployment": deployment.name,
                 "gateway.attempt": attempt,
+                "agentmesh.session": call.session,
+                "agentmesh.agent": call.agent,
+                "agentmesh.tenant": call.tenant,
             },
         )
         started = self._clock()

@@ -162,6 +162,8 @@ def _call_from_request(request: inference_pb2.GenerateRequest, tenant: str = "")
             else MidStreamPolicy.RESTART
         ),
         fail_fast_on_rate_limit=request.fail_fast_on_rate_limit,
+        session=request.session,
+        agent=request.agent,
     )
 
 
