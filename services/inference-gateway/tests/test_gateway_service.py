@@ -270,6 +270,7 @@ async def test_list_models_pages_and_status_and_count_tokens(
         assert not by_name["claude"].credentials_configured
         assert by_name["primary"].circuit_state == operations_pb2.CIRCUIT_STATE_CLOSED
         assert by_name["primary"].health == operations_pb2.DEPLOYMENT_HEALTH_HEALTHY
+        assert by_name["claude"].health == operations_pb2.DEPLOYMENT_HEALTH_UNHEALTHY
         counted = await stub.CountTokens(
             inference_pb2.CountTokensRequest(
                 route="main",

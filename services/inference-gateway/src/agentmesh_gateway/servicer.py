@@ -218,6 +218,15 @@ def _model_info(deployment: Deployment, gateway: Gateway) -> inference_pb2.Model
     )
 
 
+def _health(view: DeploymentView) -> operations_pb2.DeploymentHealth.ValueType:
+    """Unhealthy: open circuit or no key; degraded: half-open or recent failures."""
+    if not view.credentials_configured:
+        return operations_pb2.DEPLOYMENT_HEALTH_UNHEALTHY
+    if view.circuit is CircuitState.CLOSED and view.consecutive_failures:
+        return operations_pb2.DEPLOYMENT_HEALTH_DEGRADED
+    return _HEALTH[view.circuit]
+
+
 class GatewayServicer(inference_pb2_grpc.InferenceServiceServicer):
     """`agentmesh.inference.v1.InferenceService`."""
 
@@ -327,7 +336,7 @@ class GatewayServicer(inference_pb2_grpc.InferenceServiceServicer):
         d = view.deployment
         out = inference_pb2.DeploymentStatus(
             model=_model_info(d, self._gateway),
-            health=_HEALTH[view.circuit],
+            health=_health(view),
             circuit_state=_CIRCUIT[view.circuit],
             consecutive_failures=view.consecutive_failures,
             rpm_limit=d.rpm,
