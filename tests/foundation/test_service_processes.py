@@ -62,15 +62,12 @@ async def _probe_runner(channel: grpc.aio.Channel) -> str:
 
 
 async def _probe_gateway(channel: grpc.aio.Channel) -> str:
+    """With no routes file the gateway serves the local runner's tiny model."""
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
-    error = await _expect_error(
-        stub.GetProviderStatus(inference_pb2.GetProviderStatusRequest()),
-        grpc.StatusCode.UNIMPLEMENTED,
-    )
-    assert error.details() == (
-        "/agentmesh.inference.v1.InferenceService/GetProviderStatus is not implemented yet"
-    )
-    return "UNIMPLEMENTED"
+    reply = await stub.GetProviderStatus(inference_pb2.GetProviderStatusRequest(), timeout=10)
+    deployments = {(d.model.provider, d.model.model) for d in reply.deployments}
+    assert deployments == {("local", "tiny")}
+    return "OK"
 
 
 async def _probe_orchestrator(channel: grpc.aio.Channel) -> str:

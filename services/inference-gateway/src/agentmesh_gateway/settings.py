@@ -29,3 +29,15 @@ class GatewaySettings(ServiceSettings):
     routes_file: Path | None = Field(
         default=None, description="YAML routes file; unset serves one route to the local runner."
     )
+    retry_base_seconds: float = Field(
+        default=0.25, gt=0, le=30, description="First retry backoff; doubles per retry, jittered."
+    )
+    retry_max_seconds: float = Field(
+        default=8.0, gt=0, le=120, description="Largest backoff between two retries."
+    )
+    max_rate_limit_wait_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="Longest a call waits for a rate limit when the caller allows waiting.",
+    )

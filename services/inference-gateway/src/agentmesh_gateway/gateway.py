@@ -1,0 +1,645 @@
+"""The gateway core: route a call over its deployments with retries, fallback, circuit
+breakers, rate limits, usage, cost and structured-output validation.
+
+The failure policy, in order:
+1. retryable errors (connect, timeout, 408/409, 429, 5xx, 529, error events in a stream) are
+   retried on the same deployment with exponential backoff and jitter, honouring the
+   provider's retry hint when it is short enough; then the next deployment is tried;
+2. non-retryable errors fail fast with the provider's reason, except context-length errors,
+   which move on to a deployment with a larger context window;
+3. a failure after output was streamed either emits ``Restart`` and continues (policy
+   RESTART) or ends with an error stating how many tokens were streamed (policy ERROR).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+from opentelemetry import trace
+
+from agentmesh_common import (
+    AgentmeshError,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+
+from .domain import (
+    AttemptFailed,
+    AttemptStarted,
+    Finished,
+    FinishReason,
+    GatewayEvent,
+    GenerateCall,
+    MidStreamPolicy,
+    Restart,
+    StreamEnd,
+    TextDelta,
+    ThinkingDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from .errors import HEALTH_KINDS, ErrorKind, UpstreamError, scrub, to_domain_error
+from .limits import CircuitBreaker, CircuitState, RateWindow
+from .observability import GatewayMetrics
+from .providers.base import ProviderAdapter, Target
+from .routes import Deployment, RouteTable
+from .tokens import count_messages, count_text
+
+_logger = logging.getLogger("agentmesh.gateway")
+_CIRCUIT_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_delay: float = 0.25
+    max_delay: float = 8.0
+    max_rate_limit_wait: float = 30.0
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    """What ``GetProviderStatus`` reports about one deployment."""
+
+    deployment: Deployment
+    circuit: CircuitState
+    consecutive_failures: int
+    seconds_until_probe: float
+    rpm_remaining: int
+    tpm_remaining: int
+    last_error: UpstreamError | None
+
+    @property
+    def credentials_configured(self) -> bool:
+        return bool(self.deployment.keys) or not self.deployment.needs_key
+
+
+class _Attempt:
+    """What one attempt produced so far."""
+
+    __slots__ = ("first_token_at", "streamed", "text", "tools")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.tools: dict[int, list[Any]] = {}  # index -> [id, name, [fragments]]
+        self.streamed = False
+        self.first_token_at = 0.0
+
+    def streamed_tokens(self) -> int:
+        tokens = count_text("".join(self.text))
+        for _, name, fragments in self.tools.values():
+            tokens += count_text(name) + count_text("".join(fragments))
+        return tokens
+
+
+class Gateway:
+    """Serves :meth:`generate` over the deployments of a :class:`RouteTable`."""
+
+    def __init__(
+        self,
+        table: RouteTable,
+        adapters: Mapping[str, ProviderAdapter],
+        *,
+        metrics: GatewayMetrics,
+        tracer: trace.Tracer,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.table = table
+        self._adapters = adapters
+        self._metrics = metrics
+        self._tracer = tracer
+        self._retry = retry or RetryPolicy()
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._windows: dict[str, RateWindow] = {}
+        self._key_cursor: dict[str, int] = {}
+        self._last_error: dict[str, UpstreamError] = {}
+        self._tenants: dict[str, RateWindow] = {}
+        self._secrets: tuple[str, ...] = tuple(
+            key.reveal() for d in table.deployments() for key in d.keys
+        )
+        for d in table.deployments():
+            self._breakers[d.name] = CircuitBreaker(
+                table.circuit_failure_threshold, table.circuit_cooldown_seconds, clock
+            )
+            self._windows[d.name] = RateWindow(d.rpm, d.tpm, clock)
+            self._key_cursor[d.name] = 0
+            metrics.circuit_state.labels(d.name).set(0)
+
+    # --- routing -------------------------------------------------------------------------
+
+    def resolve(
+        self, route: str, provider: str = "", model: str = ""
+    ) -> tuple[str, list[Deployment]]:
+        """The route name and its deployments for a route, or a provider/model pair."""
+        if route:
+            deployments = self.table.routes.get(route)
+            if deployments is None:
+                raise NotFound(f"route {route!r} is not configured", reason="ROUTE_NOT_FOUND")
+            return route, list(deployments)
+        if provider or model:
+            matches = [
+                d
+                for d in self.table.deployments()
+                if (not provider or d.provider == provider) and (not model or d.model == model)
+            ]
+            if not matches:
+                raise NotFound(
+                    f"no deployment serves provider {provider!r} model {model!r}",
+                    reason="DEPLOYMENT_NOT_FOUND",
+                )
+            return f"{provider}/{model}", matches
+        return self.resolve("default")
+
+    def _order(self, deployments: list[Deployment]) -> list[Deployment]:
+        """By priority; equal priorities shuffled by weight (weighted sampling)."""
+        ordered: list[Deployment] = []
+        for priority in sorted({d.priority for d in deployments}):
+            group = [d for d in deployments if d.priority == priority]
+            while group:
+                pick = self._rng.choices(group, weights=[d.weight for d in group])[0]
+                ordered.append(pick)
+                group.remove(pick)
+        return ordered
+
+    def _next_key(self, deployment: Deployment) -> str | None:
+        if not deployment.keys:
+            return None
+        cursor = self._key_cursor[deployment.name]
+        self._key_cursor[deployment.name] = cursor + 1
+        key: str = deployment.keys[cursor % len(deployment.keys)].reveal()
+        return key
+
+    def _backoff(self, retry: int, hint: float | None) -> float:
+        delay: float = min(self._retry.max_delay, self._retry.base_delay * 2.0**retry)
+        delay *= self._rng.uniform(0.5, 1.0)
+        return max(delay, hint or 0.0)
+
+    # --- admission -----------------------------------------------------------------------
+
+    async def _admit_tenant(
+        self, call: GenerateCall, tokens: int
+    ) -> tuple[RateWindow, list[float]]:
+        limits = self.table.tenant_limits(call.tenant)
+        window = self._tenants.get(call.tenant)
+        if window is None:
+            window = self._tenants[call.tenant] = RateWindow(limits.rpm, limits.tpm, self._clock)
+        while True:
+            entry, wait = window.try_acquire(tokens)
+            if entry is not None:
+                return window, entry
+            if call.fail_fast_on_rate_limit or wait > self._retry.max_rate_limit_wait:
+                raise ResourceExhausted(
+                    f"tenant {call.tenant or 'anonymous'!r} is over its rate limit",
+                    retry_after=round(wait, 3),
+                    reason="TENANT_RATE_LIMITED",
+                )
+            await self._sleep(wait)
+
+    # --- the call ------------------------------------------------------------------------
+
+    async def generate(self, call: GenerateCall) -> AsyncGenerator[GatewayEvent, None]:
+        """Stream one call: attempt bookkeeping, deltas, then ``Finished`` (or raise)."""
+        validate(call)
+        route, deployments = self.resolve(call.route, call.provider, call.model)
+        prompt_estimate = count_messages(call.messages, call.tools)
+        tenant_window, tenant_entry = await self._admit_tenant(call, prompt_estimate)
+        reserve = prompt_estimate + (call.config.max_tokens or 0)
+        attempt = 0
+        last: tuple[UpstreamError, Deployment, int] | None = None
+        invalid_output_retried = False
+        min_context = -1  # after a context-length error: only larger windows
+        rate_waits: list[float] = []
+        circuit_waits: list[float] = []
+        pending_restart = ""
+        candidates = self._order(deployments)
+        for pass_number in range(2):
+            rate_waits.clear()
+            for position, deployment in enumerate(candidates):
+                if min_context >= 0 and deployment.context_window <= min_context:
+                    continue
+                breaker = self._breakers[deployment.name]
+                if breaker.current_state() is CircuitState.OPEN:
+                    circuit_waits.append(breaker.seconds_until_probe())
+                    continue
+                window = self._windows[deployment.name]
+                entry, wait = window.try_acquire(reserve)
+                if entry is None:
+                    rate_waits.append(wait)
+                    continue
+                if not breaker.allow():  # another call holds the half-open probe
+                    window.release(entry)
+                    circuit_waits.append(breaker.seconds_until_probe())
+                    continue
+                adapter = self._adapters[deployment.provider]
+                has_next = position + 1 < len(candidates)
+                retry = 0
+                keys_failed = 0
+                while True:
+                    attempt += 1
+                    if pending_restart:
+                        yield Restart(pending_restart, attempt)
+                        pending_restart = ""
+                    yield AttemptStarted(
+                        deployment.provider, deployment.model, deployment.name, attempt
+                    )
+                    state = _Attempt()
+                    try:
+                        # aclosing: if our caller goes away, the upstream closes now, not at GC
+                        async with aclosing(
+                            self._attempt(call, deployment, adapter, attempt, state)
+                        ) as attempt_events:
+                            async for event in attempt_events:
+                                yield event
+                                if type(event) is Finished:
+                                    window.settle(entry, event.usage.total_tokens)
+                                    tenant_window.settle(tenant_entry, event.usage.total_tokens)
+                                    return
+                    except UpstreamError as error:
+                        streamed_tokens = state.streamed_tokens() if state.streamed else 0
+                        self._record_failure(deployment, error)
+                        retry += 1
+                        hint = error.retry_after
+                        same = (
+                            error.retryable
+                            and retry <= deployment.max_retries
+                            and (hint is None or hint <= self.table.max_retry_wait_seconds)
+                            and breaker.current_state() is CircuitState.CLOSED
+                        )
+                        if error.kind is ErrorKind.INVALID_OUTPUT:
+                            same = not invalid_output_retried
+                            invalid_output_retried = True
+                        if error.kind is ErrorKind.AUTH and deployment.keys:
+                            # A revoked key among several: the next key may still work.
+                            keys_failed += 1
+                            same = keys_failed < len(deployment.keys)
+                        context_fallback = error.kind is ErrorKind.CONTEXT_LENGTH and any(
+                            d.context_window > deployment.context_window
+                            for d in candidates[position + 1 :]
+                        )
+                        moves_on = (
+                            not same
+                            and has_next
+                            and (
+                                (error.retryable and error.kind is not ErrorKind.INVALID_OUTPUT)
+                                or context_fallback
+                            )
+                        )
+                        stop = not same and not moves_on
+                        if state.streamed and call.mid_stream is MidStreamPolicy.ERROR:
+                            stop = True
+                        yield AttemptFailed(
+                            code=error.grpc_code,
+                            reason=error.kind.value,
+                            message=scrub(error.message, self._secrets),
+                            retryable=error.retryable,
+                            will_fall_back=moves_on and not stop,
+                            attempt=attempt,
+                            streamed_tokens=streamed_tokens,
+                            deployment=deployment.name,
+                        )
+                        if stop:
+                            raise self._final_error(error, deployment, streamed_tokens) from None
+                        if state.streamed:
+                            pending_restart = (
+                                f"{deployment.name} failed after output was streamed: "
+                                f"{error.kind.value}"
+                            )
+                            self._metrics.restarts.labels(route).inc()
+                        if same:
+                            if error.kind is not ErrorKind.AUTH:  # a new key needs no wait
+                                await self._sleep(self._backoff(retry - 1, hint))
+                            continue
+                        last = (error, deployment, streamed_tokens)
+                        if context_fallback:
+                            min_context = deployment.context_window
+                        self._metrics.fallbacks.labels(route).inc()
+                        break
+            if not rate_waits or call.fail_fast_on_rate_limit:
+                break
+            wait = min(rate_waits)
+            if wait > self._retry.max_rate_limit_wait or last is not None or pass_number:
+                break
+            await self._sleep(wait)
+        if last is not None:
+            raise self._final_error(*last)
+        if rate_waits:
+            raise ResourceExhausted(
+                f"every deployment of route {route!r} is at its rate limit",
+                retry_after=round(min(rate_waits), 3),
+                reason="DEPLOYMENT_RATE_LIMITED",
+            )
+        if circuit_waits:
+            raise Unavailable(
+                f"every deployment of route {route!r} has an open circuit",
+                retry_after=round(min(circuit_waits), 3),
+                reason="CIRCUIT_OPEN",
+            )
+        raise Unavailable(f"no deployment of route {route!r} could serve the call")
+
+    def _final_error(
+        self, error: UpstreamError, deployment: Deployment, streamed_tokens: int
+    ) -> AgentmeshError:
+        if error.kind is ErrorKind.INVALID_OUTPUT:
+            return FailedPrecondition(
+                f"the model's output did not match the response schema twice: {error.message}",
+                reason=error.kind.value,
+                metadata={"deployment": deployment.name},
+            )
+        result = to_domain_error(
+            error,
+            provider=deployment.provider,
+            deployment=deployment.name,
+            streamed_tokens=streamed_tokens,
+        )
+        result.message = scrub(result.message, self._secrets)
+        result.args = (result.message,)
+        return result
+
+    def _record_failure(self, deployment: Deployment, error: UpstreamError) -> None:
+        error.message = scrub(error.message, self._secrets)  # before it is stored or shown
+        self._last_error[deployment.name] = error
+        self._metrics.errors.labels(deployment.provider, error.kind.value).inc()
+        self._metrics.attempts.labels(deployment.provider, "error").inc()
+        breaker = self._breakers[deployment.name]
+        if error.kind in HEALTH_KINDS:
+            breaker.record_failure()
+        else:
+            breaker.release_probe()
+        self._metrics.circuit_state.labels(deployment.name).set(
+            _CIRCUIT_GAUGE[breaker.current_state()]
+        )
+        _logger.warning(
+            "attempt failed",
+            extra={
+                "deployment": deployment.name,
+                "provider": deployment.provider,
+                "reason": error.kind.value,
+                "upstream_status": error.status,
+            },
+        )
+
+    async def _attempt(
+        self,
+        call: GenerateCall,
+        deployment: Deployment,
+        adapter: ProviderAdapter,
+        attempt: int,
+        state: _Attempt,
+    ) -> AsyncGenerator[GatewayEvent, None]:
+        provider, model = deployment.provider, deployment.model
+        key = self._next_key(deployment)
+        span = self._tracer.start_span(
+            "gateway.attempt",
+            attributes={
+                "gen_ai.system": provider,
+                "gen_ai.request.model": model,
+                "gateway.deployment": deployment.name,
+                "gateway.attempt": attempt,
+                "agentmesh.session": call.session,
+                "agentmesh.agent": call.agent,
+                "agentmesh.tenant": call.tenant,
+            },
+        )
+        started = self._clock()
+        outcome = "error"
+        try:
+            if deployment.needs_key and key is None:
+                sources = ", ".join(deployment.key_sources) or "api_key_env / api_key_file"
+                raise UpstreamError(ErrorKind.AUTH, f"no API key configured ({sources})")
+            target = Target(
+                provider,
+                model,
+                deployment.base_url,
+                deployment.timeout,
+                key,
+                deployment.headers,
+                deployment.stream,
+            )
+            end: StreamEnd | None = None
+            text, tools = state.text, state.tools
+            async with aclosing(adapter.stream(call, target)) as events:
+                async for event in events:
+                    kind = type(event)
+                    if kind is TextDelta:
+                        text.append(event.text)  # type: ignore[union-attr]
+                    elif kind is ToolCallDelta:
+                        assert isinstance(event, ToolCallDelta)
+                        slot = tools.get(event.index)
+                        if slot is None:
+                            tools[event.index] = [event.id, event.name, [event.arguments_fragment]]
+                        else:
+                            if event.id and not slot[0]:
+                                slot[0] = event.id
+                            if event.name and not slot[1]:
+                                slot[1] = event.name
+                            slot[2].append(event.arguments_fragment)
+                    elif kind is StreamEnd:
+                        assert isinstance(event, StreamEnd)
+                        end = event
+                        continue
+                    elif kind is not ThinkingDelta:
+                        continue
+                    if not state.streamed:
+                        state.streamed = True
+                        state.first_token_at = self._clock()
+                        self._metrics.time_to_first_token.labels(provider, model).observe(
+                            state.first_token_at - started
+                        )
+                    yield event
+            if end is None:
+                raise UpstreamError(ErrorKind.TRUNCATED, f"{provider} stream ended early")
+            finished = self._finish(call, deployment, state, end)
+            span.set_attribute("gen_ai.usage.input_tokens", finished.usage.prompt_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", finished.usage.completion_tokens)
+            span.set_attribute("gen_ai.response.finish_reason", finished.finish_reason.value)
+            outcome = "ok"
+            breaker = self._breakers[deployment.name]
+            breaker.record_success()
+            self._metrics.circuit_state.labels(deployment.name).set(0)
+            self._metrics.attempts.labels(provider, "ok").inc()
+            yield finished
+        except UpstreamError as error:
+            span.set_attribute("gateway.error_reason", error.kind.value)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            self._breakers[deployment.name].release_probe()  # says nothing about health
+            raise
+        finally:
+            span.set_attribute("gateway.outcome", outcome)
+            span.end()
+
+    def _finish(
+        self, call: GenerateCall, deployment: Deployment, state: _Attempt, end: StreamEnd
+    ) -> Finished:
+        tool_calls: list[ToolCall] = []
+        for index in sorted(state.tools):
+            call_id, name, fragments = state.tools[index]
+            raw = "".join(fragments).strip() or "{}"
+            try:
+                arguments = json.loads(raw)
+            except ValueError:
+                raise UpstreamError(
+                    ErrorKind.MALFORMED, f"tool call {name!r} arguments are not valid JSON"
+                ) from None
+            if not isinstance(arguments, dict):
+                raise UpstreamError(
+                    ErrorKind.MALFORMED, f"tool call {name!r} arguments are not a JSON object"
+                )
+            tool_calls.append(ToolCall(call_id or f"call_{index}", name, arguments))
+        finish = end.finish_reason
+        if tool_calls and finish is FinishReason.STOP:
+            finish = FinishReason.TOOL_CALLS
+        text = "".join(state.text)
+        structured: dict[str, Any] | None = None
+        schema = call.config.response_schema
+        if schema is not None and not tool_calls and finish is FinishReason.STOP:
+            structured = _validated_json(text, schema)
+        usage = end.usage
+        if usage is None:
+            completion = count_text(text) + sum(
+                count_text(tc.name) + count_text(json.dumps(tc.arguments)) for tc in tool_calls
+            )
+            usage = Usage(
+                prompt_tokens=count_messages(call.messages, call.tools),
+                completion_tokens=completion,
+                estimated=True,
+            )
+        cost = (
+            usage.prompt_tokens * deployment.input_price_micros_per_million
+            + usage.completion_tokens * deployment.output_price_micros_per_million
+            + 500_000
+        ) // 1_000_000
+        usage = Usage(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_prompt_tokens=usage.cached_prompt_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            estimated=usage.estimated,
+            cost_micros_usd=cost,
+        )
+        provider, model = deployment.provider, deployment.model
+        estimated = "true" if usage.estimated else "false"
+        self._metrics.tokens.labels(provider, model, "prompt", estimated).inc(usage.prompt_tokens)
+        self._metrics.tokens.labels(provider, model, "completion", estimated).inc(
+            usage.completion_tokens
+        )
+        if cost:
+            self._metrics.cost.labels(provider, model).inc(cost)
+        return Finished(
+            finish_reason=finish,
+            usage=usage,
+            provider=provider,
+            model=model,
+            deployment=deployment.name,
+            text=text,
+            tool_calls=tuple(tool_calls),
+            structured_output=structured,
+        )
+
+    # --- other RPCs ----------------------------------------------------------------------
+
+    def count_tokens(self, call: GenerateCall) -> tuple[int, int]:
+        """(estimated prompt tokens, context window of the first deployment or 0)."""
+        _, deployments = self.resolve(call.route, call.provider, call.model)
+        return count_messages(call.messages, call.tools), deployments[0].context_window
+
+    def status(self, provider: str = "", route: str = "") -> list[DeploymentView]:
+        views: list[DeploymentView] = []
+        for deployment in self.table.deployments():
+            if provider and deployment.provider != provider:
+                continue
+            if route and deployment.route != route:
+                continue
+            breaker = self._breakers[deployment.name]
+            rpm_left, tpm_left = self._windows[deployment.name].remaining()
+            views.append(
+                DeploymentView(
+                    deployment=deployment,
+                    circuit=breaker.current_state(),
+                    consecutive_failures=breaker.consecutive_failures,
+                    seconds_until_probe=breaker.seconds_until_probe(),
+                    rpm_remaining=rpm_left,
+                    tpm_remaining=tpm_left,
+                    last_error=self._last_error.get(deployment.name),
+                )
+            )
+        return views
+
+    def supports_response_schema(self, provider: str) -> bool:
+        adapter = self._adapters.get(provider)
+        return bool(adapter and adapter.supports_response_schema)
+
+
+def _validated_json(text: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.strip("`")
+        body = body[4:] if body.startswith("json") else body
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise UpstreamError(ErrorKind.INVALID_OUTPUT, "the output is not JSON") from None
+    try:
+        jsonschema.validate(value, dict(schema))
+    except jsonschema.ValidationError as exc:
+        raise UpstreamError(
+            ErrorKind.INVALID_OUTPUT, f"the output does not match the schema: {exc.message}"
+        ) from None
+    if not isinstance(value, dict):
+        return {"value": value}
+    return value
+
+
+def validate(call: GenerateCall) -> None:
+    """INVALID_ARGUMENT for a request no provider could serve."""
+    problems: list[FieldViolation] = []
+    cfg = call.config
+
+    def check(name: str, value: float | None, low: float, high: float) -> None:
+        if value is not None and not low <= value <= high:
+            problems.append(FieldViolation(f"config.{name}", f"must be between {low} and {high}"))
+
+    if not call.messages:
+        problems.append(FieldViolation("messages", "at least one message is required"))
+    check("temperature", cfg.temperature, 0.0, 2.0)
+    check("top_p", cfg.top_p, 0.0, 1.0)
+    check("frequency_penalty", cfg.frequency_penalty, -2.0, 2.0)
+    check("presence_penalty", cfg.presence_penalty, -2.0, 2.0)
+    if cfg.max_tokens is not None and cfg.max_tokens < 1:
+        problems.append(FieldViolation("config.max_tokens", "must be at least 1"))
+    if any(not s for s in cfg.stop):
+        problems.append(FieldViolation("config.stop", "stop sequences must not be empty"))
+    if cfg.response_schema is not None:
+        try:
+            jsonschema.validators.validator_for(dict(cfg.response_schema)).check_schema(
+                dict(cfg.response_schema)
+            )
+        except jsonschema.SchemaError as exc:
+            problems.append(
+                FieldViolation("config.response_schema", f"not a JSON schema: {exc.message}")
+            )
+    names = [t.name for t in call.tools]
+    if len(set(names)) != len(names) or any(not n for n in names):
+        problems.append(FieldViolation("tools", "tool names must be unique and non-empty"))
+    if problems:
+        raise InvalidArgument("invalid generate request", violations=problems)
