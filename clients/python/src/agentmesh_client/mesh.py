@@ -169,30 +169,23 @@ def parse_started_line(line: str) -> tuple[int, int | None] | None:
     return port, metrics_port if isinstance(metrics_port, int) else None
 
 
-def mesh_environment(
-    ports: Mapping[str, int], data_dir: Path, *, extra: Mapping[str, str] | None = None
-) -> dict[str, dict[str, str]]:
-    """Per-service environment wiring the services to each other on localhost."""
-    environments: dict[str, dict[str, str]] = {}
-    for spec in SERVICES:
-        env = {f"{spec.env_prefix}PORT": str(ports.get(spec.name, spec.default_port))}
-        environments[spec.name] = env
-    environments[MEMORY.name][f"{MEMORY.env_prefix}DATABASE_URL"] = (
-        f"sqlite+aiosqlite:///{data_dir / 'agentmesh.db'}"
-    )
-    environments[GATEWAY.name][f"{GATEWAY.env_prefix}RUNNER_TARGET"] = (
-        f"127.0.0.1:{ports.get(RUNNER.name, RUNNER.default_port)}"
-    )
-    orchestrator = environments[ORCHESTRATOR.name]
-    orchestrator[f"{ORCHESTRATOR.env_prefix}MEMORY_TARGET"] = (
-        f"127.0.0.1:{ports.get(MEMORY.name, MEMORY.default_port)}"
-    )
-    orchestrator[f"{ORCHESTRATOR.env_prefix}GATEWAY_TARGET"] = (
-        f"127.0.0.1:{ports.get(GATEWAY.name, GATEWAY.default_port)}"
-    )
-    for env in environments.values():
-        env.update(extra or {})
-    return environments
+def service_environment(
+    spec: ServiceSpec, data_dir: Path, running: Mapping[str, ServiceProcess], port: int
+) -> dict[str, str]:
+    """The environment of one service, wired to the services already running."""
+    env = {f"{spec.env_prefix}PORT": str(port)}
+    if spec is MEMORY:
+        env[f"{spec.env_prefix}DATABASE_URL"] = f"sqlite+aiosqlite:///{data_dir / 'agentmesh.db'}"
+    elif spec is RUNNER:
+        env[f"{spec.env_prefix}MODELS_DIR"] = str(data_dir / "models")
+    elif spec is GATEWAY and RUNNER.name in running:
+        env[f"{spec.env_prefix}RUNNER_TARGET"] = running[RUNNER.name].address
+    elif spec is ORCHESTRATOR:
+        if MEMORY.name in running:
+            env[f"{spec.env_prefix}MEMORY_TARGET"] = running[MEMORY.name].address
+        if GATEWAY.name in running:
+            env[f"{spec.env_prefix}GATEWAY_TARGET"] = running[GATEWAY.name].address
+    return env
 
 
 async def start_mesh(
@@ -200,23 +193,29 @@ async def start_mesh(
     *,
     ports: Mapping[str, int] | None = None,
     specs: Sequence[ServiceSpec] = SERVICES,
+    extra_env: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[ServiceProcess]:
-    """Start the services in dependency order; on any failure stop what started and raise."""
-    chosen = {spec.name: spec.default_port for spec in specs} | dict(ports or {})
-    environments = mesh_environment(chosen, data_dir)
-    running: list[ServiceProcess] = []
+    """Start the services in dependency order, each wired to the ports the others bound.
+
+    `ports` maps service names to ports (0: any free one; default: the service's own);
+    `extra_env` adds variables per service name. On any failure, what started is stopped.
+    """
+    running: dict[str, ServiceProcess] = {}
     try:
         for spec in specs:
+            port = (ports or {}).get(spec.name, spec.default_port)
+            env = service_environment(spec, data_dir, running, port)
+            env.update((extra_env or {}).get(spec.name, {}))
             service = ServiceProcess(
-                spec, environments[spec.name], log_path=data_dir / "logs" / f"{spec.name}.log"
+                spec, env, log_path=data_dir / "logs" / f"{spec.name}.log"
             )
+            running[spec.name] = service
             await service.start()
-            running.append(service)
             await service.wait_healthy()
     except BaseException:
-        await stop_mesh(running)
+        await stop_mesh(list(running.values()))
         raise
-    return running
+    return list(running.values())
 
 
 async def stop_mesh(running: Sequence[ServiceProcess]) -> None:

@@ -1,0 +1,250 @@
+"""End-to-end fixtures: the four services as separate processes, and a scripted model provider.
+
+`ScriptedProvider` speaks OpenAI's Chat Completions streaming format exactly (SSE chunks,
+tool-call fragments, a final usage chunk, `[DONE]`) and answers each request from a script
+keyed on the conversation, as a real model would answer an agent. The gateway reaches it as an
+`openai_compatible` deployment; the route `tiny` goes to the local runner's demo model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from agentmesh_client.cli import create_api_key
+from agentmesh_client.client import AgentmeshClient
+from agentmesh_client.mesh import (
+    GATEWAY,
+    MEMORY,
+    ORCHESTRATOR,
+    RUNNER,
+    ServiceProcess,
+    start_mesh,
+    stop_mesh,
+)
+
+Chat = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the scripted model says to one request."""
+
+    text: str = ""
+    tool_calls: Sequence[tuple[str, dict[str, Any]]] = ()
+    delay_seconds: float = 0.0
+
+
+def system_of(chat: Chat) -> str:
+    return next((m["content"] for m in chat["messages"] if m["role"] == "system"), "")
+
+
+def last_user(chat: Chat) -> str:
+    return next((m["content"] for m in reversed(chat["messages"]) if m["role"] == "user"), "")
+
+
+@dataclass
+class ScriptedProvider:
+    """An OpenAI-format streaming server answering from `script`."""
+
+    script: Callable[[Chat], Answer]
+    requests: list[Chat] = field(default_factory=list)
+    port: int = 0
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> ScriptedProvider:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        chat: Chat = await request.json()
+        self.requests.append(chat)
+        answer = self.script(chat)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        created = 1_763_700_000
+        chunk_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+
+        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+            payload = {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": chat["model"],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            await response.write(f"data: {json.dumps(payload)}\n\n".encode())
+
+        await send({"role": "assistant", "content": ""})
+        words = answer.text.split(" ") if answer.text else []
+        for i, word in enumerate(words):
+            if answer.delay_seconds:
+                await asyncio.sleep(answer.delay_seconds / len(words))
+            await send({"content": word if i == 0 else " " + word})
+        for index, (name, arguments) in enumerate(answer.tool_calls):
+            text = json.dumps(arguments)
+            await send(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": f"call_{index}",
+                            "type": "function",
+                            "function": {"name": name, "arguments": text[: len(text) // 2]},
+                        }
+                    ]
+                }
+            )
+            await send(
+                {
+                    "tool_calls": [
+                        {"index": index, "function": {"arguments": text[len(text) // 2 :]}}
+                    ]
+                }
+            )
+        await send({}, "tool_calls" if answer.tool_calls else "stop")
+        prompt = sum(len(str(m.get("content") or "")) // 4 + 4 for m in chat["messages"])
+        completion = max(len(answer.text) // 4, 1)
+        usage = {
+            "id": chunk_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": chat["model"],
+            "choices": [],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            },
+        }
+        await response.write(f"data: {json.dumps(usage)}\n\ndata: [DONE]\n\n".encode())
+        await response.write_eof()
+        return response
+
+
+def routes_file(path: Path, provider_port: int, runner: ServiceProcess | None) -> Path:
+    """Route `default` to the scripted provider, `tiny` to the runner's demo model."""
+    lines = [
+        "routes:",
+        "  default:",
+        "    - name: scripted",
+        "      provider: openai_compatible",
+        "      model: scripted-1",
+        f"      base_url: http://127.0.0.1:{provider_port}/v1",
+        "      input_price_per_million: 1.0",
+        "      output_price_per_million: 2.0",
+        "      max_retries: 0",
+    ]
+    if runner is not None:
+        lines += [
+            "  tiny:",
+            "    - name: tiny",
+            "      provider: local",
+            "      model: tiny",
+            f"      base_url: {runner.address}",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@dataclass
+class Mesh:
+    """The four services running as processes, plus the scripted provider."""
+
+    services: dict[str, ServiceProcess]
+    provider: ScriptedProvider
+    api_key: str
+    data_dir: Path
+
+    @property
+    def orchestrator(self) -> ServiceProcess:
+        return self.services[ORCHESTRATOR.name]
+
+    def client(self, orchestrator: ServiceProcess | None = None) -> AgentmeshClient:
+        target = (orchestrator or self.orchestrator).address
+        return AgentmeshClient(target, api_key=self.api_key, timeout=20)
+
+
+ORCHESTRATOR_ENV = {
+    "AGENTMESH_ORCHESTRATOR_METRICS_PORT": "0",
+    "AGENTMESH_ORCHESTRATOR_REQUESTS_PER_MINUTE": "0",
+    "AGENTMESH_ORCHESTRATOR_TOKENS_PER_MINUTE": "0",
+    "AGENTMESH_ORCHESTRATOR_LEASE_TTL_SECONDS": "2",
+    "AGENTMESH_ORCHESTRATOR_TAKEOVER_INTERVAL_SECONDS": "0.5",
+}
+
+
+async def start_e2e_mesh(tmp_path: Path, script: Callable[[Chat], Answer]) -> Mesh:
+    provider = await ScriptedProvider(script).start()
+    ports = {spec.name: 0 for spec in (MEMORY, RUNNER, GATEWAY, ORCHESTRATOR)}
+    metrics = {
+        name: {f"{spec.env_prefix}METRICS_PORT": "0"}
+        for spec in (MEMORY, RUNNER, GATEWAY, ORCHESTRATOR)
+        for name in [spec.name]
+    }
+    # The runner must be up before the routes file can name its address.
+    first = await start_mesh(tmp_path, ports=ports, specs=(MEMORY, RUNNER), extra_env=metrics)
+    services = {s.spec.name: s for s in first}
+    try:
+        routes = routes_file(tmp_path / "routes.yaml", provider.port, services[RUNNER.name])
+        extra = {
+            GATEWAY.name: {**metrics[GATEWAY.name], "AGENTMESH_GATEWAY_ROUTES_FILE": str(routes)},
+            ORCHESTRATOR.name: {
+                **ORCHESTRATOR_ENV,
+                "AGENTMESH_ORCHESTRATOR_MEMORY_TARGET": services[MEMORY.name].address,
+                "AGENTMESH_ORCHESTRATOR_REPLICA_ID": "replica-a",
+            },
+        }
+        rest = await start_mesh(
+            tmp_path, ports=ports, specs=(GATEWAY, ORCHESTRATOR), extra_env=extra
+        )
+    except BaseException:
+        await stop_mesh(first)
+        await provider.stop()
+        raise
+    services.update({s.spec.name: s for s in rest})
+    key = await create_api_key(services[MEMORY.name].address, "e2e", "e2e")
+    return Mesh(services, provider, key, tmp_path)
+
+
+async def stop_e2e_mesh(mesh: Mesh, extra: Sequence[ServiceProcess] = ()) -> None:
+    order = [*extra, *(mesh.services[s.name] for s in (ORCHESTRATOR, GATEWAY, RUNNER, MEMORY))]
+    for service in order:
+        await service.stop()
+    await mesh.provider.stop()
+
+
+@pytest.fixture
+async def mesh_factory(
+    tmp_path: Path,
+) -> AsyncIterator[Callable[[Callable[[Chat], Answer]], Any]]:
+    started: list[Mesh] = []
+
+    async def factory(script: Callable[[Chat], Answer]) -> Mesh:
+        mesh = await start_e2e_mesh(tmp_path, script)
+        started.append(mesh)
+        return mesh
+
+    yield factory
+    for mesh in started:
+        await stop_e2e_mesh(mesh)

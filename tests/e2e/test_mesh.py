@@ -1,0 +1,213 @@
+"""The whole mesh as separate processes: orchestrator, gateway, runner and memory.
+
+Sessions run through the real gateway to a scripted provider speaking OpenAI's wire format,
+and through the local runner's tiny model; a replica killed with SIGKILL mid-session is
+replaced by another that resumes from the last persisted step without repeating model calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from agentmesh.common.v1 import agents_pb2, events_pb2, generation_pb2, sessions_pb2
+from agentmesh_client.mesh import ORCHESTRATOR, ServiceProcess
+
+from .conftest import ORCHESTRATOR_ENV, Answer, Chat, Mesh, last_user, system_of
+
+pytestmark = pytest.mark.slow
+TERMINAL = {"session_completed", "session_failed", "session_cancelled"}
+
+
+def member(agent_id: str, route: str = "default", **prompts: str) -> agents_pb2.AgentDefinition:
+    return agents_pb2.AgentDefinition(
+        name=agent_id,
+        type=agents_pb2.AGENT_TYPE_CUSTOM,
+        model=agents_pb2.ModelSelection(route=route),
+        prompts=agents_pb2.AgentPrompts(system=f"You are {agent_id}.", **prompts),
+        generation=generation_pb2.GenerationConfig(max_tokens=24),
+    )
+
+
+def kinds(events: list[events_pb2.SessionEvent]) -> list[str]:
+    return [str(e.WhichOneof("payload")) for e in events]
+
+
+async def collect(stream: Any) -> list[events_pb2.SessionEvent]:
+    return [event async for event in stream]
+
+
+def by_speaker(chat: Chat) -> Answer:
+    who = re.search(r"You are (\w+)", system_of(chat))
+    return Answer(text=f"{who.group(1) if who else 'someone'} agrees with the plan")
+
+
+async def test_round_robin_through_the_real_gateway(mesh_factory: Any) -> None:
+    mesh: Mesh = await mesh_factory(by_speaker)
+    async with mesh.client() as client:
+        session = await client.create_session(
+            goal="Agree on a plan",
+            inline_agents=[member("alice"), member("bob")],
+            limits=sessions_pb2.SessionLimits(max_rounds=2),
+        )
+        events = await collect(client.run(session.name))
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert kinds(events)[-1] == "session_completed"
+    completed = [e.message_completed for e in events if e.HasField("message_completed")]
+    assert [c.message.content for c in completed] == [
+        "alice agrees with the plan",
+        "bob agrees with the plan",
+    ] * 2
+    assert all(c.provider == "openai_compatible" for c in completed)
+    usage = events[-1].session_completed.usage
+    assert usage.total_tokens == sum(c.usage.total_tokens for c in completed)
+    assert usage.cost_micros_usd > 0, "priced by the routes file"
+    assert not usage.estimated, "the provider reported usage"
+    assert len(mesh.provider.requests) == 4
+
+
+async def test_planner_executor_with_tools_through_the_real_gateway(mesh_factory: Any) -> None:
+    plan = {
+        "rationale": "compute, then explain",
+        "tasks": [
+            {"id": "sum", "description": "Compute 17 * 23 with the calculator"},
+            {"id": "explain", "description": "Explain the result", "depends_on": ["sum"]},
+        ],
+    }
+
+    def script(chat: Chat) -> Answer:
+        system = system_of(chat)
+        if "You are a planner" in system:
+            return Answer(text=json.dumps(plan))
+        if "You are a writer" in system:
+            return Answer(text="The product is 391.")
+        if "Compute 17 * 23" in last_user(chat):
+            if not any(m["role"] == "tool" for m in chat["messages"]):
+                return Answer(tool_calls=[("calculator", {"expression": "17 * 23"})])
+            return Answer(text="391")
+        return Answer(text="It is seventeen times twenty-three.")
+
+    mesh: Mesh = await mesh_factory(script)
+    executor = agents_pb2.AgentDefinition(
+        name="worker",
+        type=agents_pb2.AGENT_TYPE_EXECUTOR,
+        model=agents_pb2.ModelSelection(route="default"),
+        tools=["calculator", "memory_write"],
+    )
+    async with mesh.client() as client:
+        session = await client.create_session(
+            goal="What is 17 * 23?",
+            inline_agents=[executor],
+            strategy=sessions_pb2.STRATEGY_PLANNER_EXECUTOR,
+        )
+        events = await collect(client.run(session.name))
+        details = await client.get_session(session.name)
+    assert kinds(events)[-1] == "session_completed", events[-1]
+    assert events[-1].session_completed.final_answer == "The product is 391."
+    result = next(e.tool_result for e in events if e.HasField("tool_result"))
+    assert result.result.fields["value"].number_value == 391.0
+    worker_calls = [c for c in mesh.provider.requests if "Compute 17 * 23" in last_user(c)]
+    offered = {t["function"]["name"] for t in worker_calls[0].get("tools", [])}
+    assert offered == {"calculator"}, "executors in a plan get READ_ONLY tools only"
+    assert [t.status for t in details.tasks] == [sessions_pb2.TASK_STATUS_COMPLETED] * 2
+
+
+async def test_a_session_on_the_tiny_local_model(mesh_factory: Any) -> None:
+    mesh: Mesh = await mesh_factory(by_speaker)
+    async with mesh.client() as client:
+        session = await client.create_session(
+            goal="Say something",
+            inline_agents=[member("tiny-talker", route="tiny")],
+            limits=sessions_pb2.SessionLimits(max_rounds=1),
+        )
+        events = await collect(client.run(session.name))
+    assert kinds(events)[-1] == "session_completed", events[-1]
+    completed = next(e.message_completed for e in events if e.HasField("message_completed"))
+    assert completed.provider == "local"
+    assert 0 < completed.usage.completion_tokens <= 24
+    assert not completed.usage.estimated, "the runner counts tokens exactly"
+    streamed = "".join(e.content_delta.text for e in events if e.HasField("content_delta"))
+    assert streamed == completed.message.content
+    assert mesh.provider.requests == [], "nothing went to the scripted provider"
+
+
+async def test_a_killed_replica_is_replaced_without_repeating_model_calls(
+    mesh_factory: Any,
+) -> None:
+    def slow(chat: Chat) -> Answer:
+        speaker = re.search(r"You are (\w+)", system_of(chat))
+        return Answer(text=f"{speaker.group(1) if speaker else '?'} speaks", delay_seconds=0.6)
+
+    mesh: Mesh = await mesh_factory(slow)
+    replica_b = ServiceProcess(
+        ORCHESTRATOR,
+        {
+            **ORCHESTRATOR_ENV,
+            "AGENTMESH_ORCHESTRATOR_PORT": "0",
+            "AGENTMESH_ORCHESTRATOR_MEMORY_TARGET": mesh.services["memory"].address,
+            "AGENTMESH_ORCHESTRATOR_GATEWAY_TARGET": mesh.services["inference-gateway"].address,
+            "AGENTMESH_ORCHESTRATOR_REPLICA_ID": "replica-b",
+        },
+        log_path=mesh.data_dir / "logs" / "orchestrator-b.log",
+    )
+    await replica_b.start()
+    try:
+        async with mesh.client() as client_a, mesh.client(replica_b) as client_b:
+            session = await client_a.create_session(
+                goal="Take turns",
+                inline_agents=[
+                    member("alice", user_template="Round {round}: {goal}"),
+                    member("bob", user_template="Round {round}: {goal}"),
+                ],
+                limits=sessions_pb2.SessionLimits(max_rounds=3),
+            )
+            seen: list[events_pb2.SessionEvent] = []
+            async for event in client_a.run(session.name):
+                seen.append(event)
+                if kinds(seen).count("message_completed") == 2:
+                    break
+            done_before_kill = {
+                (e.agent, _round_of(seen, e)) for e in seen if e.HasField("message_completed")
+            }
+            assert mesh.orchestrator.process is not None
+            mesh.orchestrator.process.send_signal(signal.SIGKILL)
+            await mesh.orchestrator.process.wait()
+
+            rest = await asyncio.wait_for(
+                collect(client_b.events(session.name, after_seq=seen[-1].seq)), 60
+            )
+            details = await client_b.get_session(session.name)
+    finally:
+        await replica_b.stop()
+
+    every = seen + rest
+    assert [e.seq for e in every] == list(range(1, len(every) + 1)), "no gap, no duplicate"
+    assert kinds(rest)[-1] == "session_completed"
+    resumed = [e.session_started for e in rest if e.HasField("session_started")]
+    assert resumed
+    assert resumed[0].resumed
+    assert details.session.lease_owner in ("", "replica-b")
+    assert details.session.rounds_completed == 3
+    calls = Counter(
+        (re.search(r"You are (\w+)", system_of(c)).group(1), last_user(c).split(":")[0])  # type: ignore[union-attr]
+        for c in mesh.provider.requests
+    )
+    for agent, round_number in done_before_kill:
+        key = (agent.rsplit("/", 1)[-1], f"Round {round_number}")
+        assert calls[key] == 1, f"{key} was answered before the kill and must not be repeated"
+    assert len(calls) == 6, "every (agent, round) was answered"
+
+
+def _round_of(events: list[events_pb2.SessionEvent], completed: events_pb2.SessionEvent) -> int:
+    started = next(
+        e.message_started
+        for e in events
+        if e.HasField("message_started") and e.message_id == completed.message_id
+    )
+    return started.round
