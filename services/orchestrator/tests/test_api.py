@@ -16,9 +16,9 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2
 from opentelemetry.sdk.trace import TracerProvider
 
-from agentmesh.common.v1 import agents_pb2, events_pb2, messages_pb2, sessions_pb2
+from agentmesh.common.v1 import agents_pb2, events_pb2, messages_pb2, sessions_pb2, tools_pb2
 from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
-from agentmesh.orchestrator.v1 import orchestrator_pb2
+from agentmesh.orchestrator.v1 import orchestrator_pb2, tool_service_pb2, tool_service_pb2_grpc
 from agentmesh_client.cli import create_api_key
 from agentmesh_client.client import AgentmeshClient
 from agentmesh_common import (
@@ -571,3 +571,157 @@ async def test_send_message_delivers_enqueues_or_rejects(database_url: str) -> N
             assert "after alice" in seen_user_messages, "bob's turn heard the queued message"
     finally:
         await shutdown()
+
+
+# -- external tool servers ---------------------------------------------------------------------
+
+
+class TravelTools(tool_service_pb2_grpc.ToolServiceServicer):
+    """A backend offering tools over ToolService, as any team's service would."""
+
+    def __init__(self, names: tuple[str, ...] = ("weather", "book", "slow", "broken")) -> None:
+        self.names = names
+        self.invoked: list[tool_service_pb2.InvokeToolRequest] = []
+
+    async def ListTools(
+        self, request: tool_service_pb2.ToolServiceListToolsRequest, context: object
+    ) -> tool_service_pb2.ToolServiceListToolsResponse:
+        read_only = tools_pb2.TOOL_PERMISSION_READ_ONLY
+        specs = [
+            tools_pb2.ToolSpec(
+                name=name,
+                description=f"the {name} tool",
+                permission=tools_pb2.TOOL_PERMISSION_READ_WRITE if name == "book" else read_only,
+            )
+            for name in self.names
+        ]
+        return tool_service_pb2.ToolServiceListToolsResponse(tools=specs)
+
+    async def InvokeTool(
+        self, request: tool_service_pb2.InvokeToolRequest, context: grpc.aio.ServicerContext
+    ) -> tool_service_pb2.InvokeToolResponse:
+        self.invoked.append(request)
+        if request.tool == "slow":
+            await asyncio.sleep(5)
+        if request.tool == "broken":
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the booking system is down")
+        result = struct_pb2.Struct()
+        city = request.arguments.fields["city"].string_value
+        result.update({"forecast": f"sunny in {city}"} if request.tool == "weather" else {"ok": 1})
+        return tool_service_pb2.InvokeToolResponse(result=result)
+
+
+@pytest.fixture
+async def travel_tools() -> AsyncIterator[tuple[TravelTools, str]]:
+    servicer = TravelTools()
+    server = grpc.aio.server()
+    tool_service_pb2_grpc.add_ToolServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield servicer, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+def calls_then_answers(*calls: tuple[str, dict[str, object]]) -> Callable[..., Reply]:
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        results = [m for m in request.messages if m.role == messages_pb2.ROLE_TOOL]
+        if len(results) < len(calls):
+            name, arguments = calls[len(results)]
+            args = struct_pb2.Struct()
+            args.update(arguments)
+            call = messages_pb2.ToolCall(id=f"c{len(results)}", name=name, arguments=args)
+            return Reply(tool_calls=[call])
+        return Reply(text="; ".join(m.content for m in results))
+
+    return script
+
+
+async def test_registered_tool_servers_serve_their_tools_to_agents(
+    database_url: str, travel_tools: tuple[TravelTools, str]
+) -> None:
+    servicer, address = travel_tools
+    mesh, shutdown = await start_mesh(
+        database_url, calls_then_answers(("weather", {"city": "Oslo"}), ("broken", {}))
+    )
+    try:
+        async with mesh.client() as client:
+            registered = await client.create_tool_server("travel", address)
+            assert registered.name == "toolServers/travel"
+            assert [t.name for t in registered.tools] == ["weather", "book", "slow", "broken"]
+            tools = {t.spec.name: t.source for t in await client.list_tools()}
+            assert tools["weather"] == "toolServers/travel"
+            assert tools["calculator"] == "builtin"
+            session = await client.create_session(
+                goal="Plan a trip",
+                inline_agents=[agent("guide", tools=["weather", "broken"])],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            events = await collect(client.run(session.name))
+            results = [e.tool_result for e in events if e.HasField("tool_result")]
+            assert results[0].result.fields["forecast"].string_value == "sunny in Oslo"
+            assert results[1].error.code == code_pb2.UNAVAILABLE
+            assert "booking system is down" in results[1].error.message
+            assert kinds(events)[-1] == "session_completed", "tool errors never crash a session"
+            call = servicer.invoked[0]
+            assert (call.tool, call.session, call.agent) == (
+                "weather",
+                session.name,
+                "agents/guide",
+            )
+            assert call.request_id == "c0"
+            await client.delete_tool_server("toolServers/travel")
+            assert "weather" not in {t.spec.name for t in await client.list_tools()}
+    finally:
+        await shutdown()
+
+
+async def test_external_tools_keep_their_permission_and_deadline(
+    database_url: str, travel_tools: tuple[TravelTools, str]
+) -> None:
+    servicer, address = travel_tools
+    judge_script = calls_then_answers(("book", {"city": "Oslo"}), ("slow", {}))
+
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        if system_prompt(request).startswith("Judge"):
+            return judge_script(request)
+        return Reply(text="I booked nothing.")
+
+    mesh, shutdown = await start_mesh(database_url, script)
+    try:
+        async with mesh.client() as client:
+            await client.create_tool_server("travel", address, call_timeout_seconds=0.3)
+            judge = agent("judge", tools=["book", "slow"])
+            session = await client.create_session(
+                goal="Check a booking",
+                inline_agents=[agent("alice"), judge],
+                termination=sessions_pb2.TerminationCondition(judge_agent="judge"),
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            events = await collect(client.run(session.name))
+            results = [e.tool_result for e in events if e.HasField("tool_result")]
+            # The judge gets READ_ONLY tools only: booking is refused and never reaches the server.
+            assert results[0].error.code == code_pb2.PERMISSION_DENIED
+            assert results[1].error.code == code_pb2.DEADLINE_EXCEEDED
+            assert [c.tool for c in servicer.invoked] == ["slow"]
+    finally:
+        await shutdown()
+
+
+async def test_bad_tool_server_registrations_are_refused(
+    mesh: Mesh, travel_tools: tuple[TravelTools, str]
+) -> None:
+    _, address = travel_tools
+    async with mesh.client() as client:
+        with pytest.raises(InvalidArgument) as bad_id:
+            await client.create_tool_server("Bad Id", address)
+        assert bad_id.value.violations[0].field == "tool_server_id"
+        with pytest.raises(FailedPrecondition) as unreachable:
+            await client.create_tool_server("gone", "127.0.0.1:1")
+        assert unreachable.value.reason == "TOOL_SERVER_UNREACHABLE"
+        await client.create_tool_server("travel", address)
+        with pytest.raises(FailedPrecondition) as clash:
+            await client.create_tool_server("travel-two", address)
+        assert clash.value.reason == "TOOL_NAME_TAKEN"
+        assert [s.name for s in await client.list_tool_servers()] == ["toolServers/travel"]
