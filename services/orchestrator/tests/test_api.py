@@ -15,6 +15,8 @@ import pytest
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agentmesh.common.v1 import agents_pb2, events_pb2, messages_pb2, sessions_pb2, tools_pb2
 from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
@@ -725,3 +727,130 @@ async def test_bad_tool_server_registrations_are_refused(
             await client.create_tool_server("travel-two", address)
         assert clash.value.reason == "TOOL_NAME_TAKEN"
         assert [s.name for s in await client.list_tool_servers()] == ["toolServers/travel"]
+
+
+# -- more of the session API -------------------------------------------------------------------
+
+
+async def test_interrupt_stops_the_turn_in_progress_and_the_message_is_heard(
+    database_url: str,
+) -> None:
+    heard: list[str] = []
+
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        users = [m.content for m in request.messages if m.role == messages_pb2.ROLE_USER]
+        heard.extend(users)
+        slow = system_prompt(request).startswith("Alice")
+        return Reply(text="long answer " * 20, chunks=20, delay_seconds=5.0 if slow else 0.0)
+
+    mesh, shutdown = await start_mesh(database_url, script)
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Chat",
+                inline_agents=[agent("alice"), agent("bob")],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            run = client.run(session.name).__aiter__()
+            while (await run.__anext__()).WhichOneof("payload") != "content_delta":
+                pass
+            reply = await client.send_message(
+                session.name, "stop, change of plan", policy=orchestrator_pb2.BUSY_POLICY_INTERRUPT
+            )
+            assert reply.disposition == orchestrator_pb2.MESSAGE_DISPOSITION_INTERRUPTED
+            rest = [event async for event in run]
+            completed = [e.agent for e in rest if e.HasField("message_completed")]
+            assert completed == ["agents/bob"], "alice's interrupted turn never completes"
+            assert kinds(rest)[-1] == "session_completed"
+            assert "stop, change of plan" in heard, "bob's turn heard the interrupting message"
+    finally:
+        await shutdown()
+
+
+async def test_nested_sessions_know_their_children(mesh: Mesh) -> None:
+    async with mesh.client() as client:
+        parent = await client.create_session(goal="Big goal", inline_agents=[agent("alice")])
+        child = await client.create_session(
+            goal="Sub goal", inline_agents=[agent("bob")], parent=parent.name
+        )
+        assert child.parent == parent.name
+        details = await client.get_session(parent.name)
+        assert list(details.children) == [child.name]
+        children = [s.name async for s in client.list_sessions(parent=parent.name)]
+        assert children == [child.name]
+        with pytest.raises(NotFound):
+            await client.create_session(
+                goal="orphan", inline_agents=[agent("c")], parent="sessions/missing"
+            )
+
+
+async def test_tenant_token_budget_refuses_new_runs_with_retry_info(database_url: str) -> None:
+    mesh, shutdown = await start_mesh(
+        database_url, lambda _: Reply(text="word " * 200), tokens_per_minute="100"
+    )
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Talk",
+                inline_agents=[agent("alice")],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            await collect(client.run(session.name))  # spends more than the budget
+            second = await client.create_session(goal="Again", inline_agents=[agent("alice")])
+            with pytest.raises(ResourceExhausted) as caught:
+                await collect(client.run(second.name))
+            assert caught.value.reason == "TENANT_TOKENS_EXHAUSTED"
+            assert caught.value.retry_after is not None
+            assert caught.value.retry_after > 0
+    finally:
+        await shutdown()
+
+
+async def test_router_sends_tool_goals_to_an_agent_with_tools(database_url: str) -> None:
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        if "Classify the goal" in system_prompt(request):
+            return Reply(text=json.dumps({"kind": "tool", "reason": "needs arithmetic"}))
+        if not any(m.role == messages_pb2.ROLE_TOOL for m in request.messages):
+            args = struct_pb2.Struct()
+            args.update({"expression": "2 ** 10"})
+            call = messages_pb2.ToolCall(id="c1", name="calculator", arguments=args)
+            return Reply(tool_calls=[call])
+        return Reply(text="1024")
+
+    mesh, shutdown = await start_mesh(database_url, script)
+    try:
+        async with mesh.client() as client:
+            events = await collect(client.execute("What is 2 to the 10th?"))
+        analysis = next(e.analysis for e in events if e.HasField("analysis"))
+        assert analysis.kind == events_pb2.GOAL_KIND_TOOL
+        result = next(e.tool_result for e in events if e.HasField("tool_result"))
+        assert result.result.fields["value"].number_value == 1024.0
+        assert events[-1].session_completed.final_answer == "1024"
+    finally:
+        await shutdown()
+
+
+async def test_one_trace_spans_the_run_across_orchestrator_and_memory(database_url: str) -> None:
+    mesh, shutdown = await start_mesh(database_url, echo_script)
+    orchestrator_spans = InMemorySpanExporter()
+    memory_spans = InMemorySpanExporter()
+    mesh.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(orchestrator_spans))
+    mesh.memory.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(memory_spans))
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Trace me",
+                inline_agents=[agent("alice")],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            events = await collect(client.run(session.name))
+    finally:
+        await shutdown()
+    run_span = next(s for s in orchestrator_spans.get_finished_spans() if s.name == "session.run")
+    trace_id = run_span.context.trace_id
+    turn_spans = [s for s in orchestrator_spans.get_finished_spans() if s.name == "agent.turn"]
+    assert turn_spans
+    assert {s.context.trace_id for s in turn_spans} == {trace_id}
+    appends = [s for s in memory_spans.get_finished_spans() if s.name.endswith("/AppendEvents")]
+    assert trace_id in {s.context.trace_id for s in appends}, "memory writes join the run's trace"
+    assert {e.trace_id for e in events} == {f"{trace_id:032x}"}
