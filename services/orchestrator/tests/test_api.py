@@ -854,3 +854,23 @@ async def test_one_trace_spans_the_run_across_orchestrator_and_memory(database_u
     appends = [s for s in memory_spans.get_finished_spans() if s.name.endswith("/AppendEvents")]
     assert trace_id in {s.context.trace_id for s in appends}, "memory writes join the run's trace"
     assert {e.trace_id for e in events} == {f"{trace_id:032x}"}
+
+
+async def test_execute_with_a_timeout_ends_cancelled_at_the_deadline(database_url: str) -> None:
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        if "Classify the goal" in system_prompt(request):
+            return Reply(text=json.dumps({"kind": "simple", "reason": "one answer"}))
+        return Reply(text="thinking " * 30, chunks=30, delay_seconds=10.0)
+
+    mesh, shutdown = await start_mesh(database_url, script)
+    try:
+        async with mesh.client() as client:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            events = await collect(client.execute("Ponder", timeout_seconds=1.0))
+            took = loop.time() - started
+        assert kinds(events)[-1] == "session_cancelled"
+        assert events[-1].session_cancelled.reason == "deadline"
+        assert took < 5, f"the deadline should stop the run after ~1 s, took {took:.1f} s"
+    finally:
+        await shutdown()
