@@ -239,7 +239,8 @@ async def test_the_background_sweeper_deletes_expired_rows(
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
             api = Api(channel, tenant)
-            await api.PutMemory(put(f"{BASE}/brief", "x", SHORT, ttl=0.2))
+            # Long enough to be seen stored on a loaded machine, short enough to be swept soon.
+            await api.PutMemory(put(f"{BASE}/brief", "x", SHORT, ttl=1.5))
             await api.PutMemory(put(f"{BASE}/lasting", "y"))
 
             async def stored_keys() -> list[str]:
@@ -248,7 +249,7 @@ async def test_the_background_sweeper_deletes_expired_rows(
                     return sorted((await conn.execute(query)).scalars())
 
             assert await stored_keys() == ["brief", "lasting"]
-            for _ in range(50):
+            for _ in range(100):
                 if await stored_keys() == ["lasting"]:
                     break
                 await asyncio.sleep(0.1)

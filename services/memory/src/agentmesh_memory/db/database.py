@@ -13,6 +13,7 @@ Errors of the driver are translated once, here: a pool or connection failure bec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -86,6 +87,9 @@ class Database:
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         self._metrics = _DbMetrics(metrics)
         self._probes: set[asyncio.Future[None]] = set()
+        self._open_transactions = 0
+        self._all_closed = asyncio.Event()
+        self._all_closed.set()
         self._instrument()
 
     @classmethod
@@ -179,6 +183,8 @@ class Database:
     ) -> AsyncIterator[AsyncConnection]:
         started = time.perf_counter()
         outcome = "ok"
+        self._open_transactions += 1
+        self._all_closed.clear()
         try:
             async with self.engine.connect() as conn:
                 transaction = await conn.begin()
@@ -208,6 +214,9 @@ class Database:
                 ) from error
             raise
         finally:
+            self._open_transactions -= 1
+            if self._open_transactions == 0:
+                self._all_closed.set()
             self._metrics.operation.labels(operation, outcome).observe(
                 time.perf_counter() - started
             )
@@ -229,8 +238,14 @@ class Database:
             await conn.execute(sa.text("SELECT 1"))
 
     async def close(self) -> None:
+        """Wait (bounded) for transactions still running, e.g. a read a cancelled watch
+        shielded, so every connection is back in the pool, then dispose of the engine."""
         if self._probes:
             await asyncio.wait(self._probes, timeout=self.options.pool_timeout_seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                self._all_closed.wait(), timeout=self.options.pool_timeout_seconds
+            )
         await self.engine.dispose()
 
 
