@@ -220,6 +220,39 @@ def _settings_rows(module: str, class_name: str) -> Iterator[tuple[str, str, str
         yield f"{prefix}{name.upper()}", annotation, default, info.description or ""
 
 
+ROUTES_MODELS = [
+    ("top level", "RoutesFileSpec"),
+    ("a deployment (an item of a route's list)", "DeploymentSpec"),
+    ("a tenant (under `tenants`)", "TenantSpec"),
+]
+
+
+def _constraint(marker: object) -> str:
+    """`Ge(ge=1)` -> `>= 1`, `MinLen(min_length=1)` -> `at least 1 item`."""
+    for attribute, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+        if hasattr(marker, attribute):
+            return f"{symbol} {getattr(marker, attribute)}"
+    if hasattr(marker, "min_length"):
+        return f"at least {marker.min_length} item(s)"
+    return str(marker)
+
+
+def _routes_rows(class_name: str) -> Iterator[tuple[str, str, str, str]]:
+    model = getattr(importlib.import_module("agentmesh_gateway.routes"), class_name)
+    fields: dict[str, FieldInfo] = model.model_fields
+    for name, info in fields.items():
+        annotation = str(info.annotation).replace("typing.", "")
+        if isinstance(info.annotation, type):
+            annotation = info.annotation.__name__
+        annotation = re.sub(r"agentmesh_gateway\.\w+\.", "", annotation)
+        default = "" if info.is_required() else repr(info.get_default(call_default_factory=True))
+        limits = ", ".join(_constraint(m) for m in info.metadata)
+        description = info.description or ""
+        if limits:
+            description = f"{description} ({limits})"
+        yield name, annotation, default, description
+
+
 def configuration_markdown() -> str:
     """docs/configuration.md."""
     lines = [
@@ -240,6 +273,21 @@ def configuration_markdown() -> str:
             cell = f"`{default}`" if default else ""
             lines.append(
                 f"| `{variable}` | `{_cell(annotation)}` | {_cell(cell)} | {_cell(description)} |"
+            )
+        lines.append("")
+    lines += [
+        "## Gateway routes file",
+        "",
+        "The YAML file named by `AGENTMESH_GATEWAY_ROUTES_FILE`; an example for every provider",
+        "with fallback is `deploy/routes.example.yaml`.",
+        "",
+    ]
+    for title, class_name in ROUTES_MODELS:
+        lines += [f"### {title}", "", "| field | type | default | meaning |", "|---|---|---|---|"]
+        for name, annotation, default, description in _routes_rows(class_name):
+            cell = f"`{default}`" if default else ""
+            lines.append(
+                f"| `{name}` | `{_cell(annotation)}` | {_cell(cell)} | {_cell(description)} |"
             )
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -97,26 +97,59 @@ class RouteTable:
         return self.tenants.get(tenant, self.default_tenant)
 
 
-class _DeploymentModel(BaseModel):
+class DeploymentSpec(BaseModel):
+    """One deployment of a route in the routes file."""
+
     model_config = ConfigDict(extra="forbid")
 
-    name: str = ""
-    provider: ProviderName
-    model: str = Field(min_length=1)
-    api_key_env: str | list[str] = Field(default_factory=list)
-    api_key_file: str | list[str] = Field(default_factory=list)
-    base_url: str = ""
-    headers: dict[str, str] = Field(default_factory=dict)
-    timeout: float = Field(default=60.0, gt=0, le=3600)
-    rpm: int = Field(default=0, ge=0)
-    tpm: int = Field(default=0, ge=0)
-    weight: int = Field(default=1, ge=1, le=1000)
-    priority: int = Field(default=0, ge=0)
-    input_price_per_million: float = Field(default=0.0, ge=0)
-    output_price_per_million: float = Field(default=0.0, ge=0)
-    context_window: int = Field(default=0, ge=0)
-    max_retries: int = Field(default=2, ge=0, le=10)
-    stream: bool = True
+    name: str = Field(default="", description='Unique name; defaults to "<route>-<index>".')
+    provider: ProviderName = Field(
+        description="openai, anthropic, gemini, xai, groq, ollama, openai_compatible or local."
+    )
+    model: str = Field(min_length=1, description="Model name as the provider knows it.")
+    api_key_env: str | list[str] = Field(
+        default_factory=list,
+        description="Environment variable(s) holding API keys; several are rotated.",
+    )
+    api_key_file: str | list[str] = Field(
+        default_factory=list, description="Mounted secret file(s) holding API keys."
+    )
+    base_url: str = Field(
+        default="",
+        description="Provider URL (default: its public endpoint); host:port for local.",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Extra HTTP headers sent with every request."
+    )
+    timeout: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="Seconds to connect and to wait for each chunk (local: the whole call).",
+    )
+    rpm: int = Field(default=0, ge=0, description="Requests per minute allowed; 0: no limit.")
+    tpm: int = Field(default=0, ge=0, description="Tokens per minute allowed; 0: no limit.")
+    weight: int = Field(
+        default=1, ge=1, le=1000, description="Share of load among deployments of one priority."
+    )
+    priority: int = Field(default=0, ge=0, description="Lower is tried first; higher: fallback.")
+    input_price_per_million: float = Field(
+        default=0.0, ge=0, description="USD per million prompt tokens (for cost)."
+    )
+    output_price_per_million: float = Field(
+        default=0.0, ge=0, description="USD per million completion tokens (for cost)."
+    )
+    context_window: int = Field(
+        default=0,
+        ge=0,
+        description="Context window in tokens; context-length errors fall back to a larger one.",
+    )
+    max_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries on this deployment before falling back."
+    )
+    stream: bool = Field(
+        default=True, description="Stream the response; false: one request, replayed as events."
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -126,24 +159,40 @@ class _DeploymentModel(BaseModel):
         return value
 
 
-class _TenantModel(BaseModel):
+class TenantSpec(BaseModel):
+    """Per-tenant limits in the routes file."""
+
     model_config = ConfigDict(extra="forbid")
-    rpm: int = Field(default=0, ge=0)
-    tpm: int = Field(default=0, ge=0)
+    rpm: int = Field(default=0, ge=0, description="Requests per minute; 0: no limit.")
+    tpm: int = Field(default=0, ge=0, description="Tokens per minute; 0: no limit.")
 
 
-class _FileModel(BaseModel):
+class RoutesFileSpec(BaseModel):
+    """The top level of the routes file."""
+
     model_config = ConfigDict(extra="forbid")
 
-    routes: dict[str, list[_DeploymentModel]] = Field(min_length=1)
-    tenants: dict[str, _TenantModel] = Field(default_factory=dict)
-    circuit_failure_threshold: int = Field(default=5, ge=1)
-    circuit_cooldown_seconds: float = Field(default=30.0, gt=0)
-    max_retry_wait_seconds: float = Field(default=10.0, ge=0)
+    routes: dict[str, list[DeploymentSpec]] = Field(
+        min_length=1, description="Route name to its deployments, in fallback order."
+    )
+    tenants: dict[str, TenantSpec] = Field(
+        default_factory=dict, description="Per-tenant limits; key `default` applies to others."
+    )
+    circuit_failure_threshold: int = Field(
+        default=5, ge=1, description="Failures in a row that open a deployment's circuit."
+    )
+    circuit_cooldown_seconds: float = Field(
+        default=30.0, gt=0, description="How long an open circuit skips its deployment."
+    )
+    max_retry_wait_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="A provider retry hint longer than this falls back instead of waiting.",
+    )
 
     @field_validator("routes")
     @classmethod
-    def _non_empty(cls, value: dict[str, list[_DeploymentModel]]) -> Any:
+    def _non_empty(cls, value: dict[str, list[DeploymentSpec]]) -> Any:
         for name, deployments in value.items():
             if not deployments:
                 raise ValueError(f"route {name!r} has no deployments")
@@ -201,7 +250,7 @@ def load_routes(path: Path, environ: Mapping[str, str] | None = None) -> RouteTa
     if node is not None:
         _line_index(node, (), lines)
     try:
-        parsed = _FileModel.model_validate(data if data is not None else {})
+        parsed = RoutesFileSpec.model_validate(data if data is not None else {})
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = tuple(first["loc"])
