@@ -4,6 +4,7 @@ service (SQLite and PostgreSQL), driven with the Python client; models are scrip
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -17,12 +18,14 @@ from google.rpc import code_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from rich.console import Console
 
 from agentmesh.common.v1 import agents_pb2, events_pb2, messages_pb2, sessions_pb2, tools_pb2
 from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from agentmesh.orchestrator.v1 import orchestrator_pb2, tool_service_pb2, tool_service_pb2_grpc
 from agentmesh_client.cli import create_api_key
 from agentmesh_client.client import AgentmeshClient
+from agentmesh_client.demo import run_demo
 from agentmesh_common import (
     FailedPrecondition,
     InvalidArgument,
@@ -874,3 +877,17 @@ async def test_execute_with_a_timeout_ends_cancelled_at_the_deadline(database_ur
         assert took < 5, f"the deadline should stop the run after ~1 s, took {took:.1f} s"
     finally:
         await shutdown()
+
+
+async def test_the_make_run_demo_runs_a_session_and_draws_its_answer(mesh: Mesh) -> None:
+    output = io.StringIO()
+    console = Console(file=output, width=100, force_terminal=False)
+    name = await run_demo(f"127.0.0.1:{mesh.orchestrator.port}", mesh.keys["acme"], console)
+    async with mesh.client() as client:
+        details = await client.get_session(name)
+    assert details.session.status == sessions_pb2.SESSION_STATUS_COMPLETED
+    assert [a.name for a in details.agents] == ["agents/optimist", "agents/critic"]
+    text = output.getvalue()
+    assert "meaningless by design" in text
+    assert "final answer" in text
+    assert details.session.final_answer in text
