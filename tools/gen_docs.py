@@ -80,6 +80,11 @@ REASON_GUIDANCE: dict[str, str] = {
     "DATABASE_TIMEOUT": "A query hit the statement timeout; retry, or ask for less.",
     "DATABASE_UNAVAILABLE": "The database cannot be reached; retry with backoff.",
     "SCHEMA_OUTDATED": "Run the migrations (alembic upgrade head) before starting memory.",
+    "TOOL_SERVER_EXISTS": "A tool server with that id exists; pick another id or delete it.",
+    "TOOL_SERVER_NOT_FOUND": "No such tool server for your tenant; list tool servers.",
+    "TOOL_SERVER_UNREACHABLE": "The address did not answer ToolService.ListTools; check it.",
+    "TOOL_SERVER_INVALID": "The server lists a tool with an invalid name; fix the server.",
+    "TOOL_NAME_TAKEN": "A built-in or registered tool has that name; rename the tool.",
     # inference gateway
     "ROUTE_NOT_FOUND": "No such route in the routes file; list models to see the routes.",
     "DEPLOYMENT_NOT_FOUND": "No deployment serves that provider and model; check the routes.",

@@ -71,16 +71,13 @@ async def _probe_gateway(channel: grpc.aio.Channel) -> str:
 
 
 async def _probe_orchestrator(channel: grpc.aio.Channel) -> str:
-    """An RPC not built yet answers UNIMPLEMENTED naming the method."""
+    """Every public call needs an API key: without one it is refused, naming the reason."""
     stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
     error = await _expect_error(
-        stub.CreateToolServer(orchestrator_pb2.CreateToolServerRequest()),
-        grpc.StatusCode.UNIMPLEMENTED,
+        stub.ListTools(orchestrator_pb2.ListToolsRequest()), grpc.StatusCode.UNAUTHENTICATED
     )
-    assert error.details() == (
-        "/agentmesh.orchestrator.v1.OrchestratorService/CreateToolServer is not implemented yet"
-    )
-    return "UNIMPLEMENTED"
+    assert "API key" in (error.details() or "")
+    return "UNAUTHENTICATED"
 
 
 CASES: dict[str, tuple[ServiceSpec, str, str, Probe]] = {
@@ -100,7 +97,7 @@ CASES: dict[str, tuple[ServiceSpec, str, str, Probe]] = {
     "orchestrator": (
         ORCHESTRATOR,
         "agentmesh.orchestrator.v1.OrchestratorService",
-        "CreateToolServer",
+        "ListTools",
         _probe_orchestrator,
     ),
 }

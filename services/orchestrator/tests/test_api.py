@@ -15,10 +15,12 @@ import pytest
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agentmesh.common.v1 import agents_pb2, events_pb2, messages_pb2, sessions_pb2
+from agentmesh.common.v1 import agents_pb2, events_pb2, messages_pb2, sessions_pb2, tools_pb2
 from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
-from agentmesh.orchestrator.v1 import orchestrator_pb2
+from agentmesh.orchestrator.v1 import orchestrator_pb2, tool_service_pb2, tool_service_pb2_grpc
 from agentmesh_client.cli import create_api_key
 from agentmesh_client.client import AgentmeshClient
 from agentmesh_common import (
@@ -569,5 +571,306 @@ async def test_send_message_delivers_enqueues_or_rejects(database_url: str) -> N
             assert "user_message" in kinds(rest)
             assert "before we start" in seen_user_messages
             assert "after alice" in seen_user_messages, "bob's turn heard the queued message"
+    finally:
+        await shutdown()
+
+
+# -- external tool servers ---------------------------------------------------------------------
+
+
+class TravelTools(tool_service_pb2_grpc.ToolServiceServicer):
+    """A backend offering tools over ToolService, as any team's service would."""
+
+    def __init__(self, names: tuple[str, ...] = ("weather", "book", "slow", "broken")) -> None:
+        self.names = names
+        self.invoked: list[tool_service_pb2.InvokeToolRequest] = []
+
+    async def ListTools(
+        self, request: tool_service_pb2.ToolServiceListToolsRequest, context: object
+    ) -> tool_service_pb2.ToolServiceListToolsResponse:
+        read_only = tools_pb2.TOOL_PERMISSION_READ_ONLY
+        specs = [
+            tools_pb2.ToolSpec(
+                name=name,
+                description=f"the {name} tool",
+                permission=tools_pb2.TOOL_PERMISSION_READ_WRITE if name == "book" else read_only,
+            )
+            for name in self.names
+        ]
+        return tool_service_pb2.ToolServiceListToolsResponse(tools=specs)
+
+    async def InvokeTool(
+        self, request: tool_service_pb2.InvokeToolRequest, context: grpc.aio.ServicerContext
+    ) -> tool_service_pb2.InvokeToolResponse:
+        self.invoked.append(request)
+        if request.tool == "slow":
+            await asyncio.sleep(5)
+        if request.tool == "broken":
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the booking system is down")
+        result = struct_pb2.Struct()
+        city = request.arguments.fields["city"].string_value
+        result.update({"forecast": f"sunny in {city}"} if request.tool == "weather" else {"ok": 1})
+        return tool_service_pb2.InvokeToolResponse(result=result)
+
+
+@pytest.fixture
+async def travel_tools() -> AsyncIterator[tuple[TravelTools, str]]:
+    servicer = TravelTools()
+    server = grpc.aio.server()
+    tool_service_pb2_grpc.add_ToolServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield servicer, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+
+
+def calls_then_answers(*calls: tuple[str, dict[str, object]]) -> Callable[..., Reply]:
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        results = [m for m in request.messages if m.role == messages_pb2.ROLE_TOOL]
+        if len(results) < len(calls):
+            name, arguments = calls[len(results)]
+            args = struct_pb2.Struct()
+            args.update(arguments)
+            call = messages_pb2.ToolCall(id=f"c{len(results)}", name=name, arguments=args)
+            return Reply(tool_calls=[call])
+        return Reply(text="; ".join(m.content for m in results))
+
+    return script
+
+
+async def test_registered_tool_servers_serve_their_tools_to_agents(
+    database_url: str, travel_tools: tuple[TravelTools, str]
+) -> None:
+    servicer, address = travel_tools
+    mesh, shutdown = await start_mesh(
+        database_url, calls_then_answers(("weather", {"city": "Oslo"}), ("broken", {}))
+    )
+    try:
+        async with mesh.client() as client:
+            registered = await client.create_tool_server("travel", address)
+            assert registered.name == "toolServers/travel"
+            assert [t.name for t in registered.tools] == ["weather", "book", "slow", "broken"]
+            tools = {t.spec.name: t.source for t in await client.list_tools()}
+            assert tools["weather"] == "toolServers/travel"
+            assert tools["calculator"] == "builtin"
+            session = await client.create_session(
+                goal="Plan a trip",
+                inline_agents=[agent("guide", tools=["weather", "broken"])],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            events = await collect(client.run(session.name))
+            results = [e.tool_result for e in events if e.HasField("tool_result")]
+            assert results[0].result.fields["forecast"].string_value == "sunny in Oslo"
+            assert results[1].error.code == code_pb2.UNAVAILABLE
+            assert "booking system is down" in results[1].error.message
+            assert kinds(events)[-1] == "session_completed", "tool errors never crash a session"
+            call = servicer.invoked[0]
+            assert (call.tool, call.session, call.agent) == (
+                "weather",
+                session.name,
+                "agents/guide",
+            )
+            assert call.request_id == "c0"
+            await client.delete_tool_server("toolServers/travel")
+            assert "weather" not in {t.spec.name for t in await client.list_tools()}
+    finally:
+        await shutdown()
+
+
+async def test_external_tools_keep_their_permission_and_deadline(
+    database_url: str, travel_tools: tuple[TravelTools, str]
+) -> None:
+    servicer, address = travel_tools
+    judge_script = calls_then_answers(("book", {"city": "Oslo"}), ("slow", {}))
+
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        if system_prompt(request).startswith("Judge"):
+            return judge_script(request)
+        return Reply(text="I booked nothing.")
+
+    mesh, shutdown = await start_mesh(database_url, script)
+    try:
+        async with mesh.client() as client:
+            await client.create_tool_server("travel", address, call_timeout_seconds=0.3)
+            judge = agent("judge", tools=["book", "slow"])
+            session = await client.create_session(
+                goal="Check a booking",
+                inline_agents=[agent("alice"), judge],
+                termination=sessions_pb2.TerminationCondition(judge_agent="judge"),
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            events = await collect(client.run(session.name))
+            results = [e.tool_result for e in events if e.HasField("tool_result")]
+            # The judge gets READ_ONLY tools only: booking is refused and never reaches the server.
+            assert results[0].error.code == code_pb2.PERMISSION_DENIED
+            assert results[1].error.code == code_pb2.DEADLINE_EXCEEDED
+            assert [c.tool for c in servicer.invoked] == ["slow"]
+    finally:
+        await shutdown()
+
+
+async def test_bad_tool_server_registrations_are_refused(
+    mesh: Mesh, travel_tools: tuple[TravelTools, str]
+) -> None:
+    _, address = travel_tools
+    async with mesh.client() as client:
+        with pytest.raises(InvalidArgument) as bad_id:
+            await client.create_tool_server("Bad Id", address)
+        assert bad_id.value.violations[0].field == "tool_server_id"
+        with pytest.raises(FailedPrecondition) as unreachable:
+            await client.create_tool_server("gone", "127.0.0.1:1")
+        assert unreachable.value.reason == "TOOL_SERVER_UNREACHABLE"
+        await client.create_tool_server("travel", address)
+        with pytest.raises(FailedPrecondition) as clash:
+            await client.create_tool_server("travel-two", address)
+        assert clash.value.reason == "TOOL_NAME_TAKEN"
+        assert [s.name for s in await client.list_tool_servers()] == ["toolServers/travel"]
+
+
+# -- more of the session API -------------------------------------------------------------------
+
+
+async def test_interrupt_stops_the_turn_in_progress_and_the_message_is_heard(
+    database_url: str,
+) -> None:
+    heard: list[str] = []
+
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        users = [m.content for m in request.messages if m.role == messages_pb2.ROLE_USER]
+        heard.extend(users)
+        slow = system_prompt(request).startswith("Alice")
+        return Reply(text="long answer " * 20, chunks=20, delay_seconds=5.0 if slow else 0.0)
+
+    mesh, shutdown = await start_mesh(database_url, script)
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Chat",
+                inline_agents=[agent("alice"), agent("bob")],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            run = client.run(session.name).__aiter__()
+            while (await run.__anext__()).WhichOneof("payload") != "content_delta":
+                pass
+            reply = await client.send_message(
+                session.name, "stop, change of plan", policy=orchestrator_pb2.BUSY_POLICY_INTERRUPT
+            )
+            assert reply.disposition == orchestrator_pb2.MESSAGE_DISPOSITION_INTERRUPTED
+            rest = [event async for event in run]
+            completed = [e.agent for e in rest if e.HasField("message_completed")]
+            assert completed == ["agents/bob"], "alice's interrupted turn never completes"
+            assert kinds(rest)[-1] == "session_completed"
+            assert "stop, change of plan" in heard, "bob's turn heard the interrupting message"
+    finally:
+        await shutdown()
+
+
+async def test_nested_sessions_know_their_children(mesh: Mesh) -> None:
+    async with mesh.client() as client:
+        parent = await client.create_session(goal="Big goal", inline_agents=[agent("alice")])
+        child = await client.create_session(
+            goal="Sub goal", inline_agents=[agent("bob")], parent=parent.name
+        )
+        assert child.parent == parent.name
+        details = await client.get_session(parent.name)
+        assert list(details.children) == [child.name]
+        children = [s.name async for s in client.list_sessions(parent=parent.name)]
+        assert children == [child.name]
+        with pytest.raises(NotFound):
+            await client.create_session(
+                goal="orphan", inline_agents=[agent("c")], parent="sessions/missing"
+            )
+
+
+async def test_tenant_token_budget_refuses_new_runs_with_retry_info(database_url: str) -> None:
+    mesh, shutdown = await start_mesh(
+        database_url, lambda _: Reply(text="word " * 200), tokens_per_minute="100"
+    )
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Talk",
+                inline_agents=[agent("alice")],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            await collect(client.run(session.name))  # spends more than the budget
+            second = await client.create_session(goal="Again", inline_agents=[agent("alice")])
+            with pytest.raises(ResourceExhausted) as caught:
+                await collect(client.run(second.name))
+            assert caught.value.reason == "TENANT_TOKENS_EXHAUSTED"
+            assert caught.value.retry_after is not None
+            assert caught.value.retry_after > 0
+    finally:
+        await shutdown()
+
+
+async def test_router_sends_tool_goals_to_an_agent_with_tools(database_url: str) -> None:
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        if "Classify the goal" in system_prompt(request):
+            return Reply(text=json.dumps({"kind": "tool", "reason": "needs arithmetic"}))
+        if not any(m.role == messages_pb2.ROLE_TOOL for m in request.messages):
+            args = struct_pb2.Struct()
+            args.update({"expression": "2 ** 10"})
+            call = messages_pb2.ToolCall(id="c1", name="calculator", arguments=args)
+            return Reply(tool_calls=[call])
+        return Reply(text="1024")
+
+    mesh, shutdown = await start_mesh(database_url, script)
+    try:
+        async with mesh.client() as client:
+            events = await collect(client.execute("What is 2 to the 10th?"))
+        analysis = next(e.analysis for e in events if e.HasField("analysis"))
+        assert analysis.kind == events_pb2.GOAL_KIND_TOOL
+        result = next(e.tool_result for e in events if e.HasField("tool_result"))
+        assert result.result.fields["value"].number_value == 1024.0
+        assert events[-1].session_completed.final_answer == "1024"
+    finally:
+        await shutdown()
+
+
+async def test_one_trace_spans_the_run_across_orchestrator_and_memory(database_url: str) -> None:
+    mesh, shutdown = await start_mesh(database_url, echo_script)
+    orchestrator_spans = InMemorySpanExporter()
+    memory_spans = InMemorySpanExporter()
+    mesh.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(orchestrator_spans))
+    mesh.memory.telemetry.tracer_provider.add_span_processor(SimpleSpanProcessor(memory_spans))
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Trace me",
+                inline_agents=[agent("alice")],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            events = await collect(client.run(session.name))
+    finally:
+        await shutdown()
+    run_span = next(s for s in orchestrator_spans.get_finished_spans() if s.name == "session.run")
+    trace_id = run_span.context.trace_id
+    turn_spans = [s for s in orchestrator_spans.get_finished_spans() if s.name == "agent.turn"]
+    assert turn_spans
+    assert {s.context.trace_id for s in turn_spans} == {trace_id}
+    appends = [s for s in memory_spans.get_finished_spans() if s.name.endswith("/AppendEvents")]
+    assert trace_id in {s.context.trace_id for s in appends}, "memory writes join the run's trace"
+    assert {e.trace_id for e in events} == {f"{trace_id:032x}"}
+
+
+async def test_execute_with_a_timeout_ends_cancelled_at_the_deadline(database_url: str) -> None:
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        if "Classify the goal" in system_prompt(request):
+            return Reply(text=json.dumps({"kind": "simple", "reason": "one answer"}))
+        return Reply(text="thinking " * 30, chunks=30, delay_seconds=10.0)
+
+    mesh, shutdown = await start_mesh(database_url, script)
+    try:
+        async with mesh.client() as client:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            events = await collect(client.execute("Ponder", timeout_seconds=1.0))
+            took = loop.time() - started
+        assert kinds(events)[-1] == "session_cancelled"
+        assert events[-1].session_cancelled.reason == "deadline"
+        assert took < 5, f"the deadline should stop the run after ~1 s, took {took:.1f} s"
     finally:
         await shutdown()

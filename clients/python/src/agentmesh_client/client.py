@@ -412,6 +412,41 @@ class AgentmeshClient:
         )
         return reply.settings
 
+    async def create_tool_server(
+        self,
+        tool_server_id: str,
+        address: str,
+        *,
+        description: str = "",
+        call_timeout_seconds: float | None = None,
+        use_tls: bool = False,
+    ) -> orchestrator_pb2.ToolServer:
+        """Register a backend implementing ToolService; its tools become available."""
+        server = orchestrator_pb2.ToolServer(
+            address=address, description=description, use_tls=use_tls
+        )
+        if call_timeout_seconds is not None:
+            server.call_timeout.CopyFrom(_duration(call_timeout_seconds))
+        reply = await self._call(
+            self._stub.CreateToolServer,
+            orchestrator_pb2.CreateToolServerRequest(
+                tool_server=server, tool_server_id=tool_server_id, request_id=uuid.uuid4().hex
+            ),
+        )
+        return reply.tool_server
+
+    async def list_tool_servers(self) -> list[orchestrator_pb2.ToolServer]:
+        reply = await self._call(
+            self._stub.ListToolServers, orchestrator_pb2.ListToolServersRequest(page_size=1000)
+        )
+        return list(reply.tool_servers)
+
+    async def delete_tool_server(self, name: str) -> None:
+        await self._call(
+            self._stub.DeleteToolServer,
+            orchestrator_pb2.DeleteToolServerRequest(name=name, request_id=uuid.uuid4().hex),
+        )
+
     async def list_tools(self) -> list[orchestrator_pb2.AvailableTool]:
         reply = await self._call(self._stub.ListTools, orchestrator_pb2.ListToolsRequest())
         return list(reply.tools)

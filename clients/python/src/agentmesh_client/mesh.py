@@ -206,9 +206,7 @@ async def start_mesh(
             port = (ports or {}).get(spec.name, spec.default_port)
             env = service_environment(spec, data_dir, running, port)
             env.update((extra_env or {}).get(spec.name, {}))
-            service = ServiceProcess(
-                spec, env, log_path=data_dir / "logs" / f"{spec.name}.log"
-            )
+            service = ServiceProcess(spec, env, log_path=data_dir / "logs" / f"{spec.name}.log")
             running[spec.name] = service
             await service.start()
             await service.wait_healthy()

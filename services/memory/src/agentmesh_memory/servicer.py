@@ -217,6 +217,27 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> pb.ReleaseLeaseResponse:
         return await _complete(self._s.sessions.release_lease(tenant_of(context), request))
 
+    # Tool servers
+    async def CreateToolServer(
+        self, request: pb.CreateToolServerRequest, context: Context
+    ) -> pb.CreateToolServerResponse:
+        return await _complete(self._s.tool_servers.create(tenant_of(context), request))
+
+    async def GetToolServer(
+        self, request: pb.GetToolServerRequest, context: Context
+    ) -> pb.GetToolServerResponse:
+        return await _complete(self._s.tool_servers.get(tenant_of(context), request))
+
+    async def ListToolServers(
+        self, request: pb.ListToolServersRequest, context: Context
+    ) -> pb.ListToolServersResponse:
+        return await _complete(self._s.tool_servers.list(tenant_of(context), request))
+
+    async def DeleteToolServer(
+        self, request: pb.DeleteToolServerRequest, context: Context
+    ) -> pb.DeleteToolServerResponse:
+        return await _complete(self._s.tool_servers.delete(tenant_of(context), request))
+
     async def ListOrphanedSessions(
         self, request: pb.ListOrphanedSessionsRequest, context: Context
     ) -> pb.ListOrphanedSessionsResponse:

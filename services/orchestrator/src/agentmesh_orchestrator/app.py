@@ -22,6 +22,7 @@ from .service import OrchestratorApp, resolve_agents
 from .servicer import OrchestratorServicer
 from .sessions import LeaseSettings, SessionManager
 from .settings import OrchestratorSettings
+from .tool_servers import ToolCatalog
 from .tools import builtin_tools, memory_tools
 
 SERVICE_NAME = "orchestrator"
@@ -62,6 +63,8 @@ def compose(
 ) -> list[Registration]:
     """Wire the orchestrator over a memory client and a model gateway (tests inject theirs)."""
     tools = builtin_tools() | memory_tools(memory)
+    catalog_tools = ToolCatalog(memory, tools)
+    stack.push_async_callback(catalog_tools.close)
     metrics = OrchestratorMetrics.create(telemetry.registry)
     engine = SessionEngine(
         store=memory,
@@ -78,6 +81,7 @@ def compose(
         owner=settings.replica_id,
         lease=LeaseSettings(ttl_seconds=settings.lease_ttl_seconds),
         metrics=metrics,
+        tools_for=catalog_tools.tools_for,
     )
     stack.push_async_callback(manager.shutdown)
     takeover = asyncio.create_task(
@@ -106,7 +110,7 @@ def compose(
             requests_per_minute=settings.requests_per_minute,
             tokens_per_minute=settings.tokens_per_minute,
         ),
-        tools=tools,
+        catalog_tools=catalog_tools,
     )
     return [
         Registration(

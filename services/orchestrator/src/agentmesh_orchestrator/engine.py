@@ -151,6 +151,7 @@ class SessionRun:
     inbox: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
     cancel_reason: str = "cancel_session"
     abandoned: bool = False
+    tools: Mapping[str, Tool] = field(default_factory=dict)
     current_turn: asyncio.Task[TurnOutcome] | None = None
     interrupt_requested: bool = False
 
@@ -200,8 +201,10 @@ class SessionEngine:
         *,
         trace_id: str = "",
         last_seq: int = 0,
+        tools: Mapping[str, Tool] | None = None,
     ) -> SessionRun:
-        """Prepare a run of `session` (nothing is emitted yet)."""
+        """Prepare a run of `session` (nothing is emitted yet); `tools` is the tenant's
+        catalog (the engine's own tools when not given)."""
         recorder = EventRecorder(
             self._store, tenant=tenant, session=session.name, trace_id=trace_id
         )
@@ -227,6 +230,7 @@ class SessionEngine:
             meter=meter,
             turns=turns,
             limits=Limits.of(session, self._settings),
+            tools=tools if tools is not None else self._tools,
         )
 
     async def run(
@@ -400,7 +404,7 @@ class SessionEngine:
                 agent=agent,
                 prompt=prompt,
                 history=history,
-                tools=self._toolbox(agent, read_only=False),
+                tools=self._toolbox(run, agent, read_only=False),
                 idempotency_key=run.key(f"r{round_number}-{agent.label}"),
                 round=round_number,
             )
@@ -417,7 +421,7 @@ class SessionEngine:
                 agent=judge,
                 prompt=JUDGE_PROMPT.format(goal=run.session.goal, round=round_number),
                 history=history,
-                tools=self._toolbox(judge, read_only=True),
+                tools=self._toolbox(run, judge, read_only=True),
                 idempotency_key=run.key(f"r{round_number}-judge-{judge.label}"),
                 round=round_number,
             )
@@ -444,7 +448,7 @@ class SessionEngine:
                         )
                     ),
                     history=(),
-                    tools=self._toolbox(agent, read_only=False),
+                    tools=self._toolbox(run, agent, read_only=False),
                     idempotency_key=run.key(f"stage-{stage_name}"),
                 )
             )
@@ -503,7 +507,7 @@ class SessionEngine:
                     )
                 ),
                 history=(),
-                tools=self._toolbox(synthesizer, read_only=True),
+                tools=self._toolbox(run, synthesizer, read_only=True),
                 idempotency_key=run.key(f"synthesis-r{run.session.plan.revision}"),
             )
         )
@@ -662,7 +666,7 @@ class SessionEngine:
                             )
                         ),
                         history=(),
-                        tools=self._toolbox(executor, read_only=True),
+                        tools=self._toolbox(run, executor, read_only=True),
                         idempotency_key=run.key(f"task-{proto.task_id}-a{attempt}"),
                         task_id=proto.task_id,
                     )
@@ -755,7 +759,7 @@ class SessionEngine:
             agent = candidates[0]
         elif wants_tools:
             agent = self._default_agent(
-                run, AgentKind.EXECUTOR, "tool-user", tools=sorted(self._tools)
+                run, AgentKind.EXECUTOR, "tool-user", tools=sorted(run.tools)
             )
         else:
             agent = self._default_agent(run, AgentKind.CUSTOM, "assistant")
@@ -883,8 +887,8 @@ class SessionEngine:
         budget = run.limits.max_total_tokens
         return budget > 0 and run.meter.total.total_tokens >= budget
 
-    def _toolbox(self, agent: SessionAgent, *, read_only: bool) -> ToolBox:
-        return ToolBox(self._tools, agent.definition.tools, read_only=read_only)
+    def _toolbox(self, run: SessionRun, agent: SessionAgent, *, read_only: bool) -> ToolBox:
+        return ToolBox(run.tools, agent.definition.tools, read_only=read_only)
 
     def _member(self, run: SessionRun, name: str, field_name: str) -> SessionAgent:
         for agent in run.agents:

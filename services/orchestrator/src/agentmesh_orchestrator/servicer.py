@@ -23,9 +23,9 @@ from agentmesh_common import from_rpc_error
 
 from .adapters.memory_client import MemoryClient
 from .edge import Authenticator, RateLimiter
-from .service import OrchestratorApp, invalid
+from .service import OrchestratorApp
 from .sessions import TERMINAL_EVENTS, SessionManager
-from .tools import Tool
+from .tool_servers import ToolCatalog, as_public
 
 Context = Any  # grpc.aio.ServicerContext: its stubs are generic, the runtime class is not
 T = TypeVar("T")
@@ -43,7 +43,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         manager: SessionManager,
         auth: Authenticator,
         limiter: RateLimiter,
-        tools: dict[str, Tool],
+        catalog_tools: ToolCatalog,
     ) -> None:
         self._app = app
         self._memory = memory
@@ -51,7 +51,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self._manager = manager
         self._auth = auth
         self._limiter = limiter
-        self._tools = tools
+        self._tools = catalog_tools
 
     async def _tenant(self, context: Context) -> str:
         tenant = await self._auth.tenant_for(tuple(context.invocation_metadata() or ()))
@@ -315,16 +315,62 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 
     # -- tools, models and usage -------------------------------------------------------------
 
+    async def CreateToolServer(
+        self, request: orchestrator_pb2.CreateToolServerRequest, context: Context
+    ) -> orchestrator_pb2.CreateToolServerResponse:
+        tenant = await self._tenant(context)
+        return orchestrator_pb2.CreateToolServerResponse(
+            tool_server=await self._tools.register(tenant, request)
+        )
+
+    async def GetToolServer(
+        self, request: orchestrator_pb2.GetToolServerRequest, context: Context
+    ) -> orchestrator_pb2.GetToolServerResponse:
+        reply = await self._memory_call(
+            context,
+            self._memory.stub.GetToolServer,
+            memory_pb2.GetToolServerRequest(name=request.name),
+        )
+        return orchestrator_pb2.GetToolServerResponse(tool_server=as_public(reply.tool_server))
+
+    async def ListToolServers(
+        self, request: orchestrator_pb2.ListToolServersRequest, context: Context
+    ) -> orchestrator_pb2.ListToolServersResponse:
+        reply = await self._memory_call(
+            context,
+            self._memory.stub.ListToolServers,
+            memory_pb2.ListToolServersRequest(
+                page_size=request.page_size, page_token=request.page_token
+            ),
+        )
+        return orchestrator_pb2.ListToolServersResponse(
+            tool_servers=[as_public(record) for record in reply.tool_servers],
+            next_page_token=reply.next_page_token,
+        )
+
+    async def DeleteToolServer(
+        self, request: orchestrator_pb2.DeleteToolServerRequest, context: Context
+    ) -> orchestrator_pb2.DeleteToolServerResponse:
+        await self._memory_call(
+            context,
+            self._memory.stub.DeleteToolServer,
+            memory_pb2.DeleteToolServerRequest(name=request.name),
+        )
+        return orchestrator_pb2.DeleteToolServerResponse()
+
     async def ListTools(
         self, request: orchestrator_pb2.ListToolsRequest, context: Context
     ) -> orchestrator_pb2.ListToolsResponse:
-        await self._tenant(context)
-        if request.page_size < 0:
-            raise invalid("page_size", "must not be negative")
+        tenant = await self._tenant(context)
         tools = [
             orchestrator_pb2.AvailableTool(spec=tool.spec, source="builtin")
-            for _, tool in sorted(self._tools.items())
+            for _, tool in sorted(self._tools.builtins.items())
         ]
+        for record in await self._tools.records(tenant):
+            tools.extend(
+                orchestrator_pb2.AvailableTool(spec=spec, source=record.name)
+                for spec in record.tools
+            )
         return orchestrator_pb2.ListToolsResponse(tools=tools)
 
     async def ListModels(

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +29,7 @@ from agentmesh_common import FailedPrecondition, current_trace_id
 from .agents import SessionAgent
 from .engine import SessionEngine, SessionRun
 from .observability import OrchestratorMetrics
+from .tools import Tool
 
 _logger = logging.getLogger(__name__)
 
@@ -104,8 +105,10 @@ class SessionManager:
         owner: str | None = None,
         lease: LeaseSettings | None = None,
         metrics: OrchestratorMetrics | None = None,
+        tools_for: Callable[[str], Awaitable[Mapping[str, Tool]]] | None = None,
     ) -> None:
         self._metrics = metrics
+        self._tools_for = tools_for
         self._engine = engine
         self._store = store
         self._resolve_agents = resolve_agents
@@ -249,12 +252,14 @@ class SessionManager:
             tenant, session.name, self.owner, self._lease.ttl_seconds
         )
         agents = await self._resolve_agents(tenant, session)
+        tools = await self._tools_for(tenant) if self._tools_for is not None else None
         run = self._engine.open_run(
             tenant,
             session,
             agents,
             trace_id=current_trace_id(),
             last_seq=session.last_event_seq,
+            tools=tools,
         )
         active = ActiveSession(tenant=tenant, run=run)
         key = (tenant, session.name)

@@ -10,6 +10,7 @@ from agentmesh.common.v1 import memory_entries_pb2 as _memory_entries_pb2
 from agentmesh.common.v1 import messages_pb2 as _messages_pb2
 from agentmesh.common.v1 import operations_pb2 as _operations_pb2
 from agentmesh.common.v1 import sessions_pb2 as _sessions_pb2
+from agentmesh.common.v1 import tools_pb2 as _tools_pb2
 from agentmesh.common.v1 import user_settings_pb2 as _user_settings_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -2152,3 +2153,250 @@ class ListOrphanedSessionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListOrphanedSessionsResponse: _TypeAlias = ListOrphanedSessionsResponse  # noqa: Y015
+
+@_typing.final
+class ToolServerRecord(_message.Message):
+    """A registered tool server as stored; resource `toolServers/{tool_server_id}`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CALL_TIMEOUT_FIELD_NUMBER: _builtins.int
+    USE_TLS_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, "toolServers/{tool_server_id}"."""
+    address: _builtins.str
+    """gRPC target of the backend implementing ToolService."""
+    description: _builtins.str
+    """What the server offers."""
+    use_tls: _builtins.bool
+    """Connect with TLS."""
+    @_builtins.property
+    def call_timeout(self) -> _duration_pb2.Duration:
+        """Deadline of each InvokeTool call."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_tools_pb2.ToolSpec]:
+        """The tools the server listed when it was registered."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When it was registered."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        address: _builtins.str = ...,
+        description: _builtins.str = ...,
+        call_timeout: _duration_pb2.Duration | None = ...,
+        use_tls: _builtins.bool = ...,
+        tools: _abc.Iterable[_tools_pb2.ToolSpec] | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call_timeout", b"call_timeout", "create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "call_timeout", b"call_timeout", "create_time", b"create_time", "description", b"description", "name", b"name", "tools", b"tools", "use_tls", b"use_tls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolServerRecord: _TypeAlias = ToolServerRecord  # noqa: Y015
+
+@_typing.final
+class CreateToolServerRequest(_message.Message):
+    """Registers a tool server."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_SERVER_FIELD_NUMBER: _builtins.int
+    TOOL_SERVER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    tool_server_id: _builtins.str
+    """The id part of the name, [a-z][a-z0-9-]{0,62}."""
+    request_id: _builtins.str
+    """Idempotency key: a repeat returns the original record."""
+    @_builtins.property
+    def tool_server(self) -> Global___ToolServerRecord:
+        """The record; `name` is ignored in favour of tool_server_id."""
+
+    def __init__(
+        self,
+        *,
+        tool_server: Global___ToolServerRecord | None = ...,
+        tool_server_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tool_server", b"tool_server"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "tool_server", b"tool_server", "tool_server_id", b"tool_server_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateToolServerRequest: _TypeAlias = CreateToolServerRequest  # noqa: Y015
+
+@_typing.final
+class CreateToolServerResponse(_message.Message):
+    """The stored record."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_SERVER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tool_server(self) -> Global___ToolServerRecord:
+        """The record as stored."""
+
+    def __init__(
+        self,
+        *,
+        tool_server: Global___ToolServerRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tool_server", b"tool_server"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tool_server", b"tool_server"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateToolServerResponse: _TypeAlias = CreateToolServerResponse  # noqa: Y015
+
+@_typing.final
+class GetToolServerRequest(_message.Message):
+    """Gets a tool server."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"toolServers/{tool_server_id}"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetToolServerRequest: _TypeAlias = GetToolServerRequest  # noqa: Y015
+
+@_typing.final
+class GetToolServerResponse(_message.Message):
+    """The record."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_SERVER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tool_server(self) -> Global___ToolServerRecord:
+        """The record."""
+
+    def __init__(
+        self,
+        *,
+        tool_server: Global___ToolServerRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["tool_server", b"tool_server"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tool_server", b"tool_server"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetToolServerResponse: _TypeAlias = GetToolServerResponse  # noqa: Y015
+
+@_typing.final
+class ListToolServersRequest(_message.Message):
+    """Lists tool servers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most entries to return (1-1000, default 100)."""
+    page_token: _builtins.str
+    """Token from a previous response."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListToolServersRequest: _TypeAlias = ListToolServersRequest  # noqa: Y015
+
+@_typing.final
+class ListToolServersResponse(_message.Message):
+    """A page of tool servers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_SERVERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty at the end."""
+    @_builtins.property
+    def tool_servers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolServerRecord]:
+        """The records, by registration order."""
+
+    def __init__(
+        self,
+        *,
+        tool_servers: _abc.Iterable[Global___ToolServerRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "tool_servers", b"tool_servers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListToolServersResponse: _TypeAlias = ListToolServersResponse  # noqa: Y015
+
+@_typing.final
+class DeleteToolServerRequest(_message.Message):
+    """Unregisters a tool server."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """"toolServers/{tool_server_id}"."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteToolServerRequest: _TypeAlias = DeleteToolServerRequest  # noqa: Y015
+
+@_typing.final
+class DeleteToolServerResponse(_message.Message):
+    """Empty on success."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteToolServerResponse: _TypeAlias = DeleteToolServerResponse  # noqa: Y015

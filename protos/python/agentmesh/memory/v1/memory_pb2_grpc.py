@@ -196,6 +196,26 @@ class MemoryServiceStub:
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ReleaseLeaseRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ReleaseLeaseResponse.FromString,
                 _registered_method=True)
+        self.CreateToolServer = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/CreateToolServer',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.CreateToolServerRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.CreateToolServerResponse.FromString,
+                _registered_method=True)
+        self.GetToolServer = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/GetToolServer',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetToolServerRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetToolServerResponse.FromString,
+                _registered_method=True)
+        self.ListToolServers = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/ListToolServers',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListToolServersRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListToolServersResponse.FromString,
+                _registered_method=True)
+        self.DeleteToolServer = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/DeleteToolServer',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteToolServerRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteToolServerResponse.FromString,
+                _registered_method=True)
         self.ListOrphanedSessions = channel.unary_unary(
                 '/agentmesh.memory.v1.MemoryService/ListOrphanedSessions',
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListOrphanedSessionsRequest.SerializeToString,
@@ -434,6 +454,34 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToolServer(self, request, context):
+        """Registers a tool server (a backend implementing ToolService) with the tools it listed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetToolServer(self, request, context):
+        """Gets a registered tool server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListToolServers(self, request, context):
+        """Lists the tenant's tool servers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteToolServer(self, request, context):
+        """Unregisters a tool server.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListOrphanedSessions(self, request, context):
         """Lists RUNNING sessions of every tenant whose lease has expired (their owner died), for an
         orchestrator replica to resume; needs no tenant metadata.
@@ -604,6 +652,26 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.ReleaseLease,
                     request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ReleaseLeaseRequest.FromString,
                     response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'CreateToolServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToolServer,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.CreateToolServerRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.CreateToolServerResponse.SerializeToString,
+            ),
+            'GetToolServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetToolServer,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetToolServerRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetToolServerResponse.SerializeToString,
+            ),
+            'ListToolServers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListToolServers,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListToolServersRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListToolServersResponse.SerializeToString,
+            ),
+            'DeleteToolServer': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteToolServer,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteToolServerRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteToolServerResponse.SerializeToString,
             ),
             'ListOrphanedSessions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListOrphanedSessions,
@@ -1477,6 +1545,114 @@ class MemoryService:
             '/agentmesh.memory.v1.MemoryService/ReleaseLease',
             agentmesh_dot_memory_dot_v1_dot_memory__pb2.ReleaseLeaseRequest.SerializeToString,
             agentmesh_dot_memory_dot_v1_dot_memory__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToolServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/CreateToolServer',
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.CreateToolServerRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.CreateToolServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetToolServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/GetToolServer',
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetToolServerRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetToolServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListToolServers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/ListToolServers',
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListToolServersRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListToolServersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteToolServer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/DeleteToolServer',
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteToolServerRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteToolServerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -103,6 +103,14 @@ class MemoryServiceStub:
     """Extends a lease; only its owner may."""
     ReleaseLease: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ReleaseLeaseRequest, _memory_pb2.ReleaseLeaseResponse]
     """Gives a lease up; only its owner may."""
+    CreateToolServer: _grpc.UnaryUnaryMultiCallable[_memory_pb2.CreateToolServerRequest, _memory_pb2.CreateToolServerResponse]
+    """Registers a tool server (a backend implementing ToolService) with the tools it listed."""
+    GetToolServer: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetToolServerRequest, _memory_pb2.GetToolServerResponse]
+    """Gets a registered tool server."""
+    ListToolServers: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListToolServersRequest, _memory_pb2.ListToolServersResponse]
+    """Lists the tenant's tool servers."""
+    DeleteToolServer: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteToolServerRequest, _memory_pb2.DeleteToolServerResponse]
+    """Unregisters a tool server."""
     ListOrphanedSessions: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListOrphanedSessionsRequest, _memory_pb2.ListOrphanedSessionsResponse]
     """Lists RUNNING sessions of every tenant whose lease has expired (their owner died), for an
     orchestrator replica to resume; needs no tenant metadata.
@@ -183,6 +191,14 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Extends a lease; only its owner may."""
     ReleaseLease: _aio.UnaryUnaryMultiCallable[_memory_pb2.ReleaseLeaseRequest, _memory_pb2.ReleaseLeaseResponse]  # type: ignore[assignment]
     """Gives a lease up; only its owner may."""
+    CreateToolServer: _aio.UnaryUnaryMultiCallable[_memory_pb2.CreateToolServerRequest, _memory_pb2.CreateToolServerResponse]  # type: ignore[assignment]
+    """Registers a tool server (a backend implementing ToolService) with the tools it listed."""
+    GetToolServer: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetToolServerRequest, _memory_pb2.GetToolServerResponse]  # type: ignore[assignment]
+    """Gets a registered tool server."""
+    ListToolServers: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListToolServersRequest, _memory_pb2.ListToolServersResponse]  # type: ignore[assignment]
+    """Lists the tenant's tool servers."""
+    DeleteToolServer: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteToolServerRequest, _memory_pb2.DeleteToolServerResponse]  # type: ignore[assignment]
+    """Unregisters a tool server."""
     ListOrphanedSessions: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListOrphanedSessionsRequest, _memory_pb2.ListOrphanedSessionsResponse]  # type: ignore[assignment]
     """Lists RUNNING sessions of every tenant whose lease has expired (their owner died), for an
     orchestrator replica to resume; needs no tenant metadata.
@@ -420,6 +436,34 @@ class MemoryServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.ReleaseLeaseResponse, _abc.Awaitable[_memory_pb2.ReleaseLeaseResponse]]:
         """Gives a lease up; only its owner may."""
+
+    def CreateToolServer(
+        self,
+        request: _memory_pb2.CreateToolServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.CreateToolServerResponse, _abc.Awaitable[_memory_pb2.CreateToolServerResponse]]:
+        """Registers a tool server (a backend implementing ToolService) with the tools it listed."""
+
+    def GetToolServer(
+        self,
+        request: _memory_pb2.GetToolServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.GetToolServerResponse, _abc.Awaitable[_memory_pb2.GetToolServerResponse]]:
+        """Gets a registered tool server."""
+
+    def ListToolServers(
+        self,
+        request: _memory_pb2.ListToolServersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.ListToolServersResponse, _abc.Awaitable[_memory_pb2.ListToolServersResponse]]:
+        """Lists the tenant's tool servers."""
+
+    def DeleteToolServer(
+        self,
+        request: _memory_pb2.DeleteToolServerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.DeleteToolServerResponse, _abc.Awaitable[_memory_pb2.DeleteToolServerResponse]]:
+        """Unregisters a tool server."""
 
     def ListOrphanedSessions(
         self,

@@ -28,6 +28,7 @@ __all__ = [
     "request_log",
     "sessions",
     "tasks",
+    "tool_servers",
     "user_settings",
 ]
 
@@ -255,6 +256,17 @@ api_keys = sa.Table(
     sa.Column("last_used_time", UtcDateTime, nullable=True),
     sa.UniqueConstraint("tenant_id", "key_id"),
     sa.UniqueConstraint("secret_hash"),
+)
+
+tool_servers = sa.Table(
+    "tool_servers",
+    METADATA,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("tool_server_id", sa.String(63), nullable=False),
+    sa.Column("document", sa.LargeBinary, nullable=False),  # ToolServerRecord
+    sa.Column("create_time", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("tenant_id", "tool_server_id"),
 )
 
 # Idempotency: the response of a mutating call, by (tenant, method, request_id).

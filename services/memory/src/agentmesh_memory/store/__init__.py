@@ -13,6 +13,7 @@ from .events import EventStore
 from .ledger import LedgerStore
 from .memories import ApiKeyStore, MemoryStore, SettingsStore
 from .sessions import SessionStore
+from .tools import ToolServerStore
 from .work import MessageStore, TaskStore
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "StoreContext",
     "Stores",
     "TaskStore",
+    "ToolServerStore",
 ]
 
 
@@ -43,6 +45,7 @@ class Stores:
     memories: MemoryStore
     settings: SettingsStore
     api_keys: ApiKeyStore
+    tool_servers: ToolServerStore
 
     @classmethod
     def build(
@@ -64,4 +67,5 @@ class Stores:
             memories=MemoryStore(context),
             settings=SettingsStore(context),
             api_keys=ApiKeyStore(context),
+            tool_servers=ToolServerStore(context),
         )
