@@ -562,15 +562,30 @@ def write_markdown(report: dict[str, Any]) -> None:
         " RPCs per turn above: read the history, look up the call's execution record so a"
         " resumed session does not repeat it, store `message_started`, the streamed text, the"
         " execution record, `message_completed` and the message, save the session state once a"
-        " round), and each costs the memory service about 4 ms of CPU (its CPU per turn over its"
+        " round), and each costs the memory service about 4-6 ms of CPU (its CPU per turn over its"
         " RPCs per turn; the WatchEvents that streams the events back is included), so the"
         " memory service spends about as much CPU per turn as the turn takes at concurrency 1"
         " and is the ceiling for sessions/s at concurrency 32: the 32 sessions queue on it (the"
         " turn times at concurrency 32 are queueing, not work). The orchestrator itself spends"
-        " about 8-10 ms of CPU per turn, the gateway about 3 ms. Reaching < 5 ms per turn needs"
+        " about 8-14 ms of CPU per turn, the gateway 3-4 ms. Reaching < 5 ms per turn needs"
         " fewer, batched memory writes per turn (for example the deltas, the execution record,"
         " `message_completed` and the message in one call) and a cheaper memory RPC path, not"
         " only a faster orchestrator.",
+        "",
+        "At concurrency 32 the model calls take longer than the 50 ms delta flush timer, so"
+        " the deltas get a write of their own there (AppendEvents 3.8 per turn against 3.0 at"
+        " concurrency 1).",
+        "",
+        "## Run to run",
+        "",
+        "Five full runs on 2026-11-21, on a machine shared with other sessions' test suites"
+        " (1-minute load average 2.6-8.2 on its 2 CPUs): overhead per turn p50 at concurrency 1"
+        " 38.8-47.6 ms on SQLite and 44.5-59.0 ms on PostgreSQL; sessions/s at concurrency 32"
+        " 2.5-3.9 (SQLite) and 2.4-3.6 (PostgreSQL); orchestrator RSS per idle session between"
+        " -0.7 and +0.3 KB, per running session 84-127 KB. The last two runs include the"
+        " orchestrator change on this branch (a turn's last deltas stored with"
+        " `message_completed`, one memory write fewer per turn at concurrency 1); its effect on"
+        " wall time is inside that spread, the RPC count is the measurable part.",
         "",
         "Memory per session is far inside its target: an idle (PENDING) session costs the"
         " orchestrator nothing measurable (it is a row in memory, nothing is held in the"
