@@ -66,6 +66,7 @@ deploy-check: ## Validate deploy/ offline: kustomize overlays, Kubernetes schema
 
 bench: ## Run the benchmarks (memory event log on PostgreSQL and SQLite) and print the results
 	$(RUN) python bench/memory/run.py
+	$(RUN) python bench/orchestrator/run.py
 
 clean: ## Remove caches and local data
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .data

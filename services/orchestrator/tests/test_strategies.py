@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from agentmesh.common.v1 import agents_pb2, messages_pb2, sessions_pb2
+from agentmesh.common.v1 import agents_pb2, events_pb2, messages_pb2, sessions_pb2
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh_orchestrator.testing import Reply, last_user_content, system_prompt
 
@@ -258,6 +258,30 @@ async def test_deltas_are_batched_and_stored_in_order(
     deltas = [e.content_delta.text for e in harness.events() if e.HasField("content_delta")]
     assert "".join(deltas) == "abcdefghij" * 10
     assert len(deltas) < 10, f"100 chunks should be batched, got {len(deltas)} events"
+
+
+async def test_a_turn_stores_its_last_deltas_with_message_completed_in_one_write(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    harness = harness_factory(lambda _: Reply(text="one two three", chunks=3))
+    batches: list[list[str]] = []
+    append = harness.store.append_events
+
+    async def recording(
+        tenant: str, session: str, events: Sequence[events_pb2.SessionEvent]
+    ) -> int:
+        batches.append([str(e.WhichOneof("payload")) for e in events])
+        return await append(tenant, session, events)
+
+    harness.store.append_events = recording  # type: ignore[method-assign]
+    session = make_session(
+        sessions_pb2.STRATEGY_ROUND_ROBIN, limits=sessions_pb2.SessionLimits(max_rounds=1)
+    )
+    await harness.engine.run(harness.engine.open_run(TENANT, session, [make_agent("a")]))
+    assert ["content_delta", "message_completed"] in batches, batches
+    assert ["content_delta"] not in batches, "a separate write only for the deltas"
+    deltas = [e.content_delta.text for e in harness.events() if e.HasField("content_delta")]
+    assert "".join(deltas) == "one two three"
 
 
 async def test_a_recorded_model_call_is_not_repeated_on_resume(

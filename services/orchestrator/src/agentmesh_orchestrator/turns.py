@@ -309,7 +309,8 @@ class TurnRunner:
                 finished_event = event.finished
             elif kind == "attempt_failed" and not event.attempt_failed.will_fall_back:
                 failure = event.attempt_failed.error
-        await self._recorder.flush()
+        # The last deltas are not flushed here: they are stored with the turn's next event
+        # (`message_completed` or a tool call) in one memory write, or by the flush timer.
         latency = time.monotonic() - started
         execution = memory_pb2.Execution(
             session=self._session,
@@ -328,6 +329,7 @@ class TurnRunner:
             )
             execution.outcome = memory_pb2.EXECUTION_OUTCOME_FAILED
             execution.error.CopyFrom(status)
+            await self._recorder.flush()
             await self._store.record_execution(self._tenant, execution)
             raise TurnFailed(status)
         execution.provider = finished_event.provider
