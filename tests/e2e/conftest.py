@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -401,3 +402,47 @@ def scripted_routes(path: Path, provider_port: int) -> Path:
         "      model: tiny\n"
     )
     return path
+
+
+# -- one `agentmesh up` for the CLI and Node client tests --------------------------------------
+
+PLAN = {
+    "rationale": "two steps",
+    "tasks": [
+        {"id": "draft", "description": "Draft a greeting"},
+        {"id": "polish", "description": "Polish the greeting", "depends_on": ["draft"]},
+    ],
+}
+
+
+def cli_script(chat: Chat) -> Answer:
+    """The scripted provider of `agentmesh up`: router, planner and writer answers, a slow
+    answer for goals that say "slowly", else "<speaker> says hello"."""
+    system, user = system_of(chat), last_user(chat)
+    if "Classify the goal" in system:
+        return Answer(text=json.dumps({"kind": "simple", "reason": "one agent can answer"}))
+    if "You are a planner" in system:
+        return Answer(text=json.dumps(PLAN))
+    if "You are a writer" in system:
+        return Answer(text="Hello, [bold]team[/bold]! The greeting is ready.")
+    if "slowly" in user or "slowly" in system:
+        return Answer(text=" ".join(["word"] * 40), delay_seconds=30)
+    who = re.search(r"You are (\w+)\.", system)
+    return Answer(text=f"{who.group(1) if who else 'assistant'} says hello", delay_seconds=0.3)
+
+
+@pytest.fixture(scope="package")
+def provider() -> Iterator[ScriptedProvider]:
+    with ThreadedProvider(cli_script) as running:
+        yield running
+
+
+@pytest.fixture(scope="package")
+def mesh(tmp_path_factory: pytest.TempPathFactory, provider: ScriptedProvider) -> Iterator[MeshUp]:
+    data_dir = tmp_path_factory.mktemp("up")
+    routes = scripted_routes(data_dir / "routes.yaml", provider.port)
+    up = start_up(data_dir, "--routes", str(routes))
+    yield up
+    code, out = up.stop(signal.SIGTERM)
+    assert code == 0, out
+    assert not [pid for pid in up.pids if alive(pid)], "every service stopped"
