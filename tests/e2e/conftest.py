@@ -262,6 +262,12 @@ async def mesh_factory(
 AGENTMESH = str(Path(sys.executable).parent / "agentmesh")
 #: A fixed terminal for the live view: 120 columns, no TTY (stdout is a pipe).
 CLI_ENV = {"COLUMNS": "120", "LINES": "60", "NO_COLOR": "1", "TERM": "dumb"}
+#: `up` passes its environment on to the services: the tests make more than the default 20
+#: public RPCs a minute on one tenant, so the per-tenant limits are off.
+UP_ENV = {
+    "AGENTMESH_ORCHESTRATOR_REQUESTS_PER_MINUTE": "0",
+    "AGENTMESH_ORCHESTRATOR_TOKENS_PER_MINUTE": "0",
+}
 
 
 class ThreadedProvider:
@@ -340,7 +346,7 @@ def start_up(data_dir: Path, *args: str, within_seconds: float = 90) -> MeshUp:
     state_file = data_dir / "mesh.json"
     process = subprocess.Popen(
         [AGENTMESH, "up", "--data-dir", str(data_dir), "--port-base", "0", *args],
-        env={**os.environ, **CLI_ENV},
+        env={**os.environ, **CLI_ENV, **UP_ENV},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
