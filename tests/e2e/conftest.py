@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,14 @@ class MeshUp:
             timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
+
+    def cli_all(
+        self, *commands: tuple[Sequence[str], dict[str, str]]
+    ) -> list[subprocess.CompletedProcess[str]]:
+        """Run independent `agentmesh` commands (args, extra env) at once; results in order."""
+        with ThreadPoolExecutor(len(commands)) as pool:
+            futures = [pool.submit(self.cli, *args, **env) for args, env in commands]
+            return [future.result() for future in futures]
 
     def stop(self, sig: int = signal.SIGINT, within_seconds: float = 40) -> tuple[int, str]:
         """Signal `up`, wait for it; returns (exit code, its whole output)."""

@@ -215,15 +215,31 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
 
 
 def test_errors_are_one_readable_line(mesh: MeshUp) -> None:
-    assert_one_line_error(mesh.cli("run", ""), "INVALID_ARGUMENT", "session.goal")
-    assert_one_line_error(
-        mesh.cli("sessions", "list", AGENTMESH_API_KEY="amk_wrong"), "UNAUTHENTICATED"
+    empty_goal, wrong_key, unknown, unreachable = mesh.cli_all(
+        (["run", ""], {}),
+        (["sessions", "list"], {"AGENTMESH_API_KEY": "amk_wrong"}),
+        (["sessions", "show", "nope"], {}),
+        (["models", "--target", "127.0.0.1:1"], {}),
     )
-    assert_one_line_error(mesh.cli("sessions", "show", "nope"), "NOT_FOUND")
-    assert_one_line_error(mesh.cli("models", "--target", "127.0.0.1:1", timeout=60), "UNAVAILABLE")
+    assert_one_line_error(empty_goal, "INVALID_ARGUMENT", "(field: session.goal)")
+    assert_one_line_error(wrong_key, "UNAUTHENTICATED")
+    assert_one_line_error(unknown, "NOT_FOUND")
+    assert_one_line_error(unreachable, "UNAVAILABLE")
 
 
 # -- the other commands ----------------------------------------------------------------------
+
+
+def test_commands_find_the_mesh_up_wrote_to_dot_data(mesh: MeshUp, tmp_path: Path) -> None:
+    (tmp_path / ".data").symlink_to(mesh.data_dir)
+    env = {
+        k: v for k, v in mesh.env().items() if k not in ("AGENTMESH_TARGET", "AGENTMESH_API_KEY")
+    }
+    result = subprocess.run(
+        [AGENTMESH, "tools"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "calculator" in result.stdout
 
 
 def test_agents_create_list_show_delete(mesh: MeshUp, tmp_path: Path) -> None:
@@ -247,7 +263,7 @@ def test_agents_create_list_show_delete(mesh: MeshUp, tmp_path: Path) -> None:
     assert "route: default" in shown.stdout
     deleted = mesh.cli("agents", "delete", "smoke-writer")
     assert deleted.stdout.strip() == "deleted agents/smoke-writer"
-    assert_one_line_error(mesh.cli("agents", "show", "smoke-writer"), "NOT_FOUND")
+    assert "smoke-writer" not in mesh.cli("agents", "list").stdout
 
 
 def test_memory_put_get_list_delete(mesh: MeshUp) -> None:
@@ -276,13 +292,13 @@ def test_settings_set_and_show(mesh: MeshUp) -> None:
 
 
 def test_models_providers_tools(mesh: MeshUp) -> None:
-    models = mesh.cli("models").stdout
+    models, providers, tools = (
+        r.stdout for r in mesh.cli_all((["models"], {}), (["providers"], {}), (["tools"], {}))
+    )
     assert re.search(r"│ default\s+│ openai_compatible/scripted-1", models), models
     assert re.search(r"│ tiny\s+│ local/tiny", models), models
-    providers = mesh.cli("providers").stdout
     row = next(line for line in providers.splitlines() if "openai_compatible/scripted-1" in line)
     assert "closed" in row
-    tools = mesh.cli("tools").stdout
     assert re.search(r"│ calculator\s+│ read-only", tools), tools
 
 
@@ -391,9 +407,9 @@ def test_an_occupied_port_is_reported_with_the_services_error_and_nothing_is_lef
 ) -> None:
     base = _free_port_block(4)
     data_dir = tmp_path / "busy"
-    # The gateway's port (base + 1): memory and the runner start first and must be stopped.
+    # The runner's port (base + 2): memory starts first and must be stopped.
     with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", base + 1))
+        squatter.bind(("127.0.0.1", base + 2))
         squatter.listen()
         result = subprocess.run(
             [AGENTMESH, "up", "--data-dir", str(data_dir), "--port-base", str(base)],
@@ -406,8 +422,8 @@ def test_an_occupied_port_is_reported_with_the_services_error_and_nothing_is_lef
     assert result.returncode == 1
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 1, result.stderr
-    assert errors[0].startswith("error: inference-gateway did not start (exited with code 1)")
-    assert f"Failed to bind to address 127.0.0.1:{base + 1}" in errors[0], "the service's error"
+    assert errors[0].startswith("error: local-runner did not start (exited with code 1)")
+    assert f"Failed to bind to address 127.0.0.1:{base + 2}" in errors[0], "the service's error"
     assert "Traceback" not in result.stderr
-    assert processes_using(data_dir) == [], "memory and the runner were stopped"
+    assert processes_using(data_dir) == [], "memory, which had started, was stopped"
     assert not (data_dir / "mesh.json").exists()

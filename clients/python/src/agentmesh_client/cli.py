@@ -7,8 +7,9 @@
     agentmesh memory list|get|put|delete, agentmesh settings show|set
     agentmesh models, agentmesh providers, agentmesh tools, agentmesh keys create
 
-The API address and key come from `--target`/`AGENTMESH_TARGET` (default 127.0.0.1:50051) and
-`--api-key`/`AGENTMESH_API_KEY`, else from the key `agentmesh up` wrote to `.data/api-key`.
+The API address and key come from `--target`/`AGENTMESH_TARGET` and `--api-key`/
+`AGENTMESH_API_KEY`, else from what `agentmesh up` wrote to `.data` (`mesh.json` while it runs,
+`api-key`), else the address is 127.0.0.1:50051.
 Errors print one line with the status and the field at fault, never a traceback.
 """
 
@@ -129,10 +130,18 @@ def _api_key(api_key: str, data_dir: Path = DEFAULT_DATA_DIR) -> str:
     raise CliError("no API key: pass --api-key, set AGENTMESH_API_KEY, or run `agentmesh up`")
 
 
+def _target(target: str, data_dir: Path = DEFAULT_DATA_DIR) -> str:
+    if target:
+        return target
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return str(json.loads((data_dir / "mesh.json").read_text())["orchestrator"])
+    return DEFAULT_TARGET
+
+
 async def _with_client(
     target: str, api_key: str, use: Callable[[AgentmeshClient], Awaitable[T]]
 ) -> T:
-    async with AgentmeshClient(target, api_key=_api_key(api_key)) as client:
+    async with AgentmeshClient(_target(target), api_key=_api_key(api_key)) as client:
         return await use(client)
 
 
@@ -313,7 +322,7 @@ def run(
     agents: Annotated[Path | None, typer.Option(help="YAML file of agents")] = None,
     max_rounds: Annotated[int, typer.Option(help="rounds for round-robin")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="one event per line")] = False,
-    target: Target = DEFAULT_TARGET,
+    target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """Start a session for GOAL and show it live; Ctrl-C cancels it.
@@ -405,7 +414,7 @@ def sessions_list(
     status: Annotated[
         str, typer.Option(help="pending, running, completed, failed, cancelled")
     ] = "",
-    target: Target = DEFAULT_TARGET,
+    target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """Sessions, newest first."""
@@ -429,7 +438,7 @@ def sessions_list(
 
 
 @sessions_app.command("show")
-def sessions_show(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def sessions_show(name: str, target: Target = "", api_key: ApiKey = "") -> None:
     """A session with its agents, tasks and usage."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -458,7 +467,7 @@ def sessions_watch(
     name: str,
     after_seq: Annotated[int, typer.Option(help="replay events after this seq")] = 0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    target: Target = DEFAULT_TARGET,
+    target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """Replay a session's events, then follow it live."""
@@ -477,7 +486,7 @@ def sessions_watch(
 
 
 @sessions_app.command("cancel")
-def sessions_cancel(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def sessions_cancel(name: str, target: Target = "", api_key: ApiKey = "") -> None:
     """Cancel a session."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -508,7 +517,7 @@ def _session_name(name: str) -> str:
 
 
 @agents_app.command("create")
-def agents_create(file: Path, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def agents_create(file: Path, target: Target = "", api_key: ApiKey = "") -> None:
     """Create every agent of a YAML file."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -521,7 +530,7 @@ def agents_create(file: Path, target: Target = DEFAULT_TARGET, api_key: ApiKey =
 
 
 @agents_app.command("list")
-def agents_list(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def agents_list(target: Target = "", api_key: ApiKey = "") -> None:
     """Agent definitions."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -542,7 +551,7 @@ def agents_list(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
 
 
 @agents_app.command("show")
-def agents_show(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def agents_show(name: str, target: Target = "", api_key: ApiKey = "") -> None:
     """An agent definition as YAML."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -553,7 +562,7 @@ def agents_show(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = ""
 
 
 @agents_app.command("delete")
-def agents_delete(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def agents_delete(name: str, target: Target = "", api_key: ApiKey = "") -> None:
     """Delete an agent definition."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -569,7 +578,7 @@ def agents_delete(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = 
 
 @memory_app.command("list")
 def memory_list(
-    agent: str, user: str = "default", target: Target = DEFAULT_TARGET, api_key: ApiKey = ""
+    agent: str, user: str = "default", target: Target = "", api_key: ApiKey = ""
 ) -> None:
     """An agent's memories for a user."""
 
@@ -586,7 +595,7 @@ def memory_get(
     agent: str,
     key: str,
     user: str = "default",
-    target: Target = DEFAULT_TARGET,
+    target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """One memory entry."""
@@ -605,7 +614,7 @@ def memory_put(
     value: Annotated[str, typer.Argument(help="a JSON value")],
     user: str = "default",
     ttl: Annotated[float | None, typer.Option(help="seconds to live")] = None,
-    target: Target = DEFAULT_TARGET,
+    target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """Write a memory entry."""
@@ -629,7 +638,7 @@ def memory_delete(
     agent: str,
     key: str,
     user: str = "default",
-    target: Target = DEFAULT_TARGET,
+    target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """Delete a memory entry."""
@@ -642,9 +651,7 @@ def memory_delete(
 
 
 @settings_app.command("show")
-def settings_show(
-    user: str = "default", target: Target = DEFAULT_TARGET, api_key: ApiKey = ""
-) -> None:
+def settings_show(user: str = "default", target: Target = "", api_key: ApiKey = "") -> None:
     """A user's settings."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -659,7 +666,7 @@ def settings_set(
     default_route: Annotated[str, typer.Option(help="route for agents that name none")] = "",
     preference: Annotated[str, typer.Option(help="local or online")] = "",
     user: str = "default",
-    target: Target = DEFAULT_TARGET,
+    target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """Change a user's settings."""
@@ -682,7 +689,7 @@ def settings_set(
 
 
 @app.command()
-def models(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def models(target: Target = "", api_key: ApiKey = "") -> None:
     """Routes and the models behind them."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -699,7 +706,7 @@ def models(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
 
 
 @app.command()
-def providers(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def providers(target: Target = "", api_key: ApiKey = "") -> None:
     """Health and circuit state of every deployment."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -725,7 +732,7 @@ def providers(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
 
 
 @app.command()
-def tools(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def tools(target: Target = "", api_key: ApiKey = "") -> None:
     """Tools agents can be given."""
 
     async def go(client: AgentmeshClient) -> None:
