@@ -427,3 +427,27 @@ def test_an_occupied_port_is_reported_with_the_services_error_and_nothing_is_lef
     assert "Traceback" not in result.stderr
     assert processes_using(data_dir) == [], "memory, which had started, was stopped"
     assert not (data_dir / "mesh.json").exists()
+
+
+def test_sigterm_while_starting_stops_what_had_started(tmp_path: Path) -> None:
+    data_dir = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [AGENTMESH, "up", "--data-dir", str(data_dir), "--port-base", "0"],
+        env={**os.environ, **CLI_ENV},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    memory_log = data_dir / "logs" / "memory.log"
+    deadline = time.monotonic() + 60
+    while "service started" not in (memory_log.read_text() if memory_log.exists() else ""):
+        assert time.monotonic() < deadline, "memory never started"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # memory is up, the others are still starting
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert err.strip().splitlines() == [
+        "error: interrupted while starting; nothing is left running"
+    ]
+    assert processes_using(data_dir) == []

@@ -211,7 +211,16 @@ def mesh_layout(
 async def _up(data_dir: Path, port_base: int | None, routes: Path | None) -> None:
     console.print(f"starting agentmesh (data in {data_dir}) …")
     ports, extra = mesh_layout(port_base, routes)
-    running = await start_mesh(data_dir, ports=ports, extra_env=extra)
+    loop = asyncio.get_running_loop()
+    starting = asyncio.current_task()
+    assert starting is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, starting.cancel)
+    try:
+        running = await start_mesh(data_dir, ports=ports, extra_env=extra)
+    except asyncio.CancelledError:
+        # start_mesh has stopped whatever had started.
+        raise CliError("interrupted while starting; nothing is left running") from None
     state_file = data_dir / "mesh.json"
     try:
         key_file = data_dir / "api-key"
@@ -240,7 +249,6 @@ async def _up(data_dir: Path, port_base: int | None, routes: Path | None) -> Non
         console.print(f'try: agentmesh run{target} "Say hello"', highlight=False)
         console.print("The demo model's text is meaningless by design; see the README.")
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         exits = [asyncio.create_task(s.process.wait()) for s in running if s.process]
