@@ -10,8 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,3 +256,208 @@ async def mesh_factory(
     yield factory
     for mesh in started:
         await stop_e2e_mesh(mesh)
+
+
+# -- the `agentmesh` command line as a real process ------------------------------------------
+
+AGENTMESH = str(Path(sys.executable).parent / "agentmesh")
+#: A fixed terminal for the live view: 120 columns, no TTY (stdout is a pipe).
+CLI_ENV = {"COLUMNS": "120", "LINES": "60", "NO_COLOR": "1", "TERM": "dumb"}
+#: `up` passes its environment on to the services: the tests make more than the default 20
+#: public RPCs a minute on one tenant, so the per-tenant limits are off.
+UP_ENV = {
+    "AGENTMESH_ORCHESTRATOR_REQUESTS_PER_MINUTE": "0",
+    "AGENTMESH_ORCHESTRATOR_TOKENS_PER_MINUTE": "0",
+}
+
+
+class ThreadedProvider:
+    """A `ScriptedProvider` on its own event loop in a thread, so that tests can block on
+    subprocesses (the CLI, node) while it answers."""
+
+    def __init__(self, script: Callable[[Chat], Answer]) -> None:
+        self.provider = ScriptedProvider(script)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> ScriptedProvider:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.provider.start(), self._loop).result(10)
+        return self.provider
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.provider.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+@dataclass
+class MeshUp:
+    """`agentmesh up` running as a process, and what it wrote to `<data dir>/mesh.json`."""
+
+    process: subprocess.Popen[str]
+    data_dir: Path
+    state: dict[str, Any]
+    api_key: str
+
+    @property
+    def target(self) -> str:
+        return str(self.state["orchestrator"])
+
+    @property
+    def pids(self) -> list[int]:
+        return [int(s["pid"]) for s in self.state["services"].values()]
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        """The environment of a CLI call against this mesh."""
+        return {
+            **os.environ,
+            **CLI_ENV,
+            "AGENTMESH_TARGET": self.target,
+            "AGENTMESH_API_KEY": self.api_key,
+            **overrides,
+        }
+
+    def cli(self, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+        """Run `agentmesh ARGS` against this mesh and wait for it."""
+        return subprocess.run(
+            [AGENTMESH, *args],
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def cli_all(
+        self, *commands: tuple[Sequence[str], dict[str, str]]
+    ) -> list[subprocess.CompletedProcess[str]]:
+        """Run independent `agentmesh` commands (args, extra env) at once; results in order."""
+        with ThreadPoolExecutor(len(commands)) as pool:
+            futures = [pool.submit(self.cli, *args, **env) for args, env in commands]
+            return [future.result() for future in futures]
+
+    def stop(self, sig: int = signal.SIGINT, within_seconds: float = 40) -> tuple[int, str]:
+        """Signal `up`, wait for it; returns (exit code, its whole output)."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            out, _ = self.process.communicate(timeout=within_seconds)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, _ = self.process.communicate()
+        return self.process.returncode, out
+
+
+def start_up(data_dir: Path, *args: str, within_seconds: float = 90) -> MeshUp:
+    """`agentmesh up --data-dir DIR --port-base 0 ARGS`; returns once mesh.json is written."""
+    state_file = data_dir / "mesh.json"
+    process = subprocess.Popen(
+        [AGENTMESH, "up", "--data-dir", str(data_dir), "--port-base", "0", *args],
+        env={**os.environ, **CLI_ENV, **UP_ENV},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + within_seconds
+    while not state_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            out, _ = process.communicate()
+            raise AssertionError(f"agentmesh up did not come up:\n{out}")
+        time.sleep(0.1)
+    state = json.loads(state_file.read_text())
+    api_key = Path(state["api_key_file"]).read_text().strip()
+    return MeshUp(process, data_dir, state, api_key)
+
+
+def processes_using(data_dir: Path) -> list[int]:
+    """Pids of live processes whose environment names `data_dir` (services `up` started)."""
+    needle = str(data_dir).encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().split(") ", 1)[1].split(" ", 1)[0]
+        except OSError:
+            continue
+        if needle in environ and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ", 1)[1].startswith("Z"))
+
+
+def scripted_routes(path: Path, provider_port: int) -> Path:
+    """`default` -> the scripted provider; `tiny` -> the runner `up` started (no address)."""
+    path.write_text(
+        "routes:\n"
+        "  default:\n"
+        "    - name: scripted\n"
+        "      provider: openai_compatible\n"
+        "      model: scripted-1\n"
+        f"      base_url: http://127.0.0.1:{provider_port}/v1\n"
+        "      input_price_per_million: 1.0\n"
+        "      output_price_per_million: 2.0\n"
+        "      max_retries: 0\n"
+        "  tiny:\n"
+        "    - name: tiny\n"
+        "      provider: local\n"
+        "      model: tiny\n"
+    )
+    return path
+
+
+# -- one `agentmesh up` for the CLI and Node client tests --------------------------------------
+
+PLAN = {
+    "rationale": "two steps",
+    "tasks": [
+        {"id": "draft", "description": "Draft a greeting"},
+        {"id": "polish", "description": "Polish the greeting", "depends_on": ["draft"]},
+    ],
+}
+
+
+def cli_script(chat: Chat) -> Answer:
+    """The scripted provider of `agentmesh up`: router, planner and writer answers, a slow
+    answer for goals that say "slowly", else "<speaker> says hello"."""
+    system, user = system_of(chat), last_user(chat)
+    if "Classify the goal" in system:
+        return Answer(text=json.dumps({"kind": "simple", "reason": "one agent can answer"}))
+    if "You are a planner" in system:
+        return Answer(text=json.dumps(PLAN))
+    if "You are a writer" in system:
+        return Answer(text="Hello, [bold]team[/bold]! The greeting is ready.")
+    if "slowly" in user or "slowly" in system:
+        return Answer(text=" ".join(["word"] * 40), delay_seconds=30)
+    who = re.search(r"You are (\w+)\.", system)
+    return Answer(text=f"{who.group(1) if who else 'assistant'} says hello", delay_seconds=0.3)
+
+
+@pytest.fixture(scope="package")
+def provider() -> Iterator[ScriptedProvider]:
+    with ThreadedProvider(cli_script) as running:
+        yield running
+
+
+@pytest.fixture(scope="package")
+def mesh(tmp_path_factory: pytest.TempPathFactory, provider: ScriptedProvider) -> Iterator[MeshUp]:
+    data_dir = tmp_path_factory.mktemp("up")
+    routes = scripted_routes(data_dir / "routes.yaml", provider.port)
+    up = start_up(data_dir, "--routes", str(routes))
+    yield up
+    code, out = up.stop(signal.SIGTERM)
+    assert code == 0, out
+    assert not [pid for pid in up.pids if alive(pid)], "every service stopped"

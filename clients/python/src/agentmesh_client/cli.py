@@ -7,8 +7,9 @@
     agentmesh memory list|get|put|delete, agentmesh settings show|set
     agentmesh models, agentmesh providers, agentmesh tools, agentmesh keys create
 
-The API address and key come from `--target`/`AGENTMESH_TARGET` (default 127.0.0.1:50051) and
-`--api-key`/`AGENTMESH_API_KEY`, else from the key `agentmesh up` wrote to `.data/api-key`.
+The API address and key come from `--target`/`AGENTMESH_TARGET` and `--api-key`/
+`AGENTMESH_API_KEY`, else from what `agentmesh up` wrote to `.data` (`mesh.json` while it runs,
+`api-key`), else the address is 127.0.0.1:50051.
 Errors print one line with the status and the field at fault, never a traceback.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -29,6 +31,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict, MessageToJson, ParseDict, ParseError
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from agentmesh.common.v1 import (
@@ -41,12 +44,24 @@ from agentmesh.common.v1 import (
 from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from agentmesh_common import TENANT_METADATA_KEY
 from agentmesh_common.errors import AgentmeshError, InvalidArgument
+from agentmesh_common.status import status_code_for
 
 from .client import AgentmeshClient
-from .mesh import MEMORY, ServiceStartError, start_mesh, stop_mesh
+from .mesh import (
+    GATEWAY,
+    MEMORY,
+    ORCHESTRATOR,
+    SERVICES,
+    ServiceProcess,
+    ServiceStartError,
+    start_mesh,
+    stop_mesh,
+)
 from .render import SessionView, status_name, usage_table
 
 T = TypeVar("T")
+#: `agentmesh run` exit code after Ctrl-C cancelled the session (128 + SIGINT, as shells do).
+EXIT_CANCELLED = 130
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_DATA_DIR = Path(".data")
 STRATEGIES = {
@@ -68,8 +83,9 @@ app.add_typer(memory_app, name="memory")
 app.add_typer(settings_app, name="settings")
 app.add_typer(keys_app, name="keys")
 
-console = Console()
-errors = Console(stderr=True)
+# Markup off: goals, agent text and server messages are data and must print as they are.
+console = Console(markup=False)
+errors = Console(stderr=True, soft_wrap=True)  # an error stays one line at any width
 
 Target = Annotated[str, typer.Option(envvar="AGENTMESH_TARGET", help="orchestrator address")]
 ApiKey = Annotated[str, typer.Option(envvar="AGENTMESH_API_KEY", help="API key")]
@@ -81,24 +97,27 @@ class CliError(Exception):
 
 
 def _one_line(exc: BaseException) -> str:
-    if isinstance(exc, InvalidArgument) and exc.violations:
-        fields = ", ".join(v.field for v in exc.violations)
-        return f"INVALID_ARGUMENT: {exc.message} (field: {fields})"
+    """`STATUS REASON: message (field: a, b)`, on one line."""
     if isinstance(exc, AgentmeshError):
+        code = status_code_for(exc).name
+        reason = f" {exc.reason}" if exc.reason and exc.reason != code else ""
+        text = f"{code}{reason}: {exc.message}"
+        if isinstance(exc, InvalidArgument) and exc.violations:
+            text += f" (field: {', '.join(v.field for v in exc.violations)})"
         retry = getattr(exc, "retry_after", None)
-        hint = f" (retry in {retry:.1f}s)" if retry else ""
-        code = type(exc).__name__
-        return f"{exc.reason or code}: {exc.message}{hint}"
+        if retry:
+            text += f" (retry in {retry:.1f}s)"
+        return " ".join(text.split())
     if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return str(exc)
+        return " ".join(f"{exc.code().name}: {exc.details()}".split())
+    return " ".join(str(exc).split())
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coroutine)
     except (AgentmeshError, grpc.aio.AioRpcError, CliError, ServiceStartError) as exc:
-        errors.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False)
+        errors.print(f"[red]error:[/red] {escape(_one_line(exc))}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -111,10 +130,18 @@ def _api_key(api_key: str, data_dir: Path = DEFAULT_DATA_DIR) -> str:
     raise CliError("no API key: pass --api-key, set AGENTMESH_API_KEY, or run `agentmesh up`")
 
 
+def _target(target: str, data_dir: Path = DEFAULT_DATA_DIR) -> str:
+    if target:
+        return target
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        return str(json.loads((data_dir / "mesh.json").read_text())["orchestrator"])
+    return DEFAULT_TARGET
+
+
 async def _with_client(
     target: str, api_key: str, use: Callable[[AgentmeshClient], Awaitable[T]]
 ) -> T:
-    async with AgentmeshClient(target, api_key=_api_key(api_key)) as client:
+    async with AgentmeshClient(_target(target), api_key=_api_key(api_key)) as client:
         return await use(client)
 
 
@@ -133,16 +160,68 @@ async def create_api_key(memory_target: str, tenant: str, name: str) -> str:
 
 
 @app.command()
-def up(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
-    """Start memory, local runner, gateway and orchestrator on localhost until Ctrl-C."""
+def up(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    port_base: Annotated[
+        int | None,
+        typer.Option(
+            help="gRPC ports from here: orchestrator N, gateway N+1, runner N+2, memory N+3 "
+            "(metrics on free ports); 0 binds every port free. Default: 50051-50054."
+        ),
+    ] = None,
+    routes: Annotated[
+        Path | None,
+        typer.Option(help="routes file for the gateway (default: every route -> tiny model)"),
+    ] = None,
+) -> None:
+    """Start memory, local runner, gateway and orchestrator on localhost until Ctrl-C.
+
+    Writes <data-dir>/mesh.json (every address, the pids, the API key file) while running.
+    """
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    _run(_up(data_dir))
+    if port_base is not None and not 0 <= port_base <= 65532:
+        errors.print("[red]error:[/red] --port-base must be between 0 and 65532")
+        raise typer.Exit(2)
+    if routes is not None and not routes.is_file():
+        errors.print(f"[red]error:[/red] --routes: {escape(str(routes))} is not a file")
+        raise typer.Exit(2)
+    _run(_up(data_dir, port_base, routes.resolve() if routes else None))
 
 
-async def _up(data_dir: Path) -> None:
+def mesh_layout(
+    port_base: int | None, routes: Path | None
+) -> tuple[dict[str, int] | None, dict[str, dict[str, str]]]:
+    """The ports and extra environment `agentmesh up` gives each service."""
+    extra: dict[str, dict[str, str]] = {spec.name: {} for spec in SERVICES}
+    ports: dict[str, int] | None = None
+    if port_base is not None:
+        by_default_port = sorted(SERVICES, key=lambda spec: spec.default_port)
+        ports = {
+            spec.name: 0 if port_base == 0 else port_base + i
+            for i, spec in enumerate(by_default_port)
+        }
+        for spec in SERVICES:
+            extra[spec.name][f"{spec.env_prefix}METRICS_PORT"] = "0"
+    if routes is not None:
+        extra[GATEWAY.name][f"{GATEWAY.env_prefix}ROUTES_FILE"] = str(routes)
+    return ports, extra
+
+
+async def _up(data_dir: Path, port_base: int | None, routes: Path | None) -> None:
     console.print(f"starting agentmesh (data in {data_dir}) …")
-    running = await start_mesh(data_dir)
+    ports, extra = mesh_layout(port_base, routes)
+    loop = asyncio.get_running_loop()
+    starting = asyncio.current_task()
+    assert starting is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, starting.cancel)
+    try:
+        running = await start_mesh(data_dir, ports=ports, extra_env=extra)
+    except asyncio.CancelledError:
+        # start_mesh has stopped whatever had started.
+        raise CliError("interrupted while starting; nothing is left running") from None
+    state_file = data_dir / "mesh.json"
     try:
         key_file = data_dir / "api-key"
         if not key_file.exists():
@@ -150,32 +229,61 @@ async def _up(data_dir: Path) -> None:
             secret = await create_api_key(memory.address, "local", "agentmesh up")
             key_file.write_text(secret + "\n")
             key_file.chmod(0o600)
+        state_file.write_text(json.dumps(_mesh_state(running, key_file), indent=2) + "\n")
         table = Table(title="agentmesh is up")
-        for column in ("service", "address", "metrics"):
+        for column in ("service", "address", "metrics", "pid"):
             table.add_column(column)
         for service in running:
             metrics = f":{service.metrics_port}" if service.metrics_port else ""
-            table.add_row(service.spec.name, service.address, metrics)
+            pid = str(service.process.pid) if service.process else ""
+            table.add_row(service.spec.name, service.address, metrics, pid)
         console.print(table)
         console.print(f"API key (tenant local): {key_file.read_text().strip()}")
-        console.print(f'logs: {data_dir / "logs"}  ·  try: agentmesh run "Say hello"')
+        orchestrator = next(s for s in running if s.spec is ORCHESTRATOR)
+        target = (
+            ""
+            if orchestrator.port == ORCHESTRATOR.default_port
+            else " --target " + (orchestrator.address)
+        )
+        console.print(f"mesh: {state_file}  ·  logs: {data_dir / 'logs'}")
+        console.print(f'try: agentmesh run{target} "Say hello"', highlight=False)
         console.print("The demo model's text is meaningless by design; see the README.")
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         exits = [asyncio.create_task(s.process.wait()) for s in running if s.process]
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *exits], return_when=asyncio.FIRST_COMPLETED)
-        if waiter not in done:
-            dead = [s.spec.name for s in running if s.process and s.process.returncode is not None]
-            errors.print(f"[red]error:[/red] {', '.join(dead)} exited; stopping the mesh")
         for task in [waiter, *exits]:
             task.cancel()
+        if waiter not in done:
+            dead = [s.spec.name for s in running if s.process and s.process.returncode is not None]
+            raise CliError(
+                f"{', '.join(dead)} exited; stopped the mesh (logs in {data_dir / 'logs'})"
+            )
     finally:
         console.print("stopping …")
         await stop_mesh(running)
+        state_file.unlink(missing_ok=True)
         console.print("stopped")
+
+
+def _mesh_state(running: list[ServiceProcess], key_file: Path) -> dict[str, object]:
+    services = {
+        s.spec.name: {
+            "address": s.address,
+            "metrics_port": s.metrics_port,
+            "pid": s.process.pid if s.process else None,
+        }
+        for s in running
+    }
+    return {
+        "orchestrator": services[ORCHESTRATOR.name]["address"],
+        "memory": services[MEMORY.name]["address"],
+        "api_key_file": str(key_file),
+        "pid": os.getpid(),
+        "services": services,
+    }
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -222,23 +330,28 @@ def run(
     agents: Annotated[Path | None, typer.Option(help="YAML file of agents")] = None,
     max_rounds: Annotated[int, typer.Option(help="rounds for round-robin")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="one event per line")] = False,
-    target: Target = DEFAULT_TARGET,
+    target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
-    """Start a session for GOAL and show it live; Ctrl-C cancels it."""
+    """Start a session for GOAL and show it live; Ctrl-C cancels it.
+
+    Exit code: 0 completed, 1 failed or cancelled elsewhere (or an error), 130 cancelled with
+    Ctrl-C (after showing the `session_cancelled` usage).
+    """
     if strategy and strategy not in STRATEGIES:
         errors.print(f"[red]error:[/red] --strategy must be one of {', '.join(STRATEGIES)}")
         raise typer.Exit(2)
-    team = load_agents(agents) if agents is not None else []
     chosen = STRATEGIES.get(strategy, sessions_pb2.STRATEGY_UNSPECIFIED)
-    if not team and chosen == sessions_pb2.STRATEGY_UNSPECIFIED:
-        chosen = sessions_pb2.STRATEGY_ROUTER
 
     async def go(client: AgentmeshClient) -> None:
+        team = load_agents(agents) if agents is not None else []
+        strategy = chosen
+        if not team and strategy == sessions_pb2.STRATEGY_UNSPECIFIED:
+            strategy = sessions_pb2.STRATEGY_ROUTER
         session = await client.create_session(
             goal=goal,
             inline_agents=team,
-            strategy=chosen,
+            strategy=strategy,
             limits=sessions_pb2.SessionLimits(max_rounds=max_rounds),
         )
         await _show(client, session.name, client.run(session.name), as_json)
@@ -256,6 +369,7 @@ async def _show(
 ) -> None:
     view = SessionView(session=session)
     interrupted = asyncio.Event()
+    user_cancelled = False
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGINT, interrupted.set)
     try:
@@ -276,6 +390,7 @@ async def _show(
                 if next_event not in done:
                     next_event.cancel()
                     if cancel_on_interrupt:
+                        user_cancelled = True
                         await client.cancel_session(session)
                         iterator = client.events(session, after_seq=view.last_seq).__aiter__()
                         interrupted.clear()
@@ -293,7 +408,9 @@ async def _show(
                     live.update(view.render())
     finally:
         loop.remove_signal_handler(signal.SIGINT)
-    if view.outcome.startswith("failed"):
+    if user_cancelled:
+        raise typer.Exit(EXIT_CANCELLED)
+    if not view.outcome.startswith("completed"):
         raise typer.Exit(1)
 
 
@@ -305,15 +422,11 @@ def sessions_list(
     status: Annotated[
         str, typer.Option(help="pending, running, completed, failed, cancelled")
     ] = "",
-    target: Target = DEFAULT_TARGET,
+    target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """Sessions, newest first."""
-    wanted = (
-        sessions_pb2.SessionStatus.Value(f"SESSION_STATUS_{status.upper()}")
-        if status
-        else sessions_pb2.SESSION_STATUS_UNSPECIFIED
-    )
+    wanted = _enum(sessions_pb2.SessionStatus, "SESSION_STATUS_", status, "--status")
 
     async def go(client: AgentmeshClient) -> None:
         table = Table()
@@ -333,13 +446,13 @@ def sessions_list(
 
 
 @sessions_app.command("show")
-def sessions_show(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def sessions_show(name: str, target: Target = "", api_key: ApiKey = "") -> None:
     """A session with its agents, tasks and usage."""
 
     async def go(client: AgentmeshClient) -> None:
         reply = await client.get_session(_session_name(name))
         session = reply.session
-        console.print(f"[bold]{session.name}[/bold]  {status_name(session.status)}")
+        console.print(f"{session.name}  {status_name(session.status)}", style="bold")
         console.print(f"goal: {session.goal}")
         console.print(f"agents: {', '.join(a.name for a in reply.agents) or '-'}")
         if reply.tasks:
@@ -362,7 +475,7 @@ def sessions_watch(
     name: str,
     after_seq: Annotated[int, typer.Option(help="replay events after this seq")] = 0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    target: Target = DEFAULT_TARGET,
+    target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """Replay a session's events, then follow it live."""
@@ -381,7 +494,7 @@ def sessions_watch(
 
 
 @sessions_app.command("cancel")
-def sessions_cancel(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def sessions_cancel(name: str, target: Target = "", api_key: ApiKey = "") -> None:
     """Cancel a session."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -389,6 +502,19 @@ def sessions_cancel(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey 
         console.print(f"{session.name}: {status_name(session.status)}")
 
     _run(_with_client(target, api_key, go))
+
+
+def _enum(enum: Any, prefix: str, value: str, option: str) -> Any:
+    """`running` -> `SESSION_STATUS_RUNNING`'s number; "" -> 0; a bad value exits with usage."""
+    if not value:
+        return 0
+    try:
+        return enum.Value(prefix + value.upper().replace("-", "_"))
+    except ValueError:
+        names = enum.keys()  # an EnumTypeWrapper is not iterable
+        choices = [n.removeprefix(prefix).lower() for n in names if not n.endswith("UNSPECIFIED")]
+        errors.print(f"[red]error:[/red] {option} must be one of {', '.join(choices)}")
+        raise typer.Exit(2) from None
 
 
 def _session_name(name: str) -> str:
@@ -399,12 +525,11 @@ def _session_name(name: str) -> str:
 
 
 @agents_app.command("create")
-def agents_create(file: Path, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def agents_create(file: Path, target: Target = "", api_key: ApiKey = "") -> None:
     """Create every agent of a YAML file."""
-    definitions = load_agents(file)
 
     async def go(client: AgentmeshClient) -> None:
-        for definition in definitions:
+        for definition in load_agents(file):
             agent_id = definition.name.removeprefix("agents/")
             created = await client.create_agent(agent_id, definition)
             console.print(f"created {created.name}")
@@ -413,7 +538,7 @@ def agents_create(file: Path, target: Target = DEFAULT_TARGET, api_key: ApiKey =
 
 
 @agents_app.command("list")
-def agents_list(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def agents_list(target: Target = "", api_key: ApiKey = "") -> None:
     """Agent definitions."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -434,7 +559,7 @@ def agents_list(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
 
 
 @agents_app.command("show")
-def agents_show(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def agents_show(name: str, target: Target = "", api_key: ApiKey = "") -> None:
     """An agent definition as YAML."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -445,7 +570,7 @@ def agents_show(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = ""
 
 
 @agents_app.command("delete")
-def agents_delete(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def agents_delete(name: str, target: Target = "", api_key: ApiKey = "") -> None:
     """Delete an agent definition."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -461,7 +586,7 @@ def agents_delete(name: str, target: Target = DEFAULT_TARGET, api_key: ApiKey = 
 
 @memory_app.command("list")
 def memory_list(
-    agent: str, user: str = "default", target: Target = DEFAULT_TARGET, api_key: ApiKey = ""
+    agent: str, user: str = "default", target: Target = "", api_key: ApiKey = ""
 ) -> None:
     """An agent's memories for a user."""
 
@@ -478,7 +603,7 @@ def memory_get(
     agent: str,
     key: str,
     user: str = "default",
-    target: Target = DEFAULT_TARGET,
+    target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """One memory entry."""
@@ -497,14 +622,14 @@ def memory_put(
     value: Annotated[str, typer.Argument(help="a JSON value")],
     user: str = "default",
     ttl: Annotated[float | None, typer.Option(help="seconds to live")] = None,
-    target: Target = DEFAULT_TARGET,
+    target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """Write a memory entry."""
     try:
         parsed = ParseDict(json.loads(value), struct_pb2.Value())
     except (ValueError, ParseError) as exc:
-        errors.print(f"[red]error:[/red] VALUE is not JSON: {exc}")
+        errors.print(f"[red]error:[/red] VALUE is not JSON: {escape(str(exc))}")
         raise typer.Exit(2) from None
 
     async def go(client: AgentmeshClient) -> None:
@@ -521,7 +646,7 @@ def memory_delete(
     agent: str,
     key: str,
     user: str = "default",
-    target: Target = DEFAULT_TARGET,
+    target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """Delete a memory entry."""
@@ -534,9 +659,7 @@ def memory_delete(
 
 
 @settings_app.command("show")
-def settings_show(
-    user: str = "default", target: Target = DEFAULT_TARGET, api_key: ApiKey = ""
-) -> None:
+def settings_show(user: str = "default", target: Target = "", api_key: ApiKey = "") -> None:
     """A user's settings."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -551,7 +674,7 @@ def settings_set(
     default_route: Annotated[str, typer.Option(help="route for agents that name none")] = "",
     preference: Annotated[str, typer.Option(help="local or online")] = "",
     user: str = "default",
-    target: Target = DEFAULT_TARGET,
+    target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """Change a user's settings."""
@@ -561,8 +684,8 @@ def settings_set(
         settings.default_route = default_route
         fields.append("default_route")
     if preference:
-        settings.model_preference = user_settings_pb2.ModelPreference.Value(
-            f"MODEL_PREFERENCE_{preference.upper()}"
+        settings.model_preference = _enum(
+            user_settings_pb2.ModelPreference, "MODEL_PREFERENCE_", preference, "--preference"
         )
         fields.append("model_preference")
 
@@ -574,7 +697,7 @@ def settings_set(
 
 
 @app.command()
-def models(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def models(target: Target = "", api_key: ApiKey = "") -> None:
     """Routes and the models behind them."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -591,7 +714,7 @@ def models(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
 
 
 @app.command()
-def providers(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def providers(target: Target = "", api_key: ApiKey = "") -> None:
     """Health and circuit state of every deployment."""
 
     async def go(client: AgentmeshClient) -> None:
@@ -617,7 +740,7 @@ def providers(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
 
 
 @app.command()
-def tools(target: Target = DEFAULT_TARGET, api_key: ApiKey = "") -> None:
+def tools(target: Target = "", api_key: ApiKey = "") -> None:
     """Tools agents can be given."""
 
     async def go(client: AgentmeshClient) -> None:

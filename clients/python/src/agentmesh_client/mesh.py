@@ -51,7 +51,40 @@ SERVICES: tuple[ServiceSpec, ...] = (MEMORY, RUNNER, GATEWAY, ORCHESTRATOR)
 
 
 class ServiceStartError(RuntimeError):
-    """A service exited or stayed silent before reporting that it started."""
+    """A service exited or stayed silent before reporting that it started.
+
+    `str()` is one line: the service, what happened, and the service's own error; `output`
+    keeps the last lines it printed.
+    """
+
+    def __init__(self, message: str, output: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.output = tuple(output)
+
+
+def service_error(output: Sequence[str]) -> str:
+    """The service's own error from its last output lines: the last ERROR record's exception
+    (or message), else the last line that is not a JSON log record."""
+    for line in reversed(output):
+        record = _json_record(line)
+        if record is None or record.get("level") not in ("ERROR", "CRITICAL"):
+            continue
+        exc_info = record.get("exc_info")
+        if isinstance(exc_info, str) and exc_info.strip():
+            return exc_info.strip().splitlines()[-1]
+        return str(record.get("message", ""))
+    plain = [line.strip() for line in output if line.strip() and _json_record(line) is None]
+    return plain[-1] if plain else ""
+
+
+def _json_record(line: str) -> dict[str, object] | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 @dataclass
@@ -82,6 +115,9 @@ class ServiceProcess:
             "-m",
             self.spec.module,
             env={**os.environ, **self.env},
+            # Its own process group: a terminal's Ctrl-C reaches only the parent, which then
+            # stops the services one by one in reverse dependency order.
+            process_group=0,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -92,9 +128,12 @@ class ServiceProcess:
             self.port, self.metrics_port = await asyncio.wait_for(started, within_seconds)
         except (TimeoutError, ServiceStartError) as exc:
             await self.stop(grace=2.0)
-            output = "\n".join(self.recent_output) or "(no output)"
+            output = list(self.recent_output)
+            cause = service_error(output)
             raise ServiceStartError(
-                f"{self.spec.name} did not start: {exc or 'timed out'}\n{output}"
+                f"{self.spec.name} did not start ({exc or 'timed out'})"
+                + (f": {cause}" if cause else ""),
+                output,
             ) from None
 
     async def _read_output(self, started: asyncio.Future[tuple[int, int | None]]) -> None:
@@ -154,13 +193,8 @@ class ServiceProcess:
 
 def parse_started_line(line: str) -> tuple[int, int | None] | None:
     """The (port, metrics_port) from a service's JSON "service started" log line, if it is one."""
-    if not line.startswith("{"):
-        return None
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or record.get("message") != "service started":
+    record = _json_record(line)
+    if record is None or record.get("message") != "service started":
         return None
     port = record.get("port")
     metrics_port = record.get("metrics_port")
@@ -227,7 +261,7 @@ async def _serve(data_dir: Path) -> int:
     try:
         running = await start_mesh(data_dir)
     except ServiceStartError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc} (logs in {data_dir / 'logs'})", file=sys.stderr)
         return 1
     for service in running:
         metrics = f", metrics on :{service.metrics_port}" if service.metrics_port else ""

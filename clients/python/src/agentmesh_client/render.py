@@ -8,6 +8,7 @@ end the final answer with a usage and cost table.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +29,13 @@ TASK_STYLES = {
     "cancelled": "magenta",
 }
 MAX_PANEL_CHARS = 1200
+# C0 and C1 control characters except tab and newline: model output must not drive the terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(text: str) -> Text:
+    """Model or user text as a Rich `Text`: never parsed as markup, control characters removed."""
+    return Text(_CONTROL.sub("", text))
 
 
 @dataclass
@@ -126,7 +134,8 @@ class SessionView:
     def render(self) -> RenderableType:
         """The whole view as one Rich renderable."""
         parts: list[RenderableType] = []
-        header = Text(self.goal or self.session, style="bold")
+        header = plain(self.goal or self.session)
+        header.stylize("bold")
         if self.analysis:
             header.append(f"\nrouter: {self.analysis}", style="cyan")
         parts.append(header)
@@ -137,10 +146,10 @@ class SessionView:
             if len(shown) > MAX_PANEL_CHARS:
                 shown = "…" + shown[-MAX_PANEL_CHARS:]
             style = "yellow" if agent == self.active_agent and not self.outcome else "blue"
-            parts.append(Panel(shown or "…", title=agent, border_style=style))
+            parts.append(Panel(plain(shown or "…"), title=plain(agent), border_style=style))
         if self.tool_lines:
             parts.append(
-                Panel("\n".join(self.tool_lines[-12:]), title="tools", border_style="cyan")
+                Panel(plain("\n".join(self.tool_lines[-12:])), title="tools", border_style="cyan")
             )
         if self.outcome:
             parts.extend(self._ending())
@@ -157,18 +166,20 @@ class SessionView:
                 took = f"{(task.ended or now) - task.started:.1f}s"
             status = task.status + (f" (try {task.attempts})" if task.attempts > 1 else "")
             table.add_row(
-                task.task_id,
+                plain(task.task_id),
                 Text(status, style=TASK_STYLES.get(task.status, "")),
-                task.agent,
+                plain(task.agent),
                 took,
-                task.description[:80],
+                plain(task.description[:80]),
             )
         return table
 
     def _ending(self) -> list[RenderableType]:
         parts: list[RenderableType] = []
         if self.final_answer is not None:
-            parts.append(Panel(self.final_answer or "(empty)", title="final answer", style="bold"))
+            parts.append(
+                Panel(plain(self.final_answer or "(empty)"), title="final answer", style="bold")
+            )
         parts.append(Text(f"session {self.session}: {self.outcome}", style="bold"))
         if self.usage is not None:
             parts.append(usage_table(self.per_agent_usage, self.usage))
@@ -181,7 +192,7 @@ def usage_table(per_agent: dict[str, generation_pb2.Usage], total: generation_pb
     for column in ("agent", "prompt", "completion", "total", "cost (USD)"):
         table.add_column(column, justify="right" if column != "agent" else "left")
     for agent, usage in per_agent.items():
-        table.add_row(agent, *_usage_cells(usage))
+        table.add_row(plain(agent), *_usage_cells(usage))
     table.add_row(Text("total", style="bold"), *_usage_cells(total))
     return table
 
