@@ -211,3 +211,21 @@ def _round_of(events: list[events_pb2.SessionEvent], completed: events_pb2.Sessi
         if e.HasField("message_started") and e.message_id == completed.message_id
     )
     return started.round
+
+
+async def test_the_router_on_the_tiny_model_answers_directly(mesh_factory: Any) -> None:
+    """The tiny model cannot classify (its text is meaningless): the router still answers."""
+    mesh: Mesh = await mesh_factory(by_speaker)
+    async with mesh.client() as client:
+        session = await client.create_session(
+            goal="Say hello",
+            inline_agents=[member("tiny-talker", route="tiny")],
+            strategy=sessions_pb2.STRATEGY_ROUTER,
+        )
+        events = await collect(client.run(session.name))
+    assert kinds(events)[-1] == "session_completed", events[-1]
+    analysis = next(e.analysis for e in events if e.HasField("analysis"))
+    assert analysis.kind == events_pb2.GOAL_KIND_SIMPLE
+    completed = [e.message_completed for e in events if e.HasField("message_completed")]
+    assert completed[-1].provider == "local"
+    assert mesh.provider.requests == [], "everything ran on the local runner"

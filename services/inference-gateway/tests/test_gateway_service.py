@@ -358,3 +358,31 @@ async def test_api_keys_never_reach_logs_spans_errors_or_responses(
     assert "attempt failed" in buffer.getvalue()
     assert KEY not in everything
     assert "SECRETSECRET" not in everything
+
+
+async def test_the_local_runner_gets_the_schema_as_an_instruction_not_a_parameter(
+    tmp_path: Path,
+) -> None:
+    runner = FakeRunner(pieces=('{"kind": "simple",', ' "reason": "a greeting"}'))
+    schema = {
+        "type": "object",
+        "required": ["kind", "reason"],
+        "properties": {"kind": {"enum": ["simple", "complex"]}, "reason": {"type": "string"}},
+    }
+    ask = inference_pb2.GenerateRequest(
+        route="default",
+        messages=[messages_pb2.Message(role=messages_pb2.ROLE_USER, content="Classify: hi")],
+    )
+    ask.config.response_schema.update(schema)
+    async with (
+        fake_runner(runner) as target,
+        running_gateway(None, tmp_path, runner_target=target) as gw,
+        grpc.aio.insecure_channel(gw.address) as channel,
+    ):
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        events = [r.event async for r in stub.Generate(ask, timeout=10)]
+    sent = runner.requests[0]
+    assert not sent.config.HasField("response_schema"), "the runner has no constrained decoding"
+    assert any("schema" in m.content.lower() for m in sent.messages), "the schema is instructed"
+    finished = events[-1].finished
+    assert finished.structured_output.fields["kind"].string_value == "simple"

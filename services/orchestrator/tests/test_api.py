@@ -15,6 +15,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2
+from google.rpc import status_pb2 as status
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -891,3 +892,23 @@ async def test_the_make_run_demo_runs_a_session_and_draws_its_answer(mesh: Mesh)
     assert "meaningless by design" in text
     assert "final answer" in text
     assert details.session.final_answer in text
+
+
+async def test_a_failed_model_call_fails_the_session_with_its_real_cause(database_url: str) -> None:
+    mesh, shutdown = await start_mesh(
+        database_url,
+        lambda _: Reply(error=status.Status(code=code_pb2.UNAVAILABLE, message="provider down")),
+    )
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Talk",
+                inline_agents=[agent("alice")],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            events = await collect(client.run(session.name))
+        failed = events[-1].session_failed
+        assert failed.error.code == code_pb2.UNAVAILABLE, failed.error
+        assert failed.error.message == "provider down"
+    finally:
+        await shutdown()

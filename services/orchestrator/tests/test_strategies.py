@@ -385,3 +385,28 @@ async def test_a_replan_that_works_completes_the_session(
     assert [
         e.plan_created.plan.revision for e in harness.events() if e.HasField("plan_created")
     ] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "analysis",
+    [
+        Reply(text="not json at all"),
+        Reply(error=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="no schema here")),
+    ],
+)
+async def test_router_answers_directly_when_the_model_cannot_classify(
+    harness_factory: Callable[..., Harness], analysis: Reply
+) -> None:
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        if "Classify the goal" in system_prompt(request):
+            return analysis
+        return Reply(text="A direct answer.")
+
+    harness = harness_factory(script)
+    session = make_session(sessions_pb2.STRATEGY_ROUTER, goal="Say hello")
+    final = await harness.engine.run(harness.engine.open_run(TENANT, session, []))
+    assert final.status == sessions_pb2.SESSION_STATUS_COMPLETED
+    assert final.final_answer == "A direct answer."
+    chosen = next(e.analysis for e in harness.events() if e.HasField("analysis"))
+    assert chosen.chosen_strategy == sessions_pb2.STRATEGY_ROUND_ROBIN
+    assert "answers directly" in chosen.reason

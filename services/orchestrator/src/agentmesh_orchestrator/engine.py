@@ -723,16 +723,21 @@ class SessionEngine:
     async def _router(self, run: SessionRun) -> Ending:
         analyst = self._default_agent(run, AgentKind.CUSTOM, "router", system=ROUTER_PROMPT)
         schema = ParseDict(dict(ANALYSIS_SCHEMA), struct_pb2.Struct())
-        outcome = await run.turns.run(
-            Turn(
-                agent=analyst,
-                prompt=f"Goal: {run.session.goal}",
-                history=(),
-                tools=ToolBox({}, (), read_only=True),
-                idempotency_key=run.key("analysis"),
-                response_schema=schema,
+        try:
+            outcome: TurnOutcome | None = await run.turns.run(
+                Turn(
+                    agent=analyst,
+                    prompt=f"Goal: {run.session.goal}",
+                    history=(),
+                    tools=ToolBox({}, (), read_only=True),
+                    idempotency_key=run.key("analysis"),
+                    response_schema=schema,
+                )
             )
-        )
+        except TurnFailed as failed:
+            # A model that cannot give a structured answer must not sink the session.
+            _logger.info("analysis failed (%s); answering directly", failed.status.message)
+            outcome = None
         kind, reason = _parse_analysis(outcome)
         chosen = {
             "simple": sessions_pb2.STRATEGY_ROUND_ROBIN,
@@ -977,9 +982,11 @@ def _agent_type(name: str) -> agents_pb2.AgentType.ValueType:
     }.get(name, agents_pb2.AGENT_TYPE_CUSTOM)
 
 
-def _parse_analysis(outcome: TurnOutcome) -> tuple[str, str]:
+def _parse_analysis(outcome: TurnOutcome | None) -> tuple[str, str]:
     document: object
-    if outcome.structured is not None:
+    if outcome is None:
+        document = {}
+    elif outcome.structured is not None:
         document = MessageToDict(outcome.structured)
     else:
         try:
@@ -988,8 +995,8 @@ def _parse_analysis(outcome: TurnOutcome) -> tuple[str, str]:
             document = {}
     if isinstance(document, dict) and document.get("kind") in GOAL_KINDS:
         return str(document["kind"]), str(document.get("reason", ""))
-    # An unusable analysis must not sink the session: treat the goal as complex, say why.
-    return "complex", "the analysis was not valid JSON; planning to be safe"
+    # An unusable analysis must not sink the session: one agent answers directly, and says so.
+    return "simple", "no usable analysis from the model; one agent answers directly"
 
 
 __all__ = [

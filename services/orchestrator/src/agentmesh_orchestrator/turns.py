@@ -263,6 +263,7 @@ class TurnRunner:
         started = time.monotonic()
         first_token: float | None = None
         attempt = 0
+        attempted_provider, attempted_model = model.provider or "unknown", model.model
         finished_event: generation_pb2.Finished | None = None
         failure: status_pb2.Status | None = None
         async for event in self._gateway.generate(self._tenant, request):
@@ -289,6 +290,8 @@ class TurnRunner:
                     )
             elif kind == "attempt_started":
                 attempt = event.attempt_started.attempt
+                attempted_provider = event.attempt_started.provider or attempted_provider
+                attempted_model = event.attempt_started.model or attempted_model
             elif kind == "restart":
                 # The gateway falls back after streaming: what was streamed under this message
                 # id is abandoned (it never completes); the answer streams under a new id.
@@ -328,6 +331,8 @@ class TurnRunner:
                 code=code_pb2.UNAVAILABLE, message="the model stream ended without an answer"
             )
             execution.outcome = memory_pb2.EXECUTION_OUTCOME_FAILED
+            execution.provider = attempted_provider
+            execution.model = attempted_model
             execution.error.CopyFrom(status)
             await self._recorder.flush()
             await self._store.record_execution(self._tenant, execution)

@@ -9,6 +9,7 @@ import grpc
 import grpc.aio
 from opentelemetry.trace import TracerProvider
 
+from agentmesh.common.v1 import messages_pb2
 from agentmesh.runner.v1 import runner_pb2, runner_pb2_grpc
 from agentmesh_common import create_channel
 from agentmesh_gateway.domain import (
@@ -28,7 +29,7 @@ from agentmesh_gateway.protoconv import (
     tool_to_proto,
     usage_from_proto,
 )
-from agentmesh_gateway.providers.base import Target
+from agentmesh_gateway.providers.base import Target, schema_instruction
 
 _CODES = {
     grpc.StatusCode.UNAVAILABLE: ErrorKind.CONNECT,
@@ -70,11 +71,24 @@ class LocalRunnerAdapter:
     async def stream(
         self, call: GenerateCall, target: Target
     ) -> AsyncGenerator[ProviderEvent, None]:
+        config = config_to_proto(call.config)
+        messages = [message_to_proto(m) for m in call.messages]
+        if call.config.response_schema:
+            # The runner has no constrained decoding: as for Anthropic, the schema reaches the
+            # model as an instruction in the system prompt and the gateway validates the output.
+            config.ClearField("response_schema")
+            instruction = schema_instruction(call.config.response_schema)
+            if messages and messages[0].role == messages_pb2.ROLE_SYSTEM:
+                messages[0].content = f"{messages[0].content}\n\n{instruction}".strip()
+            else:
+                messages.insert(
+                    0, messages_pb2.Message(role=messages_pb2.ROLE_SYSTEM, content=instruction)
+                )
         request = runner_pb2.GenerateRequest(
             model=target.model,
-            messages=[message_to_proto(m) for m in call.messages],
+            messages=messages,
             tools=[tool_to_proto(t) for t in call.tools],
-            config=config_to_proto(call.config),
+            config=config,
             request_id=call.idempotency_key,
         )
         address = target.base_url or self._default_target
