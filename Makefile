@@ -23,8 +23,8 @@ setup: ## Install uv (if missing), the locked Python packages, buf and the Node 
 	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
 	npm ci --prefix deploy/tools --no-audit --no-fund --loglevel=error
 
-run: ## Start the four services on localhost (embedded default) and wait; Ctrl-C stops them
-	$(RUN) python -m agentmesh_client.mesh
+run: ## Start the mesh on localhost (embedded default) and run an example session; Ctrl-C stops it
+	$(RUN) agentmesh up --demo
 
 test: ## Run the whole test suite
 	$(RUN) pytest

@@ -451,3 +451,27 @@ def test_sigterm_while_starting_stops_what_had_started(tmp_path: Path) -> None:
         "error: interrupted while starting; nothing is left running"
     ]
     assert processes_using(data_dir) == []
+
+
+def test_make_runs_demo_shows_an_example_session_then_keeps_serving(tmp_path: Path) -> None:
+    """`make run` is `agentmesh up --demo`: the example session runs on the tiny model."""
+    up = start_up(tmp_path / "demo", "--demo")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            listed = up.cli("sessions", "list", "--status", "completed")
+            if "sessions/" in listed.stdout:
+                break
+            assert time.monotonic() < deadline, listed.stdout + listed.stderr
+            time.sleep(0.5)
+        assert up.process.poll() is None, "the mesh keeps serving after the example"
+        still_served = up.cli("tools")
+        assert still_served.returncode == 0
+    finally:
+        code, out = up.stop(signal.SIGINT)
+    assert code == 0, out
+    assert "example session" in out
+    assert "meaningless by design" in out
+    assert "final answer" in out
+    assert "usage" in out
+    assert "agentmesh keeps running" in out

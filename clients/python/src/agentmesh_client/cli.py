@@ -47,6 +47,7 @@ from agentmesh_common.errors import AgentmeshError, InvalidArgument
 from agentmesh_common.status import status_code_for
 
 from .client import AgentmeshClient
+from .demo import run_demo
 from .mesh import (
     GATEWAY,
     MEMORY,
@@ -173,6 +174,9 @@ def up(
         Path | None,
         typer.Option(help="routes file for the gateway (default: every route -> tiny model)"),
     ] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="run an example session once the mesh is up")
+    ] = False,
 ) -> None:
     """Start memory, local runner, gateway and orchestrator on localhost until Ctrl-C.
 
@@ -186,7 +190,7 @@ def up(
     if routes is not None and not routes.is_file():
         errors.print(f"[red]error:[/red] --routes: {escape(str(routes))} is not a file")
         raise typer.Exit(2)
-    _run(_up(data_dir, port_base, routes.resolve() if routes else None))
+    _run(_up(data_dir, port_base, routes.resolve() if routes else None, demo=demo))
 
 
 def mesh_layout(
@@ -208,7 +212,9 @@ def mesh_layout(
     return ports, extra
 
 
-async def _up(data_dir: Path, port_base: int | None, routes: Path | None) -> None:
+async def _up(
+    data_dir: Path, port_base: int | None, routes: Path | None, *, demo: bool = False
+) -> None:
     console.print(f"starting agentmesh (data in {data_dir}) …")
     ports, extra = mesh_layout(port_base, routes)
     loop = asyncio.get_running_loop()
@@ -253,8 +259,13 @@ async def _up(data_dir: Path, port_base: int | None, routes: Path | None) -> Non
             loop.add_signal_handler(sig, stop.set)
         exits = [asyncio.create_task(s.process.wait()) for s in running if s.process]
         waiter = asyncio.create_task(stop.wait())
+        example = (
+            asyncio.create_task(_demo(orchestrator.address, key_file.read_text().strip(), stop))
+            if demo
+            else None
+        )
         done, _ = await asyncio.wait([waiter, *exits], return_when=asyncio.FIRST_COMPLETED)
-        for task in [waiter, *exits]:
+        for task in [waiter, *exits, *([example] if example else [])]:
             task.cancel()
         if waiter not in done:
             dead = [s.spec.name for s in running if s.process and s.process.returncode is not None]
@@ -266,6 +277,17 @@ async def _up(data_dir: Path, port_base: int | None, routes: Path | None) -> Non
         await stop_mesh(running)
         state_file.unlink(missing_ok=True)
         console.print("stopped")
+
+
+async def _demo(target: str, api_key: str, stop: asyncio.Event) -> None:
+    """The example session of `up --demo`; a failure is one line and the mesh keeps serving."""
+    try:
+        await run_demo(target, api_key, console)
+    except (AgentmeshError, grpc.aio.AioRpcError) as exc:
+        errors.print(f"[red]example session failed:[/red] {escape(_one_line(exc))}")
+        return
+    if not stop.is_set():
+        console.print("agentmesh keeps running; press Ctrl-C to stop it")
 
 
 def _mesh_state(running: list[ServiceProcess], key_file: Path) -> dict[str, object]:

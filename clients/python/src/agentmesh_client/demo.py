@@ -60,5 +60,6 @@ async def run_demo(target: str, api_key: str, console: Console) -> str:
             async for event in client.run(session.name):
                 view.apply(event)
                 live.update(view.render())
+    console.print()
     console.print(f"try: agentmesh sessions show {session.name.removeprefix('sessions/')}")
     return session.name
