@@ -357,6 +357,20 @@ def test_up_from_a_fresh_data_dir_stops_cleanly_and_a_restart_keeps_the_sessions
             assert [f["provider"] for f in finished] == ["local", "local"], "the tiny model"
             assert all(0 < int(f["usage"]["completionTokens"]) <= 16 for f in finished)
             sessions.append(events[0]["session"])
+        # The router cannot get a classification out of the tiny model: it answers directly.
+        routed = first.cli(*run_args("router", team_files, "default"), "--json")
+        assert routed.returncode == 0, routed.stderr
+        routed_events = json_events(routed.stdout)
+        assert_one_story(routed_events)
+        analysis = next(e["analysis"] for e in routed_events if payload(e) == "analysis")
+        assert analysis["kind"] == "GOAL_KIND_SIMPLE"
+        # A planner needs a JSON plan, which meaningless text never is: it fails, clearly.
+        planned = first.cli(*run_args("planner-executor", team_files, "default"), "--json")
+        assert planned.returncode == 1
+        planned_events = json_events(planned.stdout)
+        assert_one_story(planned_events, ending="sessionFailed")
+        failure = planned_events[-1]["sessionFailed"]["error"]["message"]
+        assert "no valid plan" in failure
         session = sessions[0]
     finally:
         code, out = first.stop(signal.SIGINT)
