@@ -1,10 +1,10 @@
 """Start the four agentmesh services as child processes on localhost, and stop them cleanly.
 
-`python -m agentmesh_client.mesh` (what `make run` does) starts memory, local runner, gateway
-and orchestrator in dependency order, each on its default port, waits for every health check to
-answer SERVING, prints where each listens, writes their logs to `<data dir>/logs/<service>.log`,
-and on Ctrl-C or SIGTERM stops them in reverse order. A service that fails to start is reported
-with the last lines it printed, and nothing is left running.
+`start_mesh` starts memory, local runner, gateway and orchestrator in dependency order, each
+wired to the ports the others bound, waits for every health check to answer SERVING, and writes
+their logs to `<data dir>/logs/<service>.log`; `stop_mesh` stops them in reverse order. If a
+service fails to start, what had started is stopped. `agentmesh up` (and so `make run`) is
+built on these.
 
 `ServiceProcess` is also what the test suite uses to run each service as a real process: it
 reads the bound port from the service's "service started" log line, so port 0 works.
@@ -12,7 +12,6 @@ reads the bound port from the service's "service started" log line, so port 0 wo
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -254,47 +253,3 @@ async def stop_mesh(running: Sequence[ServiceProcess]) -> None:
     """Stop services in reverse start order."""
     for service in reversed(running):
         await service.stop()
-
-
-async def _serve(data_dir: Path) -> int:
-    print(f"starting agentmesh on localhost (data in {data_dir})", flush=True)
-    try:
-        running = await start_mesh(data_dir)
-    except ServiceStartError as exc:
-        print(f"error: {exc} (logs in {data_dir / 'logs'})", file=sys.stderr)
-        return 1
-    for service in running:
-        metrics = f", metrics on :{service.metrics_port}" if service.metrics_port else ""
-        print(f"  {service.spec.name:<18} {service.address}{metrics}", flush=True)
-    print(f"logs in {data_dir / 'logs'}; press Ctrl-C to stop", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    exited = [asyncio.create_task(s.process.wait()) for s in running if s.process is not None]
-    waiter = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([waiter, *exited], return_when=asyncio.FIRST_COMPLETED)
-    code = 0
-    if waiter not in done:
-        dead = [s.spec.name for s in running if s.process and s.process.returncode is not None]
-        print(f"error: {', '.join(dead)} exited unexpectedly; stopping the mesh", file=sys.stderr)
-        code = 1
-    print("stopping agentmesh ...", flush=True)
-    await stop_mesh(running)
-    for task in [waiter, *exited]:
-        task.cancel()
-    print("stopped", flush=True)
-    return code
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the agentmesh services on localhost.")
-    parser.add_argument("--data-dir", type=Path, default=Path(".data"), help="state and logs")
-    args = parser.parse_args(argv)
-    data_dir: Path = args.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_serve(data_dir))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
