@@ -103,6 +103,11 @@ class InvalidArgument(AgentmeshError):
         super().__init__(message, reason=reason, metadata=metadata)
         self.violations: tuple[FieldViolation, ...] = tuple(violations)
 
+    @classmethod
+    def for_field(cls, field: str, description: str) -> InvalidArgument:
+        """One bad field: the message and the single violation both name it."""
+        return cls(f"{field}: {description}", violations=[FieldViolation(field, description)])
+
 
 class NotFound(AgentmeshError):
     default_reason = "NOT_FOUND"

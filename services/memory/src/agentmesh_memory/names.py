@@ -49,9 +49,7 @@ REQUEST_ID_MAX = 128
 
 def invalid(field: str, description: str) -> InvalidArgument:
     """An INVALID_ARGUMENT error with one field violation."""
-    return InvalidArgument(
-        f"{field}: {description}", violations=[FieldViolation(field, description)]
-    )
+    return InvalidArgument.for_field(field, description)
 
 
 def invalid_many(violations: Sequence[FieldViolation]) -> InvalidArgument:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agentmesh.common.v1 import agents_pb2
-from agentmesh_common import FieldViolation, InvalidArgument
+from agentmesh_common import InvalidArgument
 
 from .domain.agent_types import AgentKind, with_defaults
 from .domain.templates import PromptTemplate, check_metadata, parse_template
@@ -57,15 +57,11 @@ def prepare_agent(
     Raises `InvalidArgument` naming the field at fault (`field` prefixes the names).
     """
     if not definition.name:
-        raise InvalidArgument(
-            f"{field}.name is required", violations=[FieldViolation(f"{field}.name", "required")]
-        )
+        raise InvalidArgument.for_field(f"{field}.name", "required")
     for prompt_field in ("system", "user_template", "context_instructions"):
         if len(getattr(definition.prompts, prompt_field)) > MAX_PROMPT_CHARS:
-            name = f"{field}.prompts.{prompt_field}"
-            raise InvalidArgument(
-                f"{name} is longer than {MAX_PROMPT_CHARS} characters",
-                violations=[FieldViolation(name, f"at most {MAX_PROMPT_CHARS} characters")],
+            raise InvalidArgument.for_field(
+                f"{field}.prompts.{prompt_field}", f"at most {MAX_PROMPT_CHARS} characters"
             )
     kind = kind_of(definition)
     prompts = with_defaults(

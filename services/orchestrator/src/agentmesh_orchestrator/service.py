@@ -24,7 +24,6 @@ from agentmesh.memory.v1 import memory_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2
 from agentmesh_common import (
     FailedPrecondition,
-    FieldViolation,
     InvalidArgument,
     NotFound,
 )
@@ -51,9 +50,7 @@ class Bounds:
 
 def invalid(field: str, description: str) -> InvalidArgument:
     """An `InvalidArgument` naming one field."""
-    return InvalidArgument(
-        f"{field}: {description}", violations=[FieldViolation(field, description)]
-    )
+    return InvalidArgument.for_field(field, description)
 
 
 class OrchestratorApp:

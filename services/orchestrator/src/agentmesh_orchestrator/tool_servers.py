@@ -19,7 +19,7 @@ from google.protobuf import duration_pb2, struct_pb2
 from agentmesh.common.v1 import tools_pb2
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2, tool_service_pb2, tool_service_pb2_grpc
-from agentmesh_common import FailedPrecondition, FieldViolation, InvalidArgument
+from agentmesh_common import FailedPrecondition, InvalidArgument
 
 from .adapters.memory_client import MemoryClient
 from .agents import AGENT_ID
@@ -28,12 +28,6 @@ from .tools import Tool, ToolCallContext, ToolError
 DEFAULT_CALL_TIMEOUT = 30.0
 LIST_TIMEOUT = 5.0
 TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-
-
-def _invalid(field: str, description: str) -> InvalidArgument:
-    return InvalidArgument(
-        f"{field}: {description}", violations=[FieldViolation(field, description)]
-    )
 
 
 class ToolCatalog:
@@ -77,14 +71,16 @@ class ToolCatalog:
         """Ask the server for its tools, check them, and store the registration."""
         server = request.tool_server
         if not AGENT_ID.fullmatch(request.tool_server_id):
-            raise _invalid("tool_server_id", "must match [a-z][a-z0-9-]{0,62}")
+            raise InvalidArgument.for_field("tool_server_id", "must match [a-z][a-z0-9-]{0,62}")
         if not server.address.strip():
-            raise _invalid("tool_server.address", "required")
+            raise InvalidArgument.for_field("tool_server.address", "required")
         timeout = (
             server.call_timeout.ToNanoseconds() / 1e9 if server.HasField("call_timeout") else 0
         )
         if timeout < 0 or timeout > 600:
-            raise _invalid("tool_server.call_timeout", "must be between 0 and 600 seconds")
+            raise InvalidArgument.for_field(
+                "tool_server.call_timeout", "must be between 0 and 600 seconds"
+            )
         listed = await self._list_tools(server.address, server.use_tls)
         taken = {
             spec.name: record.name for record in await self.records(tenant) for spec in record.tools

@@ -15,7 +15,7 @@ import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agentmesh_common import FieldViolation, InvalidArgument
+from agentmesh_common import InvalidArgument
 
 STANDARD_VARIABLES = frozenset({"goal", "input", "context", "round", "history_count"})
 METADATA_PREFIX = "metadata."
@@ -77,19 +77,23 @@ def parse_template(text: str, field: str) -> PromptTemplate:
     try:
         pieces = list(_FORMATTER.parse(text))
     except ValueError as exc:
-        raise _invalid(field, f"malformed template: {exc}") from None
+        raise InvalidArgument.for_field(field, f"malformed template: {exc}") from None
     parts: list[tuple[str, str | None]] = []
     for literal, name, spec, conversion in pieces:
         if name is None:
             parts.append((literal, None))
             continue
         if name == "" or name.isdigit():
-            raise _invalid(field, "positional fields such as {} are not allowed; name a variable")
+            raise InvalidArgument.for_field(
+                field, "positional fields such as {} are not allowed; name a variable"
+            )
         if conversion or spec:
-            raise _invalid(field, f"{{{name}}} may not have a conversion or format spec")
+            raise InvalidArgument.for_field(
+                field, f"{{{name}}} may not have a conversion or format spec"
+            )
         if not _is_known(name):
             allowed = ", ".join(sorted(STANDARD_VARIABLES))
-            raise _invalid(
+            raise InvalidArgument.for_field(
                 field,
                 f"unknown variable {{{name}}}; use one of {allowed} or {{metadata.KEY}}",
             )
@@ -101,7 +105,7 @@ def check_metadata(template: PromptTemplate, metadata: Mapping[str, str], field:
     """Fail when the template needs session metadata keys the session does not have."""
     missing = sorted(template.metadata_keys - metadata.keys())
     if missing:
-        raise _invalid(
+        raise InvalidArgument.for_field(
             field, f"template uses metadata {', '.join(missing)} that the session does not set"
         )
 
@@ -111,9 +115,3 @@ def _is_known(name: str) -> bool:
         return True
     key = name.removeprefix(METADATA_PREFIX)
     return name.startswith(METADATA_PREFIX) and _METADATA_KEY.fullmatch(key) is not None
-
-
-def _invalid(field: str, description: str) -> InvalidArgument:
-    return InvalidArgument(
-        f"{field}: {description}", violations=[FieldViolation(field, description)]
-    )
