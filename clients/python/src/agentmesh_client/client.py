@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2
+from google.protobuf import field_mask_pb2, struct_pb2
 from google.protobuf.json_format import ParseDict
 
 from agentmesh.common.v1 import (
@@ -32,6 +32,7 @@ from agentmesh.common.v1 import (
     user_settings_pb2,
 )
 from agentmesh.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from agentmesh_common.protobuf import duration
 from agentmesh_common.status import from_rpc_error
 
 T = TypeVar("T")
@@ -237,7 +238,7 @@ class AgentmeshClient:
         if context is not None:
             ParseDict(context, request.context)
         if timeout_seconds is not None:
-            request.timeout.CopyFrom(_duration(timeout_seconds))
+            request.timeout.CopyFrom(duration(timeout_seconds))
         call = self._stub.Execute(request, metadata=self._metadata)
         session = ""
         last = 0
@@ -371,7 +372,7 @@ class AgentmeshClient:
             request_id=uuid.uuid4().hex,
         )
         if ttl_seconds is not None:
-            request.ttl.CopyFrom(_duration(ttl_seconds))
+            request.ttl.CopyFrom(duration(ttl_seconds))
         reply = await self._call(self._stub.PutMemory, request)
         return reply.entry
 
@@ -426,7 +427,7 @@ class AgentmeshClient:
             address=address, description=description, use_tls=use_tls
         )
         if call_timeout_seconds is not None:
-            server.call_timeout.CopyFrom(_duration(call_timeout_seconds))
+            server.call_timeout.CopyFrom(duration(call_timeout_seconds))
         reply = await self._call(
             self._stub.CreateToolServer,
             orchestrator_pb2.CreateToolServerRequest(
@@ -473,9 +474,3 @@ class AgentmeshClient:
             self._stub.GetUsage,
             orchestrator_pb2.GetUsageRequest(session=session, group_by=group_by),
         )
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    value = duration_pb2.Duration()
-    value.FromNanoseconds(int(seconds * 1e9))
-    return value

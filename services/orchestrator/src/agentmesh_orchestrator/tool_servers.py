@@ -14,12 +14,13 @@ import re
 from collections.abc import Mapping
 
 import grpc
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import struct_pb2
 
 from agentmesh.common.v1 import tools_pb2
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2, tool_service_pb2, tool_service_pb2_grpc
 from agentmesh_common import FailedPrecondition, InvalidArgument
+from agentmesh_common.protobuf import duration
 
 from .adapters.memory_client import MemoryClient
 from .agents import AGENT_ID
@@ -106,7 +107,7 @@ class ToolCatalog:
         record.call_timeout.CopyFrom(
             server.call_timeout
             if server.HasField("call_timeout")
-            else _seconds(DEFAULT_CALL_TIMEOUT)
+            else duration(DEFAULT_CALL_TIMEOUT)
         )
         reply = await self._memory.call(
             tenant,
@@ -188,9 +189,3 @@ def as_public(record: memory_pb2.ToolServerRecord) -> orchestrator_pb2.ToolServe
         tools=record.tools,
         create_time=record.create_time,
     )
-
-
-def _seconds(value: float) -> duration_pb2.Duration:
-    duration = duration_pb2.Duration()
-    duration.FromNanoseconds(int(value * 1e9))
-    return duration

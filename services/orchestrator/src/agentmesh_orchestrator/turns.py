@@ -17,13 +17,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 from opentelemetry import trace
 
 from agentmesh.common.v1 import events_pb2, generation_pb2, messages_pb2, tools_pb2
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh.memory.v1 import memory_pb2
+from agentmesh_common.protobuf import duration
 
 from .agents import SessionAgent
 from .events import EventRecorder
@@ -322,10 +323,10 @@ class TurnRunner:
             route=model.route,
             attempt=attempt,
             idempotency_key=key,
-            latency=_duration(latency),
+            latency=duration(latency),
         )
         if first_token is not None:
-            execution.time_to_first_token.CopyFrom(_duration(first_token - started))
+            execution.time_to_first_token.CopyFrom(duration(first_token - started))
         if finished_event is None:
             status = failure or status_pb2.Status(
                 code=code_pb2.UNAVAILABLE, message="the model stream ended without an answer"
@@ -396,9 +397,3 @@ class TurnRunner:
         return messages_pb2.Message(
             role=messages_pb2.ROLE_TOOL, content=content, name=call.name, tool_call_id=call.id
         )
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    value = duration_pb2.Duration()
-    value.FromNanoseconds(int(seconds * 1e9))
-    return value

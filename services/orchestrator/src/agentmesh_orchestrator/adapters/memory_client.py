@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import grpc
-from google.protobuf import duration_pb2, field_mask_pb2
+from google.protobuf import field_mask_pb2
 
 from agentmesh.common.v1 import events_pb2, memory_entries_pb2, sessions_pb2
 from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from agentmesh_common import TENANT_METADATA_KEY, NotFound, from_rpc_error
+from agentmesh_common.protobuf import duration
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
@@ -142,7 +143,7 @@ class MemoryClient:
     ) -> memory_entries_pb2.MemoryEntry:
         request = memory_pb2.PutMemoryRequest(entry=entry)
         if ttl_seconds is not None:
-            request.ttl.CopyFrom(_duration(ttl_seconds))
+            request.ttl.CopyFrom(duration(ttl_seconds))
         reply = await self.call(tenant, self.stub.PutMemory, request)
         return reply.entry
 
@@ -192,9 +193,7 @@ class MemoryClient:
         return await self.call(
             tenant,
             self.stub.AcquireLease,
-            memory_pb2.AcquireLeaseRequest(
-                session=session, owner=owner, ttl=_duration(ttl_seconds)
-            ),
+            memory_pb2.AcquireLeaseRequest(session=session, owner=owner, ttl=duration(ttl_seconds)),
         )
 
     async def renew_lease(
@@ -203,7 +202,7 @@ class MemoryClient:
         reply = await self.call(
             tenant,
             self.stub.RenewLease,
-            memory_pb2.RenewLeaseRequest(session=session, owner=owner, ttl=_duration(ttl_seconds)),
+            memory_pb2.RenewLeaseRequest(session=session, owner=owner, ttl=duration(ttl_seconds)),
         )
         return reply.lease
 
@@ -213,9 +212,3 @@ class MemoryClient:
             self.stub.ReleaseLease,
             memory_pb2.ReleaseLeaseRequest(session=session, owner=owner),
         )
-
-
-def _duration(seconds: float) -> duration_pb2.Duration:
-    value = duration_pb2.Duration()
-    value.FromNanoseconds(int(seconds * 1e9))
-    return value
