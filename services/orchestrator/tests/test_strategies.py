@@ -294,6 +294,7 @@ async def test_a_recorded_model_call_is_not_repeated_on_resume(
     agents = [make_agent("a")]
     await harness.engine.run(harness.engine.open_run(TENANT, session, agents))
     assert len(harness.gateway.requests) == 1
+    assert harness.store.execution_lookups == 0, "a fresh run never needs the ledger"
 
     # Another replica resumes the same session from the start: same idempotency keys.
     resumed = make_session(

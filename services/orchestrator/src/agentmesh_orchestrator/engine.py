@@ -258,6 +258,8 @@ class SessionEngine:
         self, run: SessionRun, *, single_step: bool, resumed: bool
     ) -> sessions_pb2.Session:
         session = run.session
+        if resumed:
+            run.turns.reuse_recorded_calls = True
         try:
             if session.status == sessions_pb2.SESSION_STATUS_PENDING or resumed:
                 await self._start(run, resumed=resumed)

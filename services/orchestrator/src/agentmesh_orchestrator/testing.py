@@ -37,6 +37,7 @@ class InMemorySessionStore:
         self.tasks: dict[tuple[str, str], sessions_pb2.Task] = {}
         self.executions: dict[tuple[str, str], memory_pb2.Execution] = {}
         self.request_ids: set[tuple[str, str]] = set()
+        self.execution_lookups = 0
         self.appended = asyncio.Condition()
 
     async def append_events(
@@ -115,6 +116,7 @@ class InMemorySessionStore:
     async def find_execution(
         self, tenant: str, idempotency_key: str
     ) -> memory_pb2.Execution | None:
+        self.execution_lookups += 1
         return self.executions.get((tenant, idempotency_key))
 
 

@@ -124,6 +124,9 @@ class TurnRunner:
         self._tenant = tenant
         self._session = session
         self._max_tool_rounds = max_tool_rounds
+        # Only a resumed session can meet a model call already answered (before a takeover):
+        # otherwise every idempotency key is new, and asking the ledger is a wasted round trip.
+        self.reuse_recorded_calls = False
 
     async def run(self, turn: Turn) -> TurnOutcome:
         """Run the turn to its final message; raise `TurnFailed` if a model call fails."""
@@ -222,7 +225,11 @@ class TurnRunner:
     ) -> _CallResult:
         agent = turn.agent
         model = agent.definition.model
-        recorded = await self._store.find_execution(self._tenant, key)
+        recorded = (
+            await self._store.find_execution(self._tenant, key)
+            if self.reuse_recorded_calls
+            else None
+        )
         if recorded is not None and recorded.outcome == memory_pb2.EXECUTION_OUTCOME_SUCCEEDED:
             # Done before a takeover: use the recorded answer, do not call the model again.
             finished = generation_pb2.Finished(
