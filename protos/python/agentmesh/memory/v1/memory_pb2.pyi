@@ -1006,6 +1006,116 @@ class WatchEventsResponse(_message.Message):
 Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
 
 @_typing.final
+class CommitStepRequest(_message.Message):
+    """One orchestration step to store atomically. Every part is optional, but not all of them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    LEASE_OWNER_FIELD_NUMBER: _builtins.int
+    EXECUTIONS_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """"sessions/{session_id}": the session every part belongs to."""
+    lease_owner: _builtins.str
+    """When set, the step is refused (FAILED_PRECONDITION, reason LEASE_LOST) unless this owner
+    holds the session's unexpired lease: a replica that lost its lease cannot write.
+    """
+    request_id: _builtins.str
+    """Idempotency key: a repeat returns the first call's answer and writes nothing."""
+    @_builtins.property
+    def executions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Execution]:
+        """Calls to record in the usage ledger; each `session` must be empty or `session`. A key
+        already recorded keeps its first record (as RecordExecution).
+        """
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredMessage]:
+        """Messages to add to the conversation, in order (as AppendMessages)."""
+
+    @_builtins.property
+    def update(self) -> _sessions_pb2.Session:
+        """New values of the fields named in `update_mask` (as UpdateSession); its name must be empty
+        or `session`.
+        """
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Fields of `update` to change; empty changes nothing."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.SessionEvent]:
+        """Events to append last, in order (as AppendEvents)."""
+
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        lease_owner: _builtins.str = ...,
+        executions: _abc.Iterable[Global___Execution] | None = ...,
+        messages: _abc.Iterable[Global___StoredMessage] | None = ...,
+        update: _sessions_pb2.Session | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        events: _abc.Iterable[_events_pb2.SessionEvent] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update", b"update", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "executions", b"executions", "lease_owner", b"lease_owner", "messages", b"messages", "request_id", b"request_id", "session", b"session", "update", b"update", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitStepRequest: _TypeAlias = CommitStepRequest  # noqa: Y015
+
+@_typing.final
+class CommitStepResponse(_message.Message):
+    """What a step stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIRST_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    EXECUTIONS_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    first_seq: _builtins.int
+    """Seq of the first appended event; 0 when there were none."""
+    last_seq: _builtins.int
+    """Seq of the last appended event; 0 when there were none."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredMessage]:
+        """The messages as stored, with names."""
+
+    @_builtins.property
+    def executions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Execution]:
+        """The usage records as stored (the first record for a key seen before)."""
+
+    @_builtins.property
+    def session(self) -> _sessions_pb2.Session:
+        """The session after the change, when `update_mask` named fields."""
+
+    def __init__(
+        self,
+        *,
+        first_seq: _builtins.int = ...,
+        last_seq: _builtins.int = ...,
+        messages: _abc.Iterable[Global___StoredMessage] | None = ...,
+        executions: _abc.Iterable[Global___Execution] | None = ...,
+        session: _sessions_pb2.Session | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executions", b"executions", "first_seq", b"first_seq", "last_seq", b"last_seq", "messages", b"messages", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitStepResponse: _TypeAlias = CommitStepResponse  # noqa: Y015
+
+@_typing.final
 class Execution(_message.Message):
     """One provider or runner call: a row of the usage ledger."""
 

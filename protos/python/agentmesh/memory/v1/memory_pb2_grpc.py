@@ -116,6 +116,11 @@ class MemoryServiceStub:
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
+        self.CommitStep = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/CommitStep',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.CommitStepRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.CommitStepResponse.FromString,
+                _registered_method=True)
         self.RecordExecution = channel.unary_unary(
                 '/agentmesh.memory.v1.MemoryService/RecordExecution',
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.RecordExecutionRequest.SerializeToString,
@@ -337,6 +342,15 @@ class MemoryServiceServicer:
     def WatchEvents(self, request, context):
         """Replays a session's events after a seq from the database, then tails new ones live;
         ends after the terminal event.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CommitStep(self, request, context):
+        """Stores one orchestration step in one transaction: its usage records, its conversation
+        messages, a change to the session and its events (seq assigned as by AppendEvents). All of
+        it is stored, or none of it. The orchestrator's one write per agent turn.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -572,6 +586,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.WatchEventsRequest.FromString,
                     response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'CommitStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitStep,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.CommitStepRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.CommitStepResponse.SerializeToString,
             ),
             'RecordExecution': grpc.unary_unary_rpc_method_handler(
                     servicer.RecordExecution,
@@ -1113,6 +1132,33 @@ class MemoryService:
             '/agentmesh.memory.v1.MemoryService/WatchEvents',
             agentmesh_dot_memory_dot_v1_dot_memory__pb2.WatchEventsRequest.SerializeToString,
             agentmesh_dot_memory_dot_v1_dot_memory__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CommitStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/CommitStep',
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.CommitStepRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.CommitStepResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,11 @@ class MemoryServiceStub:
     """Replays a session's events after a seq from the database, then tails new ones live;
     ends after the terminal event.
     """
+    CommitStep: _grpc.UnaryUnaryMultiCallable[_memory_pb2.CommitStepRequest, _memory_pb2.CommitStepResponse]
+    """Stores one orchestration step in one transaction: its usage records, its conversation
+    messages, a change to the session and its events (seq assigned as by AppendEvents). All of
+    it is stored, or none of it. The orchestrator's one write per agent turn.
+    """
     RecordExecution: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RecordExecutionRequest, _memory_pb2.RecordExecutionResponse]
     """Records one provider or runner call; a repeated idempotency key returns the first record."""
     ListExecutions: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListExecutionsRequest, _memory_pb2.ListExecutionsResponse]
@@ -158,6 +163,11 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     WatchEvents: _aio.UnaryStreamMultiCallable[_memory_pb2.WatchEventsRequest, _memory_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Replays a session's events after a seq from the database, then tails new ones live;
     ends after the terminal event.
+    """
+    CommitStep: _aio.UnaryUnaryMultiCallable[_memory_pb2.CommitStepRequest, _memory_pb2.CommitStepResponse]  # type: ignore[assignment]
+    """Stores one orchestration step in one transaction: its usage records, its conversation
+    messages, a change to the session and its events (seq assigned as by AppendEvents). All of
+    it is stored, or none of it. The orchestrator's one write per agent turn.
     """
     RecordExecution: _aio.UnaryUnaryMultiCallable[_memory_pb2.RecordExecutionRequest, _memory_pb2.RecordExecutionResponse]  # type: ignore[assignment]
     """Records one provider or runner call; a repeated idempotency key returns the first record."""
@@ -323,6 +333,16 @@ class MemoryServiceServicer:
     ) -> _typing.Union[_abc.Iterator[_memory_pb2.WatchEventsResponse], _abc.AsyncIterator[_memory_pb2.WatchEventsResponse]]:
         """Replays a session's events after a seq from the database, then tails new ones live;
         ends after the terminal event.
+        """
+
+    def CommitStep(
+        self,
+        request: _memory_pb2.CommitStepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.CommitStepResponse, _abc.Awaitable[_memory_pb2.CommitStepResponse]]:
+        """Stores one orchestration step in one transaction: its usage records, its conversation
+        messages, a change to the session and its events (seq assigned as by AppendEvents). All of
+        it is stored, or none of it. The orchestrator's one write per agent turn.
         """
 
     def RecordExecution(
