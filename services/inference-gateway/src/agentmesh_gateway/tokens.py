@@ -1,31 +1,19 @@
-"""An offline, deterministic token estimator (no BPE files can be downloaded).
+"""Prompt-size estimates for the gateway's own types, from the shared estimator.
 
-It approximates BPE tokenizers of current chat models: a word piece costs one token per
-four characters (rounded up), each punctuation mark or symbol one token, each non-ASCII
-character one token, plus a fixed overhead per message for the chat template.
+`agentmesh_common.tokens` holds the estimator itself (the orchestrator budgets context with it
+too); this module counts a whole conversation and its tool schemas.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
+
+from agentmesh_common.tokens import MESSAGE_OVERHEAD, REPLY_PRIMER, count_text
 
 from .domain import ChatMessage, ToolSpec
 
-_PIECES = re.compile(r"[A-Za-z]+|[0-9]{1,3}|[^\sA-Za-z0-9]")
-MESSAGE_OVERHEAD = 4
-REPLY_PRIMER = 3
-
-
-def count_text(text: str) -> int:
-    """Estimated tokens of ``text``."""
-    if not text:
-        return 0
-    total = 0
-    for piece in _PIECES.findall(text):
-        total += (len(piece) + 3) // 4 if piece[0].isascii() and piece.isalpha() else 1
-    return total
+__all__ = ["MESSAGE_OVERHEAD", "REPLY_PRIMER", "count_messages", "count_text"]
 
 
 def count_messages(messages: Iterable[ChatMessage], tools: Iterable[ToolSpec] = ()) -> int:
