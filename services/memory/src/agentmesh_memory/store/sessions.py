@@ -456,6 +456,27 @@ class SessionStore:
 
     # Leases -------------------------------------------------------------------------------
 
+    async def lock(
+        self, conn: AsyncConnection, tenant: str, session_id: str, *, lease_owner: str = ""
+    ) -> None:
+        """Lock the session's row until the transaction ends; NOT_FOUND for an unknown one.
+
+        With a ``lease_owner``, FAILED_PRECONDITION ``LEASE_LOST`` unless that owner holds
+        the unexpired lease; the lock keeps a takeover from slipping in before the commit.
+        """
+        row = await self._row(conn, tenant, session_id, lock=True)
+        if not lease_owner:
+            return
+        holder = _lease_holder(row, self._context.now())
+        if holder != lease_owner:
+            name = f"sessions/{session_id}"
+            held = f"is leased by {holder!r}" if holder else "has no unexpired lease"
+            raise FailedPrecondition(
+                f"session {name!r} {held}, not by {lease_owner!r}",
+                reason="LEASE_LOST",
+                metadata={"session": name, "holder": holder},
+            )
+
     def _lease(self, row: Any) -> memory_pb2.Lease:
         return memory_pb2.Lease(
             session=f"sessions/{row.session_id}",
