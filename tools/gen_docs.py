@@ -75,6 +75,7 @@ REASON_GUIDANCE: dict[str, str] = {
     "INVALID_STATUS_TRANSITION": "The status cannot move that way; read the current status.",
     "LEASE_HELD": "Another owner holds the session's lease; wait for it to expire.",
     "LEASE_NOT_HELD": "You do not hold this lease (it expired or was taken over).",
+    "LEASE_LOST": "Your lease expired or was taken over; stop writing to this session.",
     "REQUEST_ID_REUSED": "That request_id was used for a different request; use a new one.",
     "DATABASE_BUSY": "The database is overloaded; retry with backoff.",
     "DATABASE_TIMEOUT": "A query hit the statement timeout; retry, or ask for less.",

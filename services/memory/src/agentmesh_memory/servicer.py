@@ -134,6 +134,11 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
             async for response in responses:
                 yield response
 
+    async def CommitStep(
+        self, request: pb.CommitStepRequest, context: Context
+    ) -> pb.CommitStepResponse:
+        return await _complete(self._s.steps.commit(tenant_of(context), request))
+
     # Usage ledger
     async def RecordExecution(
         self, request: pb.RecordExecutionRequest, context: Context

@@ -13,6 +13,7 @@ from .events import EventStore
 from .ledger import LedgerStore
 from .memories import ApiKeyStore, MemoryStore, SettingsStore
 from .sessions import SessionStore
+from .steps import StepStore
 from .tools import ToolServerStore
 from .work import MessageStore, TaskStore
 
@@ -25,6 +26,7 @@ __all__ = [
     "MessageStore",
     "SessionStore",
     "SettingsStore",
+    "StepStore",
     "StoreContext",
     "Stores",
     "TaskStore",
@@ -42,6 +44,7 @@ class Stores:
     tasks: TaskStore
     events: EventStore
     ledger: LedgerStore
+    steps: StepStore
     memories: MemoryStore
     settings: SettingsStore
     api_keys: ApiKeyStore
@@ -57,13 +60,20 @@ class Stores:
         watch_poll_seconds: float = 2.0,
     ) -> Stores:
         context = StoreContext(db, clock)
+        sessions = SessionStore(context)
+        messages = MessageStore(context)
+        events = EventStore(context, notifier, poll_seconds=watch_poll_seconds)
+        ledger = LedgerStore(context)
         return cls(
             agents=AgentStore(context),
-            sessions=SessionStore(context),
-            messages=MessageStore(context),
+            sessions=sessions,
+            messages=messages,
             tasks=TaskStore(context),
-            events=EventStore(context, notifier, poll_seconds=watch_poll_seconds),
-            ledger=LedgerStore(context),
+            events=events,
+            ledger=ledger,
+            steps=StepStore(
+                context, sessions=sessions, messages=messages, events=events, ledger=ledger
+            ),
             memories=MemoryStore(context),
             settings=SettingsStore(context),
             api_keys=ApiKeyStore(context),

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -27,6 +27,7 @@ from agentmesh_memory.names import check_request_id, invalid
 __all__ = [
     "Clock",
     "StoreContext",
+    "Write",
     "duration_from_us",
     "insert_ignore",
     "system_clock",
@@ -35,7 +36,25 @@ __all__ = [
 ]
 
 M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
 Clock = Callable[[], datetime]
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Write(Generic[R]):
+    """A validated write, ready to run inside a write transaction the caller opens.
+
+    Stores split each write RPC into validation (which builds a ``Write``) and running it, so
+    one transaction can run several of them (``CommitStep``). ``after_commit`` holds what
+    must wait until that transaction committed (telling event watchers); call it only then.
+    """
+
+    run: Callable[[AsyncConnection], Awaitable[R]]
+    after_commit: Callable[[], None] = _nothing
 
 
 def system_clock() -> datetime:

@@ -15,19 +15,20 @@ repeat one, whichever replica appended it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from agentmesh.common.v1 import events_pb2
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common import FailedPrecondition, FieldViolation
 from agentmesh_memory.db.notifier import EventNotifier
 from agentmesh_memory.db.tables import events, sessions
 from agentmesh_memory.names import invalid, invalid_many, parse_session_name
 
-from .base import StoreContext
+from .base import StoreContext, Write
 from .sessions import not_found
 
 __all__ = ["TERMINAL_EVENTS", "EventStore"]
@@ -52,15 +53,35 @@ class EventStore:
         self, tenant: str, request: memory_pb2.AppendEventsRequest
     ) -> memory_pb2.AppendEventsResponse:
         session_id = parse_session_name(request.session, "session")
+        write = self.prepare_append(tenant, session_id, request.events)
+        response = await self._context.idempotent(
+            tenant,
+            "AppendEvents",
+            request.request_id,
+            request,
+            memory_pb2.AppendEventsResponse,
+            write.run,
+        )
+        write.after_commit()
+        return response
+
+    def prepare_append(
+        self, tenant: str, session_id: str, batch: Sequence[events_pb2.SessionEvent]
+    ) -> Write[memory_pb2.AppendEventsResponse]:
+        """Validate a batch for the session; the write appends it and completes its events.
+
+        Violations name ``events[i]``, the field of both requests that carry events. The
+        write completes the given events in place (session, seq, time).
+        """
         name = f"sessions/{session_id}"
-        count = len(request.events)
+        count = len(batch)
         if count == 0:
             raise invalid("events", "must not be empty")
         if count > MAX_BATCH:
             raise invalid("events", f"at most {MAX_BATCH} per call")
         found: list[FieldViolation] = []
         kinds: list[str] = []
-        for index, event in enumerate(request.events):
+        for index, event in enumerate(batch):
             kind = event.WhichOneof("payload")
             if kind is None:
                 found.append(FieldViolation(f"events[{index}]", "has no payload"))
@@ -118,7 +139,7 @@ class EventStore:
             first = last - count + 1
             now = self._context.now()
             rows = []
-            for offset, (stored, kind) in enumerate(zip(request.events, kinds, strict=True)):
+            for offset, (stored, kind) in enumerate(zip(batch, kinds, strict=True)):
                 # The request's own messages are completed in place (they are ours).
                 stored.session = name
                 stored.seq = first + offset
@@ -138,17 +159,11 @@ class EventStore:
             appended.append((session_pk, last))
             return memory_pb2.AppendEventsResponse(first_seq=first, last_seq=last)
 
-        response = await self._context.idempotent(
-            tenant,
-            "AppendEvents",
-            request.request_id,
-            request,
-            memory_pb2.AppendEventsResponse,
-            append,
-        )
-        for session_pk, last in appended:
-            self._notifier.published(session_pk, last)
-        return response
+        def publish() -> None:
+            for session_pk, last in appended:
+                self._notifier.published(session_pk, last)
+
+        return Write(append, publish)
 
     async def _lookup(self, tenant: str, session_id: str) -> Any:
         async with self._db.read("WatchEvents.lookup") as conn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentmesh.common.v1 import generation_pb2, operations_pb2
 from agentmesh.memory.v1 import memory_pb2
@@ -21,6 +22,7 @@ from agentmesh_memory.names import (
 
 from .base import (
     StoreContext,
+    Write,
     duration_from_us,
     duration_us,
     insert_ignore,
@@ -82,10 +84,10 @@ def _to_proto(row: Any) -> memory_pb2.Execution:
     return execution
 
 
-def _validate(execution: memory_pb2.Execution) -> None:
+def _validate(execution: memory_pb2.Execution, field: str) -> None:
     found: list[FieldViolation] = []
     if not execution.provider.strip():
-        found.append(FieldViolation("execution.provider", "must not be empty"))
+        found.append(FieldViolation(f"{field}.provider", "must not be empty"))
     for name, limit in (
         ("provider", 64),
         ("model", 255),
@@ -95,16 +97,16 @@ def _validate(execution: memory_pb2.Execution) -> None:
         ("idempotency_key", 255),
     ):
         if len(getattr(execution, name)) > limit:
-            found.append(FieldViolation(f"execution.{name}", f"at most {limit} characters"))
+            found.append(FieldViolation(f"{field}.{name}", f"at most {limit} characters"))
     if execution.outcome == memory_pb2.EXECUTION_OUTCOME_UNSPECIFIED:
-        found.append(FieldViolation("execution.outcome", "must be set"))
+        found.append(FieldViolation(f"{field}.outcome", "must be set"))
     elif execution.outcome not in memory_pb2.ExecutionOutcome.values():
-        found.append(FieldViolation("execution.outcome", "unknown outcome"))
+        found.append(FieldViolation(f"{field}.outcome", "unknown outcome"))
     if execution.attempt < 0:
-        found.append(FieldViolation("execution.attempt", "must not be negative"))
+        found.append(FieldViolation(f"{field}.attempt", "must not be negative"))
     for name in ("latency", "time_to_first_token"):
         if duration_us(getattr(execution, name)) < 0:
-            found.append(FieldViolation(f"execution.{name}", "must not be negative"))
+            found.append(FieldViolation(f"{field}.{name}", "must not be negative"))
     usage = execution.usage
     for name in (
         "prompt_tokens",
@@ -115,9 +117,9 @@ def _validate(execution: memory_pb2.Execution) -> None:
         "cost_micros_usd",
     ):
         if getattr(usage, name) < 0:
-            found.append(FieldViolation(f"execution.usage.{name}", "must not be negative"))
+            found.append(FieldViolation(f"{field}.usage.{name}", "must not be negative"))
     if execution.ByteSize() > MAX_EXECUTION_BYTES:
-        found.append(FieldViolation("execution", f"at most {MAX_EXECUTION_BYTES} bytes"))
+        found.append(FieldViolation(field, f"at most {MAX_EXECUTION_BYTES} bytes"))
     if found:
         raise invalid_many(found)
 
@@ -130,12 +132,20 @@ class LedgerStore:
     async def record(
         self, tenant: str, request: memory_pb2.RecordExecutionRequest
     ) -> memory_pb2.RecordExecutionResponse:
-        execution = request.execution
-        _validate(execution)
+        write = self.prepare_record(tenant, request.execution)
+        async with self._db.write("RecordExecution") as conn:
+            return await write.run(conn)
+
+    def prepare_record(
+        self, tenant: str, execution: memory_pb2.Execution, field: str = "execution"
+    ) -> Write[memory_pb2.RecordExecutionResponse]:
+        """Validate one call record; the write stores it, or returns the first for its key.
+
+        ``field`` is the request field that holds ``execution``, for the violations.
+        """
+        _validate(execution, field)
         session_id = (
-            parse_session_name(execution.session, "execution.session")
-            if execution.session
-            else None
+            parse_session_name(execution.session, f"{field}.session") if execution.session else None
         )
         key = execution.idempotency_key or None
         document = memory_pb2.Execution()
@@ -144,7 +154,8 @@ class LedgerStore:
             document.ClearField(name)  # type: ignore[arg-type]
         usage = execution.usage
         total = usage.total_tokens or usage.prompt_tokens + usage.completion_tokens
-        async with self._db.write("RecordExecution") as conn:
+
+        async def record(conn: AsyncConnection) -> memory_pb2.RecordExecutionResponse:
             if session_id is not None:
                 await load_session_pk(conn, tenant, session_id)
             inserted = (
@@ -191,6 +202,8 @@ class LedgerStore:
             return memory_pb2.RecordExecutionResponse(
                 execution=_to_proto(first), already_recorded=True
             )
+
+        return Write(record)
 
     async def list(
         self, tenant: str, request: memory_pb2.ListExecutionsRequest

@@ -26,6 +26,7 @@ from agentmesh_memory.names import (
 from .agents import validate_agent
 from .base import (
     StoreContext,
+    Write,
     check_size,
     insert_ignore,
     parse_stored,
@@ -34,7 +35,7 @@ from .base import (
     timestamp,
 )
 
-__all__ = ["SessionNotFound", "SessionStore", "load_session_pk"]
+__all__ = ["SessionNotFound", "SessionStore", "check_owner", "load_session_pk"]
 
 S = sessions_pb2.SessionStatus
 PENDING, RUNNING = sessions_pb2.SESSION_STATUS_PENDING, sessions_pb2.SESSION_STATUS_RUNNING
@@ -165,16 +166,18 @@ def _validate_new(session: sessions_pb2.Session) -> None:
         raise invalid_many(found)
 
 
-def _member_violations(session: sessions_pb2.Session) -> list[FieldViolation]:
+def _member_violations(
+    session: sessions_pb2.Session, field: str = "session"
+) -> list[FieldViolation]:
     found: list[FieldViolation] = []
     if len(session.agents) + len(session.inline_agents) > MAX_AGENTS:
-        found.append(FieldViolation("session.agents", f"at most {MAX_AGENTS} agents"))
+        found.append(FieldViolation(f"{field}.agents", f"at most {MAX_AGENTS} agents"))
     for index, agent in enumerate(session.agents):
         if not agent.strip() or len(agent) > 255:
-            found.append(FieldViolation(f"session.agents[{index}]", "must be 1-255 characters"))
+            found.append(FieldViolation(f"{field}.agents[{index}]", "must be 1-255 characters"))
     names: set[str] = set()
     for index, inline in enumerate(session.inline_agents):
-        prefix = f"session.inline_agents[{index}]"
+        prefix = f"{field}.inline_agents[{index}]"
         if not inline.name.strip():
             found.append(FieldViolation(f"{prefix}.name", "must not be empty"))
         elif inline.name in names:
@@ -196,11 +199,12 @@ def lease_ttl(request_ttl: Any, field: str = "ttl") -> timedelta:
     return ttl
 
 
-def _owner(value: str) -> str:
+def check_owner(value: str, field: str = "owner") -> str:
+    """A lease owner: 1 to 128 characters."""
     if not value.strip():
-        raise invalid("owner", "must not be empty")
+        raise invalid(field, "must not be empty")
     if len(value) > 128:
-        raise invalid("owner", "at most 128 characters")
+        raise invalid(field, "at most 128 characters")
     return value
 
 
@@ -368,24 +372,45 @@ class SessionStore:
         self, tenant: str, request: memory_pb2.UpdateSessionRequest
     ) -> memory_pb2.UpdateSessionResponse:
         session_id = parse_session_name(request.session.name, "session.name")
-        paths = list(request.update_mask.paths)
+        write = self.prepare_update(tenant, session_id, request.session, request.update_mask)
+        return await self._context.idempotent(
+            tenant,
+            "UpdateSession",
+            request.request_id,
+            request,
+            memory_pb2.UpdateSessionResponse,
+            write.run,
+        )
+
+    def prepare_update(
+        self,
+        tenant: str,
+        session_id: str,
+        change: sessions_pb2.Session,
+        update_mask: field_mask_pb2.FieldMask,
+        field: str = "session",
+    ) -> Write[memory_pb2.UpdateSessionResponse]:
+        """Validate a change; the write applies it under the session's row lock.
+
+        ``field`` is the request field that holds ``change``, for the violations.
+        """
+        paths = list(update_mask.paths)
         if not paths:
             raise invalid("update_mask", "must name the fields to change")
         for path in paths:
             if path not in UPDATABLE:
                 raise invalid("update_mask", f"{path!r} cannot be updated")
-        change = request.session
         if "status" in paths and change.status not in sessions_pb2.SessionStatus.values():
-            raise invalid("session.status", f"unknown status {change.status}")
+            raise invalid(f"{field}.status", f"unknown status {change.status}")
         if "status" in paths and change.status == sessions_pb2.SESSION_STATUS_UNSPECIFIED:
-            raise invalid("session.status", "must be set when named in update_mask")
+            raise invalid(f"{field}.status", "must be set when named in update_mask")
         if "rounds_completed" in paths and change.rounds_completed < 0:
-            raise invalid("session.rounds_completed", "must not be negative")
+            raise invalid(f"{field}.rounds_completed", "must not be negative")
         if {"agents", "inline_agents"} & set(paths):
-            found = _member_violations(change)
+            found = _member_violations(change, field)
             if found:
                 raise invalid_many(found)
-        check_size(change, MAX_SESSION_BYTES, "session")
+        check_size(change, MAX_SESSION_BYTES, field)
         mask = field_mask_pb2.FieldMask(paths=[p for p in paths if p != "status"])
 
         async def update(conn: AsyncConnection) -> memory_pb2.UpdateSessionResponse:
@@ -427,16 +452,30 @@ class SessionStore:
             )
             return memory_pb2.UpdateSessionResponse(session=to_proto(result.one(), now))
 
-        return await self._context.idempotent(
-            tenant,
-            "UpdateSession",
-            request.request_id,
-            request,
-            memory_pb2.UpdateSessionResponse,
-            update,
-        )
+        return Write(update)
 
     # Leases -------------------------------------------------------------------------------
+
+    async def lock(
+        self, conn: AsyncConnection, tenant: str, session_id: str, *, lease_owner: str = ""
+    ) -> None:
+        """Lock the session's row until the transaction ends; NOT_FOUND for an unknown one.
+
+        With a ``lease_owner``, FAILED_PRECONDITION ``LEASE_LOST`` unless that owner holds
+        the unexpired lease; the lock keeps a takeover from slipping in before the commit.
+        """
+        row = await self._row(conn, tenant, session_id, lock=True)
+        if not lease_owner:
+            return
+        holder = _lease_holder(row, self._context.now())
+        if holder != lease_owner:
+            name = f"sessions/{session_id}"
+            held = f"is leased by {holder!r}" if holder else "has no unexpired lease"
+            raise FailedPrecondition(
+                f"session {name!r} {held}, not by {lease_owner!r}",
+                reason="LEASE_LOST",
+                metadata={"session": name, "holder": holder},
+            )
 
     def _lease(self, row: Any) -> memory_pb2.Lease:
         return memory_pb2.Lease(
@@ -450,7 +489,7 @@ class SessionStore:
         self, tenant: str, request: memory_pb2.AcquireLeaseRequest
     ) -> memory_pb2.AcquireLeaseResponse:
         session_id = parse_session_name(request.session, "session")
-        owner = _owner(request.owner)
+        owner = check_owner(request.owner)
         ttl = lease_ttl(request.ttl)
         async with self._db.write("AcquireLease") as conn:
             row = await self._row(conn, tenant, session_id, lock=True)
@@ -481,7 +520,7 @@ class SessionStore:
         self, tenant: str, request: memory_pb2.RenewLeaseRequest
     ) -> memory_pb2.RenewLeaseResponse:
         session_id = parse_session_name(request.session, "session")
-        owner = _owner(request.owner)
+        owner = check_owner(request.owner)
         ttl = lease_ttl(request.ttl)
         async with self._db.write("RenewLease") as conn:
             row = await self._row(conn, tenant, session_id, lock=True)
@@ -505,7 +544,7 @@ class SessionStore:
         self, tenant: str, request: memory_pb2.ReleaseLeaseRequest
     ) -> memory_pb2.ReleaseLeaseResponse:
         session_id = parse_session_name(request.session, "session")
-        owner = _owner(request.owner)
+        owner = check_owner(request.owner)
         async with self._db.write("ReleaseLease") as conn:
             row = await self._row(conn, tenant, session_id, lock=True)
             if row.lease_owner is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,7 +25,7 @@ from agentmesh_memory.names import (
     parse_task_name,
 )
 
-from .base import StoreContext, parse_stored, set_time
+from .base import StoreContext, Write, parse_stored, set_time
 from .sessions import load_session_pk
 
 __all__ = ["MessageStore", "TaskNotFound", "TaskStore", "task_to_proto"]
@@ -121,13 +122,30 @@ class MessageStore:
         self, tenant: str, request: memory_pb2.AppendMessagesRequest
     ) -> memory_pb2.AppendMessagesResponse:
         session_id = parse_session_name(request.parent, "parent")
-        if not request.messages:
+        write = self.prepare_append(tenant, session_id, request.messages)
+        return await self._context.idempotent(
+            tenant,
+            "AppendMessages",
+            request.request_id,
+            request,
+            memory_pb2.AppendMessagesResponse,
+            write.run,
+        )
+
+    def prepare_append(
+        self, tenant: str, session_id: str, batch: Sequence[memory_pb2.StoredMessage]
+    ) -> Write[memory_pb2.AppendMessagesResponse]:
+        """Validate messages for the session; the write adds them and returns them as stored.
+
+        Violations name ``messages[i]``, the field of both requests that carry messages.
+        """
+        if not batch:
             raise invalid("messages", "must not be empty")
-        if len(request.messages) > MAX_BATCH:
+        if len(batch) > MAX_BATCH:
             raise invalid("messages", f"at most {MAX_BATCH} per call")
         found: list[FieldViolation] = []
         ids: list[str] = []
-        for index, item in enumerate(request.messages):
+        for index, item in enumerate(batch):
             prefix = f"messages[{index}]"
             message = item.message
             if message.role == messages_pb2.ROLE_UNSPECIFIED:
@@ -180,7 +198,7 @@ class MessageStore:
                     "document": item.message.SerializeToString(),
                     "create_time": now,
                 }
-                for message_id, item in zip(ids, request.messages, strict=True)
+                for message_id, item in zip(ids, batch, strict=True)
             ]
             await conn.execute(sa.insert(messages), rows)
             stored = (
@@ -194,14 +212,7 @@ class MessageStore:
                 messages=[_message_to_proto(r, session_id) for r in stored]
             )
 
-        return await self._context.idempotent(
-            tenant,
-            "AppendMessages",
-            request.request_id,
-            request,
-            memory_pb2.AppendMessagesResponse,
-            append,
-        )
+        return Write(append)
 
     async def list(
         self, tenant: str, request: memory_pb2.ListMessagesRequest
