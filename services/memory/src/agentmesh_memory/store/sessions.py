@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -93,10 +96,20 @@ def not_found(session_id: str) -> SessionNotFound:
     return SessionNotFound(f"session {name!r} not found", metadata={"session": name})
 
 
+# The session row the current transaction has locked (`SessionStore.locked`): the writes of
+# one CommitStep run inside it and need not look the session up again each.
+_locked_session: ContextVar[tuple[AsyncConnection, str, str, int] | None] = ContextVar(
+    "agentmesh_locked_session", default=None
+)
+
+
 async def load_session_pk(
     conn: AsyncConnection, tenant: str, session_id: str, *, lock: bool = False
 ) -> int:
     """The surrogate key of a tenant's session; NOT_FOUND for an unknown or foreign one."""
+    known = _locked_session.get()
+    if known is not None and known[0] is conn and known[1:3] == (tenant, session_id):
+        return known[3]
     query = sa.select(sessions.c.id).where(
         sessions.c.tenant_id == tenant, sessions.c.session_id == session_id
     )
@@ -456,26 +469,32 @@ class SessionStore:
 
     # Leases -------------------------------------------------------------------------------
 
-    async def lock(
+    @asynccontextmanager
+    async def locked(
         self, conn: AsyncConnection, tenant: str, session_id: str, *, lease_owner: str = ""
-    ) -> None:
+    ) -> AsyncIterator[None]:
         """Lock the session's row until the transaction ends; NOT_FOUND for an unknown one.
+        Within the block, `load_session_pk` answers for it without another query.
 
         With a ``lease_owner``, FAILED_PRECONDITION ``LEASE_LOST`` unless that owner holds
         the unexpired lease; the lock keeps a takeover from slipping in before the commit.
         """
         row = await self._row(conn, tenant, session_id, lock=True)
-        if not lease_owner:
-            return
-        holder = _lease_holder(row, self._context.now())
-        if holder != lease_owner:
-            name = f"sessions/{session_id}"
-            held = f"is leased by {holder!r}" if holder else "has no unexpired lease"
-            raise FailedPrecondition(
-                f"session {name!r} {held}, not by {lease_owner!r}",
-                reason="LEASE_LOST",
-                metadata={"session": name, "holder": holder},
-            )
+        if lease_owner:
+            holder = _lease_holder(row, self._context.now())
+            if holder != lease_owner:
+                name = f"sessions/{session_id}"
+                held = f"is leased by {holder!r}" if holder else "has no unexpired lease"
+                raise FailedPrecondition(
+                    f"session {name!r} {held}, not by {lease_owner!r}",
+                    reason="LEASE_LOST",
+                    metadata={"session": name, "holder": holder},
+                )
+        token = _locked_session.set((conn, tenant, session_id, int(row.id)))
+        try:
+            yield
+        finally:
+            _locked_session.reset(token)
 
     def _lease(self, row: Any) -> memory_pb2.Lease:
         return memory_pb2.Lease(

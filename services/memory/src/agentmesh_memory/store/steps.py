@@ -90,17 +90,19 @@ class StepStore:
             # The row lock comes first: it fences the lease until the commit, and taking it
             # before the inserts (whose foreign keys share-lock the row) avoids a deadlock
             # between two steps of one session on PostgreSQL.
-            await self._sessions.lock(conn, tenant, session_id, lease_owner=request.lease_owner)
             response = memory_pb2.CommitStepResponse()
-            for record in records:
-                response.executions.append((await record.run(conn)).execution)
-            if messages is not None:
-                response.messages.extend((await messages.run(conn)).messages)
-            if update is not None:
-                response.session.CopyFrom((await update.run(conn)).session)
-            if events is not None:
-                appended = await events.run(conn)
-                response.first_seq, response.last_seq = appended.first_seq, appended.last_seq
+            async with self._sessions.locked(
+                conn, tenant, session_id, lease_owner=request.lease_owner
+            ):
+                for record in records:
+                    response.executions.append((await record.run(conn)).execution)
+                if messages is not None:
+                    response.messages.extend((await messages.run(conn)).messages)
+                if update is not None:
+                    response.session.CopyFrom((await update.run(conn)).session)
+                if events is not None:
+                    appended = await events.run(conn)
+                    response.first_seq, response.last_seq = appended.first_seq, appended.last_seq
             return response
 
         response = await self._context.idempotent(

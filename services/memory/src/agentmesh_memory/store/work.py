@@ -169,48 +169,50 @@ class MessageStore:
         if found:
             raise invalid_many(found)
 
+        chosen = [message_id for message_id, item in zip(ids, batch, strict=True) if item.name]
+
         async def append(conn: AsyncConnection) -> memory_pb2.AppendMessagesResponse:
             session_pk = await load_session_pk(conn, tenant, session_id)
-            clash = (
-                await conn.execute(
-                    sa.select(messages.c.message_id).where(
-                        messages.c.session_pk == session_pk, messages.c.message_id.in_(ids)
+            if chosen:  # ids the service makes up are new; a caller's may be taken
+                clash = (
+                    await conn.execute(
+                        sa.select(messages.c.message_id).where(
+                            messages.c.session_pk == session_pk, messages.c.message_id.in_(chosen)
+                        )
                     )
-                )
-            ).scalar()
-            if clash is not None:
-                raise AlreadyExists(
-                    f"message 'sessions/{session_id}/messages/{clash}' already exists",
-                    reason="MESSAGE_EXISTS",
-                )
+                ).scalar()
+                if clash is not None:
+                    raise AlreadyExists(
+                        f"message 'sessions/{session_id}/messages/{clash}' already exists",
+                        reason="MESSAGE_EXISTS",
+                    )
             now = self._context.now()
-            rows = [
-                {
-                    "tenant_id": tenant,
-                    "session_pk": session_pk,
-                    "message_id": message_id,
-                    "role": item.message.role,
-                    "agent": item.agent,
-                    "task_id": item.task_id,
-                    "round": item.round,
-                    "prompt_tokens": item.prompt_tokens,
-                    "completion_tokens": item.completion_tokens,
-                    "document": item.message.SerializeToString(),
-                    "create_time": now,
-                }
-                for message_id, item in zip(ids, batch, strict=True)
-            ]
-            await conn.execute(sa.insert(messages), rows)
-            stored = (
-                await conn.execute(
-                    sa.select(messages)
-                    .where(messages.c.session_pk == session_pk, messages.c.message_id.in_(ids))
-                    .order_by(messages.c.id)
-                )
-            ).all()
-            return memory_pb2.AppendMessagesResponse(
-                messages=[_message_to_proto(r, session_id) for r in stored]
+            await conn.execute(
+                sa.insert(messages),
+                [
+                    {
+                        "tenant_id": tenant,
+                        "session_pk": session_pk,
+                        "message_id": message_id,
+                        "role": item.message.role,
+                        "agent": item.agent,
+                        "task_id": item.task_id,
+                        "round": item.round,
+                        "prompt_tokens": item.prompt_tokens,
+                        "completion_tokens": item.completion_tokens,
+                        "document": item.message.SerializeToString(),
+                        "create_time": now,
+                    }
+                    for message_id, item in zip(ids, batch, strict=True)
+                ],
             )
+            response = memory_pb2.AppendMessagesResponse()
+            for message_id, item in zip(ids, batch, strict=True):
+                stored = response.messages.add()
+                stored.CopyFrom(item)
+                stored.name = f"sessions/{session_id}/messages/{message_id}"
+                stored.create_time.FromDatetime(now)
+            return response
 
         return Write(append)
 
