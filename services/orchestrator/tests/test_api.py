@@ -855,7 +855,7 @@ async def test_one_trace_spans_the_run_across_orchestrator_and_memory(database_u
     turn_spans = [s for s in orchestrator_spans.get_finished_spans() if s.name == "agent.turn"]
     assert turn_spans
     assert {s.context.trace_id for s in turn_spans} == {trace_id}
-    appends = [s for s in memory_spans.get_finished_spans() if s.name.endswith("/AppendEvents")]
+    appends = [s for s in memory_spans.get_finished_spans() if s.name.endswith("/CommitStep")]
     assert trace_id in {s.context.trace_id for s in appends}, "memory writes join the run's trace"
     assert {e.trace_id for e in events} == {f"{trace_id:032x}"}
 

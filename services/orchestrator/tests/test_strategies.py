@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import pytest
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from agentmesh.common.v1 import agents_pb2, events_pb2, messages_pb2, sessions_pb2
+from agentmesh.common.v1 import agents_pb2, messages_pb2, sessions_pb2
 from agentmesh.inference.v1 import inference_pb2
+from agentmesh_orchestrator.ports import StepStored, StepWrite
 from agentmesh_orchestrator.testing import Reply, last_user_content, system_prompt
 
 from .conftest import TENANT, Harness, make_agent, make_session
@@ -260,28 +261,41 @@ async def test_deltas_are_batched_and_stored_in_order(
     assert len(deltas) < 10, f"100 chunks should be batched, got {len(deltas)} events"
 
 
-async def test_a_turn_stores_its_last_deltas_with_message_completed_in_one_write(
-    harness_factory: Callable[..., Harness],
-) -> None:
+async def test_a_turn_is_stored_in_one_commit(harness_factory: Callable[..., Harness]) -> None:
+    """message_started, the text, message_completed, the ledger row and the message: one write;
+    the session's start and its end are one write each, with the status change."""
     harness = harness_factory(lambda _: Reply(text="one two three", chunks=3))
-    batches: list[list[str]] = []
-    append = harness.store.append_events
+    commits: list[StepWrite] = []
+    commit = harness.store.commit_step
 
     async def recording(
-        tenant: str, session: str, events: Sequence[events_pb2.SessionEvent]
-    ) -> int:
-        batches.append([str(e.WhichOneof("payload")) for e in events])
-        return await append(tenant, session, events)
+        tenant: str, session: str, step: StepWrite, *, lease_owner: str = ""
+    ) -> StepStored:
+        commits.append(step)
+        return await commit(tenant, session, step, lease_owner=lease_owner)
 
-    harness.store.append_events = recording  # type: ignore[method-assign]
+    harness.store.commit_step = recording  # type: ignore[method-assign]
     session = make_session(
         sessions_pb2.STRATEGY_ROUND_ROBIN, limits=sessions_pb2.SessionLimits(max_rounds=1)
     )
     await harness.engine.run(harness.engine.open_run(TENANT, session, [make_agent("a")]))
-    assert ["content_delta", "message_completed"] in batches, batches
-    assert ["content_delta"] not in batches, "a separate write only for the deltas"
-    deltas = [e.content_delta.text for e in harness.events() if e.HasField("content_delta")]
-    assert "".join(deltas) == "one two three"
+
+    kinds = [[str(e.WhichOneof("payload")) for e in step.events] for step in commits]
+    assert kinds == [
+        ["session_started", "agent_spawned"],
+        ["message_started", "content_delta", "message_completed"],
+        ["session_completed"],
+    ], kinds
+    start, turn, end = commits
+    assert start.update is not None
+    assert "status" in start.update_fields
+    assert start.update.status == sessions_pb2.SESSION_STATUS_RUNNING
+    assert [e.idempotency_key for e in turn.executions] == [f"{session.name}/r1-a/0"]
+    assert [m.message.content for m in turn.messages] == ["one two three"]
+    assert end.update is not None
+    assert end.update.status == sessions_pb2.SESSION_STATUS_COMPLETED
+    assert "rounds_completed" in end.update_fields
+    assert [e.seq for e in harness.events()] == list(range(1, 7))
 
 
 async def test_a_recorded_model_call_is_not_repeated_on_resume(

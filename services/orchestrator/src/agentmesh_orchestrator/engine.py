@@ -43,6 +43,7 @@ from agentmesh.common.v1 import (
     sessions_pb2,
 )
 from agentmesh.memory.v1 import memory_pb2
+from agentmesh_common.tokens import MESSAGE_OVERHEAD, count_text
 
 from .agents import SessionAgent, prepare_agent
 from .domain.agent_types import AgentKind
@@ -154,6 +155,9 @@ class SessionRun:
     tools: Mapping[str, Tool] = field(default_factory=dict)
     current_turn: asyncio.Task[TurnOutcome] | None = None
     interrupt_requested: bool = False
+    # The newest messages of the shared conversation, kept here as the run adds them (the
+    # store is read once per run, and again only after another replica wrote to it).
+    conversation: list[memory_pb2.StoredMessage] | None = None
 
     def interrupt(self) -> bool:
         """Stop the turn in progress (its message never completes); False when idle."""
@@ -202,11 +206,17 @@ class SessionEngine:
         trace_id: str = "",
         last_seq: int = 0,
         tools: Mapping[str, Tool] | None = None,
+        lease_owner: str = "",
     ) -> SessionRun:
         """Prepare a run of `session` (nothing is emitted yet); `tools` is the tenant's
-        catalog (the engine's own tools when not given)."""
+        catalog (the engine's own tools when not given). With `lease_owner`, every write is
+        refused once that owner no longer holds the session's lease."""
         recorder = EventRecorder(
-            self._store, tenant=tenant, session=session.name, trace_id=trace_id
+            self._store,
+            tenant=tenant,
+            session=session.name,
+            trace_id=trace_id,
+            lease_owner=lease_owner,
         )
         recorder.last_seq = last_seq
         meter = UsageMeter()
@@ -231,6 +241,14 @@ class SessionEngine:
             turns=turns,
             limits=Limits.of(session, self._settings),
             tools=tools if tools is not None else self._tools,
+            # Every message reaches a conversation with an event (a turn's commit, or
+            # SendMessage's user_message): a session that never ran and has no events has an
+            # empty conversation, and need not read it.
+            conversation=(
+                []
+                if session.status == sessions_pb2.SESSION_STATUS_PENDING and last_seq == 0
+                else None
+            ),
         )
 
     async def run(
@@ -265,24 +283,32 @@ class SessionEngine:
                 await self._start(run, resumed=resumed)
             ending = await self._drive(run, single_step=single_step)
             if ending is None:
-                await self._save(run, ["rounds_completed", "usage"])
+                self._save(run, ["rounds_completed", "usage"])
                 await run.recorder.flush()
                 return run.session
             await self._complete(run, ending)
         except asyncio.CancelledError:
             # A replica that lost the session's lease stops silently: the new owner goes on.
-            if not run.abandoned:
+            if not run.abandoned and run.recorder.failure is None:
                 await asyncio.shield(self._cancel(run, run.cancel_reason))
             raise
-        except TimeoutError:
+        except Exception as error:
+            if run.recorder.failure is not None:
+                # The store refused a write (it is down, or the lease is lost): nothing more
+                # can be recorded here; the caller sees why, the session's next owner goes on.
+                raise
+            await self._end_on_error(run, error)
+        return run.session
+
+    async def _end_on_error(self, run: SessionRun, error: Exception) -> None:
+        """End the session after `error` with the matching terminal event."""
+        if isinstance(error, TimeoutError):
             await self._cancel(run, "deadline")
-        except SessionFailure as failure:
-            await self._fail(run, failure.status)
-        except TurnFailed as failed:
-            await self._fail(run, failed.status)
-        except Exception:
-            # A bug or a store failure: end the session visibly if the store still answers.
-            _logger.exception("session %s failed unexpectedly", run.name)
+        elif isinstance(error, SessionFailure | TurnFailed):
+            await self._fail(run, error.status)
+        else:
+            # A bug: end the session visibly, with a trace id to find it by.
+            _logger.error("session %s failed unexpectedly", run.name, exc_info=error)
             await self._fail(
                 run,
                 status_pb2.Status(
@@ -290,12 +316,11 @@ class SessionEngine:
                     message=f"internal error (trace {run.recorder.trace_id or 'unknown'})",
                 ),
             )
-        return run.session
 
     async def _start(self, run: SessionRun, *, resumed: bool) -> None:
         session = run.session
         session.status = sessions_pb2.SESSION_STATUS_RUNNING
-        await self._save(run, ["status"])
+        self._save(run, ["status"])
         await run.recorder.emit(
             events_pb2.SessionEvent(
                 session_started=events_pb2.SessionStarted(
@@ -365,7 +390,7 @@ class SessionEngine:
                     session.rounds_completed = round_number
                     return Ending(await self._last_answer(run), "token_budget")
             session.rounds_completed = round_number
-            await self._save(run, ["rounds_completed"])
+            self._save(run, ["rounds_completed"])
             if judge is not None and await self._judge_says_done(run, judge, round_number):
                 return Ending(await self._last_answer(run), "judge")
             if single_step:
@@ -408,10 +433,11 @@ class SessionEngine:
                 history=history,
                 tools=self._toolbox(run, agent, read_only=False),
                 idempotency_key=run.key(f"r{round_number}-{agent.label}"),
+                remember=True,
                 round=round_number,
             )
         )
-        await self._remember(run, agent, outcome, round_number=round_number)
+        self._remember(run, agent, outcome)
         return outcome
 
     async def _judge_says_done(
@@ -452,9 +478,10 @@ class SessionEngine:
                     history=(),
                     tools=self._toolbox(run, agent, read_only=False),
                     idempotency_key=run.key(f"stage-{stage_name}"),
+                    remember=True,
                 )
             )
-            await self._remember(run, agent, outcome)
+            self._remember(run, agent, outcome)
             return stage_name, outcome.text
 
         if spec.parallel:
@@ -511,9 +538,10 @@ class SessionEngine:
                 history=(),
                 tools=self._toolbox(run, synthesizer, read_only=True),
                 idempotency_key=run.key(f"synthesis-r{run.session.plan.revision}"),
+                remember=True,
             )
         )
-        await self._remember(run, synthesizer, outcome)
+        self._remember(run, synthesizer, outcome)
         return Ending(outcome.text, "answered")
 
     async def _make_plan(
@@ -580,7 +608,7 @@ class SessionEngine:
         proto_plan = sessions_pb2.Plan(revision=revision, rationale=plan.rationale, tasks=stored)
         proto_plan.planning_duration.FromTimedelta(took)
         run.session.plan.CopyFrom(proto_plan)
-        await self._save(run, ["plan"])
+        self._save(run, ["plan"])
         await run.recorder.emit(
             events_pb2.SessionEvent(plan_created=events_pb2.PlanCreated(plan=proto_plan))
         )
@@ -791,7 +819,8 @@ class SessionEngine:
                 )
             )
         )
-        await self._save(run, ["status", "final_answer", "usage", "rounds_completed"])
+        self._save(run, ["status", "final_answer", "usage", "rounds_completed"])
+        await run.recorder.flush()
 
     async def _fail(self, run: SessionRun, status: status_pb2.Status) -> None:
         session = run.session
@@ -804,7 +833,8 @@ class SessionEngine:
                 session_failed=events_pb2.SessionFailed(error=status, usage=run.meter.snapshot())
             )
         )
-        await self._save(run, ["status", "error", "usage", "rounds_completed"])
+        self._save(run, ["status", "error", "usage", "rounds_completed"])
+        await run.recorder.flush()
 
     async def _cancel(self, run: SessionRun, reason: str) -> None:
         if self._metrics is not None:
@@ -824,59 +854,66 @@ class SessionEngine:
                 )
             )
         )
-        await self._save(run, ["status", "error", "usage", "rounds_completed"])
+        self._save(run, ["status", "error", "usage", "rounds_completed"])
+        await run.recorder.flush()
 
-    async def _save(self, run: SessionRun, fields: Sequence[str]) -> None:
+    def _save(self, run: SessionRun, fields: Sequence[str]) -> None:
+        """Stage a change to the session (stored with the run's next commit)."""
         run.session.usage.CopyFrom(run.meter.snapshot())
-        stored = await self._store.update_session(run.tenant, run.session, [*fields, "usage"])
-        run.session.update_time.CopyFrom(stored.update_time)
+        run.recorder.stage_update(run.session, [*fields, "usage"])
 
     async def _deliver_user_messages(self, run: SessionRun) -> None:
         while not run.inbox.empty():
             content = run.inbox.get_nowait()
-            await self._store.append_messages(
-                run.tenant,
-                run.name,
-                [
-                    memory_pb2.StoredMessage(
-                        message=messages_pb2.Message(role=messages_pb2.ROLE_USER, content=content)
-                    )
-                ],
+            await self._add_to_conversation(
+                run,
+                memory_pb2.StoredMessage(
+                    message=messages_pb2.Message(role=messages_pb2.ROLE_USER, content=content)
+                ),
             )
 
-    async def _remember(
-        self, run: SessionRun, agent: SessionAgent, outcome: TurnOutcome, *, round_number: int = 0
+    def _remember(self, run: SessionRun, agent: SessionAgent, outcome: TurnOutcome) -> None:
+        """Keep a turn's answer (stored with the turn, see `Turn.remember`) in the run's copy
+        of the conversation, when it holds one."""
+        if run.conversation is not None and not outcome.reused:
+            run.conversation.append(
+                memory_pb2.StoredMessage(message=outcome.message, agent=agent.name)
+            )
+            del run.conversation[: -self._settings.history_messages]
+
+    async def _add_to_conversation(
+        self, run: SessionRun, message: memory_pb2.StoredMessage
     ) -> None:
-        """Add an agent's final answer to the shared conversation (once, even on resume)."""
-        await self._store.append_messages(
-            run.tenant,
-            run.name,
-            request_id=f"{outcome.idempotency_key}/remember",
-            messages=[
-                memory_pb2.StoredMessage(
-                    message=outcome.message,
-                    agent=agent.name,
-                    round=round_number,
-                    prompt_tokens=outcome.usage.prompt_tokens,
-                    completion_tokens=outcome.usage.completion_tokens,
-                )
-            ],
-        )
+        conversation = await self._conversation(run)
+        run.recorder.stage_messages([message])
+        conversation.append(message)
+        del conversation[: -self._settings.history_messages]
+
+    async def _conversation(self, run: SessionRun) -> list[memory_pb2.StoredMessage]:
+        """The newest messages of the session's conversation, read from the store once per run
+        (and again when another replica wrote to the session meanwhile)."""
+        if run.conversation is None or run.recorder.foreign_writes:
+            if run.recorder.messages_unstored:
+                await run.recorder.flush()  # the read must see this run's own messages
+            run.recorder.foreign_writes = False
+            run.conversation = await self._store.recent_messages(
+                run.tenant, run.name, self._settings.history_messages
+            )
+        return run.conversation
 
     async def _history(self, run: SessionRun, agent: SessionAgent) -> list[messages_pb2.Message]:
-        """The shared conversation as this agent sees it, newest messages within the budget."""
-        stored = await self._store.recent_messages(
-            run.tenant, run.name, self._settings.history_messages
-        )
+        """The shared conversation as this agent sees it, newest messages within the budget
+        of its model's context window (counted with the gateway's token estimator)."""
+        stored = await self._conversation(run)
         window = (
             agent.definition.model.context_window_tokens or self._settings.context_window_tokens
         )
         budget = window - (agent.definition.generation.max_tokens or 1024) - 512
-        budget -= estimate_tokens(agent.definition.prompts.system)
+        budget -= count_text(agent.definition.prompts.system) + MESSAGE_OVERHEAD
         picked: list[messages_pb2.Message] = []
         for item in reversed(stored):
             message = _as_seen_by(item, agent)
-            cost = estimate_tokens(message.content) + 4
+            cost = count_text(message.content) + count_text(message.name) + MESSAGE_OVERHEAD
             if cost > budget:
                 break
             budget -= cost
@@ -885,7 +922,7 @@ class SessionEngine:
         return picked
 
     async def _last_answer(self, run: SessionRun) -> str:
-        for item in reversed(await self._store.recent_messages(run.tenant, run.name, 10)):
+        for item in reversed(await self._conversation(run)):
             if item.message.role == messages_pb2.ROLE_ASSISTANT and item.message.content:
                 return item.message.content
         return ""
@@ -942,11 +979,6 @@ class SessionEngine:
 
 class _TaskGaveUp(Exception):
     """A plan task failed after all its retries."""
-
-
-def estimate_tokens(text: str) -> int:
-    """A quick token estimate (about four characters a token) for context budgeting."""
-    return (len(text) + 3) // 4
 
 
 def render_stage_input(template: str, goal: str, outputs: Mapping[str, str]) -> str:
@@ -1006,6 +1038,5 @@ __all__ = [
     "SessionEngine",
     "SessionFailure",
     "SessionRun",
-    "estimate_tokens",
     "render_stage_input",
 ]

@@ -10,6 +10,7 @@ the tenant explicitly; nothing here reads ambient state.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from agentmesh.common.v1 import events_pb2, generation_pb2, sessions_pb2
@@ -17,35 +18,40 @@ from agentmesh.inference.v1 import inference_pb2
 from agentmesh.memory.v1 import memory_pb2
 
 
+@dataclass(frozen=True)
+class StepWrite:
+    """What one commit stores, in one transaction (in this order): ledger rows, messages, the
+    session's named fields, then events."""
+
+    events: Sequence[events_pb2.SessionEvent] = ()
+    messages: Sequence[memory_pb2.StoredMessage] = ()
+    executions: Sequence[memory_pb2.Execution] = ()
+    update: sessions_pb2.Session | None = None
+    update_fields: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class StepStored:
+    """The seq range a commit's events got (both 0 when it had none)."""
+
+    first_seq: int
+    last_seq: int
+
+
 class SessionStore(Protocol):
     """Durable session state (the memory service)."""
 
-    async def append_events(
-        self, tenant: str, session: str, events: Sequence[events_pb2.SessionEvent]
-    ) -> int:
-        """Store events atomically; return the seq assigned to the last one."""
-        ...
-
-    async def append_messages(
-        self,
-        tenant: str,
-        session: str,
-        messages: Sequence[memory_pb2.StoredMessage],
-        request_id: str = "",
-    ) -> None:
-        """Add messages to the session's conversation; a repeated request id adds nothing."""
+    async def commit_step(
+        self, tenant: str, session: str, step: StepWrite, *, lease_owner: str = ""
+    ) -> StepStored:
+        """Store `step` atomically (all of it or nothing). With `lease_owner`, refuse it with
+        FailedPrecondition (reason LEASE_LOST) unless that owner holds the session's lease."""
         ...
 
     async def recent_messages(
         self, tenant: str, session: str, newest: int
     ) -> list[memory_pb2.StoredMessage]:
         """The newest messages of the conversation, oldest first."""
-        ...
-
-    async def update_session(
-        self, tenant: str, session: sessions_pb2.Session, fields: Sequence[str]
-    ) -> sessions_pb2.Session:
-        """Change the named fields of a session."""
         ...
 
     async def create_tasks(
@@ -58,10 +64,6 @@ class SessionStore(Protocol):
         self, tenant: str, task: sessions_pb2.Task, fields: Sequence[str]
     ) -> sessions_pb2.Task:
         """Change the named fields of a task."""
-        ...
-
-    async def record_execution(self, tenant: str, execution: memory_pb2.Execution) -> None:
-        """Record one model call in the usage ledger."""
         ...
 
     async def find_execution(

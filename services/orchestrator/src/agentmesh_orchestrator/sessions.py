@@ -2,9 +2,12 @@
 
 A `Run`, `Step` or `Execute` call takes the session's lease in the memory service (another
 replica holding an unexpired lease makes it FAILED_PRECONDITION), starts the engine as a
-background task, and renews the lease every third of its time to live. The caller's stream is
-fed from the memory service's event log (`WatchEvents`), so what a client sees has always been
-stored first, and `StreamSession` on any replica sees the same events in the same order.
+background task, and renews the lease every third of its time to live; every write of the run
+names the lease owner, so a replica that lost the lease cannot write. The caller's stream is
+fed by the run's writer as each commit is stored (so what a client sees has always been stored
+first), and whatever others appended in between (a gap in the seq) is read back from the
+memory service's log, so the caller sees every event once, in order. `StreamSession` on any
+replica reads the same log (`WatchEvents`).
 
 A replica whose lease renewal fails stops the run without a terminal event (the new owner goes
 on). `resume_expired` lets a replica adopt RUNNING sessions whose lease expired (their owner
@@ -248,11 +251,17 @@ class SessionManager:
     async def _start(
         self, tenant: str, session: sessions_pb2.Session, *, single_step: bool, resumed: bool
     ) -> ActiveSession:
+        # The lease first (nothing is read for a session another replica runs), then the
+        # agents and the tenant's tools side by side.
         lease = await self._store.acquire_lease(
             tenant, session.name, self.owner, self._lease.ttl_seconds
         )
-        agents = await self._resolve_agents(tenant, session)
-        tools = await self._tools_for(tenant) if self._tools_for is not None else None
+        if self._tools_for is not None:
+            agents, tools = await asyncio.gather(
+                self._resolve_agents(tenant, session), self._tools_for(tenant)
+            )
+        else:
+            agents, tools = await self._resolve_agents(tenant, session), None
         run = self._engine.open_run(
             tenant,
             session,
@@ -260,6 +269,7 @@ class SessionManager:
             trace_id=current_trace_id(),
             last_seq=session.last_event_seq,
             tools=tools,
+            lease_owner=self.owner,
         )
         active = ActiveSession(tenant=tenant, run=run)
         key = (tenant, session.name)
@@ -278,6 +288,11 @@ class SessionManager:
             active.renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await active.renewer
+        recorder = active.run.recorder
+        try:
+            await (recorder.abandon() if active.run.abandoned else recorder.close())
+        except Exception:
+            _logger.warning("could not store the last writes of %s", key[1], exc_info=True)
         if not active.run.abandoned:
             with contextlib.suppress(Exception):
                 await self._store.release_lease(active.tenant, key[1], self.owner)
@@ -304,58 +319,46 @@ class SessionManager:
     async def _relay(
         self, active: ActiveSession, *, after_seq: int
     ) -> AsyncIterator[events_pb2.SessionEvent]:
-        """Events of this run from the log, until the terminal event or the end of the step."""
+        """Events of this run as they are stored, until the terminal event or the run's end."""
+        seen = after_seq
+        async with contextlib.aclosing(active.run.recorder.subscribe()) as batches:
+            async for batch in batches:
+                first = batch.events[0].seq
+                if first > seen + 1:  # others appended before this commit: read them back
+                    async for event in self._replay(active, seen, first - 1):
+                        seen = event.seq
+                        yield event
+                for event in batch.events:
+                    if event.seq <= seen:
+                        continue
+                    seen = event.seq
+                    yield event
+                    if event.WhichOneof("payload") in TERMINAL_EVENTS:
+                        return
+        # The run ended (a step, or an abandoned run): deliver what was stored but not seen.
+        async for event in self._replay(active, seen, active.run.recorder.last_seq):
+            yield event
+            if event.WhichOneof("payload") in TERMINAL_EVENTS:
+                return
+
+    async def _replay(
+        self, active: ActiveSession, after_seq: int, last_seq: int
+    ) -> AsyncIterator[events_pb2.SessionEvent]:
+        """Stored events with `after_seq` < seq <= `last_seq`, from the memory service."""
+        if last_seq <= after_seq:
+            return
         log = self._store.watch_events(active.tenant, active.run.name, after_seq)
         try:
-            async for event in self._relay_from(active, log.__aiter__(), after_seq):
+            async for event in log:
+                if event.seq > last_seq:
+                    return
                 yield event
+                if event.seq == last_seq:
+                    return
         finally:
             aclose = getattr(log, "aclose", None)
             if aclose is not None:
                 await aclose()
-
-    async def _relay_from(
-        self,
-        active: ActiveSession,
-        log: AsyncIterator[events_pb2.SessionEvent],
-        seen: int,
-    ) -> AsyncIterator[events_pb2.SessionEvent]:
-        next_event: asyncio.Future[events_pb2.SessionEvent] = asyncio.ensure_future(log.__anext__())
-        try:
-            while True:
-                waiter: asyncio.Future[object] = asyncio.ensure_future(active.done.wait())
-                pending: set[asyncio.Future[object]] = {next_event, waiter}  # type: ignore[arg-type]
-                finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                if next_event not in finished:
-                    break  # the run ended (a step, or an abandoned run)
-                try:
-                    event = next_event.result()
-                except StopAsyncIteration:
-                    return
-                seen = event.seq
-                yield event
-                if event.WhichOneof("payload") in TERMINAL_EVENTS:
-                    return
-                next_event = asyncio.ensure_future(log.__anext__())
-            # Deliver what the run stored before it ended, then stop.
-            last = active.run.recorder.last_seq
-            while seen < last:
-                try:
-                    event = await next_event
-                except StopAsyncIteration:
-                    return
-                seen = event.seq
-                yield event
-                if event.WhichOneof("payload") in TERMINAL_EVENTS:
-                    return
-                if seen < last:
-                    next_event = asyncio.ensure_future(log.__anext__())
-        finally:
-            if not next_event.done():
-                next_event.cancel()
-                with contextlib.suppress(BaseException):
-                    await next_event
 
 
 def _stamped(session: str, message: events_pb2.UserMessage) -> events_pb2.SessionEvent:

@@ -26,6 +26,8 @@ from agentmesh.common.v1 import (
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh.memory.v1 import memory_pb2
 
+from .ports import StepStored, StepWrite
+
 
 class InMemorySessionStore:
     """A `SessionStore` in a dict, per tenant."""
@@ -38,7 +40,27 @@ class InMemorySessionStore:
         self.executions: dict[tuple[str, str], memory_pb2.Execution] = {}
         self.request_ids: set[tuple[str, str]] = set()
         self.execution_lookups = 0
+        self.commits = 0
         self.appended = asyncio.Condition()
+
+    async def commit_step(
+        self, tenant: str, session: str, step: StepWrite, *, lease_owner: str = ""
+    ) -> StepStored:
+        """Store `step` as the memory service does (leases are not modelled here)."""
+        self.commits += 1
+        for execution in step.executions:
+            stored_execution = memory_pb2.Execution()
+            stored_execution.CopyFrom(execution)
+            stored_execution.session = stored_execution.session or session
+            await self.record_execution(tenant, stored_execution)
+        if step.messages:
+            await self.append_messages(tenant, session, step.messages)
+        if step.update is not None and step.update_fields:
+            await self.update_session(tenant, step.update, step.update_fields)
+        if not step.events:
+            return StepStored(0, 0)
+        last = await self.append_events(tenant, session, step.events)
+        return StepStored(last - len(step.events) + 1, last)
 
     async def append_events(
         self, tenant: str, session: str, events: Sequence[events_pb2.SessionEvent]

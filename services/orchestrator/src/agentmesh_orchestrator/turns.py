@@ -6,6 +6,10 @@ agent's `ToolBox`, run, and answered with a tool message before the model is cal
 Each model call has an idempotency key derived from the turn's key; a call the usage ledger
 already holds as succeeded (a replica died after it) is not repeated: its recorded answer is
 used instead.
+
+Nothing here waits for the store: `message_started` is buffered (stored with the first text,
+or within the flush interval), the ledger row is staged, and `message_completed` is emitted,
+so a turn's writes usually reach the memory service as one commit, while the session goes on.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class Turn:
     task_id: str = ""
     round: int = 0
     response_schema: struct_pb2.Struct | None = None
+    remember: bool = False  # add the final answer to the session's shared conversation
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class TurnOutcome:
     structured: struct_pb2.Struct | None
     new_messages: tuple[messages_pb2.Message, ...]
     idempotency_key: str
+    reused: bool = False  # the final answer came from the ledger (stored before a takeover)
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,20 @@ class TurnRunner:
             conversation.append(reply)
             new_messages.append(reply)
             if not finished.tool_calls or call_index == self._max_tool_rounds:
+                if turn.remember and not result.reused:
+                    # Stored in the same commit as the ledger row: on resume, an answer taken
+                    # from the ledger is known to be in the conversation already.
+                    self._recorder.stage_messages(
+                        [
+                            memory_pb2.StoredMessage(
+                                message=reply,
+                                agent=agent.name,
+                                round=turn.round,
+                                prompt_tokens=usage.total.prompt_tokens,
+                                completion_tokens=usage.total.completion_tokens,
+                            )
+                        ]
+                    )
                 await self._recorder.emit(
                     events_pb2.SessionEvent(
                         agent=agent.name,
@@ -208,6 +228,7 @@ class TurnRunner:
                     ),
                     new_messages=tuple(new_messages),
                     idempotency_key=turn.idempotency_key,
+                    reused=result.reused,
                 )
             for call in finished.tool_calls:
                 answer = await self._run_tool(turn, call, message_id)
@@ -245,7 +266,7 @@ class TurnRunner:
                 text=recorded.response.content,
             )
             return _CallResult(finished=finished, reused=True)
-        await self._recorder.emit(
+        self._recorder.buffer(
             events_pb2.SessionEvent(
                 agent=agent.name,
                 task_id=turn.task_id,
@@ -303,9 +324,8 @@ class TurnRunner:
             elif kind == "restart":
                 # The gateway falls back after streaming: what was streamed under this message
                 # id is abandoned (it never completes); the answer streams under a new id.
-                await self._recorder.flush()
                 message_id = uuid.uuid4().hex
-                await self._recorder.emit(
+                self._recorder.buffer(
                     events_pb2.SessionEvent(
                         agent=agent.name,
                         task_id=turn.task_id,
@@ -320,8 +340,8 @@ class TurnRunner:
                 finished_event = event.finished
             elif kind == "attempt_failed" and not event.attempt_failed.will_fall_back:
                 failure = event.attempt_failed.error
-        # The last deltas are not flushed here: they are stored with the turn's next event
-        # (`message_completed` or a tool call) in one memory write, or by the flush timer.
+        # The last deltas, the ledger row and the turn's next event (`message_completed`, a
+        # tool call or the session's failure) are stored together in one commit.
         latency = time.monotonic() - started
         execution = memory_pb2.Execution(
             session=self._session,
@@ -342,8 +362,7 @@ class TurnRunner:
             execution.provider = attempted_provider
             execution.model = attempted_model
             execution.error.CopyFrom(status)
-            await self._recorder.flush()
-            await self._store.record_execution(self._tenant, execution)
+            self._recorder.stage_execution(execution)
             raise TurnFailed(status)
         execution.provider = finished_event.provider
         execution.model = finished_event.model
@@ -357,7 +376,7 @@ class TurnRunner:
                 tool_calls=finished_event.tool_calls,
             )
         )
-        await self._store.record_execution(self._tenant, execution)
+        self._recorder.stage_execution(execution)
         return _CallResult(finished=finished_event, reused=False)
 
     async def _run_tool(

@@ -18,6 +18,7 @@ from agentmesh.common.v1 import events_pb2, memory_entries_pb2, sessions_pb2
 from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from agentmesh_common import TENANT_METADATA_KEY, NotFound, from_rpc_error
 from agentmesh_common.protobuf import duration
+from agentmesh_orchestrator.ports import StepStored, StepWrite
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
@@ -40,6 +41,22 @@ class MemoryClient:
             raise from_rpc_error(exc) from None
 
     # -- SessionStore ------------------------------------------------------------------------
+
+    async def commit_step(
+        self, tenant: str, session: str, step: StepWrite, *, lease_owner: str = ""
+    ) -> StepStored:
+        request = memory_pb2.CommitStepRequest(
+            session=session,
+            lease_owner=lease_owner,
+            executions=step.executions,
+            messages=step.messages,
+            events=step.events,
+        )
+        if step.update is not None and step.update_fields:
+            request.update.CopyFrom(step.update)
+            request.update_mask.paths.extend(step.update_fields)
+        reply = await self.call(tenant, self.stub.CommitStep, request)
+        return StepStored(first_seq=reply.first_seq, last_seq=reply.last_seq)
 
     async def append_events(
         self, tenant: str, session: str, events: Sequence[events_pb2.SessionEvent]
