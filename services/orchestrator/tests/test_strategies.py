@@ -262,8 +262,8 @@ async def test_deltas_are_batched_and_stored_in_order(
 
 
 async def test_a_turn_is_stored_in_one_commit(harness_factory: Callable[..., Harness]) -> None:
-    """message_started, the text, message_completed, the ledger row and the message: one write;
-    the session's start and its end are one write each, with the status change."""
+    """message_started, the text, message_completed, the ledger row and the message: one write
+    (with the session's start, announced with its first turn); the end with its status."""
     harness = harness_factory(lambda _: Reply(text="one two three", chunks=3))
     commits: list[StepWrite] = []
     commit = harness.store.commit_step
@@ -282,14 +282,19 @@ async def test_a_turn_is_stored_in_one_commit(harness_factory: Callable[..., Har
 
     kinds = [[str(e.WhichOneof("payload")) for e in step.events] for step in commits]
     assert kinds == [
-        ["session_started", "agent_spawned"],
-        ["message_started", "content_delta", "message_completed"],
+        [
+            "session_started",
+            "agent_spawned",
+            "message_started",
+            "content_delta",
+            "message_completed",
+        ],
         ["session_completed"],
     ], kinds
-    start, turn, end = commits
-    assert start.update is not None
-    assert "status" in start.update_fields
-    assert start.update.status == sessions_pb2.SESSION_STATUS_RUNNING
+    turn, end = commits
+    assert turn.update is not None
+    assert "status" in turn.update_fields
+    assert turn.update.status == sessions_pb2.SESSION_STATUS_RUNNING
     assert [e.idempotency_key for e in turn.executions] == [f"{session.name}/r1-a/0"]
     assert [m.message.content for m in turn.messages] == ["one two three"]
     assert end.update is not None

@@ -280,7 +280,7 @@ class SessionEngine:
             run.turns.reuse_recorded_calls = True
         try:
             if session.status == sessions_pb2.SESSION_STATUS_PENDING or resumed:
-                await self._start(run, resumed=resumed)
+                self._start(run, resumed=resumed)
             ending = await self._drive(run, single_step=single_step)
             if ending is None:
                 self._save(run, ["rounds_completed", "usage"])
@@ -317,11 +317,13 @@ class SessionEngine:
                 ),
             )
 
-    async def _start(self, run: SessionRun, *, resumed: bool) -> None:
+    def _start(self, run: SessionRun, *, resumed: bool) -> None:
+        """Mark the session RUNNING and announce it. Buffered: stored with the first turn's
+        writes, or within the flush interval when that turn is slow."""
         session = run.session
         session.status = sessions_pb2.SESSION_STATUS_RUNNING
         self._save(run, ["status"])
-        await run.recorder.emit(
+        run.recorder.buffer(
             events_pb2.SessionEvent(
                 session_started=events_pb2.SessionStarted(
                     goal=session.goal,
@@ -333,7 +335,7 @@ class SessionEngine:
         )
         if not resumed:
             for agent in run.agents:
-                await run.recorder.emit(
+                run.recorder.buffer(
                     events_pb2.SessionEvent(
                         agent=agent.name,
                         agent_spawned=events_pb2.AgentSpawned(definition=agent.definition),
@@ -806,10 +808,12 @@ class SessionEngine:
 
     async def _complete(self, run: SessionRun, ending: Ending) -> None:
         session = run.session
+        await run.recorder.settle_status()  # RUNNING is stored before the end
         session.status = sessions_pb2.SESSION_STATUS_COMPLETED
         session.final_answer = ending.answer
         session.usage.CopyFrom(run.meter.snapshot())
         session.end_time.GetCurrentTime()
+        self._save(run, ["status", "final_answer", "usage", "rounds_completed"])
         await run.recorder.emit(
             events_pb2.SessionEvent(
                 session_completed=events_pb2.SessionCompleted(
@@ -819,21 +823,21 @@ class SessionEngine:
                 )
             )
         )
-        self._save(run, ["status", "final_answer", "usage", "rounds_completed"])
         await run.recorder.flush()
 
     async def _fail(self, run: SessionRun, status: status_pb2.Status) -> None:
         session = run.session
+        await run.recorder.settle_status()  # RUNNING is stored before the end
         session.status = sessions_pb2.SESSION_STATUS_FAILED
         session.error.CopyFrom(status)
         session.usage.CopyFrom(run.meter.snapshot())
         session.end_time.GetCurrentTime()
+        self._save(run, ["status", "error", "usage", "rounds_completed"])
         await run.recorder.emit(
             events_pb2.SessionEvent(
                 session_failed=events_pb2.SessionFailed(error=status, usage=run.meter.snapshot())
             )
         )
-        self._save(run, ["status", "error", "usage", "rounds_completed"])
         await run.recorder.flush()
 
     async def _cancel(self, run: SessionRun, reason: str) -> None:
@@ -841,12 +845,14 @@ class SessionEngine:
             self._metrics.cancellations.labels(reason).inc()
             self._metrics.sessions_ended.labels("cancelled").inc()
         session = run.session
+        await run.recorder.settle_status()  # RUNNING is stored before the end
         session.status = sessions_pb2.SESSION_STATUS_CANCELLED
         session.error.CopyFrom(
             status_pb2.Status(code=code_pb2.CANCELLED, message=f"session cancelled: {reason}")
         )
         session.usage.CopyFrom(run.meter.snapshot())
         session.end_time.GetCurrentTime()
+        self._save(run, ["status", "error", "usage", "rounds_completed"])
         await run.recorder.emit(
             events_pb2.SessionEvent(
                 session_cancelled=events_pb2.SessionCancelled(
@@ -854,7 +860,6 @@ class SessionEngine:
                 )
             )
         )
-        self._save(run, ["status", "error", "usage", "rounds_completed"])
         await run.recorder.flush()
 
     def _save(self, run: SessionRun, fields: Sequence[str]) -> None:

@@ -54,10 +54,10 @@ class _PendingDelta:
 
 @dataclass(frozen=True)
 class StoredBatch:
-    """Events of one commit, with their seq; `gap_after` > 0 when others wrote between."""
+    """Events of one commit, with their seq; `gap` when others appended right before."""
 
     events: tuple[events_pb2.SessionEvent, ...]
-    gap_after: int = 0
+    gap: bool = False
 
 
 class EventRecorder:
@@ -85,6 +85,7 @@ class EventRecorder:
         self._update: sessions_pb2.Session | None = None
         self._update_fields: set[str] = set()
         self._unstored_messages = 0  # staged or in flight
+        self._unstored_status = False  # a status change staged or in flight
         self._queued = 0  # writes queued so far
         self._stored = 0  # of which stored
         self._progress = asyncio.Condition()
@@ -146,12 +147,24 @@ class EventRecorder:
         self._wake_later()
 
     def stage_update(self, session: sessions_pb2.Session, fields: Sequence[str]) -> None:
-        """Queue a change to the session: the named fields, as they are when it is written."""
+        """Queue a change to the session: the named fields, as they are when it is written.
+
+        Changes queued together are merged (the latest values win). The memory service checks
+        each status transition, so before changing the status again the engine waits for
+        `settle_status` (in practice only a session that ends before its start is stored).
+        """
         self._check()
         self._update = session
         self._update_fields.update(fields)
+        if "status" in fields:
+            self._unstored_status = True
         self._queued += 1
         self._wake_later()
+
+    async def settle_status(self) -> None:
+        """Wait until a queued status change is stored (at once when there is none)."""
+        if self._unstored_status:
+            await self.flush()
 
     async def flush(self) -> None:
         """Wait until everything queued so far is stored (raise the failure if one was)."""
@@ -267,6 +280,8 @@ class EventRecorder:
         else:
             self._publish(step.events, stored.first_seq, stored.last_seq)
             self._unstored_messages -= len(step.messages)
+            if "status" in step.update_fields and "status" not in self._update_fields:
+                self._unstored_status = False
             self._stored = target
         async with self._progress:
             self._progress.notify_all()
@@ -300,13 +315,13 @@ class EventRecorder:
     ) -> None:
         if not events:
             return
-        gap_after = self.last_seq if first_seq != self.last_seq + 1 else 0
-        if gap_after:
+        gap = first_seq != self.last_seq + 1
+        if gap:
             self.foreign_writes = True
         for offset, event in enumerate(events):
             event.seq = first_seq + offset
         self.last_seq = last_seq
-        batch = StoredBatch(tuple(events), gap_after=gap_after)
+        batch = StoredBatch(tuple(events), gap=gap)
         for queue in self._subscribers:
             queue.put_nowait(batch)
 

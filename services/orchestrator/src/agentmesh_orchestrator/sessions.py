@@ -251,17 +251,14 @@ class SessionManager:
     async def _start(
         self, tenant: str, session: sessions_pb2.Session, *, single_step: bool, resumed: bool
     ) -> ActiveSession:
-        # The lease first (nothing is read for a session another replica runs), then the
-        # agents and the tenant's tools side by side.
-        lease = await self._store.acquire_lease(
-            tenant, session.name, self.owner, self._lease.ttl_seconds
+        # The lease, the agents and the tenant's tools side by side; nothing is written
+        # before the lease is ours.
+        tools_for = self._tools_for
+        lease, agents, tools = await asyncio.gather(
+            self._store.acquire_lease(tenant, session.name, self.owner, self._lease.ttl_seconds),
+            self._resolve_agents(tenant, session),
+            tools_for(tenant) if tools_for is not None else _no_tools(),
         )
-        if self._tools_for is not None:
-            agents, tools = await asyncio.gather(
-                self._resolve_agents(tenant, session), self._tools_for(tenant)
-            )
-        else:
-            agents, tools = await self._resolve_agents(tenant, session), None
         run = self._engine.open_run(
             tenant,
             session,
@@ -359,6 +356,10 @@ class SessionManager:
             aclose = getattr(log, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+async def _no_tools() -> None:
+    return None
 
 
 def _stamped(session: str, message: events_pb2.UserMessage) -> events_pb2.SessionEvent:
