@@ -572,34 +572,35 @@ def write_markdown(report: dict[str, Any]) -> None:
         "",
         "## What bounds the numbers",
         "",
-        "A turn is a chain of about ten sequential memory RPCs around one gateway call (see the"
-        " RPCs per turn above: read the history, look up the call's execution record so a"
-        " resumed session does not repeat it, store `message_started`, the streamed text, the"
-        " execution record, `message_completed` and the message, save the session state once a"
-        " round), and each costs the memory service about 4-6 ms of CPU (its CPU per turn over its"
-        " RPCs per turn; the WatchEvents that streams the events back is included), so the"
-        " memory service spends about as much CPU per turn as the turn takes at concurrency 1"
-        " and is the ceiling for sessions/s at concurrency 32: the 32 sessions queue on it (the"
-        " turn times at concurrency 32 are queueing, not work). The orchestrator itself spends"
-        " about 8-14 ms of CPU per turn, the gateway 3-4 ms. Reaching < 5 ms per turn needs"
-        " fewer, batched memory writes per turn (for example the deltas, the execution record,"
-        " `message_completed` and the message in one call) and a cheaper memory RPC path, not"
-        " only a faster orchestrator.",
+        "A turn is one gateway call and one memory write. The session's writer queues"
+        " everything the turn records (`message_started`, the text, the ledger row,"
+        " `message_completed`, the message, the session's state) and stores it with one"
+        " `CommitStep` in one transaction, in the background: the next turn starts while the"
+        " last one is committed, and what is queued meanwhile goes in the next commit, so"
+        " there are fewer commits than turns (CommitStep per turn above). The conversation is"
+        " kept in the run (read once per run, not at all for a fresh session) and the `Run`"
+        " stream is fed from the commits, so no memory read sits between two turns (between"
+        " turns ~0.2 ms). What is left of a turn is the model call through the gateway"
+        " (orchestrator -> gateway -> provider and back, ~3 ms here, the gateway's own CPU"
+        " ~1.7 ms a call). The first turn also carries starting the session: reading it,"
+        " taking the lease and reading the tenant's tools (three memory calls, ~1-2 ms each)"
+        " and the first commit before its events can be seen.",
         "",
-        "At concurrency 32 the model calls take longer than the 50 ms delta flush timer, so"
-        " the deltas get a write of their own there (AppendEvents 3.8 per turn against 3.0 at"
-        " concurrency 1).",
+        "At concurrency 32 all five processes share 2 CPUs; the memory service spends ~4-5 ms"
+        " of CPU per turn (a CommitStep costs it ~2.5 ms in-process, plus the per-session calls"
+        " amortized over 6 turns) and is the first to saturate; the times at concurrency 32 are"
+        " queueing. Commits then hold several turns each, so a session's `message_completed`"
+        " events arrive in bursts and the per-turn figure at concurrency 32 says little; the"
+        " sessions/s column is the one to read there.",
         "",
         "## Run to run",
         "",
-        "Five full runs on 2026-11-21, on a machine shared with other sessions' test suites"
-        " (1-minute load average 2.6-8.2 on its 2 CPUs): overhead per turn p50 at concurrency 1"
-        " 38.8-47.6 ms on SQLite and 44.5-59.0 ms on PostgreSQL; sessions/s at concurrency 32"
-        " 2.5-3.9 (SQLite) and 2.4-3.6 (PostgreSQL); orchestrator RSS per idle session between"
-        " -0.7 and +0.3 KB, per running session 84-127 KB. The last two runs include the"
-        " orchestrator change on this branch (a turn's last deltas stored with"
-        " `message_completed`, one memory write fewer per turn at concurrency 1); its effect on"
-        " wall time is inside that spread, the RPC count is the measurable part.",
+        "Before this write path (the same bench, 2026-11-21, load average 2.6-8.2): a turn was"
+        " about nine sequential memory calls, 38.8-47.6 ms per turn on SQLite and 44.5-59.0 ms"
+        " on PostgreSQL (measured then between consecutive `message_completed` events), and"
+        " 2.4-3.9 sessions/s at concurrency 32. With it, over two runs the same day: turn p50"
+        " 2.7-3.7 ms (SQLite) and 3.3-3.8 ms (PostgreSQL), p99 4.2-5.7 ms; amortized over a"
+        " whole session 5.5-7.4 ms; 20-32 sessions/s at concurrency 1 and 32.",
         "",
         "Memory per session is far inside its target: an idle (PENDING) session costs the"
         " orchestrator nothing measurable (it is a row in memory, nothing is held in the"
