@@ -439,7 +439,7 @@ class SessionEngine:
                 round=round_number,
             )
         )
-        self._remember(run, agent, outcome)
+        self._remember(run, outcome)
         return outcome
 
     async def _judge_says_done(
@@ -483,7 +483,7 @@ class SessionEngine:
                     remember=True,
                 )
             )
-            self._remember(run, agent, outcome)
+            self._remember(run, outcome)
             return stage_name, outcome.text
 
         if spec.parallel:
@@ -543,7 +543,7 @@ class SessionEngine:
                 remember=True,
             )
         )
-        self._remember(run, synthesizer, outcome)
+        self._remember(run, outcome)
         return Ending(outcome.text, "answered")
 
     async def _make_plan(
@@ -807,59 +807,65 @@ class SessionEngine:
     # -- shared helpers ----------------------------------------------------------------------
 
     async def _complete(self, run: SessionRun, ending: Ending) -> None:
-        session = run.session
-        await run.recorder.settle_status()  # RUNNING is stored before the end
-        session.status = sessions_pb2.SESSION_STATUS_COMPLETED
-        session.final_answer = ending.answer
-        session.usage.CopyFrom(run.meter.snapshot())
-        session.end_time.GetCurrentTime()
-        self._save(run, ["status", "final_answer", "usage", "rounds_completed"])
-        await run.recorder.emit(
+        run.session.final_answer = ending.answer
+        await self._end(
+            run,
+            sessions_pb2.SESSION_STATUS_COMPLETED,
+            ["final_answer"],
             events_pb2.SessionEvent(
                 session_completed=events_pb2.SessionCompleted(
                     final_answer=ending.answer,
                     usage=run.meter.snapshot(),
                     termination_reason=ending.reason,
                 )
-            )
+            ),
         )
-        await run.recorder.flush()
 
     async def _fail(self, run: SessionRun, status: status_pb2.Status) -> None:
-        session = run.session
-        await run.recorder.settle_status()  # RUNNING is stored before the end
-        session.status = sessions_pb2.SESSION_STATUS_FAILED
-        session.error.CopyFrom(status)
-        session.usage.CopyFrom(run.meter.snapshot())
-        session.end_time.GetCurrentTime()
-        self._save(run, ["status", "error", "usage", "rounds_completed"])
-        await run.recorder.emit(
+        run.session.error.CopyFrom(status)
+        await self._end(
+            run,
+            sessions_pb2.SESSION_STATUS_FAILED,
+            ["error"],
             events_pb2.SessionEvent(
                 session_failed=events_pb2.SessionFailed(error=status, usage=run.meter.snapshot())
-            )
+            ),
         )
-        await run.recorder.flush()
 
     async def _cancel(self, run: SessionRun, reason: str) -> None:
         if self._metrics is not None:
             self._metrics.cancellations.labels(reason).inc()
             self._metrics.sessions_ended.labels("cancelled").inc()
-        session = run.session
-        await run.recorder.settle_status()  # RUNNING is stored before the end
-        session.status = sessions_pb2.SESSION_STATUS_CANCELLED
-        session.error.CopyFrom(
+        run.session.error.CopyFrom(
             status_pb2.Status(code=code_pb2.CANCELLED, message=f"session cancelled: {reason}")
         )
-        session.usage.CopyFrom(run.meter.snapshot())
-        session.end_time.GetCurrentTime()
-        self._save(run, ["status", "error", "usage", "rounds_completed"])
-        await run.recorder.emit(
+        await self._end(
+            run,
+            sessions_pb2.SESSION_STATUS_CANCELLED,
+            ["error"],
             events_pb2.SessionEvent(
                 session_cancelled=events_pb2.SessionCancelled(
                     reason=reason, usage=run.meter.snapshot()
                 )
-            )
+            ),
         )
+
+    async def _end(
+        self,
+        run: SessionRun,
+        status: sessions_pb2.SessionStatus.ValueType,
+        fields: Sequence[str],
+        terminal: events_pb2.SessionEvent,
+    ) -> None:
+        """Store the session's end: the status and `fields` with the terminal event, in one
+        commit, and wait until it is stored."""
+        # Only the named fields of a staged change are written, so `fields` may be set before;
+        # the status must not change again until RUNNING is stored.
+        await run.recorder.settle_status()
+        run.session.status = status
+        run.session.end_time.GetCurrentTime()
+        self._save(run, ["status", *fields, "rounds_completed"])
+        await run.recorder.emit(terminal)
         await run.recorder.flush()
 
     def _save(self, run: SessionRun, fields: Sequence[str]) -> None:
@@ -877,20 +883,23 @@ class SessionEngine:
                 ),
             )
 
-    def _remember(self, run: SessionRun, agent: SessionAgent, outcome: TurnOutcome) -> None:
+    def _remember(self, run: SessionRun, outcome: TurnOutcome) -> None:
         """Keep a turn's answer (stored with the turn, see `Turn.remember`) in the run's copy
         of the conversation, when it holds one."""
-        if run.conversation is not None and not outcome.reused:
-            run.conversation.append(
-                memory_pb2.StoredMessage(message=outcome.message, agent=agent.name)
-            )
-            del run.conversation[: -self._settings.history_messages]
+        if run.conversation is not None and outcome.remembered is not None:
+            self._keep(run.conversation, outcome.remembered)
 
     async def _add_to_conversation(
         self, run: SessionRun, message: memory_pb2.StoredMessage
     ) -> None:
         conversation = await self._conversation(run)
         run.recorder.stage_messages([message])
+        self._keep(conversation, message)
+
+    def _keep(
+        self, conversation: list[memory_pb2.StoredMessage], message: memory_pb2.StoredMessage
+    ) -> None:
+        """Add `message` to the run's copy, which holds the newest `history_messages`."""
         conversation.append(message)
         del conversation[: -self._settings.history_messages]
 

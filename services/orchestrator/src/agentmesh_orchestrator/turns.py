@@ -94,7 +94,9 @@ class TurnOutcome:
     structured: struct_pb2.Struct | None
     new_messages: tuple[messages_pb2.Message, ...]
     idempotency_key: str
-    reused: bool = False  # the final answer came from the ledger (stored before a takeover)
+    # The answer as staged for the shared conversation (`Turn.remember`); None when not
+    # remembered, or when it came from the ledger (stored with it before a takeover).
+    remembered: memory_pb2.StoredMessage | None = None
 
 
 @dataclass(frozen=True)
@@ -189,20 +191,18 @@ class TurnRunner:
             conversation.append(reply)
             new_messages.append(reply)
             if not finished.tool_calls or call_index == self._max_tool_rounds:
+                remembered = None
                 if turn.remember and not result.reused:
                     # Stored in the same commit as the ledger row: on resume, an answer taken
                     # from the ledger is known to be in the conversation already.
-                    self._recorder.stage_messages(
-                        [
-                            memory_pb2.StoredMessage(
-                                message=reply,
-                                agent=agent.name,
-                                round=turn.round,
-                                prompt_tokens=usage.total.prompt_tokens,
-                                completion_tokens=usage.total.completion_tokens,
-                            )
-                        ]
+                    remembered = memory_pb2.StoredMessage(
+                        message=reply,
+                        agent=agent.name,
+                        round=turn.round,
+                        prompt_tokens=usage.total.prompt_tokens,
+                        completion_tokens=usage.total.completion_tokens,
                     )
+                    self._recorder.stage_messages([remembered])
                 await self._recorder.emit(
                     events_pb2.SessionEvent(
                         agent=agent.name,
@@ -228,7 +228,7 @@ class TurnRunner:
                     ),
                     new_messages=tuple(new_messages),
                     idempotency_key=turn.idempotency_key,
-                    reused=result.reused,
+                    remembered=remembered,
                 )
             for call in finished.tool_calls:
                 answer = await self._run_tool(turn, call, message_id)

@@ -127,13 +127,6 @@ class MemoryClient:
         )
         return reply.task
 
-    async def record_execution(self, tenant: str, execution: memory_pb2.Execution) -> None:
-        await self.call(
-            tenant,
-            self.stub.RecordExecution,
-            memory_pb2.RecordExecutionRequest(execution=execution),
-        )
-
     async def find_execution(
         self, tenant: str, idempotency_key: str
     ) -> memory_pb2.Execution | None:
