@@ -53,7 +53,9 @@ async def start_runner(tiny_model: Path, tmp_path: Path) -> AsyncIterator[StartR
             host="127.0.0.1",
             models_dir=models_dir,
             grace_seconds=1.0,
-            **overrides,
+            # test_generate drives the mlx backend through the service (its batching and
+            # logs are mlx's); test_cpu_backend asks for the cpu one by name.
+            **{"import_default_model": False, "default_backend": "mlx", **overrides},
         )
         spans = InMemorySpanExporter()
         provider = TracerProvider()

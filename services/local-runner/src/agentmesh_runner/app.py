@@ -12,6 +12,7 @@ from agentmesh.runner.v1 import runner_pb2_grpc
 from agentmesh_common import Registration, Telemetry
 
 from .backends.registry import default_registry
+from .default_model import ensure_default_model
 from .demo_model import DEMO_NOTICE, write_demo_model
 from .runner import LocalRunner, RunnerConfig, RunnerMetrics
 from .servicer import RunnerServicer
@@ -32,14 +33,24 @@ async def build(
     if settings.create_demo_model and not demo.exists():
         await asyncio.to_thread(write_demo_model, demo, "tiny")
         _logger.info("wrote the tiny demo model", extra={"path": str(demo), "note": DEMO_NOTICE})
+    if settings.import_default_model:
+        imported = await asyncio.to_thread(ensure_default_model, settings.models_dir)
+        _logger.info(
+            "default model ready" if imported.reused else "imported the default model",
+            extra={"path": str(imported.path), "seconds": round(imported.seconds, 2)},
+        )
     registry = default_registry(
         max_batch=settings.max_batch, prompt_cache_entries=settings.prompt_cache_entries
     )
+    default_backend = registry.resolve(settings.default_backend)
     runner = LocalRunner(
         RunnerConfig(
             models_dir=settings.models_dir,
-            default_backend=settings.default_backend,
-            model_backends=settings.model_backends,
+            default_backend=default_backend,
+            model_backends={
+                model: registry.resolve(backend)
+                for model, backend in settings.model_backends.items()
+            },
             keep_alive_seconds=settings.keep_alive_seconds,
             memory_budget_bytes=settings.memory_budget_bytes,
             queue_capacity=settings.queue_capacity,
@@ -50,7 +61,7 @@ async def build(
         metrics=RunnerMetrics(telemetry.metrics),
         tracer=telemetry.tracer("agentmesh.runner"),
     )
-    for backend in {settings.default_backend, *settings.model_backends.values()}:
+    for backend in {default_backend, *map(registry.resolve, settings.model_backends.values())}:
         registry.get_runner(backend)  # an unknown backend fails at start, not on first use
     await runner.start()
     stack.push_async_callback(runner.close)

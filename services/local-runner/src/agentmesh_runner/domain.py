@@ -46,6 +46,8 @@ class SamplingConfig:
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     seed: int | None = None
+    # JSON schema text the answer must match (token-level constrained decoding), or None.
+    response_schema_json: str | None = None
 
 
 @dataclass(frozen=True)

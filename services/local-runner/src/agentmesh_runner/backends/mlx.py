@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,39 +22,23 @@ from mlx_lm.generate import BatchGenerator, generate_step
 from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
-from agentmesh_common import AgentmeshError, FailedPrecondition, Internal, InvalidArgument
-from agentmesh_runner.domain import (
-    FinishReason,
-    GenerationFinished,
-    GenerationRequest,
-    GenerationTimings,
-    ModelFacts,
-    TokenUsage,
-)
+from agentmesh_common import AgentmeshError, FailedPrecondition
+from agentmesh_runner.constraints import ConstraintCompiler
+from agentmesh_runner.domain import FinishReason, GenerationFinished, ModelFacts
 
 from .base import Inbox, Job
+from .common import (
+    Output,
+    check_model_directory,
+    finished_event,
+    generation_failed,
+    render_prompt,
+)
+from .mlx_constraints import ConstraintProcessor
 
 __all__ = ["MlxBackend", "MlxModel"]
 
 _logger = logging.getLogger("agentmesh.runner.mlx")
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-
-
-def _safetensors_parameters(path: Path) -> int:
-    """Parameter count from a safetensors header, without reading the tensors."""
-    with path.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    total = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        count = 1
-        for dim in entry["shape"]:
-            count *= int(dim)
-        total += count
-    return total
 
 
 class MlxBackend:
@@ -73,46 +55,14 @@ class MlxBackend:
         return "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
 
     def inspect(self, path: Path) -> ModelFacts:
-        if not path.is_dir():
-            raise FailedPrecondition(f"model directory {path} does not exist")
-        config_path = path / "config.json"
-        if not config_path.is_file():
-            raise FailedPrecondition(
-                f"{path} is not a model: config.json is missing",
-                reason="MODEL_FILE_MISSING",
-                metadata={"missing_file": "config.json"},
-            )
-        if not any((path / name).is_file() for name in _TOKENIZER_FILES):
-            raise FailedPrecondition(
-                f"{path} is not a model: tokenizer.json is missing",
-                reason="MODEL_FILE_MISSING",
-                metadata={"missing_file": "tokenizer.json"},
-            )
-        weights = sorted(path.glob("*.safetensors"))
-        if not weights:
-            raise FailedPrecondition(
-                f"{path} is not a model: model.safetensors is missing",
-                reason="MODEL_FILE_MISSING",
-                metadata={"missing_file": "model.safetensors"},
-            )
-        try:
-            config = json.loads(config_path.read_text())
-            parameters = sum(_safetensors_parameters(w) for w in weights)
-        except (OSError, ValueError, struct.error) as exc:
-            raise FailedPrecondition(
-                f"{path} is not a valid model: {exc}", reason="MODEL_INVALID"
-            ) from exc
-        return ModelFacts(
-            parameters=parameters,
-            size_bytes=sum(w.stat().st_size for w in weights),
-            context_length=int(config.get("max_position_embeddings") or 0),
-        )
+        return check_model_directory(path)
 
     def load(self, path: Path) -> MlxModel:
         self.inspect(path)
         try:
             loaded = mlx_load(str(path))
             model, tokenizer = loaded[0], loaded[1]
+            vocab_size = int(json.loads((path / "config.json").read_text())["vocab_size"])
         except Exception as exc:  # mlx-lm raises plain ValueError/KeyError on bad models
             raise FailedPrecondition(
                 f"{path} could not be loaded: {exc}", reason="MODEL_INVALID"
@@ -120,6 +70,7 @@ class MlxBackend:
         return MlxModel(
             model,
             tokenizer,
+            ConstraintCompiler(tokenizer._tokenizer, vocab_size, tokenizer.eos_token_ids),
             name=path.name,
             max_batch=self.max_batch,
             prompt_cache_entries=self.prompt_cache_entries,
@@ -174,65 +125,6 @@ class _PromptCache:
             self._items.popitem(last=False)
 
 
-class _Output:
-    """Turns tokens into streamed text, honouring stop sequences.
-
-    Text that might be the start of a stop sequence is held back until it is clearly not.
-    """
-
-    def __init__(self, job: Job, detokenizer: Any, stops: Sequence[str]) -> None:
-        self.job = job
-        self._detokenizer = detokenizer
-        self._stops = [s for s in stops if s]
-        self._longest = max((len(s) for s in self._stops), default=0)
-        self._text = ""
-        self._sent = 0
-        self.final_text: str | None = None
-
-    def add(self, token: int) -> bool:
-        """Feed one token; True when a stop sequence ended the answer."""
-        self._detokenizer.add_token(token)
-        return self._push(self._detokenizer.last_segment)
-
-    def flush(self) -> None:
-        self._detokenizer.finalize()
-        if not self._push(self._detokenizer.last_segment):
-            self.job.delta(self._text[self._sent :])
-            self._sent = len(self._text)
-
-    @property
-    def text(self) -> str:
-        return self.final_text if self.final_text is not None else self._text
-
-    def _push(self, segment: str) -> bool:
-        if self.final_text is not None:
-            return True
-        self._text += segment
-        if not self._stops:
-            self.job.delta(self._text[self._sent :])
-            self._sent = len(self._text)
-            return False
-        start = max(0, self._sent - self._longest)
-        found = [i for i in (self._text.find(s, start) for s in self._stops) if i >= 0]
-        if found:
-            end = min(found)
-            self.job.delta(self._text[self._sent : end])
-            self.final_text = self._text[:end]
-            self._sent = end
-            return True
-        hold = 0
-        for stop in self._stops:
-            for k in range(min(len(stop) - 1, len(self._text)), hold, -1):
-                if self._text.endswith(stop[:k]):
-                    hold = k
-                    break
-        safe = len(self._text) - hold
-        if safe > self._sent:
-            self.job.delta(self._text[self._sent : safe])
-            self._sent = safe
-        return False
-
-
 @dataclass
 class _Running:
     """A job in progress on the owner thread."""
@@ -241,28 +133,32 @@ class _Running:
     prompt: list[int]
     cached: int
     cache: list[Any] | None
-    output: _Output
+    output: Output
     began: float
     sampler: Any
     processors: list[Any]
+    constraint: ConstraintProcessor | None = None
     generated: list[int] = field(default_factory=list)
     first_token_at: float | None = None
 
+    def grammar_complete(self) -> bool:
+        """The constrained answer is a complete value (after the last generated token)."""
+        if self.constraint is None:
+            return False
+        self.constraint.record(len(self.generated), self.generated[-1])
+        return self.constraint.constraint.finished
+
     def finished(self, reason: FinishReason, model: str) -> GenerationFinished:
-        now = time.monotonic()
-        first = self.first_token_at or now
-        return GenerationFinished(
-            finish_reason=reason,
-            usage=TokenUsage(
-                prompt_tokens=len(self.prompt),
-                completion_tokens=len(self.generated),
-                cached_prompt_tokens=self.cached,
-            ),
+        return finished_event(
+            self.job,
+            reason,
             model=model,
             text=self.output.text,
-            timings=GenerationTimings(
-                queue_wait=self.job.queue_wait, prefill=first - self.began, decode=now - first
-            ),
+            prompt_tokens=len(self.prompt),
+            completion_tokens=len(self.generated),
+            cached_prompt_tokens=self.cached,
+            began=self.began,
+            first_token_at=self.first_token_at,
         )
 
 
@@ -273,6 +169,7 @@ class MlxModel:
         self,
         model: Any,
         tokenizer: Any,
+        constraints: ConstraintCompiler,
         *,
         name: str,
         max_batch: int,
@@ -280,6 +177,7 @@ class MlxModel:
     ) -> None:
         self._model = model
         self._tokenizer = tokenizer
+        self._constraints = constraints
         self._name = name
         self._max_batch = max(1, max_batch)
         self._cache = _PromptCache(prompt_cache_entries)
@@ -308,9 +206,13 @@ class MlxModel:
     def _begin(self, job: Job) -> _Running | None:
         request = job.request
         try:
-            prompt = self._render(request)
+            prompt = render_prompt(self._tokenizer, request, self._name)
+            constraint = self._constraints.for_request(request)
         except AgentmeshError as exc:
             job.fail(exc)
+            return None
+        except Exception as exc:  # a constraint library failure fails this request only
+            job.fail(generation_failed(exc))
             return None
         cache, cached = self._cache.take(request.cache_key, prompt)
         if cached:
@@ -318,46 +220,24 @@ class MlxModel:
         config = request.config
         if config.seed is not None:
             mx.random.seed(config.seed)
+        processors = make_logits_processors(
+            repetition_penalty=config.repetition_penalty,
+            presence_penalty=config.presence_penalty,
+            frequency_penalty=config.frequency_penalty,
+        )
+        processor = ConstraintProcessor(constraint) if constraint is not None else None
         return _Running(
             job=job,
             prompt=prompt,
             cached=cached,
             cache=cache,
-            output=_Output(job, self._tokenizer.detokenizer, config.stop),
+            output=Output(job, self._tokenizer.detokenizer, config.stop),
             began=time.monotonic(),
             sampler=make_sampler(temp=config.temperature, top_p=config.top_p),
-            processors=make_logits_processors(
-                repetition_penalty=config.repetition_penalty,
-                presence_penalty=config.presence_penalty,
-                frequency_penalty=config.frequency_penalty,
-            ),
+            # The grammar masks last, after the penalties reshaped the logits.
+            processors=[*processors, processor] if processor is not None else processors,
+            constraint=processor,
         )
-
-    def _render(self, request: GenerationRequest) -> list[int]:
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        tools = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.name,
-                    "description": t.description,
-                    "parameters": json.loads(t.parameters_json or "{}"),
-                },
-            }
-            for t in request.tools
-        ]
-        try:
-            tokens = self._tokenizer.apply_chat_template(
-                messages, tools=tools or None, add_generation_prompt=True
-            )
-        except Exception as exc:  # jinja raises TemplateError for what it cannot render
-            raise InvalidArgument(
-                f"the chat template of {self._name} rejected the messages: {exc}",
-                reason="CHAT_TEMPLATE_FAILED",
-            ) from exc
-        if hasattr(tokens, "get"):  # some tokenizers answer a BatchEncoding
-            tokens = tokens["input_ids"]
-        return [int(t) for t in tokens]
 
     # -- one request alone --------------------------------------------------------------
 
@@ -388,6 +268,9 @@ class MlxModel:
                 if token in self._eos or running.output.add(token):
                     reason = FinishReason.STOP
                     break
+                if running.grammar_complete():
+                    reason = FinishReason.STOP
+                    break
                 if len(running.generated) >= max_tokens:
                     reason = FinishReason.LENGTH
                     break
@@ -398,7 +281,7 @@ class MlxModel:
                     )
                     return running
         except Exception as exc:
-            job.fail(_internal(exc))
+            job.fail(generation_failed(exc))
             return None
         finally:
             steps.close()
@@ -437,7 +320,7 @@ class MlxModel:
                     self._batch_step(generator, running)
         except Exception as exc:
             for item in running.values():
-                item.job.fail(_internal(exc))
+                item.job.fail(generation_failed(exc))
         finally:
             generator.close()
 
@@ -451,6 +334,8 @@ class MlxModel:
             trim_prompt_cache(item.cache, item.cache[0].offset - (len(known) - 1))
             tokens, history = known[-1:], known[:-1]
             max_tokens -= len(item.generated)
+            if item.constraint is not None:
+                item.constraint.restart(len(item.generated))
         else:
             tokens, history = item.prompt[item.cached :], item.prompt[: item.cached]
         (uid,) = generator.insert(
@@ -479,7 +364,7 @@ class MlxModel:
             if response.finish_reason == "stop":  # an end-of-sequence token
                 del running[response.uid]
                 self._complete(item, FinishReason.STOP, response.prompt_cache)
-            elif item.output.add(token):
+            elif item.output.add(token) or item.grammar_complete():
                 if response.finish_reason is None:
                     stopped.append(response.uid)
                 else:
@@ -497,7 +382,3 @@ class MlxModel:
                 self._complete(item, FinishReason.STOP, cache[0] if cache else None)
             for uid in cancelled:
                 running.pop(uid)
-
-
-def _internal(exc: Exception) -> AgentmeshError:
-    return Internal(f"generation failed: {type(exc).__name__}: {exc}", reason="GENERATION_FAILED")
