@@ -214,11 +214,12 @@ def _round_of(events: list[events_pb2.SessionEvent], completed: events_pb2.Sessi
 
 
 async def test_the_router_on_the_tiny_model_answers_directly(mesh_factory: Any) -> None:
-    """The tiny model cannot classify (its text is meaningless): the router still answers."""
+    """A short question needs no analysis by the model (the tiny one's text is meaningless
+    anyway): one agent on the local runner answers it directly."""
     mesh: Mesh = await mesh_factory(by_speaker)
     async with mesh.client() as client:
         session = await client.create_session(
-            goal="Say hello",
+            goal="Could you say hello?",
             inline_agents=[member("tiny-talker", route="tiny")],
             strategy=sessions_pb2.STRATEGY_ROUTER,
         )
@@ -226,6 +227,7 @@ async def test_the_router_on_the_tiny_model_answers_directly(mesh_factory: Any) 
     assert kinds(events)[-1] == "session_completed", events[-1]
     analysis = next(e.analysis for e in events if e.HasField("analysis"))
     assert analysis.kind == events_pb2.GOAL_KIND_SIMPLE
+    assert analysis.reason.startswith("one short question")
     completed = [e.message_completed for e in events if e.HasField("message_completed")]
-    assert completed[-1].provider == "local"
+    assert [c.provider for c in completed] == ["local"], "one turn: the answer"
     assert mesh.provider.requests == [], "everything ran on the local runner"

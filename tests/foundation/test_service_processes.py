@@ -54,19 +54,20 @@ async def _probe_memory(channel: grpc.aio.Channel) -> str:
 
 
 async def _probe_runner(channel: grpc.aio.Channel) -> str:
-    """The runner serves the tiny demo model it wrote at start (no download)."""
+    """The runner serves the packaged SmolLM2 it imported at start and the tiny demo model
+    it wrote (no download)."""
     stub = runner_pb2_grpc.LocalRunnerServiceStub(channel)
     listed = await stub.ListModels(runner_pb2.ListModelsRequest(), timeout=10)
-    assert [m.name for m in listed.models] == ["tiny"]
+    assert [m.name for m in listed.models] == ["smollm2", "tiny"]
     return "OK"
 
 
 async def _probe_gateway(channel: grpc.aio.Channel) -> str:
-    """With no routes file the gateway serves the local runner's tiny model."""
+    """With no routes file the gateway serves the local runner's models."""
     stub = inference_pb2_grpc.InferenceServiceStub(channel)
     reply = await stub.GetProviderStatus(inference_pb2.GetProviderStatusRequest(), timeout=10)
     deployments = {(d.model.provider, d.model.model) for d in reply.deployments}
-    assert deployments == {("local", "tiny")}
+    assert deployments == {("local", "smollm2"), ("local", "tiny")}
     return "OK"
 
 

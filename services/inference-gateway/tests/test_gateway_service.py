@@ -16,6 +16,7 @@ import pytest
 from agentmesh_gateway_fakes import wire
 from agentmesh_gateway_fakes.server import FakeProvider, Reply, Stream
 from agentmesh_gateway_fakes.service import FakeRunner, fake_runner, running_gateway
+from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
 
 from agentmesh.common.v1 import generation_pb2, messages_pb2, operations_pb2
@@ -231,8 +232,9 @@ async def test_default_route_is_the_local_runner(tmp_path: Path) -> None:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         listed = await stub.ListModels(inference_pb2.ListModelsRequest())
         assert {(m.route, m.provider, m.model) for m in listed.models} == {
-            ("default", "local", "tiny"),
-            ("local", "local", "tiny"),
+            ("default", "local", "smollm2"),
+            ("local", "local", "smollm2"),
+            ("tiny", "local", "tiny"),
         }
         events = [r.event async for r in stub.Generate(request(""), timeout=10)]
         assert events[-1].finished.text == "Hello from tiny"
@@ -243,8 +245,30 @@ async def test_default_route_is_the_local_runner(tmp_path: Path) -> None:
         kinds = [e.WhichOneof("event") for e in events]
         assert "attempt_failed" in kinds
         assert kinds[-1] == "finished"
-    assert runner.requests[0].model == "tiny"
+    assert runner.requests[0].model == "smollm2"
     assert runner.requests[0].messages[0].content == "Weather in Paris?"
+
+
+async def test_a_schema_answer_cut_by_max_tokens_is_a_typed_error(tmp_path: Path) -> None:
+    runner = FakeRunner(pieces=('{"kind": "sim',))
+    runner.finish_reason = generation_pb2.FINISH_REASON_LENGTH
+    ask = inference_pb2.GenerateRequest(
+        route="default",
+        messages=[messages_pb2.Message(role=messages_pb2.ROLE_USER, content="Classify: hi")],
+    )
+    ask.config.max_tokens = 4
+    ask.config.response_schema.update({"type": "object"})
+    async with (
+        fake_runner(runner) as target,
+        running_gateway(None, tmp_path, runner_target=target) as gw,
+        grpc.aio.insecure_channel(gw.address) as channel,
+    ):
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in stub.Generate(ask, timeout=10):
+                pass
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "max_tokens (4)" in (caught.value.details() or "")
 
 
 async def test_list_models_pages_and_status_and_count_tokens(
@@ -360,7 +384,7 @@ async def test_api_keys_never_reach_logs_spans_errors_or_responses(
     assert "SECRETSECRET" not in everything
 
 
-async def test_the_local_runner_gets_the_schema_as_an_instruction_not_a_parameter(
+async def test_the_local_runner_gets_the_schema_to_constrain_not_as_an_instruction(
     tmp_path: Path,
 ) -> None:
     runner = FakeRunner(pieces=('{"kind": "simple",', ' "reason": "a greeting"}'))
@@ -382,7 +406,7 @@ async def test_the_local_runner_gets_the_schema_as_an_instruction_not_a_paramete
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
         events = [r.event async for r in stub.Generate(ask, timeout=10)]
     sent = runner.requests[0]
-    assert not sent.config.HasField("response_schema"), "the runner has no constrained decoding"
-    assert any("schema" in m.content.lower() for m in sent.messages), "the schema is instructed"
+    assert json_format.MessageToDict(sent.config.response_schema) == schema, "it constrains"
+    assert [m.content for m in sent.messages] == ["Classify: hi"], "the prompt is the caller's"
     finished = events[-1].finished
     assert finished.structured_output.fields["kind"].string_value == "simple"

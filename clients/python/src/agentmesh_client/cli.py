@@ -452,7 +452,9 @@ def sessions_list(
 
     async def go(client: AgentmeshClient) -> None:
         table = Table()
-        for column in ("session", "status", "strategy", "goal", "tokens"):
+        # Names are copied into other commands: never cut one (the goal wraps instead).
+        table.add_column("session", no_wrap=True, min_width=len("sessions/") + 32)
+        for column in ("status", "strategy", "goal", "tokens"):
             table.add_column(column)
         async for session in client.list_sessions(status=wanted):
             table.add_row(

@@ -514,6 +514,13 @@ class Gateway:
         schema = call.config.response_schema
         if schema is not None and not tool_calls and finish is FinishReason.STOP:
             structured = _validated_json(text, schema)
+        elif schema is not None and not tool_calls and finish is FinishReason.LENGTH:
+            # Constrained output is valid up to the cut, but a cut JSON value is no value.
+            raise UpstreamError(
+                ErrorKind.INVALID_OUTPUT,
+                f"the output reached max_tokens ({call.config.max_tokens}) before the JSON "
+                "value was complete",
+            )
         usage = end.usage
         if usage is None:
             completion = count_text(text) + sum(

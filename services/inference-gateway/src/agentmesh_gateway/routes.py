@@ -200,10 +200,12 @@ class RoutesFileSpec(BaseModel):
 
 
 def default_routes(runner_target: str) -> RouteTable:
-    """No routes file: "default" (and its alias "local") is the local runner's tiny model."""
+    """No routes file: "default" (and its alias "local") is the local runner's real model,
+    SmolLM2-135M-Instruct; "tiny" is the random demo model (tests, benchmarks)."""
+    models = {"default": "smollm2", "local": "smollm2", "tiny": "tiny"}
     deployments = {
-        route: (Deployment(route, "local-tiny", "local", "tiny", base_url=runner_target),)
-        for route in ("default", "local")
+        route: (Deployment(route, f"local-{model}", "local", model, base_url=runner_target),)
+        for route, model in models.items()
     }
     return RouteTable(routes=deployments)
 

@@ -74,6 +74,7 @@ class FakeRunner(runner_pb2_grpc.LocalRunnerServiceServicer):
 
     def __init__(self, pieces: Sequence[str] = ("Hello", " from", " tiny")) -> None:
         self.pieces = list(pieces)
+        self.finish_reason = generation_pb2.FINISH_REASON_STOP
         self.fail: grpc.StatusCode | None = None
         self.requests: list[runner_pb2.GenerateRequest] = []
 
@@ -91,7 +92,7 @@ class FakeRunner(runner_pb2_grpc.LocalRunnerServiceServicer):
         yield runner_pb2.GenerateResponse(
             event=generation_pb2.GenerateEvent(
                 finished=generation_pb2.Finished(
-                    finish_reason=generation_pb2.FINISH_REASON_STOP,
+                    finish_reason=self.finish_reason,
                     usage=generation_pb2.Usage(
                         prompt_tokens=7, completion_tokens=3, total_tokens=10
                     ),

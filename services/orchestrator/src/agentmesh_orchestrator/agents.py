@@ -79,6 +79,8 @@ def prepare_agent(
     filled.prompts.system = prompts.system
     filled.prompts.user_template = prompts.user_template
     filled.prompts.context_instructions = prompts.context_instructions
+    if not filled.generation.max_tokens:
+        filled.generation.max_tokens = prompts.max_tokens
     if filled.type == agents_pb2.AGENT_TYPE_UNSPECIFIED:
         filled.type = agents_pb2.AGENT_TYPE_CUSTOM
     return SessionAgent(name=definition.name, definition=filled, kind=kind, user_template=template)

@@ -70,7 +70,11 @@ def compose(
         store=memory,
         gateway=models,
         tools=tools,
-        settings=EngineSettings(default_route=settings.default_route),
+        settings=EngineSettings(
+            default_route=settings.default_route,
+            builtin_context_window_tokens=settings.builtin_context_window_tokens,
+            router_shortcuts=settings.router_shortcuts,
+        ),
         metrics=metrics,
         tracer=telemetry.tracer("agentmesh.orchestrator"),
     )

@@ -33,7 +33,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict, ParseDict
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry import trace
 
 from agentmesh.common.v1 import (
@@ -47,7 +47,8 @@ from agentmesh_common.tokens import MESSAGE_OVERHEAD, count_text
 
 from .agents import SessionAgent, prepare_agent
 from .domain.agent_types import AgentKind
-from .domain.plans import PLAN_SCHEMA, PlanDraft, PlannedTask, PlanRejected, parse_plan, ready_tasks
+from .domain.analysis import shape_of
+from .domain.plans import PlanDraft, PlannedTask, PlanRejected, parse_plan, plan_schema, ready_tasks
 from .domain.templates import TemplateValues
 from .events import EventRecorder
 from .observability import OrchestratorMetrics
@@ -61,7 +62,7 @@ ANALYSIS_SCHEMA: Mapping[str, object] = {
     "required": ["kind", "reason"],
     "properties": {
         "kind": {"enum": ["simple", "tool", "complex"]},
-        "reason": {"type": "string", "maxLength": 1000},
+        "reason": {"type": "string", "maxLength": 200},
     },
 }
 ROUTER_PROMPT = (
@@ -88,11 +89,16 @@ class EngineSettings:
     default_route: str = "default"
     default_max_rounds: int = 3
     default_max_parallel_tasks: int = 4
-    default_max_plan_tasks: int = 12
+    default_max_plan_tasks: int = 6  # the built-in planner is told 2 to 6 tasks
     default_max_task_retries: int = 2
     plan_attempts: int = 3
     history_messages: int = 40
     context_window_tokens: int = 8192
+    # Built-in agents (router, planner, ...) budget their prompt for this window unless their
+    # model says otherwise: small enough for a small local model to keep track.
+    builtin_context_window_tokens: int = 2048
+    # Let the goal's shape decide the router's analysis where it is clear (domain/analysis).
+    router_shortcuts: bool = True
     retry_backoff_seconds: float = 0.2
 
 
@@ -549,26 +555,33 @@ class SessionEngine:
     async def _make_plan(
         self, run: SessionRun, planner: SessionAgent, *, feedback: str, revision: int = 1
     ) -> PlanDraft:
-        schema = ParseDict(dict(PLAN_SCHEMA), struct_pb2.Struct())
+        schema = ParseDict(plan_schema(run.limits.max_plan_tasks), struct_pb2.Struct())
         reason = ""
         started = dt.datetime.now(dt.UTC)
         for attempt in range(1, self._settings.plan_attempts + 1):
             extra = f"\n\n{feedback}" if feedback else ""
             if reason:
                 extra += f"\n\nYour previous plan was rejected: {reason}. Answer with a valid plan."
-            outcome = await run.turns.run(
-                Turn(
-                    agent=planner,
-                    prompt=planner.user_template.render(
-                        TemplateValues(goal=run.session.goal, metadata=run.session.metadata)
+            try:
+                outcome = await run.turns.run(
+                    Turn(
+                        agent=planner,
+                        prompt=planner.user_template.render(
+                            TemplateValues(goal=run.session.goal, metadata=run.session.metadata)
+                        )
+                        + extra,
+                        history=(),
+                        tools=ToolBox({}, (), read_only=True),
+                        idempotency_key=run.key(f"plan-r{revision}-a{attempt}"),
+                        response_schema=schema,
                     )
-                    + extra,
-                    history=(),
-                    tools=ToolBox({}, (), read_only=True),
-                    idempotency_key=run.key(f"plan-r{revision}-a{attempt}"),
-                    response_schema=schema,
                 )
-            )
+            except TurnFailed as failed:
+                if not _output_rejected(failed.status):
+                    raise
+                # An answer that is no plan (e.g. cut by max_tokens) is one more attempt.
+                reason = f"{failed.status.message}; write a shorter plan with fewer tasks"
+                continue
             text = (
                 json.dumps(MessageToDict(outcome.structured))
                 if outcome.structured is not None
@@ -753,24 +766,11 @@ class SessionEngine:
     # -- router ------------------------------------------------------------------------------
 
     async def _router(self, run: SessionRun) -> Ending:
-        analyst = self._default_agent(run, AgentKind.CUSTOM, "router", system=ROUTER_PROMPT)
-        schema = ParseDict(dict(ANALYSIS_SCHEMA), struct_pb2.Struct())
-        try:
-            outcome: TurnOutcome | None = await run.turns.run(
-                Turn(
-                    agent=analyst,
-                    prompt=f"Goal: {run.session.goal}",
-                    history=(),
-                    tools=ToolBox({}, (), read_only=True),
-                    idempotency_key=run.key("analysis"),
-                    response_schema=schema,
-                )
-            )
-        except TurnFailed as failed:
-            # A model that cannot give a structured answer must not sink the session.
-            _logger.info("analysis failed (%s); answering directly", failed.status.message)
-            outcome = None
-        kind, reason = _parse_analysis(outcome)
+        tool_texts = [
+            text for t in run.tools.values() for text in (t.spec.name, t.spec.description)
+        ]
+        shape = shape_of(run.session.goal, tool_texts) if self._settings.router_shortcuts else None
+        kind, reason = shape if shape is not None else await self._analyse(run)
         chosen = {
             "simple": sessions_pb2.STRATEGY_ROUND_ROBIN,
             "tool": sessions_pb2.STRATEGY_ROUND_ROBIN,
@@ -803,6 +803,28 @@ class SessionEngine:
         outcome = await self._conversation_turn(run, agent, round_number=1)
         run.session.rounds_completed = 1
         return Ending(outcome.text, "answered")
+
+    async def _analyse(self, run: SessionRun) -> tuple[str, str]:
+        """The goal's kind and why, in the model's words."""
+        analyst = self._default_agent(run, AgentKind.CUSTOM, "router", system=ROUTER_PROMPT)
+        analyst.definition.generation.max_tokens = 80  # a kind and one sentence
+        schema = ParseDict(dict(ANALYSIS_SCHEMA), struct_pb2.Struct())
+        try:
+            outcome: TurnOutcome | None = await run.turns.run(
+                Turn(
+                    agent=analyst,
+                    prompt=f"Goal: {run.session.goal}",
+                    history=(),
+                    tools=ToolBox({}, (), read_only=True),
+                    idempotency_key=run.key("analysis"),
+                    response_schema=schema,
+                )
+            )
+        except TurnFailed as failed:
+            # A model that cannot give a structured answer must not sink the session.
+            _logger.info("analysis failed (%s); answering directly", failed.status.message)
+            outcome = None
+        return _parse_analysis(outcome)
 
     # -- shared helpers ----------------------------------------------------------------------
 
@@ -981,6 +1003,8 @@ class SessionEngine:
         model = agents_pb2.ModelSelection(route=self._settings.default_route)
         if run.agents:
             model.CopyFrom(run.agents[0].definition.model)
+        if not model.context_window_tokens:
+            model.context_window_tokens = self._settings.builtin_context_window_tokens
         definition = agents_pb2.AgentDefinition(
             name=f"builtin/{label}",
             type=_agent_type(kind.value),
@@ -1028,6 +1052,15 @@ def _agent_type(name: str) -> agents_pb2.AgentType.ValueType:
         "validation": agents_pb2.AGENT_TYPE_VALIDATION,
         "critic": agents_pb2.AGENT_TYPE_CRITIC,
     }.get(name, agents_pb2.AGENT_TYPE_CUSTOM)
+
+
+def _output_rejected(status: status_pb2.Status) -> bool:
+    """The gateway refused the model's answer as structured output (not a failed call)."""
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.reason == "STRUCTURED_OUTPUT_INVALID":
+            return True
+    return False
 
 
 def _parse_analysis(outcome: TurnOutcome | None) -> tuple[str, str]:

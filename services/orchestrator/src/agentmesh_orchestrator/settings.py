@@ -44,6 +44,21 @@ class OrchestratorSettings(ServiceSettings):
     default_route: str = Field(
         default="default", description="Gateway route for built-in agents and agents naming none."
     )
+    builtin_context_window_tokens: int = Field(
+        default=2048,
+        gt=0,
+        description=(
+            "Context window built-in agents (router, planner, writer, ...) budget their prompt"
+            " for, unless their model sets one: small, for the embedded default's small model."
+        ),
+    )
+    router_shortcuts: bool = Field(
+        default=True,
+        description=(
+            "Let the goal's shape decide the router's analysis where it is clear (one short"
+            " question: simple; a list of several parts: complex); off: always ask the model."
+        ),
+    )
     api_key_cache_seconds: float = Field(
         default=30.0, ge=0, description="How long a resolved API key is trusted without asking."
     )

@@ -9,7 +9,6 @@ import grpc
 import grpc.aio
 from opentelemetry.trace import TracerProvider
 
-from agentmesh.common.v1 import messages_pb2
 from agentmesh.runner.v1 import runner_pb2, runner_pb2_grpc
 from agentmesh_common import create_channel
 from agentmesh_gateway.domain import (
@@ -29,7 +28,7 @@ from agentmesh_gateway.protoconv import (
     tool_to_proto,
     usage_from_proto,
 )
-from agentmesh_gateway.providers.base import Target, schema_instruction
+from agentmesh_gateway.providers.base import Target
 
 _CODES = {
     grpc.StatusCode.UNAVAILABLE: ErrorKind.CONNECT,
@@ -48,7 +47,7 @@ class LocalRunnerAdapter:
     """One channel per runner address; ``Target.base_url`` is ``host:port``."""
 
     name = "local"
-    supports_response_schema = False
+    supports_response_schema = True
 
     def __init__(self, tracer_provider: TracerProvider, default_target: str) -> None:
         self._tracer_provider = tracer_provider
@@ -73,17 +72,10 @@ class LocalRunnerAdapter:
     ) -> AsyncGenerator[ProviderEvent, None]:
         config = config_to_proto(call.config)
         messages = [message_to_proto(m) for m in call.messages]
-        if call.config.response_schema:
-            # The runner has no constrained decoding: as for Anthropic, the schema reaches the
-            # model as an instruction in the system prompt and the gateway validates the output.
-            config.ClearField("response_schema")
-            instruction = schema_instruction(call.config.response_schema)
-            if messages and messages[0].role == messages_pb2.ROLE_SYSTEM:
-                messages[0].content = f"{messages[0].content}\n\n{instruction}".strip()
-            else:
-                messages.insert(
-                    0, messages_pb2.Message(role=messages_pb2.ROLE_SYSTEM, content=instruction)
-                )
+        # A response_schema goes as is: the runner constrains decoding to it, so the answer
+        # always parses. It is not also written into the prompt as for providers without
+        # structured output: SmolLM2-135M given the raw schema copied its patterns into the
+        # values and rambled past max_tokens (the agent's own prompt says what fields mean).
         request = runner_pb2.GenerateRequest(
             model=target.model,
             messages=messages,

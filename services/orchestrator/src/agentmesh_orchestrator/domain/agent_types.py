@@ -30,6 +30,9 @@ class DefaultPrompts:
     system: str
     user_template: str
     context_instructions: str
+    # Answer length when the agent's generation config leaves max_tokens unset: sized so a
+    # small local model (SmolLM2-135M, ~30 tokens/s on 2 CPU cores) answers in seconds.
+    max_tokens: int = 400
 
 
 _CONTEXT = (
@@ -40,14 +43,19 @@ _CONTEXT = (
 DEFAULT_PROMPTS: dict[AgentKind, DefaultPrompts] = {
     AgentKind.PLANNER: DefaultPrompts(
         system=(
-            "You are a planner. Break the goal into the smallest set of concrete tasks that "
-            "together achieve it. Give each task a short id, a self-contained description, "
-            "the agent type best suited to it (executor, research, synthesis, validation or "
-            "critic) and the ids of tasks whose output it needs. Tasks without dependencies "
-            "run in parallel. Answer only with JSON matching the plan schema."
+            "You are a planner. Split the goal into 2 to 6 short tasks, one for each part of "
+            "the goal. Each task has an id (t1, t2, ...) and a one-sentence description of "
+            "what to write; optionally the agent type best suited to it (executor, research, "
+            "synthesis, validation or critic) and depends_on, the ids of earlier tasks whose "
+            "output it needs. Tasks without dependencies run in parallel.\n"
+            'Example goal: "Describe the climate and the food of Italy." Example plan: '
+            '{"rationale": "one task per topic", "tasks": [{"id": "t1", "description": '
+            '"Describe the climate of Italy."}, {"id": "t2", "description": "Describe the '
+            'food of Italy."}]}'
         ),
         user_template="Goal: {goal}\n\nContext:\n{context}",
         context_instructions=_CONTEXT,
+        max_tokens=400,
     ),
     AgentKind.EXECUTOR: DefaultPrompts(
         system=(
@@ -56,6 +64,7 @@ DEFAULT_PROMPTS: dict[AgentKind, DefaultPrompts] = {
         ),
         user_template="Task: {input}\n\nOverall goal: {goal}\n\nContext:\n{context}",
         context_instructions=_CONTEXT,
+        max_tokens=200,
     ),
     AgentKind.RESEARCH: DefaultPrompts(
         system=(
@@ -64,6 +73,7 @@ DEFAULT_PROMPTS: dict[AgentKind, DefaultPrompts] = {
         ),
         user_template="Research: {input}\n\nOverall goal: {goal}\n\nContext:\n{context}",
         context_instructions=_CONTEXT,
+        max_tokens=250,
     ),
     AgentKind.SYNTHESIS: DefaultPrompts(
         system=(
@@ -73,6 +83,7 @@ DEFAULT_PROMPTS: dict[AgentKind, DefaultPrompts] = {
         ),
         user_template="Goal: {goal}\n\nResults:\n{input}",
         context_instructions=_CONTEXT,
+        max_tokens=400,
     ),
     AgentKind.VALIDATION: DefaultPrompts(
         system=(
@@ -81,6 +92,7 @@ DEFAULT_PROMPTS: dict[AgentKind, DefaultPrompts] = {
         ),
         user_template="Goal: {goal}\n\nAnswer to check:\n{input}",
         context_instructions=_CONTEXT,
+        max_tokens=120,
     ),
     AgentKind.CRITIC: DefaultPrompts(
         system=(
@@ -89,6 +101,7 @@ DEFAULT_PROMPTS: dict[AgentKind, DefaultPrompts] = {
         ),
         user_template="Goal: {goal}\n\nRound {round}. Review the conversation so far.",
         context_instructions=_CONTEXT,
+        max_tokens=200,
     ),
     AgentKind.CUSTOM: DefaultPrompts(
         system="You are a helpful agent working with other agents towards a shared goal.",
@@ -107,4 +120,5 @@ def with_defaults(
         system=system or defaults.system,
         user_template=user_template or defaults.user_template,
         context_instructions=context_instructions or defaults.context_instructions,
+        max_tokens=defaults.max_tokens,
     )

@@ -9,6 +9,7 @@ naming the offending part, so the strategy can ask the planner again with the re
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -19,12 +20,15 @@ import jsonschema
 
 AGENT_TYPES = ("executor", "research", "synthesis", "validation", "critic")
 
+_ID_PATTERN = "^[A-Za-z0-9_-]{1,32}$"
 PLAN_SCHEMA: Mapping[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "required": ["rationale", "tasks"],
     "properties": {
-        "rationale": {"type": "string", "maxLength": 2000},
+        # Bounded so a small model cannot ramble: constrained decoding ends each string at
+        # its maxLength, and the plan fits the planner's default max_tokens.
+        "rationale": {"type": "string", "maxLength": 100},
         "tasks": {
             "type": "array",
             "minItems": 1,
@@ -33,12 +37,12 @@ PLAN_SCHEMA: Mapping[str, Any] = {
                 "additionalProperties": False,
                 "required": ["id", "description"],
                 "properties": {
-                    "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,32}$"},
-                    "description": {"type": "string", "minLength": 1, "maxLength": 4000},
+                    "id": {"type": "string", "pattern": _ID_PATTERN},
+                    "description": {"type": "string", "minLength": 1, "maxLength": 160},
                     "agent_type": {"enum": list(AGENT_TYPES)},
                     "depends_on": {
                         "type": "array",
-                        "items": {"type": "string"},
+                        "items": {"type": "string", "pattern": _ID_PATTERN},
                         "uniqueItems": True,
                     },
                     "priority": {"type": "integer", "minimum": 0, "maximum": 100},
@@ -48,6 +52,18 @@ PLAN_SCHEMA: Mapping[str, Any] = {
     },
 }
 _VALIDATOR = jsonschema.Draft202012Validator(PLAN_SCHEMA)
+
+
+def plan_schema(max_tasks: int) -> dict[str, Any]:
+    """PLAN_SCHEMA for a session whose plans may have at most ``max_tasks`` tasks (sent as
+    the response schema, so constrained decoding stops the list there)."""
+    schema = copy.deepcopy(dict(PLAN_SCHEMA))
+    tasks = schema["properties"]["tasks"]
+    tasks["maxItems"] = max_tasks
+    tasks["items"]["properties"]["depends_on"]["maxItems"] = max_tasks - 1
+    return schema
+
+
 _FENCE = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.DOTALL)
 
 
