@@ -1,0 +1,272 @@
+"""The demo models (tiny, small): runner (mlx) versus mlx-lm in-process and ``mlx_lm.server``.
+
+This is also where the gap an earlier measurement reported (the runner at 0.38x the tokens/s
+and 10.7x the time to first token of ``mlx_lm.server`` on the small model) is taken apart. The
+1-stream rows repeat one identical prompt, as that measurement did, and keep the first run
+(the prompt is new to every server) apart from the repeats (``mlx_lm.server`` then finds the
+whole prompt in its ``LRUPromptCache``). A second ``mlx_lm.server`` with
+``--prompt-cache-size 0`` is the same server with that one thing turned off. On the small
+model, in-process variants check the other candidates: generating on the default stream
+instead of mlx-lm's thread-local ``generation_stream``, and the ``BatchGenerator`` path the
+server serves every request through, even a lone one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx_lm
+from mlx.utils import tree_flatten
+from mlx_lm.generate import BatchGenerator, stream_generate
+
+from agentmesh_runner.demo_model import write_demo_model
+
+from .servers import RunnerDriver, mlx_server, runner
+from .workload import Concurrent, Driver, Message, Stream, Summary, concurrently, summarize
+
+__all__ = ["DemoArm", "DemoResults", "FollowUp", "InProcess", "measure"]
+
+TOKENS = {"tiny": 256, "small": 48}
+REPEATS = {"tiny": 4, "small": 3}  # the first run, then repeats of the same prompt
+STREAMS = 8
+SYSTEM = "You are one agent of a mesh of agents. Answer briefly."
+CONTEXT = (
+    "Notes so far: the orchestrator runs sessions, the gateway routes requests to providers, "
+    "the memory service remembers facts and the local runner serves small models. "
+) * 4
+NO_PROMPT_CACHE = "mlx_lm.server --prompt-cache-size 0"
+
+
+def demo_messages(i: int) -> list[Message]:
+    question = f"Question {i}: what does the local runner do with a full queue?"
+    return [Message("system", SYSTEM), Message("user", question)]
+
+
+class InProcess:
+    """A model loaded with mlx-lm in this process, driven by its public API.
+
+    Calls block the event loop on purpose: nothing else runs while they do, and MLX then
+    generates on this thread as a program using mlx-lm directly would.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        label: str = "in-process mlx-lm",
+        default_stream: bool = False,
+        batch_alone: bool = False,
+    ) -> None:
+        self.label = label
+        self.model = model
+        self.tokenizer = tokenizer
+        # mlx-lm generates on its own thread-local stream; mlx_lm.server on the default one.
+        self._stream = mx.default_stream(mx.default_device()) if default_stream else None
+        self._batch_alone = batch_alone  # through BatchGenerator, as mlx_lm.server does
+
+    @classmethod
+    def load(cls, model_dir: Path) -> InProcess:
+        model, tokenizer = mlx_lm.load(str(model_dir))[:2]
+        return cls(model, tokenizer)
+
+    def variant(
+        self, label: str, *, default_stream: bool = False, batch: bool = False
+    ) -> InProcess:
+        return InProcess(
+            self.model,
+            self.tokenizer,
+            label=label,
+            default_stream=default_stream,
+            batch_alone=batch,
+        )
+
+    def prompt(self, messages: Sequence[Message]) -> list[int]:
+        rendered = [{"role": m.role, "content": m.content} for m in messages]
+        tokens = self.tokenizer.apply_chat_template(rendered, add_generation_prompt=True)
+        return [int(t) for t in tokens]
+
+    async def stream(
+        self, messages: Sequence[Message], max_tokens: int, *, schema: dict[str, Any] | None = None
+    ) -> Stream:
+        prompt = self.prompt(messages)
+        start = time.perf_counter()
+        first: float | None = None
+        n = 0
+        text: list[str] = []
+        if self._batch_alone:
+            tokens = self._generate_in_batch(prompt, max_tokens)
+            first, n = tokens[0][1], len(tokens)
+            text.append(self.tokenizer.decode([token for token, _ in tokens]))
+        else:
+            extra = {"stream": self._stream} if self._stream is not None else {}
+            for response in stream_generate(
+                self.model, self.tokenizer, prompt, max_tokens=max_tokens, **extra
+            ):
+                first = first or time.perf_counter()
+                n += 1
+                text.append(response.text)
+        end = time.perf_counter()
+        return Stream((first or end) - start, end - start, n, len(prompt), 0, "".join(text))
+
+    def _generate_in_batch(self, prompt: list[int], max_tokens: int) -> list[tuple[int, float]]:
+        """Tokens and when each arrived, generated by a BatchGenerator holding one prompt."""
+        generator: Any = BatchGenerator(
+            self.model,
+            completion_batch_size=32,
+            prefill_batch_size=8,
+            stream=mx.default_stream(mx.default_device()),
+        )
+        tokens: list[tuple[int, float]] = []
+        try:
+            generator.insert([prompt], max_tokens=[max_tokens])
+            done = False
+            while not done:
+                for response in generator.next()[1]:
+                    tokens.append((int(response.token), time.perf_counter()))
+                    done = done or response.finish_reason is not None
+        finally:
+            generator.close()
+        return tokens
+
+    def batch(self, prompts: Sequence[Sequence[Message]], max_tokens: int) -> Concurrent:
+        generator: Any = BatchGenerator(
+            self.model, completion_batch_size=len(prompts), prefill_batch_size=len(prompts)
+        )
+        start = time.perf_counter()
+        uids = generator.insert(
+            [self.prompt(p) for p in prompts], max_tokens=[max_tokens] * len(prompts)
+        )
+        left, produced, first = set(uids), 0, dict[int, float]()
+        try:
+            while left:
+                for response in generator.next()[1]:
+                    produced += 1
+                    first.setdefault(response.uid, time.perf_counter() - start)
+                    if response.finish_reason:
+                        left.discard(response.uid)
+        finally:
+            generator.close()
+        seconds = time.perf_counter() - start
+        return Concurrent(
+            streams=len(prompts),
+            seconds=seconds,
+            completion_tokens=produced,
+            aggregate_tps=produced / seconds,
+            median_ttft_ms=statistics.median(first.values()) * 1000,
+            cached_prompt_tokens=0,
+        )
+
+    def weights(self) -> list[Any]:
+        flat: Any = tree_flatten(self.model.parameters())
+        return [w for _, w in flat]
+
+    def weight_dtypes(self) -> list[str]:
+        return sorted({str(w.dtype).removeprefix("mlx.core.") for w in self.weights()})
+
+
+@dataclass(frozen=True)
+class DemoArm:
+    label: str
+    first: Summary  # the prompt new to the server
+    repeated: Summary  # the same prompt again
+    concurrent: Concurrent | None = None
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    prompt_cache: bool
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    ttft_ms: float
+
+
+@dataclass(frozen=True)
+class DemoResults:
+    size: str
+    parameters: int
+    completion_tokens_per_stream: int
+    weight_dtypes: list[str]
+    arms: list[DemoArm]
+    follow_up: list[FollowUp] = field(default_factory=list)
+
+
+async def measure(root: Path, size: str, logs: Path) -> DemoResults:
+    tokens, repeats = TOKENS[size], REPEATS[size]
+    model_dir = write_demo_model(root / size, size)
+    local = InProcess.load(model_dir)
+    await local.stream(demo_messages(0), 8)  # warm-up
+    async with contextlib.AsyncExitStack() as stack:
+        service = await stack.enter_async_context(
+            runner(model_dir.parent, model_dir.name, "mlx", log=logs / f"runner-{size}.log")
+        )
+        server = await stack.enter_async_context(
+            mlx_server(model_dir, log=logs / f"mlx_lm-server-{size}.log")
+        )
+        uncached = await stack.enter_async_context(
+            mlx_server(
+                model_dir,
+                label=NO_PROMPT_CACHE,
+                extra_args=["--prompt-cache-size", "0"],
+                log=logs / f"mlx_lm-server-nocache-{size}.log",
+            )
+        )
+        drivers: list[Driver] = [local, service, server, uncached]
+        if size == "small":
+            drivers += [
+                local.variant("in-process, default stream", default_stream=True),
+                local.variant("in-process, BatchGenerator alone", batch=True),
+            ]
+        runs: dict[str, list[Stream]] = {d.label: [] for d in drivers}
+        print(f"[{size}] 1 stream, {repeats} runs of one prompt", flush=True)
+        for _ in range(repeats):  # alternate, so other jobs' load hits every arm alike
+            for driver in drivers:
+                runs[driver.label].append(await driver.stream(demo_messages(0), tokens))
+        print(f"[{size}] {STREAMS} concurrent streams", flush=True)
+        prompts = [demo_messages(i) for i in range(STREAMS)]
+        concurrent = {
+            local.label: local.batch(prompts, tokens),
+            service.label: await concurrently(service, prompts, tokens),
+            uncached.label: await concurrently(uncached, prompts, tokens),
+        }
+        follow_up = await _follow_up(service)
+    return DemoResults(
+        size=size,
+        parameters=sum(int(w.size) for w in local.weights()),
+        completion_tokens_per_stream=tokens,
+        weight_dtypes=local.weight_dtypes(),
+        arms=[
+            DemoArm(
+                label,
+                first=summarize(streams[:1]),
+                repeated=summarize(streams[1:]),
+                concurrent=concurrent.get(label),
+            )
+            for label, streams in runs.items()
+        ],
+        follow_up=follow_up,
+    )
+
+
+async def _follow_up(service: RunnerDriver) -> list[FollowUp]:
+    """The second turn of one conversation with and without the runner's prompt cache."""
+    figures = []
+    context = Message("user", CONTEXT)
+    for key in ("", "bench-conversation"):
+        opening = [*demo_messages(100), context]
+        first = await service.stream(opening, 8, cache_key=key)
+        follow = [*opening, Message("assistant", first.text), Message("user", "And when idle?")]
+        second = await service.stream(follow, 8, cache_key=key)
+        figures.append(
+            FollowUp(
+                bool(key), second.prompt_tokens, second.cached_prompt_tokens, second.ttft * 1000
+            )
+        )
+    return figures
