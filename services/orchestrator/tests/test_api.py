@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -880,18 +881,38 @@ async def test_execute_with_a_timeout_ends_cancelled_at_the_deadline(database_ur
         await shutdown()
 
 
-async def test_the_make_run_demo_runs_a_session_and_draws_its_answer(mesh: Mesh) -> None:
+def demo_script(request: inference_pb2.GenerateRequest) -> Reply:
+    """The planner answers a two-task plan; everyone else echoes."""
+    if "You are a planner" in system_prompt(request):
+        tasks = [{"id": f"t{i}", "description": f"Part {i} of the goal."} for i in (1, 2)]
+        return Reply(text=json.dumps({"rationale": "two parts", "tasks": tasks}))
+    return echo_script(request)
+
+
+async def test_the_make_run_demo_answers_a_question_then_plans_a_goal(database_url: str) -> None:
+    mesh, shutdown = await start_mesh(database_url, demo_script)
     output = io.StringIO()
     console = Console(file=output, width=100, force_terminal=False)
-    name = await run_demo(f"127.0.0.1:{mesh.orchestrator.port}", mesh.keys["acme"], console)
-    async with mesh.client() as client:
-        details = await client.get_session(name)
-    assert details.session.status == sessions_pb2.SESSION_STATUS_COMPLETED
-    assert [a.name for a in details.agents] == ["agents/optimist", "agents/critic"]
+    try:
+        names = await run_demo(f"127.0.0.1:{mesh.orchestrator.port}", mesh.keys["acme"], console)
+        async with mesh.client() as client:
+            question, planned = [await client.get_session(name) for name in names]
+    finally:
+        await shutdown()
+    assert question.session.status == sessions_pb2.SESSION_STATUS_COMPLETED
+    assert question.session.goal == "What is the capital of France?"
+    assert planned.session.status == sessions_pb2.SESSION_STATUS_COMPLETED
+    assert [t.task_id for t in planned.session.plan.tasks] == ["t1", "t2"]
+    assert [a.name for a in planned.agents] == [
+        "agents/planner",
+        "agents/executor",
+        "agents/writer",
+    ]
     text = output.getvalue()
-    assert "meaningless by design" in text
-    assert "final answer" in text
-    assert details.session.final_answer in text
+    assert "SmolLM2-135M-Instruct" in text
+    assert text.count("final answer") == 2
+    assert planned.session.final_answer in text
+    assert re.search(r"\d+ tokens generated in [0-9.]+ s: [0-9.]+ tokens/s", text)
 
 
 async def test_a_failed_model_call_fails_the_session_with_its_real_cause(database_url: str) -> None:

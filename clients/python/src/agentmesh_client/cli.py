@@ -172,7 +172,7 @@ def up(
     ] = None,
     routes: Annotated[
         Path | None,
-        typer.Option(help="routes file for the gateway (default: every route -> tiny model)"),
+        typer.Option(help="routes file for the gateway (default: the local runner, SmolLM2)"),
     ] = None,
     demo: Annotated[
         bool, typer.Option("--demo", help="run an example session once the mesh is up")
@@ -253,7 +253,11 @@ async def _up(
         )
         console.print(f"mesh: {state_file}  ·  logs: {data_dir / 'logs'}")
         console.print(f'try: agentmesh run{target} "Say hello"', highlight=False)
-        console.print("The demo model's text is meaningless by design; see the README.")
+        if routes is None:
+            console.print(
+                "Route default is SmolLM2-135M-Instruct on the local runner: small, it answers"
+                " simple questions well and reasons poorly (see the README)."
+            )
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)

@@ -70,6 +70,8 @@ class SessionView:
         """Fold one event into the view."""
         kind = event.WhichOneof("payload")
         agent = event.agent.rsplit("/", 1)[-1]
+        # One panel per agent and task: parallel tasks of one agent must not interleave.
+        speaker = f"{agent} · {event.task_id}" if event.task_id else agent
         self.last_seq = max(self.last_seq, event.seq)
         now = time.monotonic()
         self.session = self.session or event.session
@@ -94,10 +96,10 @@ class SessionView:
             if not event.task_failed.will_retry:
                 self._end_task(event.task_id, "failed", now)
         elif kind == "message_started":
-            self.active_agent = agent
-            self.agent_text.setdefault(agent, "")
+            self.active_agent = speaker
+            self.agent_text.setdefault(speaker, "")
         elif kind == "content_delta":
-            self.agent_text[agent] = self.agent_text.get(agent, "") + event.content_delta.text
+            self.agent_text[speaker] = self.agent_text.get(speaker, "") + event.content_delta.text
         elif kind == "tool_call":
             call = event.tool_call.call
             arguments = json.dumps(MessageToDict(call.arguments), separators=(",", ":"))
@@ -112,7 +114,7 @@ class SessionView:
         elif kind == "message_completed":
             usage = self.per_agent_usage.setdefault(agent, generation_pb2.Usage())
             _add(usage, event.message_completed.usage)
-            self.agent_text[agent] = self.agent_text.get(agent, "") + "\n"
+            self.agent_text[speaker] = self.agent_text.get(speaker, "") + "\n"
         elif kind == "user_message":
             self.tool_lines.append(f"user: {event.user_message.content[:160]}")
         elif kind == "session_completed":

@@ -47,11 +47,8 @@ DEFAULT_PROMPTS: dict[AgentKind, DefaultPrompts] = {
             "the goal. Each task has an id (t1, t2, ...) and a one-sentence description of "
             "what to write; optionally the agent type best suited to it (executor, research, "
             "synthesis, validation or critic) and depends_on, the ids of earlier tasks whose "
-            "output it needs. Tasks without dependencies run in parallel.\n"
-            'Example goal: "Describe the climate and the food of Italy." Example plan: '
-            '{"rationale": "one task per topic", "tasks": [{"id": "t1", "description": '
-            '"Describe the climate of Italy."}, {"id": "t2", "description": "Describe the '
-            'food of Italy."}]}'
+            "output it needs. Tasks without dependencies run in parallel."
+            # No example plan: SmolLM2-135M copied an example's tasks into its own plans.
         ),
         user_template="Goal: {goal}\n\nContext:\n{context}",
         context_instructions=_CONTEXT,
