@@ -14,6 +14,7 @@ import gguf
 import grpc
 import pytest
 
+from agentmesh.common.v1 import generation_pb2
 from agentmesh.runner.v1 import runner_pb2
 
 from .conftest import StartRunner
@@ -75,6 +76,19 @@ async def test_the_packaged_default_model_is_imported_at_start(start_runner: Sta
     assert "smollm2" in by_name
     assert 134_000_000 < by_name["smollm2"].parameters < 136_000_000  # values, not packed words
     assert by_name["smollm2"].context_length == 8192
+
+
+@pytest.mark.parametrize("backend", ["cpu", "mlx"])
+async def test_smollm2_answers_a_factual_question_at_temperature_0(
+    start_runner: StartRunner, backend: str
+) -> None:
+    runner = await start_runner(import_default_model=True, default_backend=backend)
+    deltas, finished = await collect(
+        runner, request("What is the capital of France?", model="smollm2", max_tokens=24)
+    )
+    assert "Paris" in finished.text
+    assert "".join(deltas) == finished.text
+    assert finished.finish_reason == generation_pb2.FINISH_REASON_STOP
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
