@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from agentmesh_common import Internal
 from agentmesh_runner.domain import GenerationRequest
+from agentmesh_runner.tool_calls import supports_tool_calls, tool_call_grammar
 
 if TYPE_CHECKING:  # declared by llguidance's stub only, not at run time
     from llguidance._lib import JsonCompileOptions
@@ -113,6 +114,7 @@ class ConstraintCompiler:
         self._hf_tokenizer = hf_tokenizer
         self._vocab_size = vocab_size
         self._eos_ids = sorted(set(eos_ids))
+        self._tool_calls = supports_tool_calls(getattr(hf_tokenizer, "chat_template", None))
         self._tokenizer: llguidance.LLTokenizer | None = None
         self._lock = threading.Lock()
 
@@ -127,16 +129,26 @@ class ConstraintCompiler:
             return self._tokenizer
 
     def for_request(self, request: GenerationRequest) -> JsonConstraint | None:
-        """The constraint ``request`` asks for, if any."""
+        """The constraint ``request`` asks for, if any: its response schema, else, with
+        tools offered to a template that knows ``<tool_call>``, text or a valid call."""
         schema_json = request.config.response_schema_json
-        return None if schema_json is None else self.json(schema_json)
+        if schema_json is not None:
+            return self.json(schema_json)
+        if request.tools and self._tool_calls:
+            return self._constraint(
+                llguidance.LLMatcher.grammar_from_lark(tool_call_grammar(request.tools))
+            )
+        return None
 
     def json(self, schema_json: str) -> JsonConstraint:
         """A fresh constraint for one answer matching ``schema_json`` (validated before)."""
-        matcher = llguidance.LLMatcher(self._wrapped(), _grammar(schema_json), log_level=0)
+        return self._constraint(_grammar(schema_json))
+
+    def _constraint(self, grammar: str) -> JsonConstraint:
+        matcher = llguidance.LLMatcher(self._wrapped(), grammar, log_level=0)
         if matcher.is_error():
             raise Internal(
-                f"the response schema did not compile: {matcher.get_error()}",
+                f"the constraint did not compile: {matcher.get_error()}",
                 reason="CONSTRAINT_FAILED",
             )
         return JsonConstraint(matcher, self._vocab_size)

@@ -14,6 +14,7 @@ class FinishReason(enum.Enum):
 
     STOP = "stop"
     LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,15 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A call of an offered tool the model answered with (``tool_calls.py``)."""
+
+    call_id: str
+    name: str
+    arguments_json: str
+
+
+@dataclass(frozen=True)
 class GenerationFinished:
     """The last event of a successful generation."""
 
@@ -101,6 +111,7 @@ class GenerationFinished:
     model: str
     text: str
     timings: GenerationTimings
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 GenerationEvent = TextDelta | GenerationFinished

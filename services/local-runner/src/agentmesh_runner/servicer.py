@@ -45,6 +45,7 @@ _ROLES = {
 _FINISH = {
     FinishReason.STOP: generation_pb2.FINISH_REASON_STOP,
     FinishReason.LENGTH: generation_pb2.FINISH_REASON_LENGTH,
+    FinishReason.TOOL_CALLS: generation_pb2.FINISH_REASON_TOOL_CALLS,
 }
 
 
@@ -122,6 +123,18 @@ def to_generation_request(request: runner_pb2.GenerateRequest) -> GenerationRequ
             violations.append(FieldViolation(f"messages[{index}].role", "must be set"))
             continue
         messages.append(ChatMessage(role=role, content=message.content, name=message.name))
+    schemas = [
+        json.dumps(_integral(json_format.MessageToDict(tool.parameters_schema)))
+        for tool in request.tools
+    ]
+    for index, schema_json in enumerate(schemas):
+        # A template with <tool_call> constrains calls to this schema: it must compile.
+        if (problem := schema_problem(schema_json)) is not None:
+            violations.append(
+                FieldViolation(
+                    f"tools[{index}].parameters_schema", f"not a usable JSON schema: {problem}"
+                )
+            )
     if request.HasField("keep_alive") and _seconds(request.keep_alive) < 0:
         violations.append(FieldViolation("keep_alive", "must not be negative"))
     if violations:
@@ -131,12 +144,8 @@ def to_generation_request(request: runner_pb2.GenerateRequest) -> GenerationRequ
         messages=tuple(messages),
         config=_config(request.config),
         tools=tuple(
-            ToolDefinition(
-                name=tool.name,
-                description=tool.description,
-                parameters_json=json.dumps(json_format.MessageToDict(tool.parameters_schema)),
-            )
-            for tool in request.tools
+            ToolDefinition(name=tool.name, description=tool.description, parameters_json=schema)
+            for tool, schema in zip(request.tools, schemas, strict=True)
         ),
         keep_alive_seconds=(
             _seconds(request.keep_alive) if request.HasField("keep_alive") else None
@@ -206,6 +215,19 @@ class RunnerServicer(runner_pb2_grpc.LocalRunnerServiceServicer):
                         )
                     )
                 else:
+                    for index, call in enumerate(event.tool_calls):
+                        yield runner_pb2.GenerateResponse(
+                            event=generation_pb2.GenerateEvent(
+                                delta=generation_pb2.Delta(
+                                    tool_call=generation_pb2.ToolCallDelta(
+                                        index=index,
+                                        id=call.call_id,
+                                        name=call.name,
+                                        arguments_fragment=call.arguments_json,
+                                    )
+                                )
+                            )
+                        )
                     finished = _finished(event)
                     finished.finished.model = request.model
                     yield runner_pb2.GenerateResponse(event=finished)

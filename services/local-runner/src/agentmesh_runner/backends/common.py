@@ -24,6 +24,7 @@ from agentmesh_runner.domain import (
     ModelFacts,
     TokenUsage,
 )
+from agentmesh_runner.tool_calls import TAG, parse_tool_call
 
 from .base import Job
 
@@ -155,8 +156,12 @@ def finished_event(
     """The last event of a generation: prefill runs from ``began`` to the first token."""
     now = time.monotonic()
     first = first_token_at or now
+    call = parse_tool_call(text) if job.request.tools and reason is FinishReason.STOP else None
+    if call is not None:
+        reason, text = FinishReason.TOOL_CALLS, ""
     return GenerationFinished(
         finish_reason=reason,
+        tool_calls=(call,) if call is not None else (),
         usage=TokenUsage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
@@ -173,7 +178,9 @@ def finished_event(
 class Output:
     """Turns tokens into streamed text, honouring stop sequences.
 
-    Text that might be the start of a stop sequence is held back until it is clearly not.
+    Text that might be the start of a stop sequence is held back until it is clearly not;
+    with tools offered, so is an answer that is (or may become) a ``<tool_call>``, which
+    the final event reports as a call instead.
     """
 
     def __init__(self, job: Job, detokenizer: Any, stops: Sequence[str]) -> None:
@@ -184,6 +191,7 @@ class Output:
         self._text = ""
         self._sent = 0
         self.final_text: str | None = None
+        self._tool_tag = TAG if job.request.tools else ""
 
     def add(self, token: int) -> bool:
         """Feed one token; True when a stop sequence ended the answer."""
@@ -192,9 +200,12 @@ class Output:
 
     def flush(self) -> None:
         self._detokenizer.finalize()
-        if not self._push(self._detokenizer.last_segment):
+        if not self._push(self._detokenizer.last_segment) and not self._is_tool_call():
             self.job.delta(self._text[self._sent :])
             self._sent = len(self._text)
+
+    def _is_tool_call(self) -> bool:
+        return bool(self._tool_tag) and self._text.startswith(self._tool_tag)
 
     @property
     def text(self) -> str:
@@ -204,6 +215,10 @@ class Output:
         if self.final_text is not None:
             return True
         self._text += segment
+        if self._tool_tag and (
+            self._text.startswith(self._tool_tag) or self._tool_tag.startswith(self._text)
+        ):
+            return False  # a tool call, or maybe one: nothing to stream as text
         if not self._stops:
             self.job.delta(self._text[self._sent :])
             self._sent = len(self._text)
