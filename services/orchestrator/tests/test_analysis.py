@@ -53,6 +53,9 @@ def test_a_goal_listing_several_parts_is_complex() -> None:
 def test_the_plan_schema_bounds_the_tasks_by_the_session_limit() -> None:
     assert plan_schema(3)["properties"]["tasks"]["maxItems"] == 3
     assert plan_schema(12)["properties"]["tasks"]["maxItems"] == 12
+    task = plan_schema(3)["properties"]["tasks"]["items"]["properties"]
+    pattern = "^[A-Za-z][A-Za-z0-9_-]{0,15}$"
+    assert task["id"]["pattern"] == task["depends_on"]["items"]["pattern"] == pattern
     tasks = ", ".join(f'{{"id": "t{i}", "description": "d"}}' for i in range(4))
     four = f'{{"rationale": "r", "tasks": [{tasks}]}}'
     with pytest.raises(PlanRejected, match="exceed the limit of 3"):

@@ -20,7 +20,8 @@ import jsonschema
 
 AGENT_TYPES = ("executor", "research", "synthesis", "validation", "critic")
 
-_ID_PATTERN = "^[A-Za-z0-9_-]{1,32}$"
+_ID_PATTERN = "^[A-Za-z0-9_-]{1,32}$"  # what a stored plan may hold
+_PLANNED_ID = "^[A-Za-z][A-Za-z0-9_-]{0,15}$"  # what a planner is asked to write
 PLAN_SCHEMA: Mapping[str, Any] = {
     "type": "object",
     "additionalProperties": False,
@@ -55,12 +56,16 @@ _VALIDATOR = jsonschema.Draft202012Validator(PLAN_SCHEMA)
 
 
 def plan_schema(max_tasks: int) -> dict[str, Any]:
-    """PLAN_SCHEMA for a session whose plans may have at most ``max_tasks`` tasks (sent as
-    the response schema, so constrained decoding stops the list there)."""
+    """The response schema a planner is sent: PLAN_SCHEMA with at most ``max_tasks`` tasks
+    (constrained decoding stops the list there) and short ids that start with a letter."""
     schema = copy.deepcopy(dict(PLAN_SCHEMA))
     tasks = schema["properties"]["tasks"]
     tasks["maxItems"] = max_tasks
-    tasks["items"]["properties"]["depends_on"]["maxItems"] = max_tasks - 1
+    task = tasks["items"]["properties"]
+    task["depends_on"]["maxItems"] = max_tasks - 1
+    # Short ids that start with a letter (the built-in prompt asks for t1, t2, ...):
+    # constrained, SmolLM2 otherwise wrote 32-digit ids that repeated each other.
+    task["id"]["pattern"] = task["depends_on"]["items"]["pattern"] = _PLANNED_ID
     return schema
 
 
