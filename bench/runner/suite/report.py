@@ -64,8 +64,8 @@ def _smollm2(r: SmolResults) -> list[str]:
         "",
         "Cold prompts begin with a request number used once, so no server reuses more than the "
         "chat template's first tokens; shared-system-prompt requests differ only in the "
-        "question after one priming request, which mlx_lm.server and the runner's cpu backend "
-        "reuse across requests and its mlx backend does not (it reuses per `cache_key` only). "
+        "question after one priming request, which mlx_lm.server and both runner backends "
+        "reuse across requests (the longest cached prefix of any earlier request). "
         "Rates are on the tokens each server reports (an answer may end before `max_tokens`); "
         "decode tok/s = (tokens - 1) / (end of stream - first text).",
         "",
@@ -289,10 +289,11 @@ def _demo_findings(demos: list[DemoResults]) -> list[str]:
             f"({_f(uncached.repeated.ttft_ms, 0)} ms with `--prompt-cache-size 0`, "
             f"{_f(runner.repeated.ttft_ms, 0)} ms for the runner): time to first token "
             f"{_ratio(runner.repeated.ttft_ms, cached.repeated.ttft_ms)}x with the cache, "
-            f"{_ratio(runner.repeated.ttft_ms, uncached.repeated.ttft_ms)}x without. "
-            "Tokens/s that include the time to first token (end-to-end) then favour the "
-            f"server too: {_ratio(runner.repeated.end_to_end_tps, cached.repeated.end_to_end_tps)}"
-            f"x at {d.completion_tokens_per_stream} tokens, lower for shorter answers."
+            f"{_ratio(runner.repeated.ttft_ms, uncached.repeated.ttft_ms)}x without; "
+            f"the runner reused {max(runner.repeated.cached_prompt_tokens, default=0)} prompt "
+            "tokens. End-to-end tokens/s (time to first token included) runner / server: "
+            f"{_ratio(runner.repeated.end_to_end_tps, cached.repeated.end_to_end_tps)}x at "
+            f"{d.completion_tokens_per_stream} tokens."
         )
         variants = [a for a in d.arms if a.label.startswith("in-process,")]
         if variants:

@@ -213,16 +213,20 @@ async def test_follow_up_turn_reuses_the_prompt_cache(
     )
 
     _, cached = await collect(runner, request("and the runner?", cache_key="c1", history=history))
-    _, uncached = await collect(runner, request("and the runner?", history=history))
+    # Without a key the longest shared prefix of any earlier request is reused as well.
+    _, unkeyed = await collect(runner, request("and the runner?", history=history))
+    cold_runner = await start_runner(prompt_cache_entries=0)
+    _, cold = await collect(cold_runner, request("and the runner?", history=history))
 
     expected = prompt_length(tiny_model, "tell me about agents", first.text, "and the runner?")
-    assert cached.usage.prompt_tokens == uncached.usage.prompt_tokens == expected
-    assert cached.text == uncached.text  # the reused KV cache is the right one
-    assert uncached.usage.cached_prompt_tokens == 0
+    assert cached.usage.prompt_tokens == unkeyed.usage.prompt_tokens == expected
+    assert cached.text == unkeyed.text == cold.text  # the reused KV caches are the right ones
+    assert cold.usage.cached_prompt_tokens == 0
     # The follow-up processes fewer prompt tokens: at least the whole first prompt is reused.
     assert cached.usage.cached_prompt_tokens >= prompt_length(tiny_model, "tell me about agents")
+    assert unkeyed.usage.cached_prompt_tokens >= cached.usage.cached_prompt_tokens
     status = await runner.stub.GetStatus(runner_pb2.GetStatusRequest())
-    assert status.models[0].prompt_cache_hits == 1
+    assert status.models[0].prompt_cache_hits == 2
 
 
 async def test_generation_records_metrics_and_spans(start_runner: StartRunner) -> None:

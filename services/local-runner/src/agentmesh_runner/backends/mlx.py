@@ -8,6 +8,8 @@ until it drains. bench/runner measured both for 8 concurrent streams and keeps t
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import logging
 import time
@@ -81,37 +83,44 @@ class MlxBackend:
 class _CachedPrompt:
     tokens: list[int]
     cache: list[Any]
+    key: str
 
 
 class _PromptCache:
-    """KV caches of recent conversations by cache key, least recently used dropped first."""
+    """KV caches of recently finished requests, least recently used dropped first.
+
+    A request starts from a copy of the entry sharing the longest prefix with its prompt
+    (its own ``cache_key``'s first on a tie), as mlx_lm.server does across requests, so a
+    repeated system prompt or conversation is not computed again. Entries are only ever
+    copied, so concurrent requests may start from one entry.
+    """
 
     def __init__(self, entries: int) -> None:
         self.entries = entries
         self._items: OrderedDict[str, _CachedPrompt] = OrderedDict()
+        self._anonymous = itertools.count()
 
     def take(self, key: str, prompt: list[int]) -> tuple[list[Any] | None, int]:
         """A cache holding the longest reusable prefix of ``prompt`` and its length.
 
-        The entry is removed while in use, so two turns of one conversation never share it.
         At least one prompt token is always left to process (it yields the first logits).
         """
-        entry = self._items.pop(key, None) if key else None
-        if entry is None or not can_trim_prompt_cache(entry.cache):
-            return None, 0
-        common = 0
-        for cached, new in zip(entry.tokens, prompt, strict=False):
-            if cached != new:
-                break
-            common += 1
+        best: tuple[int, bool, str] = (0, False, "")
+        for name, entry in self._items.items():
+            if can_trim_prompt_cache(entry.cache):
+                common = _common_prefix(entry.tokens, prompt)
+                best = max(best, (common, bool(key) and entry.key == key, name))
+        common, _, name = best
         common = min(common, len(prompt) - 1)
         if common <= 0:
             return None, 0
-        trim_prompt_cache(entry.cache, entry.cache[0].offset - common)
-        return entry.cache, common
+        self._items.move_to_end(name)
+        cache = copy.deepcopy(self._items[name].cache)
+        trim_prompt_cache(cache, cache[0].offset - common)
+        return cache, common
 
     def put(self, key: str, tokens: list[int], cache: list[Any]) -> None:
-        if not key or not cache:
+        if self.entries <= 0 or not cache:
             return
         offset = int(cache[0].offset)
         if offset > len(tokens):
@@ -119,10 +128,25 @@ class _PromptCache:
                 return
             trim_prompt_cache(cache, offset - len(tokens))
             offset = len(tokens)
-        self._items[key] = _CachedPrompt(list(tokens[:offset]), cache)
-        self._items.move_to_end(key)
+        stored = list(tokens[:offset])
+        # An unkeyed entry this one extends holds nothing more: drop it instead of the LRU.
+        for name, entry in list(self._items.items()):
+            if not entry.key and _common_prefix(entry.tokens, stored) == len(entry.tokens):
+                del self._items[name]
+        name = key or f"\0{next(self._anonymous)}"
+        self._items[name] = _CachedPrompt(stored, cache, key)
+        self._items.move_to_end(name)
         while len(self._items) > self.entries:
             self._items.popitem(last=False)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    common = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        common += 1
+    return common
 
 
 @dataclass
