@@ -34,7 +34,13 @@ from .metrics import MetricFactory, RpcMetrics, start_metrics_server
 from .runtime import Build, run, serve
 from .server import Registration, ServiceServer, build_server
 from .settings import ServiceSettings, SettingsError, load_settings
-from .status import from_rpc_error, status_code_for, to_grpc_status, to_rpc_status
+from .status import (
+    from_rpc_error,
+    rpc_status_of,
+    status_code_for,
+    to_grpc_status,
+    to_rpc_status,
+)
 from .telemetry import (
     JsonFormatter,
     Telemetry,
@@ -79,6 +85,7 @@ __all__ = [
     "current_trace_id",
     "from_rpc_error",
     "load_settings",
+    "rpc_status_of",
     "run",
     "serve",
     "server_interceptors",

@@ -25,6 +25,7 @@ __all__ = [
     "STATUS_DETAILS_KEY",
     "from_rpc_error",
     "from_status",
+    "rpc_status_of",
     "status_code_for",
     "to_grpc_status",
     "to_rpc_status",
@@ -152,6 +153,19 @@ def _status_details(
         if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
             return status_pb2.Status.FromString(value)
     return None
+
+
+def rpc_status_of(err: grpc.RpcError) -> status_pb2.Status:
+    """The failed call's rich ``google.rpc.Status``: the one in ``grpc-status-details-bin``
+    (ErrorInfo, field violations, retry delay kept) when it matches the call's code, else
+    one built from the code and message alone."""
+    call = cast(_FailedCall, err)
+    code = call.code()
+    message = call.details() or code.name
+    status = _status_details(call.trailing_metadata())
+    if status is not None and status.code == code.value[0]:
+        return status
+    return status_pb2.Status(code=code.value[0], message=message)
 
 
 def from_rpc_error(err: grpc.RpcError) -> errors.AgentmeshError:

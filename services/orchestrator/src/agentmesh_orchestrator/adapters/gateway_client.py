@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import grpc
-from google.rpc import status_pb2
 
 from agentmesh.common.v1 import generation_pb2
 from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
-from agentmesh_common import TENANT_METADATA_KEY
+from agentmesh_common import TENANT_METADATA_KEY, rpc_status_of
 
 
 class GatewayClient:
@@ -38,9 +37,9 @@ class GatewayClient:
                 raise
             yield generation_pb2.GenerateEvent(
                 attempt_failed=generation_pb2.AttemptFailed(
-                    error=status_pb2.Status(
-                        code=exc.code().value[0], message=exc.details() or exc.code().name
-                    ),
+                    # The rich status, so the turn still sees the reason (for example
+                    # STRUCTURED_OUTPUT_INVALID, which makes a planner try again).
+                    error=rpc_status_of(exc),
                     retryable=False,
                     will_fall_back=False,
                 )
