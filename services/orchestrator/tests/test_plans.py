@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agentmesh_orchestrator.domain.plans import PlanRejected, parse_plan, ready_tasks
+from agentmesh_orchestrator.domain.plans import PlanRejected, parse_plan, plan_schema, ready_tasks
 
 GOOD = {
     "rationale": "research first, then write",
@@ -78,3 +78,22 @@ def test_plan_size_is_bounded() -> None:
     tasks = [{"id": f"t{i}", "description": "x"} for i in range(5)]
     with pytest.raises(PlanRejected, match="5 tasks exceed the limit of 4"):
         parse_plan(_with_tasks(tasks), max_tasks=4)
+
+
+def test_a_dependency_named_twice_counts_once() -> None:
+    # What SmolLM2 wrote under constrained decoding, which cannot enforce uniqueItems.
+    text = _with_tasks(
+        [
+            {"id": "a", "description": "x"},
+            {"id": "b", "description": "y", "depends_on": ["a", "a"]},
+        ]
+    )
+    plan = parse_plan(text, max_tasks=10)
+    assert [t.depends_on for t in plan.tasks] == [(), ("a",)]
+
+
+def test_the_schema_sent_to_planners_asks_only_what_decoding_can_enforce() -> None:
+    schema = plan_schema(4)
+    tasks = schema["properties"]["tasks"]
+    assert tasks["maxItems"] == 4
+    assert "uniqueItems" not in json.dumps(schema)

@@ -41,10 +41,11 @@ PLAN_SCHEMA: Mapping[str, Any] = {
                     "id": {"type": "string", "pattern": _ID_PATTERN},
                     "description": {"type": "string", "minLength": 1, "maxLength": 160},
                     "agent_type": {"enum": list(AGENT_TYPES)},
+                    # No uniqueItems: constrained decoding cannot enforce it, and a
+                    # dependency named twice means no more than once (parse_plan drops it).
                     "depends_on": {
                         "type": "array",
                         "items": {"type": "string", "pattern": _ID_PATTERN},
-                        "uniqueItems": True,
                     },
                     "priority": {"type": "integer", "minimum": 0, "maximum": 100},
                 },
@@ -111,7 +112,7 @@ def parse_plan(text: str, *, max_tasks: int) -> PlanDraft:
             task_id=raw["id"],
             description=raw["description"],
             agent_type=raw.get("agent_type", "executor"),
-            depends_on=tuple(raw.get("depends_on", ())),
+            depends_on=tuple(dict.fromkeys(raw.get("depends_on", ()))),
             priority=int(raw.get("priority", 0)),
         )
         for raw in raw_tasks
