@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc_tools
+from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 from pydantic.fields import FieldInfo
 
@@ -62,6 +63,9 @@ REASON_GUIDANCE: dict[str, str] = {
     "SESSION_ENDED": "The session has ended; start a new one.",
     "SESSION_BUSY": "The session is running; follow it with StreamSession or retry later.",
     "SESSION_RUNNING_ELSEWHERE": "Another replica runs the session; send the call there.",
+    "STREAM_TOKEN_EXPIRED": "The stream token expired; ask CreateStreamToken for a new one.",
+    "STREAM_TOKEN_INVALID": "The stream token is malformed or signed with another key; get one.",
+    "STREAM_TOKEN_SCOPE": "A stream token only streams its own session; use an API key for more.",
     # memory
     "AGENT_EXISTS": "An agent with that id exists; pick another id or update it.",
     "AGENT_NOT_FOUND": "No such agent for your tenant; list agents to find the name.",
@@ -119,6 +123,20 @@ _REASON = re.compile(r"""reason\s*=\s*["']([A-Z][A-Z0-9_]+)["']""")
 def _cell(text: str) -> str:
     """Text safe inside a Markdown table cell."""
     return text.replace("|", "\\|")
+
+
+def _http_form(method: descriptor_pb2.MethodDescriptorProto) -> str:
+    """The method's `google.api.http` rule as `VERB /path` (with its body), or a dash."""
+    if not method.options.HasExtension(annotations_pb2.http):
+        return "-"
+    rule: http_pb2.HttpRule = method.options.Extensions[annotations_pb2.http]
+    verb = rule.WhichOneof("pattern") or ""
+    form = f"`{verb.upper()} {getattr(rule, verb)}`"
+    if rule.body:
+        form += " body `*`" if rule.body == "*" else f" body `{rule.body}`"
+    if method.server_streaming:
+        form += " (SSE)"
+    return form
 
 
 def _descriptors() -> descriptor_pb2.FileDescriptorSet:
@@ -181,15 +199,17 @@ def api_markdown() -> str:
         for s_index, service in enumerate(file.service):
             lines += [f"## {file.package}.{service.name}", ""]
             lines += [comments.get((6, s_index), ""), ""]
-            lines += ["| RPC | request → response | what it does |", "|---|---|---|"]
+            http = any(m.options.HasExtension(annotations_pb2.http) for m in service.method)
+            header = "| RPC | request → response |" + (" HTTP (web edge) |" if http else "")
+            lines += [f"{header} what it does |", "|---|---|---|" + ("---|" if http else "")]
             for m_index, method in enumerate(service.method):
                 stream = "stream " if method.server_streaming else ""
                 request = method.input_type.rsplit(".", 1)[-1]
                 response = method.output_type.rsplit(".", 1)[-1]
                 doc = comments.get((6, s_index, 2, m_index), "")
-                lines.append(
-                    f"| `{method.name}` | `{request}` → `{stream}{response}` | {_cell(doc)} |"
-                )
+                route = f" {_http_form(method)} |" if http else ""
+                signature = f"`{request}` → `{stream}{response}`"
+                lines.append(f"| `{method.name}` | {signature} |{route} {_cell(doc)} |")
             lines.append("")
         for m_index, message in enumerate(file.message_type):
             if message.name != "SessionEvent":

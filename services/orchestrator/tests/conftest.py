@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import pytest
 
 from agentmesh.common.v1 import agents_pb2, events_pb2, sessions_pb2
+from agentmesh_memory.testing import (
+    PostgresServer,
+    PostgresUnavailable,
+    fresh_database,
+    postgres_server,
+)
 from agentmesh_orchestrator.agents import SessionAgent, prepare_agent
 from agentmesh_orchestrator.engine import EngineSettings, SessionEngine
 from agentmesh_orchestrator.testing import InMemorySessionStore, Script, ScriptedGateway
 from agentmesh_orchestrator.tools import builtin_tools
+
+from .api_mesh import Mesh, echo_script, start_mesh
 
 TENANT = "tenant-a"
 
@@ -70,3 +78,40 @@ class Harness:
 @pytest.fixture
 def harness_factory() -> Callable[..., Harness]:
     return Harness
+
+
+# -- the in-process API mesh (api_mesh.py) over SQLite and PostgreSQL ---------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    try:
+        server = postgres_server()
+    except PostgresUnavailable as error:  # pragma: no cover - depends on the machine
+        pytest.fail(f"PostgreSQL is required for these tests: {error}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    with fresh_database(postgres, prefix="agentmesh_orch") as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("postgres_url"))
+    return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('orch') / 'memory.db'}"
+
+
+@pytest.fixture
+async def mesh(database_url: str) -> AsyncIterator[Mesh]:
+    started, shutdown = await start_mesh(database_url, echo_script)
+    try:
+        yield started
+    finally:
+        await shutdown()

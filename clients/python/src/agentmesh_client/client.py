@@ -15,6 +15,7 @@ seq seen>)`, so the caller sees every event exactly once, in order, until the te
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -334,6 +335,15 @@ class AgentmeshClient:
         return await self._call(
             self._stub.GetSession, orchestrator_pb2.GetSessionRequest(name=name)
         )
+
+    async def create_stream_token(
+        self, session: str, *, ttl_seconds: float | None = None
+    ) -> orchestrator_pb2.CreateStreamTokenResponse:
+        """A short-lived token that may only stream `session` (for browsers; see the docs)."""
+        request = orchestrator_pb2.CreateStreamTokenRequest(session=session)
+        if ttl_seconds is not None:
+            request.ttl.FromTimedelta(dt.timedelta(seconds=ttl_seconds))
+        return await self._call(self._stub.CreateStreamToken, request)
 
     async def list_sessions(
         self,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import secrets
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from functools import partial
@@ -22,11 +24,14 @@ from .service import OrchestratorApp, resolve_agents
 from .servicer import OrchestratorServicer
 from .sessions import LeaseSettings, SessionManager
 from .settings import OrchestratorSettings
+from .stream_tokens import StreamTokens
 from .tool_servers import ToolCatalog
 from .tools import builtin_tools, memory_tools
 
 SERVICE_NAME = "orchestrator"
 GRPC_SERVICE = "agentmesh.orchestrator.v1.OrchestratorService"
+
+_logger = logging.getLogger("agentmesh.orchestrator")
 
 
 async def build(
@@ -109,7 +114,11 @@ def compose(
         memory=memory,
         catalog=catalog,
         manager=manager,
-        auth=Authenticator(resolve_key, cache_seconds=settings.api_key_cache_seconds),
+        auth=Authenticator(
+            resolve_key,
+            stream_tokens=_stream_tokens(settings),
+            cache_seconds=settings.api_key_cache_seconds,
+        ),
         limiter=RateLimiter(
             requests_per_minute=settings.requests_per_minute,
             tokens_per_minute=settings.tokens_per_minute,
@@ -122,3 +131,13 @@ def compose(
             partial(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, servicer),
         )
     ]
+
+
+def _stream_tokens(settings: OrchestratorSettings) -> StreamTokens:
+    if settings.stream_token_secret is None:
+        _logger.warning(
+            "no stream token secret is set: stream tokens work only on this replica"
+            " (set AGENTMESH_ORCHESTRATOR_STREAM_TOKEN_SECRET on every replica)"
+        )
+        return StreamTokens(secrets.token_bytes(32))
+    return StreamTokens(settings.stream_token_secret.get_secret_value().encode())

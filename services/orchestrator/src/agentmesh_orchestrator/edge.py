@@ -1,7 +1,8 @@
 """The public edge: API keys to tenants, per-tenant rate limits, and input bounds.
 
 Every public RPC presents an API key (`authorization: Bearer <key>`, or `x-api-key`). Keys are
-resolved by the memory service (which stores only their hashes) and cached briefly here.
+resolved by the memory service (which stores only their hashes) and cached briefly here. A
+stream token (`stream_tokens`) may stand in for a key, for one session's stream only.
 Each tenant has a requests-per-minute and a tokens-per-minute budget (token buckets refilled
 continuously); an empty bucket answers RESOURCE_EXHAUSTED with the time until it refills.
 """
@@ -13,6 +14,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from agentmesh_common import ResourceExhausted, Unauthenticated
+
+from .stream_tokens import StreamTokens, is_stream_token
 
 Metadata = Sequence[tuple[str, str | bytes]]
 KeyResolver = Callable[[str], Awaitable[str | None]]
@@ -38,22 +41,32 @@ class Authenticator:
         self,
         resolve: KeyResolver,
         *,
+        stream_tokens: StreamTokens,
         cache_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._resolve = resolve
+        self.stream_tokens = stream_tokens
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._cache: dict[str, tuple[float, str | None]] = {}
 
-    async def tenant_for(self, metadata: Metadata) -> str:
-        """The caller's tenant; `Unauthenticated` without a valid key."""
+    async def tenant_for(self, metadata: Metadata, *, session: str | None = None) -> str:
+        """The caller's tenant; `Unauthenticated` without a valid key.
+
+        A stream token is accepted only when the call is about ``session`` and the token was
+        issued for it (`PermissionDenied` otherwise): pass the session for calls that allow one.
+        """
         key = presented_key(metadata)
         if key is None:
             raise Unauthenticated(
                 "an API key is required: send 'authorization: Bearer <key>'",
                 reason="API_KEY_MISSING",
             )
+        if is_stream_token(key):
+            grant = self.stream_tokens.verify(key)
+            grant.check_scope(session or "")
+            return grant.tenant
         now = self._clock()
         cached = self._cache.get(key)
         if cached is not None and cached[0] > now:

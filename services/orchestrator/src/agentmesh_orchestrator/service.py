@@ -32,6 +32,7 @@ from .adapters.memory_client import MemoryClient
 from .agents import AGENT_ID, SessionAgent, prepare_agent
 from .engine import render_stage_input
 from .sessions import TERMINAL_EVENTS, SessionManager
+from .stream_tokens import DEFAULT_TTL, MAX_TTL, MIN_TTL, StreamTokens
 
 SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
@@ -337,6 +338,26 @@ class OrchestratorApp:
             ),
             sessions_pb2.SESSION_STATUS_COMPLETED,
         )
+
+    async def create_stream_token(
+        self,
+        tenant: str,
+        request: orchestrator_pb2.CreateStreamTokenRequest,
+        tokens: StreamTokens,
+    ) -> orchestrator_pb2.CreateStreamTokenResponse:
+        if not request.session:
+            raise invalid("session", "the session to stream is required")
+        ttl = DEFAULT_TTL
+        if request.HasField("ttl"):
+            seconds = request.ttl.seconds + request.ttl.nanos / 1e9
+            if not MIN_TTL.total_seconds() <= seconds <= MAX_TTL.total_seconds():
+                raise invalid("ttl", "must be between 1 second and 1 hour")
+            ttl = dt.timedelta(seconds=seconds)
+        session = await self._memory.get_session(tenant, request.session)  # NOT_FOUND: strangers
+        token, expires = tokens.issue(tenant, session.name, ttl)
+        response = orchestrator_pb2.CreateStreamTokenResponse(token=token)
+        response.expire_time.FromDatetime(expires)
+        return response
 
     async def get_session(self, tenant: str, name: str) -> orchestrator_pb2.GetSessionResponse:
         session = await self._memory.get_session(tenant, name)

@@ -53,8 +53,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self._limiter = limiter
         self._tools = catalog_tools
 
-    async def _tenant(self, context: Context) -> str:
-        tenant = await self._auth.tenant_for(tuple(context.invocation_metadata() or ()))
+    async def _tenant(self, context: Context, *, session: str | None = None) -> str:
+        """The caller's tenant, one request taken from its budget. ``session``: the call is
+        about that session only, so a stream token issued for it is accepted too."""
+        metadata = tuple(context.invocation_metadata() or ())
+        tenant = await self._auth.tenant_for(metadata, session=session)
         self._limiter.admit_request(tenant)
         return tenant
 
@@ -162,7 +165,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def StreamSession(
         self, request: orchestrator_pb2.StreamSessionRequest, context: Context
     ) -> AsyncIterator[orchestrator_pb2.StreamSessionResponse]:
-        tenant = await self._tenant(context)
+        tenant = await self._tenant(context, session=request.session)
         async for event in self._app.stream(tenant, request):
             yield orchestrator_pb2.StreamSessionResponse(event=event)
 
@@ -193,6 +196,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
             if session.cancel_on_disconnect:
                 await self._manager.cancel(tenant, name, reason="client_disconnected")
 
+    async def CreateStreamToken(
+        self, request: orchestrator_pb2.CreateStreamTokenRequest, context: Context
+    ) -> orchestrator_pb2.CreateStreamTokenResponse:
+        tenant = await self._tenant(context)
+        return await self._app.create_stream_token(tenant, request, self._auth.stream_tokens)
+
     async def SendMessage(
         self, request: orchestrator_pb2.SendMessageRequest, context: Context
     ) -> orchestrator_pb2.SendMessageResponse:
@@ -218,7 +227,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def GetSession(
         self, request: orchestrator_pb2.GetSessionRequest, context: Context
     ) -> orchestrator_pb2.GetSessionResponse:
-        tenant = await self._tenant(context)
+        tenant = await self._tenant(context, session=request.name)
         return await self._app.get_session(tenant, request.name)
 
     async def ListSessions(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from agentmesh_common import ServiceSettings
@@ -64,4 +64,13 @@ class OrchestratorSettings(ServiceSettings):
     )
     replica_id: str | None = Field(
         default=None, description="Lease owner id of this replica; a random one when unset."
+    )
+    stream_token_secret: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description=(
+            "Key that signs stream tokens (CreateStreamToken), the same on every replica, at"
+            " least 16 characters; unset: a random one per replica, so a token works only on"
+            " the replica that issued it. Secret: never logged."
+        ),
     )

@@ -30,13 +30,14 @@ from agentmesh.common.v1 import operations_pb2 as agentmesh_dot_common_dot_v1_do
 from agentmesh.common.v1 import sessions_pb2 as agentmesh_dot_common_dot_v1_dot_sessions__pb2
 from agentmesh.common.v1 import tools_pb2 as agentmesh_dot_common_dot_v1_dot_tools__pb2
 from agentmesh.common.v1 import user_settings_pb2 as agentmesh_dot_common_dot_v1_dot_user__settings__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,agentmesh/orchestrator/v1/orchestrator.proto\x12\x19\x61gentmesh.orchestrator.v1\x1a agentmesh/common/v1/agents.proto\x1a agentmesh/common/v1/events.proto\x1a$agentmesh/common/v1/generation.proto\x1a(agentmesh/common/v1/memory_entries.proto\x1a$agentmesh/common/v1/operations.proto\x1a\"agentmesh/common/v1/sessions.proto\x1a\x1f\x61gentmesh/common/v1/tools.proto\x1a\'agentmesh/common/v1/user_settings.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"o\n\x12\x43reateAgentRequest\x12\x33\n\x05\x61gent\x18\x01 \x01(\x0b\x32$.agentmesh.common.v1.AgentDefinition\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"J\n\x13\x43reateAgentResponse\x12\x33\n\x05\x61gent\x18\x01 \x01(\x0b\x32$.agentmesh.common.v1.AgentDefinition\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x10GetAgentResponse\x12\x33\n\x05\x61gent\x18\x01 \x01(\x0b\x32$.agentmesh.common.v1.AgentDefinition\"h\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12,\n\x04type\x18\x03 \x01(\x0e\x32\x1e.agentmesh.common.v1.AgentType\"c\n\x12ListAgentsResponse\x12\x34\n\x06\x61gents\x18\x01 \x03(\x0b\x32$.agentmesh.common.v1.AgentDefinition\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8e\x01\n\x12UpdateAgentRequest\x12\x33\n\x05\x61gent\x18\x01 \x01(\x0b\x32$.agentmesh.common.v1.AgentDefinition\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"J\n\x13UpdateAgentResponse\x12\x33\n\x05\x61gent\x18\x01 \x01(\x0b\x32$.agentmesh.common.v1.AgentDefinition\"6\n\x12\x44\x65leteAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteAgentResponse\"m\n\x14\x43reateSessionRequest\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.agentmesh.common.v1.Session\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"F\n\x15\x43reateSessionResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.agentmesh.common.v1.Session\"\x93\x01\n\x0f\x41\x64\x64\x41gentRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x14\n\nagent_name\x18\x02 \x01(\tH\x00\x12<\n\x0cinline_agent\x18\x03 \x01(\x0b\x32$.agentmesh.common.v1.AgentDefinitionH\x00\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x07\n\x05\x61gent\"A\n\x10\x41\x64\x64\x41gentResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.agentmesh.common.v1.Session\"2\n\x0bStepRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"@\n\x0cStepResponse\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.agentmesh.common.v1.SessionEvent\"1\n\nRunRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"?\n\x0bRunResponse\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.agentmesh.common.v1.SessionEvent\"\xaa\x04\n\x0e\x45xecuteRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12(\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x61gents\x18\x03 \x03(\t\x12;\n\rinline_agents\x18\x04 \x03(\x0b\x32$.agentmesh.common.v1.AgentDefinition\x12/\n\x08strategy\x18\x05 \x01(\x0e\x32\x1d.agentmesh.common.v1.Strategy\x12\x36\n\x04mode\x18\x06 \x01(\x0e\x32(.agentmesh.orchestrator.v1.ExecutionMode\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x06limits\x18\x08 \x01(\x0b\x32\".agentmesh.common.v1.SessionLimits\x12!\n\x14\x63\x61ncel_on_disconnect\x18\t \x01(\x08H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\n \x01(\t\x12I\n\x08metadata\x18\x0b \x03(\x0b\x32\x37.agentmesh.orchestrator.v1.ExecuteRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x17\n\x15_cancel_on_disconnect\"C\n\x0f\x45xecuteResponse\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.agentmesh.common.v1.SessionEvent\":\n\x14StreamSessionRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"I\n\x15StreamSessionResponse\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.agentmesh.common.v1.SessionEvent\"\x81\x01\n\x12SendMessageRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x35\n\x06policy\x18\x03 \x01(\x0e\x32%.agentmesh.orchestrator.v1.BusyPolicy\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"f\n\x13SendMessageResponse\x12\x42\n\x0b\x64isposition\x18\x01 \x01(\x0e\x32-.agentmesh.orchestrator.v1.MessageDisposition\x12\x0b\n\x03seq\x18\x02 \x01(\x03\";\n\x14\x43\x61ncelSessionRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"F\n\x15\x43\x61ncelSessionResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.agentmesh.common.v1.Session\"8\n\x11\x45ndSessionRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"C\n\x12\x45ndSessionResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.agentmesh.common.v1.Session\"!\n\x11GetSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xb5\x01\n\x12GetSessionResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.agentmesh.common.v1.Session\x12\x34\n\x06\x61gents\x18\x02 \x03(\x0b\x32$.agentmesh.common.v1.AgentDefinition\x12(\n\x05tasks\x18\x03 \x03(\x0b\x32\x19.agentmesh.common.v1.Task\x12\x10\n\x08\x63hildren\x18\x04 \x03(\t\"\x80\x01\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x32\n\x06status\x18\x03 \x01(\x0e\x32\".agentmesh.common.v1.SessionStatus\x12\x0e\n\x06parent\x18\x04 \x01(\t\"_\n\x14ListSessionsResponse\x12.\n\x08sessions\x18\x01 \x03(\x0b\x32\x1c.agentmesh.common.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10GetMemoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x11GetMemoryResponse\x12/\n\x05\x65ntry\x18\x01 \x01(\x0b\x32 .agentmesh.common.v1.MemoryEntry\"\x7f\n\x10PutMemoryRequest\x12/\n\x05\x65ntry\x18\x01 \x01(\x0b\x32 .agentmesh.common.v1.MemoryEntry\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"D\n\x11PutMemoryResponse\x12/\n\x05\x65ntry\x18\x01 \x01(\x0b\x32 .agentmesh.common.v1.MemoryEntry\"{\n\x13ListMemoriesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12-\n\x04type\x18\x04 \x01(\x0e\x32\x1f.agentmesh.common.v1.MemoryType\"b\n\x14ListMemoriesResponse\x12\x31\n\x07\x65ntries\x18\x01 \x03(\x0b\x32 .agentmesh.common.v1.MemoryEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x13\x44\x65leteMemoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x16\n\x14\x44\x65leteMemoryResponse\"&\n\x16GetUserSettingsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x17GetUserSettingsResponse\x12\x33\n\x08settings\x18\x01 \x01(\x0b\x32!.agentmesh.common.v1.UserSettings\"\x95\x01\n\x19UpdateUserSettingsRequest\x12\x33\n\x08settings\x18\x01 \x01(\x0b\x32!.agentmesh.common.v1.UserSettings\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"Q\n\x1aUpdateUserSettingsResponse\x12\x33\n\x08settings\x18\x01 \x01(\x0b\x32!.agentmesh.common.v1.UserSettings\"\xe1\x01\n\nToolServer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0c\x63\x61ll_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07use_tls\x18\x05 \x01(\x08\x12,\n\x05tools\x18\x06 \x03(\x0b\x32\x1d.agentmesh.common.v1.ToolSpec\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x81\x01\n\x17\x43reateToolServerRequest\x12:\n\x0btool_server\x18\x01 \x01(\x0b\x32%.agentmesh.orchestrator.v1.ToolServer\x12\x16\n\x0etool_server_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"V\n\x18\x43reateToolServerResponse\x12:\n\x0btool_server\x18\x01 \x01(\x0b\x32%.agentmesh.orchestrator.v1.ToolServer\"$\n\x14GetToolServerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"S\n\x15GetToolServerResponse\x12:\n\x0btool_server\x18\x01 \x01(\x0b\x32%.agentmesh.orchestrator.v1.ToolServer\"?\n\x16ListToolServersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"o\n\x17ListToolServersResponse\x12;\n\x0ctool_servers\x18\x01 \x03(\x0b\x32%.agentmesh.orchestrator.v1.ToolServer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x17\x44\x65leteToolServerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1a\n\x18\x44\x65leteToolServerResponse\"9\n\x10ListToolsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"L\n\rAvailableTool\x12+\n\x04spec\x18\x01 \x01(\x0b\x32\x1d.agentmesh.common.v1.ToolSpec\x12\x0e\n\x06source\x18\x02 \x01(\t\"e\n\x11ListToolsResponse\x12\x37\n\x05tools\x18\x01 \x03(\x0b\x32(.agentmesh.orchestrator.v1.AvailableTool\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"k\n\x05Model\x12\r\n\x05route\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65ployments\x18\x04 \x03(\t\x12\x1d\n\x15\x63ontext_window_tokens\x18\x05 \x01(\x05\"_\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .agentmesh.orchestrator.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x18GetProviderStatusRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\"\xf3\x01\n\x0eProviderStatus\x12\r\n\x05route\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x35\n\x06health\x18\x05 \x01(\x0e\x32%.agentmesh.common.v1.DeploymentHealth\x12\x38\n\rcircuit_state\x18\x06 \x01(\x0e\x32!.agentmesh.common.v1.CircuitState\x12\x15\n\rrpm_remaining\x18\x07 \x01(\x05\x12\x15\n\rtpm_remaining\x18\x08 \x01(\x03\"Y\n\x19GetProviderStatusResponse\x12<\n\tproviders\x18\x01 \x03(\x0b\x32).agentmesh.orchestrator.v1.ProviderStatus\"\xb6\x01\n\x0fGetUsageRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x34\n\x08group_by\x18\x02 \x01(\x0e\x32\".agentmesh.common.v1.UsageGrouping\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x08UsageRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x03\"p\n\x10GetUsageResponse\x12\x31\n\x04rows\x18\x01 \x03(\x0b\x32#.agentmesh.orchestrator.v1.UsageRow\x12)\n\x05total\x18\x02 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage*k\n\rExecutionMode\x12\x1e\n\x1a\x45XECUTION_MODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45XECUTION_MODE_SEQUENTIAL\x10\x01\x12\x1b\n\x17\x45XECUTION_MODE_PARALLEL\x10\x02*u\n\nBusyPolicy\x12\x1b\n\x17\x42USY_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42USY_POLICY_REJECT\x10\x01\x12\x17\n\x13\x42USY_POLICY_ENQUEUE\x10\x02\x12\x19\n\x15\x42USY_POLICY_INTERRUPT\x10\x03*\xa3\x01\n\x12MessageDisposition\x12#\n\x1fMESSAGE_DISPOSITION_UNSPECIFIED\x10\x00\x12!\n\x1dMESSAGE_DISPOSITION_DELIVERED\x10\x01\x12 \n\x1cMESSAGE_DISPOSITION_ENQUEUED\x10\x02\x12#\n\x1fMESSAGE_DISPOSITION_INTERRUPTED\x10\x03\x32\x8e\x1a\n\x13OrchestratorService\x12l\n\x0b\x43reateAgent\x12-.agentmesh.orchestrator.v1.CreateAgentRequest\x1a..agentmesh.orchestrator.v1.CreateAgentResponse\x12\x63\n\x08GetAgent\x12*.agentmesh.orchestrator.v1.GetAgentRequest\x1a+.agentmesh.orchestrator.v1.GetAgentResponse\x12i\n\nListAgents\x12,.agentmesh.orchestrator.v1.ListAgentsRequest\x1a-.agentmesh.orchestrator.v1.ListAgentsResponse\x12l\n\x0bUpdateAgent\x12-.agentmesh.orchestrator.v1.UpdateAgentRequest\x1a..agentmesh.orchestrator.v1.UpdateAgentResponse\x12l\n\x0b\x44\x65leteAgent\x12-.agentmesh.orchestrator.v1.DeleteAgentRequest\x1a..agentmesh.orchestrator.v1.DeleteAgentResponse\x12r\n\rCreateSession\x12/.agentmesh.orchestrator.v1.CreateSessionRequest\x1a\x30.agentmesh.orchestrator.v1.CreateSessionResponse\x12\x63\n\x08\x41\x64\x64\x41gent\x12*.agentmesh.orchestrator.v1.AddAgentRequest\x1a+.agentmesh.orchestrator.v1.AddAgentResponse\x12Y\n\x04Step\x12&.agentmesh.orchestrator.v1.StepRequest\x1a\'.agentmesh.orchestrator.v1.StepResponse0\x01\x12V\n\x03Run\x12%.agentmesh.orchestrator.v1.RunRequest\x1a&.agentmesh.orchestrator.v1.RunResponse0\x01\x12\x62\n\x07\x45xecute\x12).agentmesh.orchestrator.v1.ExecuteRequest\x1a*.agentmesh.orchestrator.v1.ExecuteResponse0\x01\x12t\n\rStreamSession\x12/.agentmesh.orchestrator.v1.StreamSessionRequest\x1a\x30.agentmesh.orchestrator.v1.StreamSessionResponse0\x01\x12l\n\x0bSendMessage\x12-.agentmesh.orchestrator.v1.SendMessageRequest\x1a..agentmesh.orchestrator.v1.SendMessageResponse\x12r\n\rCancelSession\x12/.agentmesh.orchestrator.v1.CancelSessionRequest\x1a\x30.agentmesh.orchestrator.v1.CancelSessionResponse\x12i\n\nEndSession\x12,.agentmesh.orchestrator.v1.EndSessionRequest\x1a-.agentmesh.orchestrator.v1.EndSessionResponse\x12i\n\nGetSession\x12,.agentmesh.orchestrator.v1.GetSessionRequest\x1a-.agentmesh.orchestrator.v1.GetSessionResponse\x12o\n\x0cListSessions\x12..agentmesh.orchestrator.v1.ListSessionsRequest\x1a/.agentmesh.orchestrator.v1.ListSessionsResponse\x12\x66\n\tGetMemory\x12+.agentmesh.orchestrator.v1.GetMemoryRequest\x1a,.agentmesh.orchestrator.v1.GetMemoryResponse\x12\x66\n\tPutMemory\x12+.agentmesh.orchestrator.v1.PutMemoryRequest\x1a,.agentmesh.orchestrator.v1.PutMemoryResponse\x12o\n\x0cListMemories\x12..agentmesh.orchestrator.v1.ListMemoriesRequest\x1a/.agentmesh.orchestrator.v1.ListMemoriesResponse\x12o\n\x0c\x44\x65leteMemory\x12..agentmesh.orchestrator.v1.DeleteMemoryRequest\x1a/.agentmesh.orchestrator.v1.DeleteMemoryResponse\x12x\n\x0fGetUserSettings\x12\x31.agentmesh.orchestrator.v1.GetUserSettingsRequest\x1a\x32.agentmesh.orchestrator.v1.GetUserSettingsResponse\x12\x81\x01\n\x12UpdateUserSettings\x12\x34.agentmesh.orchestrator.v1.UpdateUserSettingsRequest\x1a\x35.agentmesh.orchestrator.v1.UpdateUserSettingsResponse\x12{\n\x10\x43reateToolServer\x12\x32.agentmesh.orchestrator.v1.CreateToolServerRequest\x1a\x33.agentmesh.orchestrator.v1.CreateToolServerResponse\x12r\n\rGetToolServer\x12/.agentmesh.orchestrator.v1.GetToolServerRequest\x1a\x30.agentmesh.orchestrator.v1.GetToolServerResponse\x12x\n\x0fListToolServers\x12\x31.agentmesh.orchestrator.v1.ListToolServersRequest\x1a\x32.agentmesh.orchestrator.v1.ListToolServersResponse\x12{\n\x10\x44\x65leteToolServer\x12\x32.agentmesh.orchestrator.v1.DeleteToolServerRequest\x1a\x33.agentmesh.orchestrator.v1.DeleteToolServerResponse\x12\x66\n\tListTools\x12+.agentmesh.orchestrator.v1.ListToolsRequest\x1a,.agentmesh.orchestrator.v1.ListToolsResponse\x12i\n\nListModels\x12,.agentmesh.orchestrator.v1.ListModelsRequest\x1a-.agentmesh.orchestrator.v1.ListModelsResponse\x12~\n\x11GetProviderStatus\x12\x33.agentmesh.orchestrator.v1.GetProviderStatusRequest\x1a\x34.agentmesh.orchestrator.v1.GetProviderStatusResponse\x12\x63\n\x08GetUsage\x12*.agentmesh.orchestrator.v1.GetUsageRequest\x1a+.agentmesh.orchestrator.v1.GetUsageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,agentmesh/orchestrator/v1/orchestrator.proto\x12\x19\x61gentmesh.orchestrator.v1\x1a agentmesh/common/v1/agents.proto\x1a agentmesh/common/v1/events.proto\x1a$agentmesh/common/v1/generation.proto\x1a(agentmesh/common/v1/memory_entries.proto\x1a$agentmesh/common/v1/operations.proto\x1a\"agentmesh/common/v1/sessions.proto\x1a\x1f\x61gentmesh/common/v1/tools.proto\x1a\'agentmesh/common/v1/user_settings.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"o\n\x12\x43reateAgentRequest\x12\x33\n\x05\x61gent\x18\x01 \x01(\x0b\x32$.agentmesh.common.v1.AgentDefinition\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"J\n\x13\x43reateAgentResponse\x12\x33\n\x05\x61gent\x18\x01 \x01(\x0b\x32$.agentmesh.common.v1.AgentDefinition\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x10GetAgentResponse\x12\x33\n\x05\x61gent\x18\x01 \x01(\x0b\x32$.agentmesh.common.v1.AgentDefinition\"h\n\x11ListAgentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12,\n\x04type\x18\x03 \x01(\x0e\x32\x1e.agentmesh.common.v1.AgentType\"c\n\x12ListAgentsResponse\x12\x34\n\x06\x61gents\x18\x01 \x03(\x0b\x32$.agentmesh.common.v1.AgentDefinition\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8e\x01\n\x12UpdateAgentRequest\x12\x33\n\x05\x61gent\x18\x01 \x01(\x0b\x32$.agentmesh.common.v1.AgentDefinition\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"J\n\x13UpdateAgentResponse\x12\x33\n\x05\x61gent\x18\x01 \x01(\x0b\x32$.agentmesh.common.v1.AgentDefinition\"6\n\x12\x44\x65leteAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteAgentResponse\"m\n\x14\x43reateSessionRequest\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.agentmesh.common.v1.Session\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"F\n\x15\x43reateSessionResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.agentmesh.common.v1.Session\"\x93\x01\n\x0f\x41\x64\x64\x41gentRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x14\n\nagent_name\x18\x02 \x01(\tH\x00\x12<\n\x0cinline_agent\x18\x03 \x01(\x0b\x32$.agentmesh.common.v1.AgentDefinitionH\x00\x12\x12\n\nrequest_id\x18\x04 \x01(\tB\x07\n\x05\x61gent\"A\n\x10\x41\x64\x64\x41gentResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.agentmesh.common.v1.Session\"2\n\x0bStepRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"@\n\x0cStepResponse\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.agentmesh.common.v1.SessionEvent\"1\n\nRunRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"?\n\x0bRunResponse\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.agentmesh.common.v1.SessionEvent\"\xaa\x04\n\x0e\x45xecuteRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12(\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x61gents\x18\x03 \x03(\t\x12;\n\rinline_agents\x18\x04 \x03(\x0b\x32$.agentmesh.common.v1.AgentDefinition\x12/\n\x08strategy\x18\x05 \x01(\x0e\x32\x1d.agentmesh.common.v1.Strategy\x12\x36\n\x04mode\x18\x06 \x01(\x0e\x32(.agentmesh.orchestrator.v1.ExecutionMode\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x06limits\x18\x08 \x01(\x0b\x32\".agentmesh.common.v1.SessionLimits\x12!\n\x14\x63\x61ncel_on_disconnect\x18\t \x01(\x08H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\n \x01(\t\x12I\n\x08metadata\x18\x0b \x03(\x0b\x32\x37.agentmesh.orchestrator.v1.ExecuteRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x17\n\x15_cancel_on_disconnect\"C\n\x0f\x45xecuteResponse\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.agentmesh.common.v1.SessionEvent\":\n\x14StreamSessionRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x03\"I\n\x15StreamSessionResponse\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.agentmesh.common.v1.SessionEvent\"\x81\x01\n\x12SendMessageRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x35\n\x06policy\x18\x03 \x01(\x0e\x32%.agentmesh.orchestrator.v1.BusyPolicy\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"f\n\x13SendMessageResponse\x12\x42\n\x0b\x64isposition\x18\x01 \x01(\x0e\x32-.agentmesh.orchestrator.v1.MessageDisposition\x12\x0b\n\x03seq\x18\x02 \x01(\x03\";\n\x14\x43\x61ncelSessionRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"F\n\x15\x43\x61ncelSessionResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.agentmesh.common.v1.Session\"8\n\x11\x45ndSessionRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"C\n\x12\x45ndSessionResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.agentmesh.common.v1.Session\"!\n\x11GetSessionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xb5\x01\n\x12GetSessionResponse\x12-\n\x07session\x18\x01 \x01(\x0b\x32\x1c.agentmesh.common.v1.Session\x12\x34\n\x06\x61gents\x18\x02 \x03(\x0b\x32$.agentmesh.common.v1.AgentDefinition\x12(\n\x05tasks\x18\x03 \x03(\x0b\x32\x19.agentmesh.common.v1.Task\x12\x10\n\x08\x63hildren\x18\x04 \x03(\t\"\x80\x01\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x32\n\x06status\x18\x03 \x01(\x0e\x32\".agentmesh.common.v1.SessionStatus\x12\x0e\n\x06parent\x18\x04 \x01(\t\"_\n\x14ListSessionsResponse\x12.\n\x08sessions\x18\x01 \x03(\x0b\x32\x1c.agentmesh.common.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\" \n\x10GetMemoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x11GetMemoryResponse\x12/\n\x05\x65ntry\x18\x01 \x01(\x0b\x32 .agentmesh.common.v1.MemoryEntry\"\x7f\n\x10PutMemoryRequest\x12/\n\x05\x65ntry\x18\x01 \x01(\x0b\x32 .agentmesh.common.v1.MemoryEntry\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"D\n\x11PutMemoryResponse\x12/\n\x05\x65ntry\x18\x01 \x01(\x0b\x32 .agentmesh.common.v1.MemoryEntry\"{\n\x13ListMemoriesRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12-\n\x04type\x18\x04 \x01(\x0e\x32\x1f.agentmesh.common.v1.MemoryType\"b\n\x14ListMemoriesResponse\x12\x31\n\x07\x65ntries\x18\x01 \x03(\x0b\x32 .agentmesh.common.v1.MemoryEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x13\x44\x65leteMemoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x16\n\x14\x44\x65leteMemoryResponse\"&\n\x16GetUserSettingsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"N\n\x17GetUserSettingsResponse\x12\x33\n\x08settings\x18\x01 \x01(\x0b\x32!.agentmesh.common.v1.UserSettings\"\x95\x01\n\x19UpdateUserSettingsRequest\x12\x33\n\x08settings\x18\x01 \x01(\x0b\x32!.agentmesh.common.v1.UserSettings\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"Q\n\x1aUpdateUserSettingsResponse\x12\x33\n\x08settings\x18\x01 \x01(\x0b\x32!.agentmesh.common.v1.UserSettings\"\xe1\x01\n\nToolServer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12/\n\x0c\x63\x61ll_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07use_tls\x18\x05 \x01(\x08\x12,\n\x05tools\x18\x06 \x03(\x0b\x32\x1d.agentmesh.common.v1.ToolSpec\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x81\x01\n\x17\x43reateToolServerRequest\x12:\n\x0btool_server\x18\x01 \x01(\x0b\x32%.agentmesh.orchestrator.v1.ToolServer\x12\x16\n\x0etool_server_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"V\n\x18\x43reateToolServerResponse\x12:\n\x0btool_server\x18\x01 \x01(\x0b\x32%.agentmesh.orchestrator.v1.ToolServer\"$\n\x14GetToolServerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"S\n\x15GetToolServerResponse\x12:\n\x0btool_server\x18\x01 \x01(\x0b\x32%.agentmesh.orchestrator.v1.ToolServer\"?\n\x16ListToolServersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"o\n\x17ListToolServersResponse\x12;\n\x0ctool_servers\x18\x01 \x03(\x0b\x32%.agentmesh.orchestrator.v1.ToolServer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x17\x44\x65leteToolServerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1a\n\x18\x44\x65leteToolServerResponse\"9\n\x10ListToolsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"L\n\rAvailableTool\x12+\n\x04spec\x18\x01 \x01(\x0b\x32\x1d.agentmesh.common.v1.ToolSpec\x12\x0e\n\x06source\x18\x02 \x01(\t\"e\n\x11ListToolsResponse\x12\x37\n\x05tools\x18\x01 \x03(\x0b\x32(.agentmesh.orchestrator.v1.AvailableTool\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"k\n\x05Model\x12\r\n\x05route\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65ployments\x18\x04 \x03(\t\x12\x1d\n\x15\x63ontext_window_tokens\x18\x05 \x01(\x05\"_\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .agentmesh.orchestrator.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\",\n\x18GetProviderStatusRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\"\xf3\x01\n\x0eProviderStatus\x12\r\n\x05route\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x35\n\x06health\x18\x05 \x01(\x0e\x32%.agentmesh.common.v1.DeploymentHealth\x12\x38\n\rcircuit_state\x18\x06 \x01(\x0e\x32!.agentmesh.common.v1.CircuitState\x12\x15\n\rrpm_remaining\x18\x07 \x01(\x05\x12\x15\n\rtpm_remaining\x18\x08 \x01(\x03\"Y\n\x19GetProviderStatusResponse\x12<\n\tproviders\x18\x01 \x03(\x0b\x32).agentmesh.orchestrator.v1.ProviderStatus\"\xb6\x01\n\x0fGetUsageRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x34\n\x08group_by\x18\x02 \x01(\x0e\x32\".agentmesh.common.v1.UsageGrouping\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x08UsageRow\x12\x0b\n\x03key\x18\x01 \x01(\t\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\x12\r\n\x05\x63\x61lls\x18\x03 \x01(\x03\"p\n\x10GetUsageResponse\x12\x31\n\x04rows\x18\x01 \x03(\x0b\x32#.agentmesh.orchestrator.v1.UsageRow\x12)\n\x05total\x18\x02 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\"S\n\x18\x43reateStreamTokenRequest\x12\x0f\n\x07session\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"[\n\x19\x43reateStreamTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*k\n\rExecutionMode\x12\x1e\n\x1a\x45XECUTION_MODE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45XECUTION_MODE_SEQUENTIAL\x10\x01\x12\x1b\n\x17\x45XECUTION_MODE_PARALLEL\x10\x02*u\n\nBusyPolicy\x12\x1b\n\x17\x42USY_POLICY_UNSPECIFIED\x10\x00\x12\x16\n\x12\x42USY_POLICY_REJECT\x10\x01\x12\x17\n\x13\x42USY_POLICY_ENQUEUE\x10\x02\x12\x19\n\x15\x42USY_POLICY_INTERRUPT\x10\x03*\xa3\x01\n\x12MessageDisposition\x12#\n\x1fMESSAGE_DISPOSITION_UNSPECIFIED\x10\x00\x12!\n\x1dMESSAGE_DISPOSITION_DELIVERED\x10\x01\x12 \n\x1cMESSAGE_DISPOSITION_ENQUEUED\x10\x02\x12#\n\x1fMESSAGE_DISPOSITION_INTERRUPTED\x10\x03\x32\x90$\n\x13OrchestratorService\x12\x87\x01\n\x0b\x43reateAgent\x12-.agentmesh.orchestrator.v1.CreateAgentRequest\x1a..agentmesh.orchestrator.v1.CreateAgentResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\n/v1/agents:\x05\x61gent\x12\x80\x01\n\x08GetAgent\x12*.agentmesh.orchestrator.v1.GetAgentRequest\x1a+.agentmesh.orchestrator.v1.GetAgentResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/{name=agents/*}\x12}\n\nListAgents\x12,.agentmesh.orchestrator.v1.ListAgentsRequest\x1a-.agentmesh.orchestrator.v1.ListAgentsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/agents\x12\x96\x01\n\x0bUpdateAgent\x12-.agentmesh.orchestrator.v1.UpdateAgentRequest\x1a..agentmesh.orchestrator.v1.UpdateAgentResponse\"(\x82\xd3\xe4\x93\x02\"2\x19/v1/{agent.name=agents/*}:\x05\x61gent\x12\x89\x01\n\x0b\x44\x65leteAgent\x12-.agentmesh.orchestrator.v1.DeleteAgentRequest\x1a..agentmesh.orchestrator.v1.DeleteAgentResponse\"\x1b\x82\xd3\xe4\x93\x02\x15*\x13/v1/{name=agents/*}\x12\x91\x01\n\rCreateSession\x12/.agentmesh.orchestrator.v1.CreateSessionRequest\x1a\x30.agentmesh.orchestrator.v1.CreateSessionResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x0c/v1/sessions:\x07session\x12\x91\x01\n\x08\x41\x64\x64\x41gent\x12*.agentmesh.orchestrator.v1.AddAgentRequest\x1a+.agentmesh.orchestrator.v1.AddAgentResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/{session=sessions/*}:addAgent:\x01*\x12\x83\x01\n\x04Step\x12&.agentmesh.orchestrator.v1.StepRequest\x1a\'.agentmesh.orchestrator.v1.StepResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{session=sessions/*}:step:\x01*0\x01\x12\x7f\n\x03Run\x12%.agentmesh.orchestrator.v1.RunRequest\x1a&.agentmesh.orchestrator.v1.RunResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/{session=sessions/*}:run:\x01*0\x01\x12\x83\x01\n\x07\x45xecute\x12).agentmesh.orchestrator.v1.ExecuteRequest\x1a*.agentmesh.orchestrator.v1.ExecuteResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/sessions:execute:\x01*0\x01\x12\x9d\x01\n\rStreamSession\x12/.agentmesh.orchestrator.v1.StreamSessionRequest\x1a\x30.agentmesh.orchestrator.v1.StreamSessionResponse\"\'\x82\xd3\xe4\x93\x02!\x12\x1f/v1/{session=sessions/*}/events0\x01\x12\x9d\x01\n\x0bSendMessage\x12-.agentmesh.orchestrator.v1.SendMessageRequest\x1a..agentmesh.orchestrator.v1.SendMessageResponse\"/\x82\xd3\xe4\x93\x02)\"$/v1/{session=sessions/*}:sendMessage:\x01*\x12\x9e\x01\n\rCancelSession\x12/.agentmesh.orchestrator.v1.CancelSessionRequest\x1a\x30.agentmesh.orchestrator.v1.CancelSessionResponse\"*\x82\xd3\xe4\x93\x02$\"\x1f/v1/{session=sessions/*}:cancel:\x01*\x12\x92\x01\n\nEndSession\x12,.agentmesh.orchestrator.v1.EndSessionRequest\x1a-.agentmesh.orchestrator.v1.EndSessionResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/{session=sessions/*}:end:\x01*\x12\x88\x01\n\nGetSession\x12,.agentmesh.orchestrator.v1.GetSessionRequest\x1a-.agentmesh.orchestrator.v1.GetSessionResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/{name=sessions/*}\x12\x85\x01\n\x0cListSessions\x12..agentmesh.orchestrator.v1.ListSessionsRequest\x1a/.agentmesh.orchestrator.v1.ListSessionsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/sessions\x12\x96\x01\n\tGetMemory\x12+.agentmesh.orchestrator.v1.GetMemoryRequest\x1a,.agentmesh.orchestrator.v1.GetMemoryResponse\".\x82\xd3\xe4\x93\x02(\x12&/v1/{name=agents/*/users/*/memories/*}\x12\x9f\x01\n\tPutMemory\x12+.agentmesh.orchestrator.v1.PutMemoryRequest\x1a,.agentmesh.orchestrator.v1.PutMemoryResponse\"7\x82\xd3\xe4\x93\x02\x31\x1a,/v1/{entry.name=agents/*/users/*/memories/*}:\x01*\x12\x9f\x01\n\x0cListMemories\x12..agentmesh.orchestrator.v1.ListMemoriesRequest\x1a/.agentmesh.orchestrator.v1.ListMemoriesResponse\".\x82\xd3\xe4\x93\x02(\x12&/v1/{parent=agents/*/users/*}/memories\x12\x9f\x01\n\x0c\x44\x65leteMemory\x12..agentmesh.orchestrator.v1.DeleteMemoryRequest\x1a/.agentmesh.orchestrator.v1.DeleteMemoryResponse\".\x82\xd3\xe4\x93\x02(*&/v1/{name=agents/*/users/*/memories/*}\x12\x9d\x01\n\x0fGetUserSettings\x12\x31.agentmesh.orchestrator.v1.GetUserSettingsRequest\x1a\x32.agentmesh.orchestrator.v1.GetUserSettingsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/{name=users/*/settings}\x12\xb9\x01\n\x12UpdateUserSettings\x12\x34.agentmesh.orchestrator.v1.UpdateUserSettingsRequest\x1a\x35.agentmesh.orchestrator.v1.UpdateUserSettingsResponse\"6\x82\xd3\xe4\x93\x02\x30\x32$/v1/{settings.name=users/*/settings}:\x08settings\x12\xa1\x01\n\x10\x43reateToolServer\x12\x32.agentmesh.orchestrator.v1.CreateToolServerRequest\x1a\x33.agentmesh.orchestrator.v1.CreateToolServerResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x0f/v1/toolServers:\x0btool_server\x12\x94\x01\n\rGetToolServer\x12/.agentmesh.orchestrator.v1.GetToolServerRequest\x1a\x30.agentmesh.orchestrator.v1.GetToolServerResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/{name=toolServers/*}\x12\x91\x01\n\x0fListToolServers\x12\x31.agentmesh.orchestrator.v1.ListToolServersRequest\x1a\x32.agentmesh.orchestrator.v1.ListToolServersResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/toolServers\x12\x9d\x01\n\x10\x44\x65leteToolServer\x12\x32.agentmesh.orchestrator.v1.DeleteToolServerRequest\x1a\x33.agentmesh.orchestrator.v1.DeleteToolServerResponse\" \x82\xd3\xe4\x93\x02\x1a*\x18/v1/{name=toolServers/*}\x12y\n\tListTools\x12+.agentmesh.orchestrator.v1.ListToolsRequest\x1a,.agentmesh.orchestrator.v1.ListToolsResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/tools\x12}\n\nListModels\x12,.agentmesh.orchestrator.v1.ListModelsRequest\x1a-.agentmesh.orchestrator.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12\x95\x01\n\x11GetProviderStatus\x12\x33.agentmesh.orchestrator.v1.GetProviderStatusRequest\x1a\x34.agentmesh.orchestrator.v1.GetProviderStatusResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/providers\x12v\n\x08GetUsage\x12*.agentmesh.orchestrator.v1.GetUsageRequest\x1a+.agentmesh.orchestrator.v1.GetUsageResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/usage\x12\xb5\x01\n\x11\x43reateStreamToken\x12\x33.agentmesh.orchestrator.v1.CreateStreamTokenRequest\x1a\x34.agentmesh.orchestrator.v1.CreateStreamTokenResponse\"5\x82\xd3\xe4\x93\x02/\"*/v1/{session=sessions/*}:createStreamToken:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,144 +46,210 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXECUTEREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_EXECUTEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_EXECUTIONMODE']._serialized_start=6713
-  _globals['_EXECUTIONMODE']._serialized_end=6820
-  _globals['_BUSYPOLICY']._serialized_start=6822
-  _globals['_BUSYPOLICY']._serialized_end=6939
-  _globals['_MESSAGEDISPOSITION']._serialized_start=6942
-  _globals['_MESSAGEDISPOSITION']._serialized_end=7105
-  _globals['_CREATEAGENTREQUEST']._serialized_start=500
-  _globals['_CREATEAGENTREQUEST']._serialized_end=611
-  _globals['_CREATEAGENTRESPONSE']._serialized_start=613
-  _globals['_CREATEAGENTRESPONSE']._serialized_end=687
-  _globals['_GETAGENTREQUEST']._serialized_start=689
-  _globals['_GETAGENTREQUEST']._serialized_end=720
-  _globals['_GETAGENTRESPONSE']._serialized_start=722
-  _globals['_GETAGENTRESPONSE']._serialized_end=793
-  _globals['_LISTAGENTSREQUEST']._serialized_start=795
-  _globals['_LISTAGENTSREQUEST']._serialized_end=899
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=901
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1000
-  _globals['_UPDATEAGENTREQUEST']._serialized_start=1003
-  _globals['_UPDATEAGENTREQUEST']._serialized_end=1145
-  _globals['_UPDATEAGENTRESPONSE']._serialized_start=1147
-  _globals['_UPDATEAGENTRESPONSE']._serialized_end=1221
-  _globals['_DELETEAGENTREQUEST']._serialized_start=1223
-  _globals['_DELETEAGENTREQUEST']._serialized_end=1277
-  _globals['_DELETEAGENTRESPONSE']._serialized_start=1279
-  _globals['_DELETEAGENTRESPONSE']._serialized_end=1300
-  _globals['_CREATESESSIONREQUEST']._serialized_start=1302
-  _globals['_CREATESESSIONREQUEST']._serialized_end=1411
-  _globals['_CREATESESSIONRESPONSE']._serialized_start=1413
-  _globals['_CREATESESSIONRESPONSE']._serialized_end=1483
-  _globals['_ADDAGENTREQUEST']._serialized_start=1486
-  _globals['_ADDAGENTREQUEST']._serialized_end=1633
-  _globals['_ADDAGENTRESPONSE']._serialized_start=1635
-  _globals['_ADDAGENTRESPONSE']._serialized_end=1700
-  _globals['_STEPREQUEST']._serialized_start=1702
-  _globals['_STEPREQUEST']._serialized_end=1752
-  _globals['_STEPRESPONSE']._serialized_start=1754
-  _globals['_STEPRESPONSE']._serialized_end=1818
-  _globals['_RUNREQUEST']._serialized_start=1820
-  _globals['_RUNREQUEST']._serialized_end=1869
-  _globals['_RUNRESPONSE']._serialized_start=1871
-  _globals['_RUNRESPONSE']._serialized_end=1934
-  _globals['_EXECUTEREQUEST']._serialized_start=1937
-  _globals['_EXECUTEREQUEST']._serialized_end=2491
-  _globals['_EXECUTEREQUEST_METADATAENTRY']._serialized_start=2419
-  _globals['_EXECUTEREQUEST_METADATAENTRY']._serialized_end=2466
-  _globals['_EXECUTERESPONSE']._serialized_start=2493
-  _globals['_EXECUTERESPONSE']._serialized_end=2560
-  _globals['_STREAMSESSIONREQUEST']._serialized_start=2562
-  _globals['_STREAMSESSIONREQUEST']._serialized_end=2620
-  _globals['_STREAMSESSIONRESPONSE']._serialized_start=2622
-  _globals['_STREAMSESSIONRESPONSE']._serialized_end=2695
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=2698
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=2827
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=2829
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=2931
-  _globals['_CANCELSESSIONREQUEST']._serialized_start=2933
-  _globals['_CANCELSESSIONREQUEST']._serialized_end=2992
-  _globals['_CANCELSESSIONRESPONSE']._serialized_start=2994
-  _globals['_CANCELSESSIONRESPONSE']._serialized_end=3064
-  _globals['_ENDSESSIONREQUEST']._serialized_start=3066
-  _globals['_ENDSESSIONREQUEST']._serialized_end=3122
-  _globals['_ENDSESSIONRESPONSE']._serialized_start=3124
-  _globals['_ENDSESSIONRESPONSE']._serialized_end=3191
-  _globals['_GETSESSIONREQUEST']._serialized_start=3193
-  _globals['_GETSESSIONREQUEST']._serialized_end=3226
-  _globals['_GETSESSIONRESPONSE']._serialized_start=3229
-  _globals['_GETSESSIONRESPONSE']._serialized_end=3410
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=3413
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=3541
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=3543
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=3638
-  _globals['_GETMEMORYREQUEST']._serialized_start=3640
-  _globals['_GETMEMORYREQUEST']._serialized_end=3672
-  _globals['_GETMEMORYRESPONSE']._serialized_start=3674
-  _globals['_GETMEMORYRESPONSE']._serialized_end=3742
-  _globals['_PUTMEMORYREQUEST']._serialized_start=3744
-  _globals['_PUTMEMORYREQUEST']._serialized_end=3871
-  _globals['_PUTMEMORYRESPONSE']._serialized_start=3873
-  _globals['_PUTMEMORYRESPONSE']._serialized_end=3941
-  _globals['_LISTMEMORIESREQUEST']._serialized_start=3943
-  _globals['_LISTMEMORIESREQUEST']._serialized_end=4066
-  _globals['_LISTMEMORIESRESPONSE']._serialized_start=4068
-  _globals['_LISTMEMORIESRESPONSE']._serialized_end=4166
-  _globals['_DELETEMEMORYREQUEST']._serialized_start=4168
-  _globals['_DELETEMEMORYREQUEST']._serialized_end=4223
-  _globals['_DELETEMEMORYRESPONSE']._serialized_start=4225
-  _globals['_DELETEMEMORYRESPONSE']._serialized_end=4247
-  _globals['_GETUSERSETTINGSREQUEST']._serialized_start=4249
-  _globals['_GETUSERSETTINGSREQUEST']._serialized_end=4287
-  _globals['_GETUSERSETTINGSRESPONSE']._serialized_start=4289
-  _globals['_GETUSERSETTINGSRESPONSE']._serialized_end=4367
-  _globals['_UPDATEUSERSETTINGSREQUEST']._serialized_start=4370
-  _globals['_UPDATEUSERSETTINGSREQUEST']._serialized_end=4519
-  _globals['_UPDATEUSERSETTINGSRESPONSE']._serialized_start=4521
-  _globals['_UPDATEUSERSETTINGSRESPONSE']._serialized_end=4602
-  _globals['_TOOLSERVER']._serialized_start=4605
-  _globals['_TOOLSERVER']._serialized_end=4830
-  _globals['_CREATETOOLSERVERREQUEST']._serialized_start=4833
-  _globals['_CREATETOOLSERVERREQUEST']._serialized_end=4962
-  _globals['_CREATETOOLSERVERRESPONSE']._serialized_start=4964
-  _globals['_CREATETOOLSERVERRESPONSE']._serialized_end=5050
-  _globals['_GETTOOLSERVERREQUEST']._serialized_start=5052
-  _globals['_GETTOOLSERVERREQUEST']._serialized_end=5088
-  _globals['_GETTOOLSERVERRESPONSE']._serialized_start=5090
-  _globals['_GETTOOLSERVERRESPONSE']._serialized_end=5173
-  _globals['_LISTTOOLSERVERSREQUEST']._serialized_start=5175
-  _globals['_LISTTOOLSERVERSREQUEST']._serialized_end=5238
-  _globals['_LISTTOOLSERVERSRESPONSE']._serialized_start=5240
-  _globals['_LISTTOOLSERVERSRESPONSE']._serialized_end=5351
-  _globals['_DELETETOOLSERVERREQUEST']._serialized_start=5353
-  _globals['_DELETETOOLSERVERREQUEST']._serialized_end=5412
-  _globals['_DELETETOOLSERVERRESPONSE']._serialized_start=5414
-  _globals['_DELETETOOLSERVERRESPONSE']._serialized_end=5440
-  _globals['_LISTTOOLSREQUEST']._serialized_start=5442
-  _globals['_LISTTOOLSREQUEST']._serialized_end=5499
-  _globals['_AVAILABLETOOL']._serialized_start=5501
-  _globals['_AVAILABLETOOL']._serialized_end=5577
-  _globals['_LISTTOOLSRESPONSE']._serialized_start=5579
-  _globals['_LISTTOOLSRESPONSE']._serialized_end=5680
-  _globals['_LISTMODELSREQUEST']._serialized_start=5682
-  _globals['_LISTMODELSREQUEST']._serialized_end=5740
-  _globals['_MODEL']._serialized_start=5742
-  _globals['_MODEL']._serialized_end=5849
-  _globals['_LISTMODELSRESPONSE']._serialized_start=5851
-  _globals['_LISTMODELSRESPONSE']._serialized_end=5946
-  _globals['_GETPROVIDERSTATUSREQUEST']._serialized_start=5948
-  _globals['_GETPROVIDERSTATUSREQUEST']._serialized_end=5992
-  _globals['_PROVIDERSTATUS']._serialized_start=5995
-  _globals['_PROVIDERSTATUS']._serialized_end=6238
-  _globals['_GETPROVIDERSTATUSRESPONSE']._serialized_start=6240
-  _globals['_GETPROVIDERSTATUSRESPONSE']._serialized_end=6329
-  _globals['_GETUSAGEREQUEST']._serialized_start=6332
-  _globals['_GETUSAGEREQUEST']._serialized_end=6514
-  _globals['_USAGEROW']._serialized_start=6516
-  _globals['_USAGEROW']._serialized_end=6597
-  _globals['_GETUSAGERESPONSE']._serialized_start=6599
-  _globals['_GETUSAGERESPONSE']._serialized_end=6711
-  _globals['_ORCHESTRATORSERVICE']._serialized_start=7108
-  _globals['_ORCHESTRATORSERVICE']._serialized_end=10450
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CreateAgent']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CreateAgent']._serialized_options = b'\202\323\344\223\002\023\"\n/v1/agents:\005agent'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetAgent']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetAgent']._serialized_options = b'\202\323\344\223\002\025\022\023/v1/{name=agents/*}'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListAgents']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListAgents']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/agents'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['UpdateAgent']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['UpdateAgent']._serialized_options = b'\202\323\344\223\002\"2\031/v1/{agent.name=agents/*}:\005agent'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['DeleteAgent']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['DeleteAgent']._serialized_options = b'\202\323\344\223\002\025*\023/v1/{name=agents/*}'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CreateSession']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CreateSession']._serialized_options = b'\202\323\344\223\002\027\"\014/v1/sessions:\007session'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['AddAgent']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['AddAgent']._serialized_options = b'\202\323\344\223\002&\"!/v1/{session=sessions/*}:addAgent:\001*'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['Step']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['Step']._serialized_options = b'\202\323\344\223\002\"\"\035/v1/{session=sessions/*}:step:\001*'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['Run']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['Run']._serialized_options = b'\202\323\344\223\002!\"\034/v1/{session=sessions/*}:run:\001*'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['Execute']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['Execute']._serialized_options = b'\202\323\344\223\002\031\"\024/v1/sessions:execute:\001*'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['StreamSession']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['StreamSession']._serialized_options = b'\202\323\344\223\002!\022\037/v1/{session=sessions/*}/events'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['SendMessage']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['SendMessage']._serialized_options = b'\202\323\344\223\002)\"$/v1/{session=sessions/*}:sendMessage:\001*'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CancelSession']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CancelSession']._serialized_options = b'\202\323\344\223\002$\"\037/v1/{session=sessions/*}:cancel:\001*'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['EndSession']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['EndSession']._serialized_options = b'\202\323\344\223\002!\"\034/v1/{session=sessions/*}:end:\001*'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetSession']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetSession']._serialized_options = b'\202\323\344\223\002\027\022\025/v1/{name=sessions/*}'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListSessions']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListSessions']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/sessions'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetMemory']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetMemory']._serialized_options = b'\202\323\344\223\002(\022&/v1/{name=agents/*/users/*/memories/*}'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['PutMemory']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['PutMemory']._serialized_options = b'\202\323\344\223\0021\032,/v1/{entry.name=agents/*/users/*/memories/*}:\001*'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListMemories']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListMemories']._serialized_options = b'\202\323\344\223\002(\022&/v1/{parent=agents/*/users/*}/memories'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['DeleteMemory']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['DeleteMemory']._serialized_options = b'\202\323\344\223\002(*&/v1/{name=agents/*/users/*/memories/*}'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetUserSettings']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetUserSettings']._serialized_options = b'\202\323\344\223\002\035\022\033/v1/{name=users/*/settings}'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['UpdateUserSettings']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['UpdateUserSettings']._serialized_options = b'\202\323\344\223\00202$/v1/{settings.name=users/*/settings}:\010settings'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CreateToolServer']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CreateToolServer']._serialized_options = b'\202\323\344\223\002\036\"\017/v1/toolServers:\013tool_server'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetToolServer']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetToolServer']._serialized_options = b'\202\323\344\223\002\032\022\030/v1/{name=toolServers/*}'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListToolServers']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListToolServers']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/toolServers'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['DeleteToolServer']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['DeleteToolServer']._serialized_options = b'\202\323\344\223\002\032*\030/v1/{name=toolServers/*}'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListTools']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListTools']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/tools'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListModels']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/models'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetProviderStatus']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetProviderStatus']._serialized_options = b'\202\323\344\223\002\017\022\r/v1/providers'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetUsage']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['GetUsage']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/usage'
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CreateStreamToken']._loaded_options = None
+  _globals['_ORCHESTRATORSERVICE'].methods_by_name['CreateStreamToken']._serialized_options = b'\202\323\344\223\002/\"*/v1/{session=sessions/*}:createStreamToken:\001*'
+  _globals['_EXECUTIONMODE']._serialized_start=6921
+  _globals['_EXECUTIONMODE']._serialized_end=7028
+  _globals['_BUSYPOLICY']._serialized_start=7030
+  _globals['_BUSYPOLICY']._serialized_end=7147
+  _globals['_MESSAGEDISPOSITION']._serialized_start=7150
+  _globals['_MESSAGEDISPOSITION']._serialized_end=7313
+  _globals['_CREATEAGENTREQUEST']._serialized_start=530
+  _globals['_CREATEAGENTREQUEST']._serialized_end=641
+  _globals['_CREATEAGENTRESPONSE']._serialized_start=643
+  _globals['_CREATEAGENTRESPONSE']._serialized_end=717
+  _globals['_GETAGENTREQUEST']._serialized_start=719
+  _globals['_GETAGENTREQUEST']._serialized_end=750
+  _globals['_GETAGENTRESPONSE']._serialized_start=752
+  _globals['_GETAGENTRESPONSE']._serialized_end=823
+  _globals['_LISTAGENTSREQUEST']._serialized_start=825
+  _globals['_LISTAGENTSREQUEST']._serialized_end=929
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=931
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1030
+  _globals['_UPDATEAGENTREQUEST']._serialized_start=1033
+  _globals['_UPDATEAGENTREQUEST']._serialized_end=1175
+  _globals['_UPDATEAGENTRESPONSE']._serialized_start=1177
+  _globals['_UPDATEAGENTRESPONSE']._serialized_end=1251
+  _globals['_DELETEAGENTREQUEST']._serialized_start=1253
+  _globals['_DELETEAGENTREQUEST']._serialized_end=1307
+  _globals['_DELETEAGENTRESPONSE']._serialized_start=1309
+  _globals['_DELETEAGENTRESPONSE']._serialized_end=1330
+  _globals['_CREATESESSIONREQUEST']._serialized_start=1332
+  _globals['_CREATESESSIONREQUEST']._serialized_end=1441
+  _globals['_CREATESESSIONRESPONSE']._serialized_start=1443
+  _globals['_CREATESESSIONRESPONSE']._serialized_end=1513
+  _globals['_ADDAGENTREQUEST']._serialized_start=1516
+  _globals['_ADDAGENTREQUEST']._serialized_end=1663
+  _globals['_ADDAGENTRESPONSE']._serialized_start=1665
+  _globals['_ADDAGENTRESPONSE']._serialized_end=1730
+  _globals['_STEPREQUEST']._serialized_start=1732
+  _globals['_STEPREQUEST']._serialized_end=1782
+  _globals['_STEPRESPONSE']._serialized_start=1784
+  _globals['_STEPRESPONSE']._serialized_end=1848
+  _globals['_RUNREQUEST']._serialized_start=1850
+  _globals['_RUNREQUEST']._serialized_end=1899
+  _globals['_RUNRESPONSE']._serialized_start=1901
+  _globals['_RUNRESPONSE']._serialized_end=1964
+  _globals['_EXECUTEREQUEST']._serialized_start=1967
+  _globals['_EXECUTEREQUEST']._serialized_end=2521
+  _globals['_EXECUTEREQUEST_METADATAENTRY']._serialized_start=2449
+  _globals['_EXECUTEREQUEST_METADATAENTRY']._serialized_end=2496
+  _globals['_EXECUTERESPONSE']._serialized_start=2523
+  _globals['_EXECUTERESPONSE']._serialized_end=2590
+  _globals['_STREAMSESSIONREQUEST']._serialized_start=2592
+  _globals['_STREAMSESSIONREQUEST']._serialized_end=2650
+  _globals['_STREAMSESSIONRESPONSE']._serialized_start=2652
+  _globals['_STREAMSESSIONRESPONSE']._serialized_end=2725
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=2728
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=2857
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=2859
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=2961
+  _globals['_CANCELSESSIONREQUEST']._serialized_start=2963
+  _globals['_CANCELSESSIONREQUEST']._serialized_end=3022
+  _globals['_CANCELSESSIONRESPONSE']._serialized_start=3024
+  _globals['_CANCELSESSIONRESPONSE']._serialized_end=3094
+  _globals['_ENDSESSIONREQUEST']._serialized_start=3096
+  _globals['_ENDSESSIONREQUEST']._serialized_end=3152
+  _globals['_ENDSESSIONRESPONSE']._serialized_start=3154
+  _globals['_ENDSESSIONRESPONSE']._serialized_end=3221
+  _globals['_GETSESSIONREQUEST']._serialized_start=3223
+  _globals['_GETSESSIONREQUEST']._serialized_end=3256
+  _globals['_GETSESSIONRESPONSE']._serialized_start=3259
+  _globals['_GETSESSIONRESPONSE']._serialized_end=3440
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=3443
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=3571
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=3573
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=3668
+  _globals['_GETMEMORYREQUEST']._serialized_start=3670
+  _globals['_GETMEMORYREQUEST']._serialized_end=3702
+  _globals['_GETMEMORYRESPONSE']._serialized_start=3704
+  _globals['_GETMEMORYRESPONSE']._serialized_end=3772
+  _globals['_PUTMEMORYREQUEST']._serialized_start=3774
+  _globals['_PUTMEMORYREQUEST']._serialized_end=3901
+  _globals['_PUTMEMORYRESPONSE']._serialized_start=3903
+  _globals['_PUTMEMORYRESPONSE']._serialized_end=3971
+  _globals['_LISTMEMORIESREQUEST']._serialized_start=3973
+  _globals['_LISTMEMORIESREQUEST']._serialized_end=4096
+  _globals['_LISTMEMORIESRESPONSE']._serialized_start=4098
+  _globals['_LISTMEMORIESRESPONSE']._serialized_end=4196
+  _globals['_DELETEMEMORYREQUEST']._serialized_start=4198
+  _globals['_DELETEMEMORYREQUEST']._serialized_end=4253
+  _globals['_DELETEMEMORYRESPONSE']._serialized_start=4255
+  _globals['_DELETEMEMORYRESPONSE']._serialized_end=4277
+  _globals['_GETUSERSETTINGSREQUEST']._serialized_start=4279
+  _globals['_GETUSERSETTINGSREQUEST']._serialized_end=4317
+  _globals['_GETUSERSETTINGSRESPONSE']._serialized_start=4319
+  _globals['_GETUSERSETTINGSRESPONSE']._serialized_end=4397
+  _globals['_UPDATEUSERSETTINGSREQUEST']._serialized_start=4400
+  _globals['_UPDATEUSERSETTINGSREQUEST']._serialized_end=4549
+  _globals['_UPDATEUSERSETTINGSRESPONSE']._serialized_start=4551
+  _globals['_UPDATEUSERSETTINGSRESPONSE']._serialized_end=4632
+  _globals['_TOOLSERVER']._serialized_start=4635
+  _globals['_TOOLSERVER']._serialized_end=4860
+  _globals['_CREATETOOLSERVERREQUEST']._serialized_start=4863
+  _globals['_CREATETOOLSERVERREQUEST']._serialized_end=4992
+  _globals['_CREATETOOLSERVERRESPONSE']._serialized_start=4994
+  _globals['_CREATETOOLSERVERRESPONSE']._serialized_end=5080
+  _globals['_GETTOOLSERVERREQUEST']._serialized_start=5082
+  _globals['_GETTOOLSERVERREQUEST']._serialized_end=5118
+  _globals['_GETTOOLSERVERRESPONSE']._serialized_start=5120
+  _globals['_GETTOOLSERVERRESPONSE']._serialized_end=5203
+  _globals['_LISTTOOLSERVERSREQUEST']._serialized_start=5205
+  _globals['_LISTTOOLSERVERSREQUEST']._serialized_end=5268
+  _globals['_LISTTOOLSERVERSRESPONSE']._serialized_start=5270
+  _globals['_LISTTOOLSERVERSRESPONSE']._serialized_end=5381
+  _globals['_DELETETOOLSERVERREQUEST']._serialized_start=5383
+  _globals['_DELETETOOLSERVERREQUEST']._serialized_end=5442
+  _globals['_DELETETOOLSERVERRESPONSE']._serialized_start=5444
+  _globals['_DELETETOOLSERVERRESPONSE']._serialized_end=5470
+  _globals['_LISTTOOLSREQUEST']._serialized_start=5472
+  _globals['_LISTTOOLSREQUEST']._serialized_end=5529
+  _globals['_AVAILABLETOOL']._serialized_start=5531
+  _globals['_AVAILABLETOOL']._serialized_end=5607
+  _globals['_LISTTOOLSRESPONSE']._serialized_start=5609
+  _globals['_LISTTOOLSRESPONSE']._serialized_end=5710
+  _globals['_LISTMODELSREQUEST']._serialized_start=5712
+  _globals['_LISTMODELSREQUEST']._serialized_end=5770
+  _globals['_MODEL']._serialized_start=5772
+  _globals['_MODEL']._serialized_end=5879
+  _globals['_LISTMODELSRESPONSE']._serialized_start=5881
+  _globals['_LISTMODELSRESPONSE']._serialized_end=5976
+  _globals['_GETPROVIDERSTATUSREQUEST']._serialized_start=5978
+  _globals['_GETPROVIDERSTATUSREQUEST']._serialized_end=6022
+  _globals['_PROVIDERSTATUS']._serialized_start=6025
+  _globals['_PROVIDERSTATUS']._serialized_end=6268
+  _globals['_GETPROVIDERSTATUSRESPONSE']._serialized_start=6270
+  _globals['_GETPROVIDERSTATUSRESPONSE']._serialized_end=6359
+  _globals['_GETUSAGEREQUEST']._serialized_start=6362
+  _globals['_GETUSAGEREQUEST']._serialized_end=6544
+  _globals['_USAGEROW']._serialized_start=6546
+  _globals['_USAGEROW']._serialized_end=6627
+  _globals['_GETUSAGERESPONSE']._serialized_start=6629
+  _globals['_GETUSAGERESPONSE']._serialized_end=6741
+  _globals['_CREATESTREAMTOKENREQUEST']._serialized_start=6743
+  _globals['_CREATESTREAMTOKENREQUEST']._serialized_end=6826
+  _globals['_CREATESTREAMTOKENRESPONSE']._serialized_start=6828
+  _globals['_CREATESTREAMTOKENRESPONSE']._serialized_end=6919
+  _globals['_ORCHESTRATORSERVICE']._serialized_start=7316
+  _globals['_ORCHESTRATORSERVICE']._serialized_end=11940
 # @@protoc_insertion_point(module_scope)

@@ -187,6 +187,11 @@ class OrchestratorServiceStub:
                 request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.CreateStreamToken = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/CreateStreamToken',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateStreamTokenRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateStreamTokenResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestratorServiceServicer:
@@ -405,6 +410,15 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateStreamToken(self, request, context):
+        """Issues a short-lived token that may only stream one session's events: for browsers,
+        whose EventSource and WebSocket cannot send an API key header. Present it as the bearer
+        token (or `?stream_token=` at the web edge) to StreamSession and GetSession of that session.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestratorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -557,6 +571,11 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetUsageRequest.FromString,
                     response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'CreateStreamToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateStreamToken,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateStreamTokenRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateStreamTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1372,6 +1391,33 @@ class OrchestratorService:
             '/agentmesh.orchestrator.v1.OrchestratorService/GetUsage',
             agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetUsageRequest.SerializeToString,
             agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateStreamToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/CreateStreamToken',
+            agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateStreamTokenRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.CreateStreamTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

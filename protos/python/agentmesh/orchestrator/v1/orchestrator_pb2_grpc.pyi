@@ -96,6 +96,11 @@ class OrchestratorServiceStub:
     """Reports the gateway's providers: health, circuit state, limits left."""
     GetUsage: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetUsageRequest, _orchestrator_pb2.GetUsageResponse]
     """Rolls up the tenant's tokens and cost."""
+    CreateStreamToken: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.CreateStreamTokenRequest, _orchestrator_pb2.CreateStreamTokenResponse]
+    """Issues a short-lived token that may only stream one session's events: for browsers,
+    whose EventSource and WebSocket cannot send an API key header. Present it as the bearer
+    token (or `?stream_token=` at the web edge) to StreamSession and GetSession of that session.
+    """
 
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
@@ -165,6 +170,11 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """Reports the gateway's providers: health, circuit state, limits left."""
     GetUsage: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetUsageRequest, _orchestrator_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Rolls up the tenant's tokens and cost."""
+    CreateStreamToken: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.CreateStreamTokenRequest, _orchestrator_pb2.CreateStreamTokenResponse]  # type: ignore[assignment]
+    """Issues a short-lived token that may only stream one session's events: for browsers,
+    whose EventSource and WebSocket cannot send an API key header. Present it as the bearer
+    token (or `?stream_token=` at the web edge) to StreamSession and GetSession of that session.
+    """
 
 class OrchestratorServiceServicer:
     """The public agentmesh API: agents, sessions of cooperating agents and their typed, resumable
@@ -381,5 +391,15 @@ class OrchestratorServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.GetUsageResponse, _abc.Awaitable[_orchestrator_pb2.GetUsageResponse]]:
         """Rolls up the tenant's tokens and cost."""
+
+    def CreateStreamToken(
+        self,
+        request: _orchestrator_pb2.CreateStreamTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.CreateStreamTokenResponse, _abc.Awaitable[_orchestrator_pb2.CreateStreamTokenResponse]]:
+        """Issues a short-lived token that may only stream one session's events: for browsers,
+        whose EventSource and WebSocket cannot send an API key header. Present it as the bearer
+        token (or `?stream_token=` at the web edge) to StreamSession and GetSession of that session.
+        """
 
 def add_OrchestratorServiceServicer_to_server(servicer: OrchestratorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
