@@ -34,6 +34,7 @@ from agentmesh_client.mesh import (
     MEMORY,
     ORCHESTRATOR,
     RUNNER,
+    WEB,
     ServiceProcess,
     start_mesh,
     stop_mesh,
@@ -188,6 +189,13 @@ class Mesh:
     def orchestrator(self) -> ServiceProcess:
         return self.services[ORCHESTRATOR.name]
 
+    @property
+    def web_url(self) -> str:
+        """The web edge's base URL (only for a mesh started with ``web=True``)."""
+        url = self.services[WEB.name].http_url
+        assert url is not None, "the web edge announced no HTTP port"
+        return url
+
     def client(self, orchestrator: ServiceProcess | None = None) -> AgentmeshClient:
         target = (orchestrator or self.orchestrator).address
         return AgentmeshClient(target, api_key=self.api_key, timeout=20)
@@ -202,29 +210,42 @@ ORCHESTRATOR_ENV = {
 }
 
 
-async def start_e2e_mesh(tmp_path: Path, script: Callable[[Chat], Answer]) -> Mesh:
+async def start_e2e_mesh(
+    tmp_path: Path,
+    script: Callable[[Chat], Answer],
+    *,
+    runner: bool = True,
+    web: dict[str, str] | None = None,
+    orchestrator: dict[str, str] | None = None,
+) -> Mesh:
+    """The services as processes: memory, the runner (unless ``runner=False``), gateway,
+    orchestrator, and the web edge with the environment ``web`` when that is given."""
     provider = await ScriptedProvider(script).start()
-    ports = {spec.name: 0 for spec in (MEMORY, RUNNER, GATEWAY, ORCHESTRATOR)}
-    metrics = {
-        name: {f"{spec.env_prefix}METRICS_PORT": "0"}
-        for spec in (MEMORY, RUNNER, GATEWAY, ORCHESTRATOR)
-        for name in [spec.name]
-    }
+    specs = (MEMORY, RUNNER, GATEWAY, ORCHESTRATOR, WEB)
+    ports = {spec.name: 0 for spec in specs}
+    metrics = {spec.name: {f"{spec.env_prefix}METRICS_PORT": "0"} for spec in specs}
     # The runner must be up before the routes file can name its address.
-    first = await start_mesh(tmp_path, ports=ports, specs=(MEMORY, RUNNER), extra_env=metrics)
+    first = await start_mesh(
+        tmp_path, ports=ports, specs=(MEMORY, RUNNER) if runner else (MEMORY,), extra_env=metrics
+    )
     services = {s.spec.name: s for s in first}
     try:
-        routes = routes_file(tmp_path / "routes.yaml", provider.port, services[RUNNER.name])
+        routes = routes_file(tmp_path / "routes.yaml", provider.port, services.get(RUNNER.name))
         extra = {
             GATEWAY.name: {**metrics[GATEWAY.name], "AGENTMESH_GATEWAY_ROUTES_FILE": str(routes)},
             ORCHESTRATOR.name: {
                 **ORCHESTRATOR_ENV,
                 "AGENTMESH_ORCHESTRATOR_MEMORY_TARGET": services[MEMORY.name].address,
                 "AGENTMESH_ORCHESTRATOR_REPLICA_ID": "replica-a",
+                **(orchestrator or {}),
             },
+            WEB.name: {**metrics[WEB.name], "AGENTMESH_WEB_HTTP_PORT": "0", **(web or {})},
         }
         rest = await start_mesh(
-            tmp_path, ports=ports, specs=(GATEWAY, ORCHESTRATOR), extra_env=extra
+            tmp_path,
+            ports=ports,
+            specs=(GATEWAY, ORCHESTRATOR, WEB) if web is not None else (GATEWAY, ORCHESTRATOR),
+            extra_env=extra,
         )
     except BaseException:
         await stop_mesh(first)
@@ -236,7 +257,8 @@ async def start_e2e_mesh(tmp_path: Path, script: Callable[[Chat], Answer]) -> Me
 
 
 async def stop_e2e_mesh(mesh: Mesh, extra: Sequence[ServiceProcess] = ()) -> None:
-    order = [*extra, *(mesh.services[s.name] for s in (ORCHESTRATOR, GATEWAY, RUNNER, MEMORY))]
+    specs = (WEB, ORCHESTRATOR, GATEWAY, RUNNER, MEMORY)
+    order = [*extra, *(mesh.services[s.name] for s in specs if s.name in mesh.services)]
     for service in order:
         await service.stop()
     await mesh.provider.stop()

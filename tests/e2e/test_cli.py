@@ -16,6 +16,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -362,8 +363,11 @@ def test_up_from_a_fresh_data_dir_stops_cleanly_and_a_restart_keeps_the_sessions
             "local-runner.log",
             "memory.log",
             "orchestrator.log",
+            "web.log",
         ]
         assert all(alive(pid) for pid in first.pids)
+        with urllib.request.urlopen(f"{first.state['web']}/healthz", timeout=10) as health:
+            assert json.load(health) == {"status": "SERVING"}, "the web edge is up too"
         sessions = []
         for strategy in ("round-robin", "pipeline"):
             result = first.cli(*run_args(strategy, team_files, "default"), "--json")
@@ -446,7 +450,7 @@ def _free_port_block(size: int) -> int:
 def test_an_occupied_port_is_reported_with_the_services_error_and_nothing_is_left(
     tmp_path: Path,
 ) -> None:
-    base = _free_port_block(4)
+    base = _free_port_block(6)  # gRPC N..N+4 and the web edge's HTTP N+5
     data_dir = tmp_path / "busy"
     # The runner's port (base + 2): memory starts first and must be stopped.
     with socket.socket() as squatter:

@@ -53,6 +53,7 @@ from .mesh import (
     MEMORY,
     ORCHESTRATOR,
     SERVICES,
+    WEB,
     ServiceProcess,
     ServiceStartError,
     start_mesh,
@@ -166,8 +167,9 @@ def up(
     port_base: Annotated[
         int | None,
         typer.Option(
-            help="gRPC ports from here: orchestrator N, gateway N+1, runner N+2, memory N+3 "
-            "(metrics on free ports); 0 binds every port free. Default: 50051-50054."
+            help="ports from here: gRPC orchestrator N, gateway N+1, runner N+2, memory N+3, "
+            "web N+4, and the web UI's HTTP N+5 (metrics on free ports); 0 binds every port "
+            "free. Default: 50051-50055 and HTTP 8080."
         ),
     ] = None,
     routes: Annotated[
@@ -178,9 +180,11 @@ def up(
         bool, typer.Option("--demo", help="run an example session once the mesh is up")
     ] = False,
 ) -> None:
-    """Start memory, local runner, gateway and orchestrator on localhost until Ctrl-C.
+    """Start memory, local runner, gateway, orchestrator and the web edge on localhost until
+    Ctrl-C.
 
-    Writes <data-dir>/mesh.json (every address, the pids, the API key file) while running.
+    Writes <data-dir>/mesh.json (every address, the UI's URL, the pids, the API key file) while
+    running.
     """
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -207,6 +211,8 @@ def mesh_layout(
         }
         for spec in SERVICES:
             extra[spec.name][f"{spec.env_prefix}METRICS_PORT"] = "0"
+        http_port = 0 if port_base == 0 else port_base + len(SERVICES)
+        extra[WEB.name][f"{WEB.env_prefix}HTTP_PORT"] = str(http_port)
     if routes is not None:
         extra[GATEWAY.name][f"{GATEWAY.env_prefix}ROUTES_FILE"] = str(routes)
     return ports, extra
@@ -237,14 +243,17 @@ async def _up(
             key_file.chmod(0o600)
         state_file.write_text(json.dumps(_mesh_state(running, key_file), indent=2) + "\n")
         table = Table(title="agentmesh is up")
-        for column in ("service", "address", "metrics", "pid"):
+        for column in ("service", "address", "http", "metrics", "pid"):
             table.add_column(column)
         for service in running:
             metrics = f":{service.metrics_port}" if service.metrics_port else ""
             pid = str(service.process.pid) if service.process else ""
-            table.add_row(service.spec.name, service.address, metrics, pid)
+            http = service.http_url or ""
+            table.add_row(service.spec.name, service.address, http, metrics, pid)
         console.print(table)
         console.print(f"API key (tenant local): {key_file.read_text().strip()}")
+        web = next(s for s in running if s.spec is WEB)
+        console.print(f"UI: {web.http_url}/  (sign in with the API key)", highlight=False)
         orchestrator = next(s for s in running if s.spec is ORCHESTRATOR)
         target = (
             ""
@@ -303,9 +312,11 @@ def _mesh_state(running: list[ServiceProcess], key_file: Path) -> dict[str, obje
         }
         for s in running
     }
+    web = next(s for s in running if s.spec is WEB)
     return {
         "orchestrator": services[ORCHESTRATOR.name]["address"],
         "memory": services[MEMORY.name]["address"],
+        "web": web.http_url,
         "api_key_file": str(key_file),
         "pid": os.getpid(),
         "services": services,

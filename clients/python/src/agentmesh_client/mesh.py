@@ -1,13 +1,15 @@
-"""Start the four agentmesh services as child processes on localhost, and stop them cleanly.
+"""Start the agentmesh services as child processes on localhost, and stop them cleanly.
 
-`start_mesh` starts memory, local runner, gateway and orchestrator in dependency order, each
+`start_mesh` starts memory, local runner, gateway, orchestrator and the web edge in dependency
+order, each
 wired to the ports the others bound, waits for every health check to answer SERVING, and writes
 their logs to `<data dir>/logs/<service>.log`; `stop_mesh` stops them in reverse order. If a
 service fails to start, what had started is stopped. `agentmesh up` (and so `make run`) is
 built on these.
 
 `ServiceProcess` is also what the test suite uses to run each service as a real process: it
-reads the bound port from the service's "service started" log line, so port 0 works.
+reads the bound port from the service's "service started" log line, so port 0 works (and the
+web edge's HTTP port from its "http started" line).
 """
 
 from __future__ import annotations
@@ -45,8 +47,11 @@ GATEWAY = ServiceSpec("inference-gateway", "agentmesh_gateway", "AGENTMESH_GATEW
 ORCHESTRATOR = ServiceSpec(
     "orchestrator", "agentmesh_orchestrator", "AGENTMESH_ORCHESTRATOR_", 50051, 9461
 )
+WEB = ServiceSpec("web", "agentmesh_web", "AGENTMESH_WEB_", 50055, 9465)
+#: The web edge's HTTP port (API, event streams, UI) unless told otherwise.
+WEB_HTTP_PORT = 8080
 #: Start order: every service after the ones it calls.
-SERVICES: tuple[ServiceSpec, ...] = (MEMORY, RUNNER, GATEWAY, ORCHESTRATOR)
+SERVICES: tuple[ServiceSpec, ...] = (MEMORY, RUNNER, GATEWAY, ORCHESTRATOR, WEB)
 
 
 class ServiceStartError(RuntimeError):
@@ -96,6 +101,7 @@ class ServiceProcess:
     process: asyncio.subprocess.Process | None = None
     port: int = 0
     metrics_port: int | None = None
+    http_port: int | None = None
     recent_output: deque[str] = field(default_factory=lambda: deque(maxlen=40))
     _pump: asyncio.Task[None] | None = None
     _log_file: TextIO | None = None
@@ -103,6 +109,11 @@ class ServiceProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str | None:
+        """The base URL of the service's HTTP listener, if it has one."""
+        return f"http://127.0.0.1:{self.http_port}" if self.http_port is not None else None
 
     async def start(self, within_seconds: float = 60.0) -> None:
         """Launch the process and wait for its "service started" line."""
@@ -145,6 +156,9 @@ class ServiceProcess:
                 self._log_file.write(line + "\n")
                 self._log_file.flush()
             if not started.done():
+                http_port = _http_port(line)
+                if http_port is not None:
+                    self.http_port = http_port
                 ports = parse_started_line(line)
                 if ports is not None:
                     started.set_result(ports)
@@ -202,6 +216,14 @@ def parse_started_line(line: str) -> tuple[int, int | None] | None:
     return port, metrics_port if isinstance(metrics_port, int) else None
 
 
+def _http_port(line: str) -> int | None:
+    record = _json_record(line)
+    if record is None or record.get("message") != "http started":
+        return None
+    port = record.get("http_port")
+    return port if isinstance(port, int) else None
+
+
 def service_environment(
     spec: ServiceSpec, data_dir: Path, running: Mapping[str, ServiceProcess], port: int
 ) -> dict[str, str]:
@@ -213,6 +235,8 @@ def service_environment(
         env[f"{spec.env_prefix}MODELS_DIR"] = str(data_dir / "models")
     elif spec is GATEWAY and RUNNER.name in running:
         env[f"{spec.env_prefix}RUNNER_TARGET"] = running[RUNNER.name].address
+    elif spec is WEB and ORCHESTRATOR.name in running:
+        env[f"{spec.env_prefix}ORCHESTRATOR_TARGET"] = running[ORCHESTRATOR.name].address
     elif spec is ORCHESTRATOR:
         if MEMORY.name in running:
             env[f"{spec.env_prefix}MEMORY_TARGET"] = running[MEMORY.name].address

@@ -1,0 +1,1 @@
+"""agentmesh web edge: the public API over HTTP/JSON, SSE and WebSocket, and the monitoring UI."""

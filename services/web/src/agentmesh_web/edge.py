@@ -1,0 +1,197 @@
+"""The public API over HTTP: every annotated RPC of `OrchestratorService`, unary or streamed.
+
+A request is matched to its RPC by the `google.api.http` rules (:mod:`.routes`), turned into the
+request message (:mod:`.transcode`) and sent to the orchestrator with the caller's credentials:
+`Authorization: Bearer <key>` or `X-API-Key` pass through; `?stream_token=` (what a browser's
+EventSource or WebSocket can send) becomes the bearer credential of that call. A unary RPC
+answers with its reply as JSON. A streaming RPC (Step, Run, Execute, StreamSession) answers
+with Server-Sent Events, or newline-delimited JSON when the client accepts
+`application/x-ndjson`, or a WebSocket when the client asks to upgrade; StreamSession resumes
+after `Last-Event-ID` (or `?after_seq=`). Errors before the first event are plain HTTP errors;
+later ones end the stream with the same error body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import WSCloseCode, web
+from google.protobuf import message
+from google.rpc import code_pb2
+
+from agentmesh.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from agentmesh_common import InvalidArgument
+
+from .errors import edge_error
+from .middleware import json_error
+from .observability import WebMetrics
+from .routes import Match, Router, routes_of
+from .sinks import NdjsonSink, SseSink, WebSocketSink
+from .streams import Relay, RelaySettings, Sink
+from .transcode import build_request, to_json
+
+__all__ = ["ORCHESTRATOR_SERVICE", "Edge"]
+
+ORCHESTRATOR_SERVICE = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
+STREAM_TOKEN_PARAMETER = "stream_token"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class Edge:
+    """Handlers of the `/v1/` API; owns the open streams so shutdown can end them."""
+
+    def __init__(
+        self,
+        stub: orchestrator_pb2_grpc.OrchestratorServiceStub,
+        *,
+        relay: RelaySettings,
+        unary_timeout: float,
+        metrics: WebMetrics,
+    ) -> None:
+        self._stub = stub
+        self._relay = relay
+        self._unary_timeout = unary_timeout
+        self.metrics = metrics
+        self.router = Router(routes_of(ORCHESTRATOR_SERVICE))
+        self._open: set[Relay] = set()
+        self.draining = False
+
+    async def drain(self) -> None:
+        """Refuse new streams and end the open ones (their clients resume elsewhere)."""
+        self.draining = True
+        for relay in list(self._open):
+            relay.stop()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw_path = request.rel_url.raw_path
+        match = self.router.match(request.method, raw_path)
+        if match is None:
+            allowed = self.router.allowed(raw_path)
+            if allowed:
+                raise web.HTTPMethodNotAllowed(request.method, allowed)
+            raise web.HTTPNotFound()
+        request["route"] = match.route.method.name
+        query = {key: request.query.getall(key) for key in set(request.query.keys())}
+        metadata = _credentials(request, query.pop(STREAM_TOKEN_PARAMETER, None))
+        body = await request.read() if request.method in _BODY_METHODS else b""
+        rpc_request = build_request(match, body, query)
+        if not match.route.streaming:
+            return await self._unary(match, rpc_request, metadata)
+        _resume_after(request, rpc_request)
+        if self.draining:
+            return json_error(
+                edge_error(code_pb2.UNAVAILABLE, "DRAINING", "this edge is shutting down", 503)
+            )
+        call = getattr(self._stub, match.route.method.name)(rpc_request, metadata=metadata)
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request, call)
+        return await self._stream(request, call)
+
+    async def _unary(
+        self, match: Match, rpc_request: message.Message, metadata: tuple[tuple[str, str], ...]
+    ) -> web.Response:
+        method = getattr(self._stub, match.route.method.name)
+        reply = await method(rpc_request, metadata=metadata, timeout=self._unary_timeout)
+        return web.Response(text=to_json(reply), content_type="application/json")
+
+    async def _stream(
+        self, request: web.Request, call: AsyncIterator[message.Message]
+    ) -> web.StreamResponse:
+        ndjson = "application/x-ndjson" in request.headers.get("Accept", "")
+        framing = "ndjson" if ndjson else "sse"
+        relay = self._new_relay(call, framing)
+        failure = await relay.start()
+        if failure is not None:
+            await relay.close()
+            return json_error(failure)
+        if not ndjson and relay.ended_empty:
+            # Nothing after Last-Event-ID and the stream is over: 204 tells an EventSource
+            # to stop reconnecting to a session that has ended.
+            await relay.close()
+            return web.Response(status=204)
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/x-ndjson" if ndjson else "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        sink: Sink = NdjsonSink(response) if ndjson else SseSink(response)
+        await self._relay_to(relay, sink, framing)
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+        return response
+
+    async def _websocket(
+        self, request: web.Request, call: AsyncIterator[message.Message]
+    ) -> web.StreamResponse:
+        relay = self._new_relay(call, "websocket")
+        failure = await relay.start()
+        if failure is not None:
+            await relay.close()
+            return json_error(failure)
+        socket = web.WebSocketResponse(heartbeat=None, autoping=True)
+        await socket.prepare(request)
+        closed = asyncio.create_task(_until_closed(socket, relay))
+        try:
+            await self._relay_to(relay, WebSocketSink(socket), "websocket")
+        finally:
+            closed.cancel()
+        if not socket.closed:
+            code = WSCloseCode.GOING_AWAY if relay.stopped else WSCloseCode.OK
+            await socket.close(code=code)
+        return socket
+
+    def _new_relay(self, call: AsyncIterator[message.Message], framing: str) -> Relay:
+        slow = self.metrics.slow_consumers.labels(framing)
+        return Relay(call, self._relay, on_cut_off=slow.inc)
+
+    async def _relay_to(self, relay: Relay, sink: Sink, framing: str) -> None:
+        self._open.add(relay)
+        self.metrics.open_streams.labels(framing).inc()
+        try:
+            await relay.run(sink)
+        except (ConnectionError, TimeoutError):
+            pass  # the client went away or stopped reading: nothing more to tell it
+        finally:
+            self._open.discard(relay)
+            self.metrics.open_streams.labels(framing).dec()
+            self.metrics.relayed_events.labels(framing).inc(relay.delivered)
+
+
+async def _until_closed(socket: web.WebSocketResponse, relay: Relay) -> None:
+    """Read (and ignore) client messages until it closes, then stop the relay."""
+    async for _ in socket:
+        pass
+    relay.stop()
+
+
+def _credentials(
+    request: web.Request, stream_token: list[str] | None
+) -> tuple[tuple[str, str], ...]:
+    metadata: list[tuple[str, str]] = []
+    authorization = request.headers.get("Authorization")
+    if authorization:
+        metadata.append(("authorization", authorization))
+    api_key = request.headers.get("X-API-Key")
+    if api_key:
+        metadata.append(("x-api-key", api_key))
+    if stream_token and not metadata:
+        metadata.append(("authorization", f"Bearer {stream_token[-1]}"))
+    return tuple(metadata)
+
+
+def _resume_after(request: web.Request, rpc_request: message.Message) -> None:
+    """StreamSession resumes after `Last-Event-ID` unless `after_seq` is given."""
+    last_event_id = request.headers.get("Last-Event-ID")
+    if last_event_id is None or not isinstance(rpc_request, orchestrator_pb2.StreamSessionRequest):
+        return
+    if rpc_request.after_seq:
+        return
+    try:
+        rpc_request.after_seq = int(last_event_id)
+    except ValueError:
+        raise InvalidArgument.for_field("Last-Event-ID", "must be an event's seq") from None
