@@ -35,6 +35,7 @@ SETTINGS = [
     ("inference gateway", "agentmesh_gateway.settings", "GatewaySettings"),
     ("local runner", "agentmesh_runner.settings", "RunnerSettings"),
     ("memory", "agentmesh_memory.settings", "MemorySettings"),
+    ("web edge", "agentmesh_web.settings", "WebSettings"),
 ]
 
 # What a caller should do about each error reason. The check fails when the code raises a
@@ -66,6 +67,14 @@ REASON_GUIDANCE: dict[str, str] = {
     "STREAM_TOKEN_EXPIRED": "The stream token expired; ask CreateStreamToken for a new one.",
     "STREAM_TOKEN_INVALID": "The stream token is malformed or signed with another key; get one.",
     "STREAM_TOKEN_SCOPE": "A stream token only streams its own session; use an API key for more.",
+    # web edge
+    "NO_ROUTE": "No HTTP route has that path; see the HTTP column of the RPC tables.",
+    "METHOD_NOT_ALLOWED": "The path exists with other HTTP methods, listed in `Allow`.",
+    "REQUEST_TOO_LARGE": "The body exceeds AGENTMESH_WEB_MAX_BODY_BYTES; send less.",
+    "CORS_ORIGIN_NOT_ALLOWED": "Add the page's origin to AGENTMESH_WEB_CORS_ALLOWED_ORIGINS.",
+    "SLOW_CONSUMER": "The stream was cut off; reconnect after the seq in `after_seq`.",
+    "DRAINING": "This edge replica is stopping; retry, and another replica answers.",
+    "HTTP_ERROR": "The HTTP request itself was malformed; check the method and headers.",
     # memory
     "AGENT_EXISTS": "An agent with that id exists; pick another id or update it.",
     "AGENT_NOT_FOUND": "No such agent for your tenant; list agents to find the name.",

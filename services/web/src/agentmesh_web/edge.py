@@ -82,7 +82,12 @@ class Edge:
         _resume_after(request, rpc_request)
         if self.draining:
             return json_error(
-                edge_error(code_pb2.UNAVAILABLE, "DRAINING", "this edge is shutting down", 503)
+                edge_error(
+                    code_pb2.UNAVAILABLE,
+                    reason="DRAINING",
+                    message="this edge is shutting down",
+                    http_status=503,
+                )
             )
         call = getattr(self._stub, match.route.method.name)(rpc_request, metadata=metadata)
         if request.headers.get("Upgrade", "").lower() == "websocket":

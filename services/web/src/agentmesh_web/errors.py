@@ -86,7 +86,7 @@ def from_exception(error: AgentmeshError) -> ErrorReply:
     return ErrorReply(to_rpc_status(error, DOMAIN))
 
 
-def edge_error(code: int, reason: str, message: str, http_status: int) -> ErrorReply:
+def edge_error(code: int, *, reason: str, message: str, http_status: int) -> ErrorReply:
     """A failure of the edge itself that has no gRPC call behind it (404, 405, 413)."""
     status = status_pb2.Status(code=code, message=message)
     status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))

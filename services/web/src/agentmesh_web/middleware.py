@@ -93,30 +93,51 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return json_error(from_rpc_error(error))
     except web.HTTPRequestEntityTooLarge as error:
         return json_error(
-            edge_error(code_pb2.INVALID_ARGUMENT, "REQUEST_TOO_LARGE", error.text or "", 413)
+            edge_error(
+                code_pb2.INVALID_ARGUMENT,
+                reason="REQUEST_TOO_LARGE",
+                message=error.text or "",
+                http_status=413,
+            )
         )
     except web.HTTPMethodNotAllowed as error:
+        allowed = ", ".join(sorted(error.allowed_methods))
         reply = edge_error(
             code_pb2.UNIMPLEMENTED,
-            "METHOD_NOT_ALLOWED",
-            f"{request.method} is not allowed here; allowed: {', '.join(error.allowed_methods)}",
-            405,
+            reason="METHOD_NOT_ALLOWED",
+            message=f"{request.method} is not allowed here; allowed: {allowed}",
+            http_status=405,
         )
-        return json_error(reply, {"Allow": ", ".join(sorted(error.allowed_methods))})
+        return json_error(reply, {"Allow": allowed})
     except web.HTTPNotFound:
         return json_error(
-            edge_error(code_pb2.NOT_FOUND, "NO_ROUTE", f"no such path: {request.path}", 404)
+            edge_error(
+                code_pb2.NOT_FOUND,
+                reason="NO_ROUTE",
+                message=f"no such path: {request.path}",
+                http_status=404,
+            )
         )
     except web.HTTPException as error:
         if error.status < 400:
             raise
         return json_error(
-            edge_error(code_pb2.UNKNOWN, "HTTP_ERROR", error.text or error.reason, error.status)
+            edge_error(
+                code_pb2.UNKNOWN,
+                reason="HTTP_ERROR",
+                message=error.text or error.reason,
+                http_status=error.status,
+            )
         )
     except Exception:
         _logger.exception("request failed", extra={"path": request.path})
         return json_error(
-            edge_error(code_pb2.INTERNAL, "INTERNAL", "the web edge failed; see its log", 500)
+            edge_error(
+                code_pb2.INTERNAL,
+                reason="INTERNAL",
+                message="the web edge failed; see its log",
+                http_status=500,
+            )
         )
 
 
@@ -140,9 +161,10 @@ class Cors:
             return json_error(
                 edge_error(
                     code_pb2.PERMISSION_DENIED,
-                    "CORS_ORIGIN_NOT_ALLOWED",
-                    f"origin {origin} may not call this API (AGENTMESH_WEB_CORS_ALLOWED_ORIGINS)",
-                    403,
+                    reason="CORS_ORIGIN_NOT_ALLOWED",
+                    message=f"origin {origin} may not call this API"
+                    " (see AGENTMESH_WEB_CORS_ALLOWED_ORIGINS)",
+                    http_status=403,
                 )
             )
         request["cors_origin"] = origin
