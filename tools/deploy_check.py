@@ -101,11 +101,19 @@ SERVICES = (
     Service(
         "memory", "agentmesh-memory", "agentmesh-memory", "memory", "AGENTMESH_MEMORY_", 50054, 9464
     ),
+    Service("web", "agentmesh-web", "agentmesh-web", "web", "AGENTMESH_WEB_", 50055, 9465),
 )
 BY_NAME = {s.name: s for s in SERVICES}
-SCALED = ("orchestrator", "inference-gateway", "memory")  # Deployments with an HPA and a PDB
+SCALED = ("orchestrator", "inference-gateway", "memory", "web")  # with an HPA and a PDB
+# The public ports: gRPC clients call the orchestrator, browsers and HTTP clients the web edge.
+PUBLIC = frozenset({("orchestrator", 50051), ("web", 8080)})
+# The web edge's Service is a plain ClusterIP one: HTTP clients (and ingresses) are balanced
+# per connection by kube-proxy; gRPC Services are headless so clients balance per call.
+NOT_HEADLESS = frozenset({"web"})
 # Secrets deploy/ references but never contains; created by the operator (deploy/README.md).
-EXTERNAL_SECRETS = frozenset({"agentmesh-database", "agentmesh-provider-keys"})
+EXTERNAL_SECRETS = frozenset(
+    {"agentmesh-database", "agentmesh-provider-keys", "agentmesh-stream-token"}
+)
 COMPOSE_SERVICES = (
     *(s.name for s in SERVICES),
     "postgres",
@@ -361,7 +369,8 @@ def workload_problems(objects: list[dict[str, Any]], label: str) -> list[str]:
                 problems.append(f"{name}: must expose ports {service.port} and metrics")
     for obj in objects:
         headless = obj.get("spec", {}).get("clusterIP") == "None"
-        if obj["kind"] == "Service" and obj["metadata"]["name"] in BY_NAME and not headless:
+        name = obj["metadata"]["name"]
+        if obj["kind"] == "Service" and name in BY_NAME and name not in NOT_HEADLESS and not headless:
             problems.append(f"{ref(obj)}: must be headless (clusterIP: None)")
     targets = {
         (o["kind"], o["spec"]["scaleTargetRef"]["name"])
@@ -567,13 +576,16 @@ def network_problems(objects: list[dict[str, Any]]) -> tuple[list[str], int]:
     dns = Peer("kube-system", {"k8s-app": "kube-dns"})
 
     expected = {
+        ("web", "orchestrator", 50051),
         ("orchestrator", "memory", 50054),
         ("orchestrator", "inference-gateway", 50052),
         ("inference-gateway", "local-runner", 50053),
         ("memory", "postgres", 5432),
         ("memory-migrate", "postgres", 5432),
     }
+    public_ports = {port for _, port in PUBLIC}
     ports = sorted({s.port for s in SERVICES} | {s.metrics_port for s in SERVICES} | {5432})
+    ports = sorted({*ports, *public_ports})
     problems: list[str] = []
     if not any(
         p["spec"].get("podSelector") == {}
@@ -609,12 +621,12 @@ def network_problems(objects: list[dict[str, Any]]) -> tuple[list[str], int]:
             problems.append(f"Prometheus cannot scrape {name}:{service.metrics_port}")
         for port in ports:
             checked += 1
-            public = name == "orchestrator" and port == BY_NAME["orchestrator"].port
+            public = (name, port) in PUBLIC
             is_open = allowed(policies, namespace, client, pod, port)
             if is_open and not public:
                 problems.append(f"an outside client can reach {name}:{port}")
             if public and not is_open:
-                problems.append(f"clients cannot reach the orchestrator on {port}")
+                problems.append(f"clients cannot reach {name} on {port}")
     return problems, checked
 
 
@@ -702,7 +714,7 @@ def dockerfile_problems(path: Path, service: Service, repo: Path) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Environment variables against the settings classes.
 
-_ENV_NAME = re.compile(r"\bAGENTMESH_(ORCHESTRATOR|GATEWAY|RUNNER|MEMORY)_[A-Z0-9_]+\b")
+_ENV_NAME = re.compile(r"\bAGENTMESH_(ORCHESTRATOR|GATEWAY|RUNNER|MEMORY|WEB)_[A-Z0-9_]+\b")
 
 
 def env_names(text: str) -> set[str]:
@@ -714,6 +726,7 @@ SETTINGS_CLASSES = {
     "inference-gateway": ("agentmesh_gateway.settings", "GatewaySettings"),
     "local-runner": ("agentmesh_runner.settings", "RunnerSettings"),
     "memory": ("agentmesh_memory.settings", "MemorySettings"),
+    "web": ("agentmesh_web.settings", "WebSettings"),
 }
 FROM_REFERENCE = "<from a reference>"
 

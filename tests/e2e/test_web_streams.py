@@ -17,6 +17,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from agentmesh_client.mesh import WEB, ServiceProcess
+
 from .web import SseEvent, WebMesh, read_sse, start_web_mesh, stop_web_mesh
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
@@ -266,3 +268,48 @@ def _dechunk(body: bytes) -> bytes:
         out += rest[:size]
         body = rest[size + 2 :]
     return bytes(out)
+
+
+async def test_a_stopping_edge_ends_its_streams_and_another_replica_resumes_them(
+    web: WebMesh, tmp_path: Path
+) -> None:
+    env = {
+        "AGENTMESH_WEB_PORT": "0",
+        "AGENTMESH_WEB_METRICS_PORT": "0",
+        "AGENTMESH_WEB_HTTP_PORT": "0",
+        "AGENTMESH_WEB_GRACE_SECONDS": "3",
+        "AGENTMESH_WEB_ORCHESTRATOR_TARGET": web.mesh.orchestrator.address,
+    }
+    replica = ServiceProcess(WEB, env, log_path=tmp_path / "web-b.log")
+    await replica.start()
+    try:
+        key = await web.tenant()
+        async with web.session(key) as http:
+            name = await new_session(http, "Slow. Take your time.", rounds=4)
+            async with http.post(f"/v1/{name}:run", json={}) as reply:
+                assert reply.status == 200  # started on the module's edge, left running
+                first = [e async for e in _take(read_sse(reply), 1)]
+        async with (
+            aiohttp.ClientSession(
+                replica.http_url, headers={"Authorization": f"Bearer {key}"}
+            ) as b,
+            b.get(f"/v1/{name}/events", params={"after_seq": "1"}) as reply,
+        ):
+            events = read_sse(reply)
+            seen = first + [await anext(events)]
+            assert replica.process is not None
+            started = time.monotonic()
+            replica.process.terminate()  # SIGTERM while the stream is open
+            seen += [e async for e in events]  # ends without the terminal event
+            code = await asyncio.wait_for(replica.process.wait(), 15)
+        assert code == 0
+        assert time.monotonic() - started < 3 + 5, "within the grace period"
+        assert seen[-1].event not in TERMINAL, "the stream was ended, not the session"
+        async with web.session(key) as http:  # the client resumes on the other replica
+            headers = {"Last-Event-ID": seen[-1].id or ""}
+            seen += await sse(http, f"/v1/{name}/events", headers=headers)
+            everything = await sse(http, f"/v1/{name}/events")
+        assert [e.id for e in seen] == [e.id for e in everything]
+        assert seen[-1].event == "session_completed"
+    finally:
+        await replica.stop()
