@@ -370,7 +370,12 @@ def workload_problems(objects: list[dict[str, Any]], label: str) -> list[str]:
     for obj in objects:
         headless = obj.get("spec", {}).get("clusterIP") == "None"
         name = obj["metadata"]["name"]
-        if obj["kind"] == "Service" and name in BY_NAME and name not in NOT_HEADLESS and not headless:
+        if (
+            obj["kind"] == "Service"
+            and name in BY_NAME
+            and name not in NOT_HEADLESS
+            and not headless
+        ):
             problems.append(f"{ref(obj)}: must be headless (clusterIP: None)")
     targets = {
         (o["kind"], o["spec"]["scaleTargetRef"]["name"])

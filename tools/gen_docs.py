@@ -200,6 +200,17 @@ def api_markdown() -> str:
         "`reason` is listed at the end, `BadRequest` field violations for bad input and",
         "`RetryInfo` where waiting helps.",
         "",
+        "Over HTTP (the web edge, `services/web`), each public RPC has the form in its HTTP",
+        "column (`google.api.http`): bodies and replies are proto3 canonical JSON; path fields",
+        "come from the URL, other fields of a GET from the query string (`?page_size=10`);",
+        "`Authorization: Bearer <key>` or `X-API-Key` authenticates. A failure is the HTTP",
+        "status of its gRPC code with the body `{code, status, message, details}` (`details`:",
+        "ErrorInfo, BadRequest, RetryInfo; `Retry-After` on 429). Streaming RPCs answer with",
+        "Server-Sent Events (`id:` the seq, `event:` the payload kind, `data:` the event;",
+        "`Accept: application/x-ndjson` for one JSON per line) or a WebSocket on upgrade;",
+        "StreamSession resumes after `Last-Event-ID` or `?after_seq=`. Browsers stream with a",
+        "token from CreateStreamToken as `?stream_token=`. See `services/web/README.md`.",
+        "",
     ]
     descriptor_set = _descriptors()
     events: list[str] = []

@@ -213,3 +213,20 @@ async def test_health_and_the_ui_are_served(web: WebMesh) -> None:
             assert "text/html" in reply.headers["Content-Type"]
         async with http.get("/ui/config.json") as reply:
             assert await reply.json() == {"traceUrlTemplate": None}
+
+
+async def test_a_callers_trace_context_reaches_the_orchestrator(web: WebMesh) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    key = await web.tenant()
+    async with web.session(key) as http:
+        await http.post("/v1/agents", params={"agent_id": "tracer"}, json=AGENT)
+        async with http.post(
+            "/v1/sessions", json={"goal": "Say hello", "agents": ["agents/tracer"]}
+        ) as reply:
+            name = (await reply.json())["session"]["name"]
+        traceparent = f"00-{trace_id}-00f067aa0ba902b7-01"
+        async with http.post(
+            f"/v1/{name}:run", json={}, headers={"traceparent": traceparent}
+        ) as reply:
+            text = await reply.text()
+    assert f'"traceId":"{trace_id}"' in text, "the run's events carry the caller's trace"
