@@ -296,7 +296,7 @@ async def test_a_stopping_edge_ends_its_streams_and_another_replica_resumes_them
             b.get(f"/v1/{name}/events", params={"after_seq": "1"}) as reply,
         ):
             events = read_sse(reply)
-            seen = first + [await anext(events)]
+            seen = [*first, await anext(events)]
             assert replica.process is not None
             started = time.monotonic()
             replica.process.terminate()  # SIGTERM while the stream is open
