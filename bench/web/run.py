@@ -193,11 +193,18 @@ async def idle_streams(
     plan: Plan, http: aiohttp.ClientSession, sessions: list[str], mesh: dict[str, ServiceProcess]
 ) -> dict[str, Any]:
     before = {name: rss_mb(p) for name, p in mesh.items()}
-    opened: list[aiohttp.ClientResponse] = []
-    for i in range(plan.idle_streams):
+
+    async def open_one(i: int) -> aiohttp.ClientResponse:
         reply = await http.get(f"/v1/{sessions[i % len(sessions)]}/events")
         reply.raise_for_status()
-        opened.append(reply)
+        return reply
+
+    started = time.perf_counter()
+    opened: list[aiohttp.ClientResponse] = []
+    for batch in range(0, plan.idle_streams, 100):
+        count = min(100, plan.idle_streams - batch)
+        opened += await asyncio.gather(*(open_one(batch + i) for i in range(count)))
+    open_seconds = time.perf_counter() - started
     await asyncio.sleep(2.0)  # settled
     after = {name: rss_mb(p) for name, p in mesh.items()}
     for reply in opened:
@@ -207,6 +214,7 @@ async def idle_streams(
     }
     return {
         "streams": plan.idle_streams,
+        "open_seconds": round(open_seconds, 2),
         "rss_mb_before": {k: round(v, 1) for k, v in before.items()},
         "rss_mb_after": {k: round(v, 1) for k, v in after.items()},
         "kb_per_stream": per_stream,

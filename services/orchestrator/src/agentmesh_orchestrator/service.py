@@ -35,6 +35,13 @@ from .sessions import TERMINAL_EVENTS, SessionManager
 from .stream_tokens import DEFAULT_TTL, MAX_TTL, MIN_TTL, StreamTokens
 
 SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+ENDED = frozenset(
+    {
+        sessions_pb2.SESSION_STATUS_COMPLETED,
+        sessions_pb2.SESSION_STATUS_FAILED,
+        sessions_pb2.SESSION_STATUS_CANCELLED,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -247,14 +254,17 @@ class OrchestratorApp:
             if event.WhichOneof("payload") in TERMINAL_EVENTS:
                 return
 
-    async def stream(
+    async def open_stream(
         self, tenant: str, request: orchestrator_pb2.StreamSessionRequest
-    ) -> AsyncIterator[events_pb2.SessionEvent]:
+    ) -> AsyncIterator[events_pb2.SessionEvent] | None:
+        """Check the request, then return the session's events (replay, then tail); None
+        when the session has ended and nothing is left after ``after_seq``."""
         if request.after_seq < 0:
             raise invalid("after_seq", "must not be negative")
-        await self._memory.get_session(tenant, request.session)  # NOT_FOUND for strangers
-        async for event in self._manager.stream(tenant, request.session, request.after_seq):
-            yield event
+        session = await self._memory.get_session(tenant, request.session)  # NOT_FOUND: strangers
+        if session.status in ENDED and request.after_seq >= session.last_event_seq:
+            return None
+        return self._manager.stream(tenant, request.session, request.after_seq)
 
     async def send_message(
         self, tenant: str, request: orchestrator_pb2.SendMessageRequest
@@ -284,11 +294,7 @@ class OrchestratorApp:
 
     async def cancel_session(self, tenant: str, name: str) -> sessions_pb2.Session:
         session = await self._memory.get_session(tenant, name)
-        if session.status in (
-            sessions_pb2.SESSION_STATUS_COMPLETED,
-            sessions_pb2.SESSION_STATUS_FAILED,
-            sessions_pb2.SESSION_STATUS_CANCELLED,
-        ):
+        if session.status in ENDED:
             return session
         if await self._manager.cancel(tenant, name):
             return await self._memory.get_session(tenant, name)

@@ -166,7 +166,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self, request: orchestrator_pb2.StreamSessionRequest, context: Context
     ) -> AsyncIterator[orchestrator_pb2.StreamSessionResponse]:
         tenant = await self._tenant(context, session=request.session)
-        async for event in self._app.stream(tenant, request):
+        events = await self._app.open_stream(tenant, request)
+        if events is None:
+            return  # ended, and nothing after after_seq
+        # Accepted: say so now, so a client (the web edge) can tell an idle stream from one
+        # that is still being checked before any event exists.
+        await context.send_initial_metadata(())
+        async for event in events:
             yield orchestrator_pb2.StreamSessionResponse(event=event)
 
     async def _follow(

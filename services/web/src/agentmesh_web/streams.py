@@ -98,10 +98,27 @@ class Relay:
 
     async def start(self) -> ErrorReply | None:
         """Start reading; return the call's error if it failed at once (nothing sent yet),
-        so the caller can answer with a plain HTTP error instead of an opened stream."""
+        so the caller can answer with a plain HTTP error instead of an opened stream.
+
+        The call counts as accepted at its first event, or when the server sends its headers
+        (the orchestrator's StreamSession does once its checks pass, so an idle stream opens
+        at once), or after `first_event_wait` at the latest."""
         self._pump = asyncio.create_task(self._read())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._started.wait(), self.settings.first_event_wait)
+        waits = [asyncio.ensure_future(self._started.wait())]
+        headers = getattr(self.stream, "initial_metadata", None)
+        if callable(headers):
+            waits.append(asyncio.ensure_future(headers()))
+        _, pending = await asyncio.wait(
+            waits, timeout=self.settings.first_event_wait, return_when=asyncio.FIRST_COMPLETED
+        )
+        for wait in pending:
+            wait.cancel()
+        done = getattr(self.stream, "done", None)
+        if callable(done) and done():
+            # Headers and status came together (an error before any event): let the pump
+            # record the failure.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._started.wait(), self.settings.first_event_wait)
         if self._failure is not None and self.received == 0:
             return self._failure
         return None
