@@ -3,8 +3,9 @@
     uv run python bench/web/run.py            # writes results.json + RESULTS.md
     uv run python bench/web/run.py --quick    # a smoke run, writes nothing
 
-Memory (SQLite), orchestrator and the web edge run as separate processes (`ServiceProcess`);
-no model is called. This process is every client. It measures:
+Memory (on PostgreSQL, as in production: 127.0.0.1:5432 or a throwaway cluster), orchestrator
+and the web edge run as separate processes (`ServiceProcess`); no model is called. This process
+is every client. It measures:
 
 * **delivery at 100 concurrent streams**: 100 sessions, each followed by one SSE client through
   the edge; a driver appends `content_delta` events to every session through the memory
@@ -12,8 +13,8 @@ no model is called. This process is every client. It measures:
   minus the moment `AppendEvents` returned (the event is committed and visible to watchers):
   the whole path memory watch -> orchestrator `StreamSession` -> edge -> SSE. The same run over
   gRPC `StreamSession` straight to the orchestrator gives the edge's share;
-* **CPU per relayed event**: the edge's CPU time (user + system) during that run divided by the
-  events it wrote;
+* **CPU per relayed event**: the edge's CPU time (user + system) during that run, less what it
+  spends idle with the same streams open (measured just before), divided by the events it wrote;
 * **idle streams**: the edge's resident memory before and after opening 1,000 SSE streams on
   idle sessions (10 per session), per stream; the orchestrator's too;
 * **JSON unary overhead**: `GET /v1/sessions/{id}` through the edge against `GetSession` over
@@ -45,9 +46,11 @@ from agentmesh_client.cli import create_api_key
 from agentmesh_client.client import AgentmeshClient
 from agentmesh_client.mesh import MEMORY, ORCHESTRATOR, WEB, ServiceProcess, start_mesh, stop_mesh
 from agentmesh_common import TENANT_METADATA_KEY
+from agentmesh_memory.testing import create_database, drop_database, postgres_server
 
 HERE = Path(__file__).parent
 TENANT = "bench-web"
+IDLE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -165,10 +168,15 @@ async def delivery(
     driver = Driver(memory)
     followers = [asyncio.create_task(follow(s, received)) for s in sessions]
     await asyncio.sleep(1.0)  # every stream open and tailing
+    idle_before = cpu_seconds(edge)
+    await asyncio.sleep(IDLE_SECONDS)
+    idle_per_second = (cpu_seconds(edge) - idle_before) / IDLE_SECONDS
     cpu_before = cpu_seconds(edge)
+    run_started = time.perf_counter()
     sent = await driver.run(sessions, plan.events_per_second, plan.seconds)
     await asyncio.sleep(1.0)  # the last events arrive
     edge_cpu = cpu_seconds(edge) - cpu_before
+    edge_cpu -= idle_per_second * (time.perf_counter() - run_started)
     for task in followers:
         task.cancel()
     await asyncio.gather(*followers, return_exceptions=True)
@@ -185,6 +193,7 @@ async def delivery(
         "max_ms_from_commit": ms(max(from_commit, default=float("nan"))),
         "p99_ms_from_append_call": ms(pct(from_call, 0.99)),
         "edge_cpu_seconds": round(edge_cpu, 3),
+        "edge_idle_cpu_percent": round(idle_per_second * 100, 2),
         "edge_cpu_us_per_event": round(edge_cpu / max(sent, 1) * 1e6, 1),
     }
 
@@ -250,12 +259,23 @@ async def unary(
 
 
 async def bench(plan: Plan) -> dict[str, Any]:
+    server = await asyncio.to_thread(postgres_server)
+    url = await asyncio.to_thread(create_database, server, "agentmesh_bench_web")
+    try:
+        return await bench_on(plan, url)
+    finally:
+        await asyncio.to_thread(drop_database, server, url)
+        server.stop()
+
+
+async def bench_on(plan: Plan, database_url: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="agentmesh-bench-web-") as scratch:
         data = Path(scratch)
         env = {
             spec.name: {f"{spec.env_prefix}METRICS_PORT": "off"}
             for spec in (MEMORY, ORCHESTRATOR, WEB)
         }
+        env[MEMORY.name]["AGENTMESH_MEMORY_DATABASE_URL"] = database_url
         env[ORCHESTRATOR.name] |= {
             "AGENTMESH_ORCHESTRATOR_REQUESTS_PER_MINUTE": "0",
             "AGENTMESH_ORCHESTRATOR_TOKENS_PER_MINUTE": "0",
@@ -270,6 +290,8 @@ async def bench(plan: Plan) -> dict[str, Any]:
             extra_env=env,
         )
         mesh = {s.spec.name: s for s in running}
+        if os.environ.get("BENCH_WEB_PROFILE"):
+            print(f"edge pid {mesh[WEB.name].process.pid}", file=sys.stderr, flush=True)  # type: ignore[union-attr]
         try:
             memory, orchestrator, edge = (mesh[s.name] for s in (MEMORY, ORCHESTRATOR, WEB))
             key = await create_api_key(memory.address, TENANT, "bench")
@@ -327,8 +349,8 @@ def markdown(results: dict[str, Any], command: str, seconds: float) -> str:
         f"Machine: {results['machine']['platform']}, {results['machine']['cpus']} CPUs, Python "
         f"{results['machine']['python']}; load average at the start "
         f"{results['machine']['load_average']}. Command: `{command}` ({seconds:.0f} s).",
-        "Memory (SQLite), orchestrator and web edge are separate processes; this process is "
-        "every client and the event driver.",
+        "Memory (PostgreSQL), orchestrator and web edge are separate processes; this process "
+        "is every client and the event driver.",
         "",
         "| measure | through the edge (SSE) | gRPC StreamSession (no edge) | target |",
         "|---|---|---|---|",

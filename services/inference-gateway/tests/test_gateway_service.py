@@ -249,6 +249,37 @@ async def test_default_route_is_the_local_runner(tmp_path: Path) -> None:
     assert runner.requests[0].messages[0].content == "Weather in Paris?"
 
 
+async def test_a_slow_local_model_is_waited_for_while_tokens_come(tmp_path: Path) -> None:
+    """The local timeout bounds the wait for each token, not the whole answer: a CPU model on
+    a busy machine may take minutes for a long answer."""
+    runner = FakeRunner(pieces=("one", " two", " three", " four"))
+    runner.piece_delay = 0.3  # 1.2 s in all, each token within the 0.5 s timeout
+    async with fake_runner(runner) as target:
+        local = f"""
+routes:
+  slow:
+    - name: slow-local
+      provider: local
+      model: smollm2
+      base_url: {target}
+      timeout: 0.5
+      max_retries: 0
+"""
+        async with (
+            running_gateway(local, tmp_path) as gw,
+            grpc.aio.insecure_channel(gw.address) as channel,
+        ):
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            events = [r.event async for r in stub.Generate(request("slow"), timeout=10)]
+            assert events[-1].finished.text == "one two three four"
+            runner.piece_delay = 1.0  # now a token takes longer than the timeout
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in stub.Generate(request("slow"), timeout=10):
+                    pass
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "no token for 0.5 s" in (caught.value.details() or "")
+
+
 async def test_a_schema_answer_cut_by_max_tokens_is_a_typed_error(tmp_path: Path) -> None:
     runner = FakeRunner(pieces=('{"kind": "sim',))
     runner.finish_reason = generation_pb2.FINISH_REASON_LENGTH

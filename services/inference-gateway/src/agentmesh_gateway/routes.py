@@ -125,7 +125,7 @@ class DeploymentSpec(BaseModel):
         default=60.0,
         gt=0,
         le=3600,
-        description="Seconds to connect and to wait for each chunk (local: the whole call).",
+        description="Seconds to connect and to wait for each chunk (local: for each event).",
     )
     rpm: int = Field(default=0, ge=0, description="Requests per minute allowed; 0: no limit.")
     tpm: int = Field(default=0, ge=0, description="Tokens per minute allowed; 0: no limit.")

@@ -74,6 +74,7 @@ class FakeRunner(runner_pb2_grpc.LocalRunnerServiceServicer):
 
     def __init__(self, pieces: Sequence[str] = ("Hello", " from", " tiny")) -> None:
         self.pieces = list(pieces)
+        self.piece_delay = 0.0  # seconds before each piece: a slow model
         self.finish_reason = generation_pb2.FINISH_REASON_STOP
         self.fail: grpc.StatusCode | None = None
         self.requests: list[runner_pb2.GenerateRequest] = []
@@ -86,6 +87,7 @@ class FakeRunner(runner_pb2_grpc.LocalRunnerServiceServicer):
             code, self.fail = self.fail, None
             await context.abort(code, "runner queue is full")
         for piece in self.pieces:
+            await asyncio.sleep(self.piece_delay)
             yield runner_pb2.GenerateResponse(
                 event=generation_pb2.GenerateEvent(delta=generation_pb2.Delta(text=piece))
             )

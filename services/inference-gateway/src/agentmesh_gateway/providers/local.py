@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -84,10 +86,23 @@ class LocalRunnerAdapter:
             request_id=call.idempotency_key,
         )
         address = target.base_url or self._default_target
-        stream = self._stub(address).Generate(request, timeout=target.timeout)
+        # No deadline for the whole call: a local model on a busy CPU may take minutes for a
+        # long answer while tokens keep coming. `timeout` bounds each wait for the next event
+        # (the first one included), as it does for the HTTP providers' chunks.
+        stream = self._stub(address).Generate(request)
         tool_index = -1
         try:
-            async for response in stream:
+            while True:
+                try:
+                    async with asyncio.timeout(target.timeout):
+                        response = await stream.read()
+                except TimeoutError:
+                    raise UpstreamError(
+                        ErrorKind.TIMEOUT,
+                        f"local runner at {address}: no token for {target.timeout:g} s",
+                    ) from None
+                if response is grpc.aio.EOF:
+                    break
                 event = response.event
                 which = event.WhichOneof("event")
                 if which == "delta":
