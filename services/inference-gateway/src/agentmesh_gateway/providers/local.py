@@ -100,7 +100,7 @@ class LocalRunnerAdapter:
                         ErrorKind.TIMEOUT,
                         f"local runner at {address}: no token for {target.timeout:g} s",
                     ) from None
-                if response is grpc.aio.EOF:
+                if not isinstance(response, runner_pb2.GenerateResponse):  # EOF
                     break
                 event = response.event
                 which = event.WhichOneof("event")
