@@ -122,9 +122,9 @@ class LocalRunnerAdapter:
                     yield StreamEnd(reason, usage)
                     return
         except grpc.aio.AioRpcError as exc:
-            kind = _CODES.get(exc.code(), ErrorKind.SERVER_ERROR)
+            error_kind = _CODES.get(exc.code(), ErrorKind.SERVER_ERROR)
             raise UpstreamError(
-                kind, f"local runner at {address}: {exc.code().name}: {exc.details()}"
+                error_kind, f"local runner at {address}: {exc.code().name}: {exc.details()}"
             ) from None
         finally:
             stream.cancel()
