@@ -117,8 +117,11 @@ function kindOf(event: SessionEvent): string {
 
 function summary(kind: string, event: SessionEvent): string {
   switch (kind) {
-    case "message_started":
-      return `message ${event.messageId?.slice(0, 8)} on ${event.messageStarted?.model ?? ""}`;
+    case "message_started": {
+      const model = event.messageStarted?.model ?? "";
+      const on = model && model !== "/" ? ` on ${model}` : "";
+      return `message ${event.messageId?.slice(0, 8)}${on}`;
+    }
     case "content_delta":
       return event.contentDelta?.text ?? "";
     case "thinking":

@@ -78,6 +78,7 @@ function Message({ message }: { message: MessageView }) {
       class={`message state-${message.state}`}
       data-testid="timeline-message"
       data-agent={message.agent}
+      data-task={message.taskId}
       data-message-id={message.id}
       data-state={message.state}
     >
@@ -150,6 +151,7 @@ export function Timeline({ model }: { model: SessionModel }) {
       ref={box}
       data-testid="timeline"
       data-count={model.timeline.length}
+      data-events={model.events.length}
       onScroll={(e) => {
         const element = e.currentTarget as HTMLElement;
         pinned.current = element.scrollHeight - element.scrollTop - element.clientHeight < 40;
