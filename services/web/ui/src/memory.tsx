@@ -105,7 +105,10 @@ function AgentMemories(props: { agent: string; entries: MemoryEntry[]; onChange:
   return (
     <section data-testid={`memory-agent-${agent}`}>
       <h3>
-        {agent} <span class="muted small">{entries.length} entries</span>
+        {agent}{" "}
+        <span class="muted small">
+          {entries.length} {entries.length === 1 ? "entry" : "entries"}
+        </span>
       </h3>
       {!entries.length && <p class="muted">Remembers nothing.</p>}
       {[...byType.entries()].map(([type, list]) => (
