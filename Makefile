@@ -10,18 +10,22 @@ PYTHON_SOURCES := services clients tests bench tools
 TYPED_SOURCES := services/common/src services/memory/src services/inference-gateway/src \
 	services/local-runner/src services/orchestrator/src services/web/src clients/python/src
 
-.PHONY: help setup run test lint fmt typecheck protos protos-check breaking docs docs-check deploy-check bench clean
+UI := services/web/ui
+
+.PHONY: help setup run test lint fmt typecheck protos protos-check breaking docs docs-check deploy-check bench clean ui ui-check
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-setup: ## Install uv (if missing), the locked Python packages, buf and the Node client (npm)
+setup: ## Install uv (if missing), the locked Python packages, buf, the Node client, the UI's toolchain (npm) and chromium (apt, as root)
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
 		python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) sync --frozen --all-packages
 	npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error
 	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
 	npm ci --prefix deploy/tools --no-audit --no-fund --loglevel=error
+	npm ci --prefix $(UI) --no-audit --no-fund --loglevel=error
+	@bash tools/install_chromium.sh
 
 run: ## Start the mesh on localhost (embedded default) and run an example session; Ctrl-C stops it
 	$(RUN) agentmesh up --demo
@@ -29,11 +33,18 @@ run: ## Start the mesh on localhost (embedded default) and run an example sessio
 test: ## Run the whole test suite
 	$(RUN) pytest
 
-lint: ## ruff, mypy --strict on service code, buf lint
+lint: ## ruff, mypy --strict on service code, buf lint, tsc on the UI
 	$(RUN) ruff check $(PYTHON_SOURCES)
 	$(RUN) ruff format --check $(PYTHON_SOURCES)
 	$(RUN) mypy $(TYPED_SOURCES)
 	cd protos && ../$(BUF) lint
+	cd $(UI) && node_modules/.bin/tsc --noEmit -p .
+
+ui: ## Build the monitoring UI (services/web/ui) into the web edge's static/ (commit the result)
+	node $(UI)/build.mjs
+
+ui-check: ## Fail if the committed UI build is not what services/web/ui builds
+	node $(UI)/build.mjs --check
 
 typecheck: ## mypy --strict only
 	$(RUN) mypy $(TYPED_SOURCES)

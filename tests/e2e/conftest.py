@@ -50,6 +50,8 @@ class Answer:
     text: str = ""
     tool_calls: Sequence[tuple[str, dict[str, Any]]] = ()
     delay_seconds: float = 0.0
+    #: An HTTP error status to answer with instead (OpenAI's error body), e.g. 500.
+    error_status: int = 0
 
 
 def system_of(chat: Chat) -> str:
@@ -89,6 +91,9 @@ class ScriptedProvider:
         chat: Chat = await request.json()
         self.requests.append(chat)
         answer = self.script(chat)
+        if answer.error_status:
+            error = {"message": "scripted failure", "type": "server_error", "code": None}
+            return web.json_response({"error": error}, status=answer.error_status)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         created = 1_763_700_000

@@ -100,6 +100,65 @@ async def test_an_expired_entry_is_invisible_at_once_and_swept(api: Api, db: Dat
     assert not fresh.HasField("expire_time")
 
 
+async def test_the_user_wildcard_lists_every_user_of_one_agent_in_pages(api: Api) -> None:
+    for user, key, kind in [
+        ("zoe", "a", LONG),
+        ("ann", "b", SHORT),
+        ("ann", "a", LONG),
+        ("bob", "c", LONG),
+        ("bob", "a", SHORT),
+    ]:
+        await api.PutMemory(put(f"agents/scribe/users/{user}/memories/{key}", key, kind))
+    await api.PutMemory(put("agents/other/users/ann/memories/z", 0))
+    await api.PutMemory(put("agents/scribe/users/ann/memories/gone", 0, ttl=0.05))
+    await asyncio.sleep(0.1)
+    names, token = [], ""
+    while True:
+        page = await api.ListMemories(
+            memory_pb2.ListMemoriesRequest(
+                parent="agents/scribe/users/-", page_size=2, page_token=token
+            )
+        )
+        assert len(page.entries) <= 2
+        names += [e.name.removeprefix("agents/scribe/users/") for e in page.entries]
+        token = page.next_page_token
+        if not token:
+            break
+    assert names == [
+        "ann/memories/a",
+        "ann/memories/b",
+        "bob/memories/a",
+        "bob/memories/c",
+        "zoe/memories/a",
+    ], "by user then key, each once, no other agent's, no expired one"
+    short = await api.ListMemories(
+        memory_pb2.ListMemoriesRequest(parent="agents/scribe/users/-", type=SHORT)
+    )
+    assert [e.name for e in short.entries] == [
+        "agents/scribe/users/ann/memories/b",
+        "agents/scribe/users/bob/memories/a",
+    ]
+    one_user = await api.ListMemories(
+        memory_pb2.ListMemoriesRequest(parent="agents/scribe/users/bob", page_size=1)
+    )
+    # A token is bound to its parent: one user's token is refused for the wildcard.
+    error = await rpc_error(
+        api.ListMemories(
+            memory_pb2.ListMemoriesRequest(
+                parent="agents/scribe/users/-", page_token=one_user.next_page_token
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert "page_token" in violation_fields(error)
+    for parent in ("agents/-/users/-", "agents/scribe/users/--", "agents/scribe/users/"):
+        error = await rpc_error(
+            api.ListMemories(memory_pb2.ListMemoriesRequest(parent=parent)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert "parent" in violation_fields(error)
+
+
 @pytest.mark.parametrize(
     ("request_", "field"),
     [

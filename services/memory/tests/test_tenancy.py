@@ -148,6 +148,9 @@ async def test_listings_and_rollups_show_nothing_of_another_tenant(owned: Api) -
         await owned.ListMemories(pb.ListMemoriesRequest(parent="agents/owner/users/u"))
     ).entries
     assert not (
+        await owned.ListMemories(pb.ListMemoriesRequest(parent="agents/owner/users/-"))
+    ).entries
+    assert not (
         await owned.ListExecutions(pb.ListExecutionsRequest(idempotency_key="k"))
     ).executions
     assert not (await owned.ListApiKeys(pb.ListApiKeysRequest())).api_keys

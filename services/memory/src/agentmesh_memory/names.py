@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from agentmesh_common import FieldViolation, InvalidArgument
 
 __all__ = [
+    "ANY_USER",
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
     "MemoryName",
@@ -129,13 +130,22 @@ class MemoryName:
         return f"agents/{self.agent_id}/users/{self.user_id}/memories/{self.key}"
 
 
-def parse_memory_parent(value: str, field: str = "parent") -> tuple[str, str]:
-    """``agents/{agent_id}/users/{user_id}`` -> (agent_id, user_id)."""
+#: The AIP-159 wildcard: ``agents/{agent_id}/users/-`` is every user of the agent.
+ANY_USER = "-"
+
+
+def parse_memory_parent(value: str, field: str = "parent") -> tuple[str, str | None]:
+    """``agents/{agent_id}/users/{user_id}`` -> (agent_id, user_id); a user id of ``-``
+    (AIP-159) -> (agent_id, None): every user of the agent. No user id can be ``-``, since
+    user ids start with a letter or digit."""
     shape = "agents/{agent_id}/users/{user_id}"
     parts = _parts(value, field, shape, 4)
     if parts[0] != "agents" or parts[2] != "users":
         raise invalid(field, f"{value[:120]!r} is not of the form {shape!r}")
-    return parse_agent_id(parts[1], field), parse_user_id(parts[3], field)
+    agent_id = parse_agent_id(parts[1], field)
+    if parts[3] == ANY_USER:
+        return agent_id, None
+    return agent_id, parse_user_id(parts[3], field)
 
 
 def parse_memory_name(value: str, field: str = "name") -> MemoryName:

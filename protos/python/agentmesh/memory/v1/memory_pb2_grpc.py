@@ -392,7 +392,7 @@ class MemoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMemories(self, request, context):
-        """Lists an agent's memory entries for a user.
+        """Lists an agent's memory entries for a user, or for all its users with the user "-".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -87,7 +87,7 @@ class MemoryServiceStub:
     GetMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryRequest, _memory_pb2.GetMemoryResponse]
     """Reads a memory entry, updating its access time and count."""
     ListMemories: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListMemoriesRequest, _memory_pb2.ListMemoriesResponse]
-    """Lists an agent's memory entries for a user."""
+    """Lists an agent's memory entries for a user, or for all its users with the user "-"."""
     DeleteMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteMemoryRequest, _memory_pb2.DeleteMemoryResponse]
     """Deletes a memory entry."""
     GetUserSettings: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetUserSettingsRequest, _memory_pb2.GetUserSettingsResponse]
@@ -180,7 +180,7 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     GetMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryRequest, _memory_pb2.GetMemoryResponse]  # type: ignore[assignment]
     """Reads a memory entry, updating its access time and count."""
     ListMemories: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListMemoriesRequest, _memory_pb2.ListMemoriesResponse]  # type: ignore[assignment]
-    """Lists an agent's memory entries for a user."""
+    """Lists an agent's memory entries for a user, or for all its users with the user "-"."""
     DeleteMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteMemoryRequest, _memory_pb2.DeleteMemoryResponse]  # type: ignore[assignment]
     """Deletes a memory entry."""
     GetUserSettings: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetUserSettingsRequest, _memory_pb2.GetUserSettingsResponse]  # type: ignore[assignment]
@@ -385,7 +385,7 @@ class MemoryServiceServicer:
         request: _memory_pb2.ListMemoriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.ListMemoriesResponse, _abc.Awaitable[_memory_pb2.ListMemoriesResponse]]:
-        """Lists an agent's memory entries for a user."""
+        """Lists an agent's memory entries for a user, or for all its users with the user "-"."""
 
     def DeleteMemory(
         self,

@@ -1163,7 +1163,9 @@ class ListMemoriesRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     TYPE_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
-    """"agents/{agent_id}/users/{user_id}"."""
+    """"agents/{agent_id}/users/{user_id}"; "agents/{agent_id}/users/-" (AIP-159) lists the
+    agent's entries of every user, ordered by user and then key.
+    """
     page_size: _builtins.int
     """Most entries to return (1-1000, default 100)."""
     page_token: _builtins.str

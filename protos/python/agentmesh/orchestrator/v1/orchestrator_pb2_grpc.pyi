@@ -73,7 +73,7 @@ class OrchestratorServiceStub:
     PutMemory: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.PutMemoryRequest, _orchestrator_pb2.PutMemoryResponse]
     """Writes an agent memory entry."""
     ListMemories: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListMemoriesRequest, _orchestrator_pb2.ListMemoriesResponse]
-    """Lists an agent's memory entries for a user."""
+    """Lists an agent's memory entries for a user, or for all its users with the user "-"."""
     DeleteMemory: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.DeleteMemoryRequest, _orchestrator_pb2.DeleteMemoryResponse]
     """Deletes an agent memory entry."""
     GetUserSettings: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetUserSettingsRequest, _orchestrator_pb2.GetUserSettingsResponse]
@@ -147,7 +147,7 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     PutMemory: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.PutMemoryRequest, _orchestrator_pb2.PutMemoryResponse]  # type: ignore[assignment]
     """Writes an agent memory entry."""
     ListMemories: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListMemoriesRequest, _orchestrator_pb2.ListMemoriesResponse]  # type: ignore[assignment]
-    """Lists an agent's memory entries for a user."""
+    """Lists an agent's memory entries for a user, or for all its users with the user "-"."""
     DeleteMemory: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.DeleteMemoryRequest, _orchestrator_pb2.DeleteMemoryResponse]  # type: ignore[assignment]
     """Deletes an agent memory entry."""
     GetUserSettings: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetUserSettingsRequest, _orchestrator_pb2.GetUserSettingsResponse]  # type: ignore[assignment]
@@ -313,7 +313,7 @@ class OrchestratorServiceServicer:
         request: _orchestrator_pb2.ListMemoriesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.ListMemoriesResponse, _abc.Awaitable[_orchestrator_pb2.ListMemoriesResponse]]:
-        """Lists an agent's memory entries for a user."""
+        """Lists an agent's memory entries for a user, or for all its users with the user "-"."""
 
     def DeleteMemory(
         self,

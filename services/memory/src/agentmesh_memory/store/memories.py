@@ -169,6 +169,8 @@ class MemoryStore:
     async def list(
         self, tenant: str, request: memory_pb2.ListMemoriesRequest
     ) -> memory_pb2.ListMemoriesResponse:
+        """One user's entries by key; for the parent ``agents/{a}/users/-`` (AIP-159) every
+        user's entries of the agent, by user then key."""
         agent_id, user_id = parse_memory_parent(request.parent)
         size = page_size(request.page_size)
         if request.type not in agents_pb2.MemoryType.values():
@@ -177,23 +179,44 @@ class MemoryStore:
         token = PageToken.decode(request.page_token, query_key)
         now = self._context.now()
         query = sa.select(agent_memory).where(
-            agent_memory.c.tenant_id == tenant,
-            agent_memory.c.agent_id == agent_id,
-            agent_memory.c.user_id == user_id,
-            _live(now),
+            agent_memory.c.tenant_id == tenant, agent_memory.c.agent_id == agent_id, _live(now)
         )
+        if user_id is not None:
+            query = query.where(agent_memory.c.user_id == user_id)
         if request.type:
             query = query.where(agent_memory.c.type == request.type)
+        across_users = user_id is None
         if token is not None:
-            query = query.where(agent_memory.c.key > str(token.after))
+            query = query.where(self._after(token, across_users=across_users))
+        order = (
+            [agent_memory.c.user_id, agent_memory.c.key] if across_users else [agent_memory.c.key]
+        )
+        query = query.order_by(*order).limit(size + 1)
         async with self._db.read("ListMemories") as conn:
-            rows = (await conn.execute(query.order_by(agent_memory.c.key).limit(size + 1))).all()
+            rows = (await conn.execute(query)).all()
         response = memory_pb2.ListMemoriesResponse(
             entries=[_memory_to_proto(r) for r in rows[:size]]
         )
         if len(rows) > size:
-            response.next_page_token = PageToken(rows[size - 1].key).encode(query_key)
+            last = rows[size - 1]
+            after = f"{last.user_id}/{last.key}" if across_users else last.key
+            response.next_page_token = PageToken(after).encode(query_key)
         return response
+
+    @staticmethod
+    def _after(token: PageToken, *, across_users: bool) -> Any:
+        """The keyset condition of a page token: after its key, or after its (user, key)."""
+        if not isinstance(token.after, str):
+            raise invalid("page_token", "is not a token returned by this list")
+        if not across_users:
+            return agent_memory.c.key > token.after
+        user, slash, key = token.after.partition("/")  # neither user ids nor keys have "/"
+        if not slash:
+            raise invalid("page_token", "is not a token returned by this list")
+        return sa.or_(
+            agent_memory.c.user_id > user,
+            sa.and_(agent_memory.c.user_id == user, agent_memory.c.key > key),
+        )
 
     async def delete(
         self, tenant: str, request: memory_pb2.DeleteMemoryRequest
