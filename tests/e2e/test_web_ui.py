@@ -7,8 +7,8 @@ retried task, usage per agent, the per-agent log, the export and the trace link;
 running session; deleting a memory entry; the providers' health. Screenshots are saved under
 the test's tmp_path (their paths are printed) for a person to look at.
 
-Chromium comes from `make setup` (apt, as root). Where it is missing the test is skipped, but
-never under CI (`CI` set): there it fails.
+Chromium comes from `make setup` (apt, as root); where it is missing the test fails (it is
+never skipped).
 """
 
 from __future__ import annotations
@@ -107,10 +107,7 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def browser() -> AsyncIterator[Browser]:
     if not os.access(CHROMIUM, os.X_OK):
-        message = f"{CHROMIUM} is missing: `make setup` installs it (apt-get install chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs it (apt-get install chromium)")
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
