@@ -14,6 +14,7 @@ from agentmesh_common import Registration, Telemetry
 
 from .gateway import Gateway, RetryPolicy
 from .observability import GatewayMetrics
+from .providers._http import new_client
 from .providers.anthropic import AnthropicAdapter
 from .providers.base import ProviderAdapter
 from .providers.gemini import GeminiAdapter
@@ -34,14 +35,15 @@ def build_adapters(
     tracer_provider: TracerProvider, runner_target: str
 ) -> dict[str, ProviderAdapter]:
     """One adapter (so one long-lived HTTP client or channel) per provider."""
+    tracer = tracer_provider.get_tracer("agentmesh.gateway.http")
     return {
-        "openai": OpenAIChatAdapter(OPENAI),
-        "xai": OpenAIChatAdapter(XAI),
-        "groq": OpenAIChatAdapter(GROQ),
-        "openai_compatible": OpenAIChatAdapter(COMPATIBLE),
-        "anthropic": AnthropicAdapter(),
-        "gemini": GeminiAdapter(),
-        "ollama": OllamaAdapter(),
+        "openai": OpenAIChatAdapter(OPENAI, new_client(tracer)),
+        "xai": OpenAIChatAdapter(XAI, new_client(tracer)),
+        "groq": OpenAIChatAdapter(GROQ, new_client(tracer)),
+        "openai_compatible": OpenAIChatAdapter(COMPATIBLE, new_client(tracer)),
+        "anthropic": AnthropicAdapter(new_client(tracer)),
+        "gemini": GeminiAdapter(new_client(tracer)),
+        "ollama": OllamaAdapter(new_client(tracer)),
         "local": LocalRunnerAdapter(tracer_provider, runner_target),
     }
 

@@ -53,7 +53,7 @@ from .domain import (
     Usage,
 )
 from .errors import HEALTH_KINDS, ErrorKind, UpstreamError, scrub, to_domain_error
-from .limits import CircuitBreaker, CircuitState, RateWindow
+from .limits import CircuitBreaker, CircuitState, ProviderBudget, RateWindow
 from .observability import GatewayMetrics
 from .providers.base import ProviderAdapter, Target
 from .routes import Deployment, RouteTable
@@ -130,6 +130,7 @@ class Gateway:
         self._rng = rng or random.Random()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._windows: dict[str, RateWindow] = {}
+        self._budgets: dict[str, ProviderBudget] = {}
         self._key_cursor: dict[str, int] = {}
         self._last_error: dict[str, UpstreamError] = {}
         self._tenants: dict[str, RateWindow] = {}
@@ -141,6 +142,7 @@ class Gateway:
                 table.circuit_failure_threshold, table.circuit_cooldown_seconds, clock
             )
             self._windows[d.name] = RateWindow(d.rpm, d.tpm, clock)
+            self._budgets[d.name] = ProviderBudget(clock)
             self._key_cursor[d.name] = 0
             metrics.circuit_state.labels(d.name).set(0)
 
@@ -229,6 +231,7 @@ class Gateway:
         min_context = -1  # after a context-length error: only larger windows
         rate_waits: list[float] = []
         circuit_waits: list[float] = []
+        refused: tuple[UpstreamError, Deployment] | None = None  # skipped: its key was refused
         pending_restart = ""
         candidates = self._order(deployments)
         for pass_number in range(2):
@@ -239,6 +242,14 @@ class Gateway:
                 breaker = self._breakers[deployment.name]
                 if breaker.current_state() is CircuitState.OPEN:
                     circuit_waits.append(breaker.seconds_until_probe())
+                    previous = self._last_error.get(deployment.name)
+                    if previous is not None and previous.kind is ErrorKind.AUTH:
+                        refused = (previous, deployment)
+                    continue
+                budget = self._budgets[deployment.name]
+                provider_wait = budget.wait(reserve)
+                if provider_wait > 0:  # its provider said it is spent: route around it
+                    rate_waits.append(provider_wait)
                     continue
                 window = self._windows[deployment.name]
                 entry, wait = window.try_acquire(reserve)
@@ -249,6 +260,7 @@ class Gateway:
                     window.release(entry)
                     circuit_waits.append(breaker.seconds_until_probe())
                     continue
+                budget.take(reserve)
                 adapter = self._adapters[deployment.provider]
                 has_next = position + 1 < len(candidates)
                 retry = 0
@@ -287,10 +299,16 @@ class Gateway:
                         if error.kind is ErrorKind.INVALID_OUTPUT:
                             same = not invalid_output_retried
                             invalid_output_retried = True
-                        if error.kind is ErrorKind.AUTH and deployment.keys:
+                        refused_key = error.kind is ErrorKind.AUTH
+                        if refused_key and deployment.keys:
                             # A revoked key among several: the next key may still work.
                             keys_failed += 1
                             same = keys_failed < len(deployment.keys)
+                        if refused_key and not same:
+                            # Every key of this deployment is refused: that is about this
+                            # deployment, not the call. Skip it for the cooldown, fall back.
+                            breaker.trip()
+                            self._metrics.circuit_state.labels(deployment.name).set(2)
                         context_fallback = error.kind is ErrorKind.CONTEXT_LENGTH and any(
                             d.context_window > deployment.context_window
                             for d in candidates[position + 1 :]
@@ -301,6 +319,7 @@ class Gateway:
                             and (
                                 (error.retryable and error.kind is not ErrorKind.INVALID_OUTPUT)
                                 or context_fallback
+                                or refused_key
                             )
                         )
                         stop = not same and not moves_on
@@ -347,6 +366,8 @@ class Gateway:
                 retry_after=round(min(rate_waits), 3),
                 reason="DEPLOYMENT_RATE_LIMITED",
             )
+        if refused is not None:  # every deployment left was skipped; say why
+            raise self._final_error(*refused, 0)
         if circuit_waits:
             raise Unavailable(
                 f"every deployment of route {route!r} has an open circuit",
@@ -433,6 +454,8 @@ class Gateway:
                 key,
                 deployment.headers,
                 deployment.stream,
+                trace_context=trace.set_span_in_context(span),
+                observe_limits=self._budgets[deployment.name].observe,
             )
             end: StreamEnd | None = None
             text, tools = state.text, state.tools
@@ -481,8 +504,10 @@ class Gateway:
             span.set_attribute("gateway.error_reason", error.kind.value)
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            outcome = "cancelled"
-            self._breakers[deployment.name].release_probe()  # says nothing about health
+            # Closing the stream after ``finished`` also lands here: that attempt was ok.
+            if outcome != "ok":
+                outcome = "cancelled"
+                self._breakers[deployment.name].release_probe()  # says nothing about health
             raise
         finally:
             span.set_attribute("gateway.outcome", outcome)
@@ -579,6 +604,9 @@ class Gateway:
                 continue
             breaker = self._breakers[deployment.name]
             rpm_left, tpm_left = self._windows[deployment.name].remaining()
+            provider_rpm, provider_tpm = self._budgets[deployment.name].remaining()
+            rpm_left = _tighter(rpm_left, provider_rpm)
+            tpm_left = _tighter(tpm_left, provider_tpm)
             views.append(
                 DeploymentView(
                     deployment=deployment,
@@ -595,6 +623,13 @@ class Gateway:
     def supports_response_schema(self, provider: str) -> bool:
         adapter = self._adapters.get(provider)
         return bool(adapter and adapter.supports_response_schema)
+
+
+def _tighter(ours: int, providers: int | None) -> int:
+    """The smaller of our own headroom (-1: unlimited) and the provider's (None: unknown)."""
+    if providers is None:
+        return ours
+    return providers if ours < 0 else min(ours, providers)
 
 
 def _validated_json(text: str, schema: Mapping[str, Any]) -> dict[str, Any]:
