@@ -36,9 +36,11 @@ from agentmesh_common import (
     Unavailable,
 )
 
+from .cache import ResponseCache
 from .domain import (
     AttemptFailed,
     AttemptStarted,
+    CacheMode,
     Finished,
     FinishReason,
     GatewayEvent,
@@ -119,8 +121,10 @@ class Gateway:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.table = table
+        self.cache = cache
         self._adapters = adapters
         self._metrics = metrics
         self._tracer = tracer
@@ -224,6 +228,17 @@ class Gateway:
         route, deployments = self.resolve(call.route, call.provider, call.model)
         prompt_estimate = count_messages(call.messages, call.tools)
         tenant_window, tenant_entry = await self._admit_tenant(call, prompt_estimate)
+        policy = self.table.caches.get(route)
+        cache = self.cache
+        cache_key = cache.key_for(call, route, policy) if cache is not None else None
+        if cache is not None and cache_key is not None and call.cache is CacheMode.DEFAULT:
+            answer = await cache.lookup(cache_key, route)
+            if answer is not None:
+                tenant_window.settle(tenant_entry, 0)  # no provider tokens were used
+                for cached_event in answer.events():
+                    yield cached_event
+                return
+        restarted = False  # a restarted answer is never stored
         reserve = prompt_estimate + (call.config.max_tokens or 0)
         attempt = 0
         last: tuple[UpstreamError, Deployment, int] | None = None
@@ -268,23 +283,34 @@ class Gateway:
                 while True:
                     attempt += 1
                     if pending_restart:
+                        restarted = True
                         yield Restart(pending_restart, attempt)
                         pending_restart = ""
-                    yield AttemptStarted(
+                    started = AttemptStarted(
                         deployment.provider, deployment.model, deployment.name, attempt
                     )
+                    yield started
                     state = _Attempt()
+                    recorded: list[Any] | None = [] if cache_key is not None else None
                     try:
                         # aclosing: if our caller goes away, the upstream closes now, not at GC
                         async with aclosing(
                             self._attempt(call, deployment, adapter, attempt, state)
                         ) as attempt_events:
                             async for event in attempt_events:
-                                yield event
                                 if type(event) is Finished:
+                                    assert isinstance(event, Finished)
                                     window.settle(entry, event.usage.total_tokens)
                                     tenant_window.settle(tenant_entry, event.usage.total_tokens)
+                                    if cache and cache_key and policy and not restarted:
+                                        await cache.store(
+                                            cache_key, route, policy, started, recorded or (), event
+                                        )
+                                    yield event
                                     return
+                                if recorded is not None:
+                                    recorded.append(event)
+                                yield event
                     except UpstreamError as error:
                         streamed_tokens = state.streamed_tokens() if state.streamed else 0
                         self._record_failure(deployment, error)
