@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
 
@@ -61,9 +61,15 @@ def route_table(settings: GatewaySettings, environ: Mapping[str, str] | None = N
 
 
 async def build(
-    stack: AsyncExitStack, settings: GatewaySettings, telemetry: Telemetry
+    stack: AsyncExitStack,
+    settings: GatewaySettings,
+    telemetry: Telemetry,
+    *,
+    on_http_started: Callable[[int], None] | None = None,
 ) -> Sequence[Registration]:
-    """Open the service's resources on `stack` and return what to serve."""
+    """Open the service's resources on `stack` and return what to serve.
+
+    ``on_http_started`` is told the HTTP API's bound port (in-process tests bind port 0)."""
     table = route_table(settings)  # RoutesFileError names file:line; the process exits 1
     for deployment in table.deployments():
         if deployment.needs_key and not deployment.keys:
@@ -93,7 +99,9 @@ async def build(
         ),
     )
     if settings.http_port is not None:
-        await start_http(stack, settings, telemetry, gateway)
+        http = await start_http(stack, settings, telemetry, gateway)
+        if on_http_started is not None:
+            on_http_started(http.port)
     servicer = GatewayServicer(gateway)
     return [
         Registration(

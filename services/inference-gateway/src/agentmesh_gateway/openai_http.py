@@ -285,6 +285,7 @@ class OpenAIHandlers:
         self._context = context
 
     async def models(self, request: web.Request) -> web.Response:
+        await self._context.tenant(request)  # only callers with a key see the routes
         if request.headers.get("anthropic-version"):
             data = [
                 {"type": "model", "id": r, "display_name": r, "created_at": "1970-01-01T00:00:00Z"}
