@@ -22,6 +22,7 @@ setup: ## Install uv (if missing), the locked Python packages, buf and the Node 
 	npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error
 	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
 	npm ci --prefix deploy/tools --no-audit --no-fund --loglevel=error
+	npm ci --prefix tests/e2e/node-openai --no-audit --no-fund --loglevel=error
 
 run: ## Start the mesh on localhost (embedded default) and run an example session; Ctrl-C stops it
 	$(RUN) agentmesh up --demo

@@ -243,6 +243,8 @@ async def _up(
             metrics = f":{service.metrics_port}" if service.metrics_port else ""
             pid = str(service.process.pid) if service.process else ""
             table.add_row(service.spec.name, service.address, metrics, pid)
+            if service.http_port:
+                table.add_row("  OpenAI/Anthropic API", _http_api(service), "", pid)
         console.print(table)
         console.print(f"API key (tenant local): {key_file.read_text().strip()}")
         orchestrator = next(s for s in running if s.spec is ORCHESTRATOR)
@@ -294,18 +296,26 @@ async def _demo(target: str, api_key: str, stop: asyncio.Event) -> None:
         console.print("agentmesh keeps running; press Ctrl-C to stop it")
 
 
+def _http_api(service: ServiceProcess) -> str:
+    """The base URL an OpenAI or Anthropic SDK is given (OpenAI's adds nothing to it)."""
+    return f"http://127.0.0.1:{service.http_port}/v1" if service.http_port else ""
+
+
 def _mesh_state(running: list[ServiceProcess], key_file: Path) -> dict[str, object]:
     services = {
         s.spec.name: {
             "address": s.address,
             "metrics_port": s.metrics_port,
             "pid": s.process.pid if s.process else None,
+            **({"http_api": _http_api(s)} if s.http_port else {}),
         }
         for s in running
     }
+    gateway = next((s for s in running if s.spec is GATEWAY), None)
     return {
         "orchestrator": services[ORCHESTRATOR.name]["address"],
         "memory": services[MEMORY.name]["address"],
+        "http_api": _http_api(gateway) if gateway is not None else "",
         "api_key_file": str(key_file),
         "pid": os.getpid(),
         "services": services,
@@ -761,6 +771,33 @@ def providers(target: Target = "", api_key: ApiKey = "") -> None:
                 .lower(),
                 "∞" if status.rpm_remaining < 0 else str(status.rpm_remaining),
                 "∞" if status.tpm_remaining < 0 else str(status.tpm_remaining),
+            )
+        console.print(table)
+
+    _run(_with_client(target, api_key, go))
+
+
+@app.command()
+def usage(
+    by: Annotated[str, typer.Option(help="tenant, provider, model, agent or session")] = "tenant",
+    target: Target = "",
+    api_key: ApiKey = "",
+) -> None:
+    """Tokens and spend of your tenant (sessions, and calls through the gateway's HTTP API)."""
+    group_by = _enum(operations_pb2.UsageGrouping, "USAGE_GROUPING_", by, "--by")
+
+    async def go(client: AgentmeshClient) -> None:
+        reply = await client.usage(group_by=group_by)
+        table = Table(title="usage")
+        for column in (by, "calls", "prompt", "completion", "cost (USD)"):
+            table.add_column(column, justify="left" if column == by else "right")
+        for row in reply.rows:
+            table.add_row(
+                row.key or "-",
+                str(row.calls),
+                str(row.usage.prompt_tokens),
+                str(row.usage.completion_tokens),
+                f"{row.usage.cost_micros_usd / 1e6:.6f}",
             )
         console.print(table)
 

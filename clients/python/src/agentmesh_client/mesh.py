@@ -47,6 +47,8 @@ ORCHESTRATOR = ServiceSpec(
 )
 #: Start order: every service after the ones it calls.
 SERVICES: tuple[ServiceSpec, ...] = (MEMORY, RUNNER, GATEWAY, ORCHESTRATOR)
+#: The gateway's OpenAI/Anthropic-compatible HTTP API when the gateway has its default port.
+GATEWAY_HTTP_PORT = 4000
 
 
 class ServiceStartError(RuntimeError):
@@ -96,6 +98,7 @@ class ServiceProcess:
     process: asyncio.subprocess.Process | None = None
     port: int = 0
     metrics_port: int | None = None
+    http_port: int | None = None  # the gateway's HTTP API, from its "http api started" line
     recent_output: deque[str] = field(default_factory=lambda: deque(maxlen=40))
     _pump: asyncio.Task[None] | None = None
     _log_file: TextIO | None = None
@@ -144,6 +147,8 @@ class ServiceProcess:
             if self._log_file is not None:
                 self._log_file.write(line + "\n")
                 self._log_file.flush()
+            if self.http_port is None:
+                self.http_port = parse_http_line(line)
             if not started.done():
                 ports = parse_started_line(line)
                 if ports is not None:
@@ -202,6 +207,15 @@ def parse_started_line(line: str) -> tuple[int, int | None] | None:
     return port, metrics_port if isinstance(metrics_port, int) else None
 
 
+def parse_http_line(line: str) -> int | None:
+    """The HTTP API port from the gateway's JSON "http api started" line, if it is one."""
+    record = _json_record(line)
+    if record is None or record.get("message") != "http api started":
+        return None
+    port = record.get("http_port")
+    return port if isinstance(port, int) else None
+
+
 def service_environment(
     spec: ServiceSpec, data_dir: Path, running: Mapping[str, ServiceProcess], port: int
 ) -> dict[str, str]:
@@ -211,8 +225,13 @@ def service_environment(
         env[f"{spec.env_prefix}DATABASE_URL"] = f"sqlite+aiosqlite:///{data_dir / 'agentmesh.db'}"
     elif spec is RUNNER:
         env[f"{spec.env_prefix}MODELS_DIR"] = str(data_dir / "models")
-    elif spec is GATEWAY and RUNNER.name in running:
-        env[f"{spec.env_prefix}RUNNER_TARGET"] = running[RUNNER.name].address
+    elif spec is GATEWAY:
+        if RUNNER.name in running:
+            env[f"{spec.env_prefix}RUNNER_TARGET"] = running[RUNNER.name].address
+        if MEMORY.name in running:  # API keys and the usage ledger of the HTTP API
+            env[f"{spec.env_prefix}MEMORY_TARGET"] = running[MEMORY.name].address
+            http_port = GATEWAY_HTTP_PORT if port == spec.default_port else 0
+            env[f"{spec.env_prefix}HTTP_PORT"] = str(http_port)
     elif spec is ORCHESTRATOR:
         if MEMORY.name in running:
             env[f"{spec.env_prefix}MEMORY_TARGET"] = running[MEMORY.name].address
