@@ -262,7 +262,8 @@ class ResponseCache:
 
     async def lookup(self, key: str, route: str) -> CachedAnswer | None:
         try:
-            raw = await asyncio.wait_for(self.backend.get(key), STORE_TIMEOUT)
+            async with asyncio.timeout(STORE_TIMEOUT):  # no extra task, unlike wait_for
+                raw = await self.backend.get(key)
         except Exception as exc:  # an unreachable cache is a miss, never a failed call
             _logger.warning(
                 "cache read failed", extra={"backend": self.backend.name, "error": repr(exc)}
