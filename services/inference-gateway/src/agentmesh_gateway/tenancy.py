@@ -4,7 +4,7 @@ Keys are resolved exactly as the orchestrator's edge resolves them: the memory s
 only their hashes and answers ``AuthenticateApiKey``; answers (also "no such key") are cached
 for ``cache_seconds``. Every call that reached a provider, or was answered from the cache, is
 recorded with ``RecordExecution`` under the caller's tenant, so ``GetUsage`` shows spend per
-tenant key. Recording happens after the answer was sent and never fails a call.
+tenant key. Recording happens after the answer was sent, in batches, and never fails a call.
 """
 
 from __future__ import annotations
@@ -107,10 +107,21 @@ class TenantKeys:
 
 
 class MemoryTenancy:
-    """Key look-ups and ledger records over one channel to the memory service."""
+    """Key look-ups and ledger records over one channel to the memory service.
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    Records are batched: they wait up to ``flush_seconds`` (or until ``max_batch`` are
+    queued) and go as one ``BatchRecordExecutions`` per tenant, one transaction in memory
+    instead of one per call.
+    """
+
+    def __init__(
+        self, channel: grpc.aio.Channel, *, flush_seconds: float = 0.2, max_batch: int = 256
+    ) -> None:
         self._stub = memory_pb2_grpc.MemoryServiceStub(channel)
+        self._flush_seconds = flush_seconds
+        self._max_batch = max_batch
+        self._queue: list[CallRecord] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Task[None]] = set()
 
     async def lookup(self, secret: str) -> str | None:
@@ -129,45 +140,69 @@ class MemoryTenancy:
             ) from None
         return reply.api_key.tenant
 
-    async def record(self, call: CallRecord) -> None:
-        execution = memory_pb2.Execution(
-            route=call.route,
-            provider=call.provider,
-            model=call.model,
-            attempt=call.attempts,
-            latency=_duration(call.latency_seconds),
-            usage=usage_to_proto(call.usage),
-            outcome=call.outcome,  # type: ignore[arg-type]
-            idempotency_key=f"http-{uuid.uuid4().hex}",
-        )
-        if call.time_to_first_token_seconds is not None:
-            execution.time_to_first_token.CopyFrom(_duration(call.time_to_first_token_seconds))
-        if call.error_code:
-            execution.error.CopyFrom(
-                status_pb2.Status(
-                    code=code_pb2.Code.Value(call.error_code), message=call.error_message[:500]
-                )
-            )
+    def record_later(self, call: CallRecord) -> None:
+        """Queue ``call`` for the next batch; never holds the caller's answer."""
+        self._queue.append(call)
+        if len(self._queue) >= self._max_batch:
+            self._flush()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._flush_seconds, self._flush)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._queue = self._queue, []
+        by_tenant: dict[str, list[CallRecord]] = {}
+        for call in batch:
+            by_tenant.setdefault(call.tenant, []).append(call)
+        for tenant, calls in by_tenant.items():
+            task = asyncio.get_running_loop().create_task(self._send(tenant, calls))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+
+    async def _send(self, tenant: str, calls: list[CallRecord]) -> None:
         try:
-            await self._stub.RecordExecution(
-                memory_pb2.RecordExecutionRequest(execution=execution),
-                metadata=((TENANT_METADATA_KEY, call.tenant),),
+            await self._stub.BatchRecordExecutions(
+                memory_pb2.BatchRecordExecutionsRequest(executions=[_execution(c) for c in calls]),
+                metadata=((TENANT_METADATA_KEY, tenant),),
                 timeout=MEMORY_TIMEOUT,
             )
         except grpc.aio.AioRpcError as exc:
             _logger.warning(
-                "usage not recorded", extra={"tenant": call.tenant, "code": exc.code().name}
+                "usage not recorded",
+                extra={"tenant": tenant, "calls": len(calls), "code": exc.code().name},
             )
 
-    def record_later(self, call: CallRecord) -> None:
-        """Record without holding the caller's answer (awaited by :meth:`drain`)."""
-        task = asyncio.get_running_loop().create_task(self.record(call))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
     async def drain(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """Send what is queued now and wait for every batch in flight (at shutdown)."""
+        if self._queue:
+            self._flush()
         if self._pending:
             await asyncio.wait(set(self._pending), timeout=timeout)
+
+
+def _execution(call: CallRecord) -> memory_pb2.Execution:
+    execution = memory_pb2.Execution(
+        route=call.route,
+        provider=call.provider,
+        model=call.model,
+        attempt=call.attempts,
+        latency=_duration(call.latency_seconds),
+        usage=usage_to_proto(call.usage),
+        outcome=call.outcome,  # type: ignore[arg-type]
+        idempotency_key=f"http-{uuid.uuid4().hex}",
+    )
+    if call.time_to_first_token_seconds is not None:
+        execution.time_to_first_token.CopyFrom(_duration(call.time_to_first_token_seconds))
+    if call.error_code:
+        execution.error.CopyFrom(
+            status_pb2.Status(
+                code=code_pb2.Code.Value(call.error_code), message=call.error_message[:500]
+            )
+        )
+    return execution
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
