@@ -1,6 +1,6 @@
-"""`agentmesh up` serves the gateway's OpenAI-compatible HTTP API: its base URL is in
-`mesh.json`, the tenant API key `up` made works with the official openai SDKs (Python and the
-npm package), and the calls show in `agentmesh usage` under the tenant."""
+"""`agentmesh up` serves the gateway's OpenAI-compatible HTTP API: its base URL is in its
+table and `mesh.json`, the tenant API key `up` made works with the official openai SDKs
+(Python and the npm package), and the calls show in `agentmesh usage` under the tenant."""
 
 from __future__ import annotations
 
@@ -21,10 +21,9 @@ NODE_CLIENT = ROOT / "tests" / "e2e" / "node-openai"
 
 
 def test_up_lists_the_http_api_and_the_python_sdk_uses_it_with_the_key(mesh: MeshUp) -> None:
-    base_url = mesh.state["http_api"]
+    base_url = mesh.state["openai_base_url"]
     assert base_url.startswith("http://127.0.0.1:")
-    assert base_url.endswith("/v1")
-    assert mesh.state["services"]["inference-gateway"]["http_api"] == base_url
+    assert mesh.state["services"]["inference-gateway"]["http"] + "/v1" == base_url
     client = openai.OpenAI(base_url=base_url, api_key=mesh.api_key, max_retries=0)
     reply = client.chat.completions.create(
         model="default",
@@ -47,7 +46,7 @@ def test_the_openai_npm_package_streams_and_gets_typed_errors(mesh: MeshUp) -> N
     )
     result = subprocess.run(
         ["node", str(NODE_CLIENT / "chat.mjs")],
-        env={**os.environ, "BASE_URL": mesh.state["http_api"], "API_KEY": mesh.api_key},
+        env={**os.environ, "BASE_URL": mesh.state["openai_base_url"], "API_KEY": mesh.api_key},
         capture_output=True,
         text=True,
         timeout=60,

@@ -237,14 +237,13 @@ async def _up(
             key_file.chmod(0o600)
         state_file.write_text(json.dumps(_mesh_state(running, key_file), indent=2) + "\n")
         table = Table(title="agentmesh is up")
-        for column in ("service", "address", "metrics", "pid"):
+        for column in ("service", "address", "http", "metrics", "pid"):
             table.add_column(column)
         for service in running:
             metrics = f":{service.metrics_port}" if service.metrics_port else ""
             pid = str(service.process.pid) if service.process else ""
-            table.add_row(service.spec.name, service.address, metrics, pid)
-            if service.http_port:
-                table.add_row("  OpenAI/Anthropic API", _http_api(service), "", pid)
+            http = service.http_url or ""
+            table.add_row(service.spec.name, service.address, http, metrics, pid)
         console.print(table)
         console.print(f"API key (tenant local): {key_file.read_text().strip()}")
         orchestrator = next(s for s in running if s.spec is ORCHESTRATOR)
@@ -296,30 +295,30 @@ async def _demo(target: str, api_key: str, stop: asyncio.Event) -> None:
         console.print("agentmesh keeps running; press Ctrl-C to stop it")
 
 
-def _http_api(service: ServiceProcess) -> str:
-    """The base URL an OpenAI or Anthropic SDK is given (OpenAI's adds nothing to it)."""
-    return f"http://127.0.0.1:{service.http_port}/v1" if service.http_port else ""
-
-
 def _mesh_state(running: list[ServiceProcess], key_file: Path) -> dict[str, object]:
     services = {
         s.spec.name: {
             "address": s.address,
             "metrics_port": s.metrics_port,
             "pid": s.process.pid if s.process else None,
-            **({"http_api": _http_api(s)} if s.http_port else {}),
+            "http": s.http_url,
         }
         for s in running
     }
-    gateway = next((s for s in running if s.spec is GATEWAY), None)
     return {
         "orchestrator": services[ORCHESTRATOR.name]["address"],
         "memory": services[MEMORY.name]["address"],
-        "http_api": _http_api(gateway) if gateway is not None else "",
         "api_key_file": str(key_file),
         "pid": os.getpid(),
         "services": services,
+        "openai_base_url": _openai_base_url(running),
     }
+
+
+def _openai_base_url(running: list[ServiceProcess]) -> str | None:
+    """What an OpenAI SDK is given as base URL: the gateway's HTTP API (Anthropic's: no /v1)."""
+    gateway = next((s for s in running if s.spec is GATEWAY), None)
+    return f"{gateway.http_url}/v1" if gateway is not None and gateway.http_url else None
 
 
 # -- run ---------------------------------------------------------------------------------------

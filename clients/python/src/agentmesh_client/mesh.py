@@ -98,7 +98,7 @@ class ServiceProcess:
     process: asyncio.subprocess.Process | None = None
     port: int = 0
     metrics_port: int | None = None
-    http_port: int | None = None  # the gateway's HTTP API, from its "http api started" line
+    http_port: int | None = None
     recent_output: deque[str] = field(default_factory=lambda: deque(maxlen=40))
     _pump: asyncio.Task[None] | None = None
     _log_file: TextIO | None = None
@@ -106,6 +106,11 @@ class ServiceProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str | None:
+        """The base URL of the service's HTTP listener, if it has one."""
+        return f"http://127.0.0.1:{self.http_port}" if self.http_port is not None else None
 
     async def start(self, within_seconds: float = 60.0) -> None:
         """Launch the process and wait for its "service started" line."""
@@ -147,9 +152,10 @@ class ServiceProcess:
             if self._log_file is not None:
                 self._log_file.write(line + "\n")
                 self._log_file.flush()
-            if self.http_port is None:
-                self.http_port = parse_http_line(line)
             if not started.done():
+                http_port = _http_port(line)
+                if http_port is not None:
+                    self.http_port = http_port
                 ports = parse_started_line(line)
                 if ports is not None:
                     started.set_result(ports)
@@ -207,10 +213,9 @@ def parse_started_line(line: str) -> tuple[int, int | None] | None:
     return port, metrics_port if isinstance(metrics_port, int) else None
 
 
-def parse_http_line(line: str) -> int | None:
-    """The HTTP API port from the gateway's JSON "http api started" line, if it is one."""
+def _http_port(line: str) -> int | None:
     record = _json_record(line)
-    if record is None or record.get("message") != "http api started":
+    if record is None or record.get("message") != "http started":
         return None
     port = record.get("http_port")
     return port if isinstance(port, int) else None
@@ -225,18 +230,17 @@ def service_environment(
         env[f"{spec.env_prefix}DATABASE_URL"] = f"sqlite+aiosqlite:///{data_dir / 'agentmesh.db'}"
     elif spec is RUNNER:
         env[f"{spec.env_prefix}MODELS_DIR"] = str(data_dir / "models")
-    elif spec is GATEWAY:
-        if RUNNER.name in running:
-            env[f"{spec.env_prefix}RUNNER_TARGET"] = running[RUNNER.name].address
-        if MEMORY.name in running:  # API keys and the usage ledger of the HTTP API
-            env[f"{spec.env_prefix}MEMORY_TARGET"] = running[MEMORY.name].address
-            http_port = GATEWAY_HTTP_PORT if port == spec.default_port else 0
-            env[f"{spec.env_prefix}HTTP_PORT"] = str(http_port)
+    elif spec is GATEWAY and RUNNER.name in running:
+        env[f"{spec.env_prefix}RUNNER_TARGET"] = running[RUNNER.name].address
     elif spec is ORCHESTRATOR:
         if MEMORY.name in running:
             env[f"{spec.env_prefix}MEMORY_TARGET"] = running[MEMORY.name].address
         if GATEWAY.name in running:
             env[f"{spec.env_prefix}GATEWAY_TARGET"] = running[GATEWAY.name].address
+    if spec is GATEWAY and MEMORY.name in running:  # the HTTP API's keys and usage ledger
+        env[f"{spec.env_prefix}MEMORY_TARGET"] = running[MEMORY.name].address
+        http_port = GATEWAY_HTTP_PORT if port == spec.default_port else 0
+        env[f"{spec.env_prefix}HTTP_PORT"] = str(http_port)
     return env
 
 

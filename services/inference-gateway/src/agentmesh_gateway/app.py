@@ -139,6 +139,6 @@ async def start_http(
     await server.start()
     stack.push_async_callback(server.stop)
     facts = {"http_port": server.port, "auth": settings.http_auth}
-    _logger.info("http api started", extra=facts)
-    print(json.dumps({"message": "http api started", "service": SERVICE_NAME, **facts}), flush=True)
+    _logger.info("http started", extra=facts)  # the same line as the web edge's, for `up`
+    print(json.dumps({"message": "http started", "service": SERVICE_NAME, **facts}), flush=True)
     return server
