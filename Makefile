@@ -17,7 +17,7 @@ UI := services/web/ui
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-setup: ## Install uv (if missing), the locked Python packages, buf, the Node client, the UI's toolchain (npm) and chromium (apt, as root)
+setup: ## Install uv (if missing), the locked Python packages, buf, the Node client, the UI toolchain (npm), chromium and redis-server (apt, as root)
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
 		python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) sync --frozen --all-packages
@@ -25,7 +25,8 @@ setup: ## Install uv (if missing), the locked Python packages, buf, the Node cli
 	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
 	npm ci --prefix deploy/tools --no-audit --no-fund --loglevel=error
 	npm ci --prefix $(UI) --no-audit --no-fund --loglevel=error
-	@bash tools/install_chromium.sh
+	@bash tools/install_system_packages.sh
+	npm ci --prefix tests/e2e/node-openai --no-audit --no-fund --loglevel=error
 
 run: ## Start the mesh on localhost (embedded default) and run an example session; Ctrl-C stops it
 	$(RUN) agentmesh up --demo

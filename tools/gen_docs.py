@@ -104,6 +104,9 @@ REASON_GUIDANCE: dict[str, str] = {
     "DEPLOYMENT_NOT_FOUND": "No deployment serves that provider and model; check the routes.",
     "DEPLOYMENT_RATE_LIMITED": "Every deployment of the route is at its limit; wait RetryInfo.",
     "CIRCUIT_OPEN": "Every deployment is failing and cooling down; retry after RetryInfo.",
+    "KEY_SERVICE_UNAVAILABLE": "The gateway cannot reach memory to check API keys; retry.",
+    "INVALID_JSON": "The HTTP body is not a JSON object; send valid JSON.",
+    "NO_SUCH_ENDPOINT": "The gateway's HTTP API has no such path; see its README.",
     # local runner
     "MODEL_NOT_FOUND": "No such model in the runner's models directory or cache.",
     "MODEL_INVALID": "The model directory is not a usable model; the message says why.",
@@ -273,6 +276,8 @@ def _settings_rows(module: str, class_name: str) -> Iterator[tuple[str, str, str
 
 ROUTES_MODELS = [
     ("top level", "RoutesFileSpec"),
+    ("a route written as a mapping (instead of a list)", "RouteSpec"),
+    ("a route's response cache (under `cache`)", "CacheSpec"),
     ("a deployment (an item of a route's list)", "DeploymentSpec"),
     ("a tenant (under `tenants`)", "TenantSpec"),
 ]

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from agentmesh_common import MetricFactory
 from agentmesh_gateway.app import build_adapters
+from agentmesh_gateway.cache import CacheBackend, ResponseCache
 from agentmesh_gateway.domain import GenerateCall
 from agentmesh_gateway.gateway import Gateway, RetryPolicy
 from agentmesh_gateway.observability import GatewayMetrics
@@ -82,7 +83,12 @@ async def harness(
     built: list[Gateway] = []
     adapters_list: list[Any] = []
 
-    def make(routes_yaml: str, env: dict[str, str] | None = None, **retry: Any) -> Harness:
+    def make(
+        routes_yaml: str,
+        env: dict[str, str] | None = None,
+        cache: CacheBackend | None = None,
+        **retry: Any,
+    ) -> Harness:
         path = tmp_path / f"routes{len(built)}.yaml"
         path.write_text(routes_yaml)
         table = load_routes(path, env or {})
@@ -97,12 +103,14 @@ async def harness(
             max_delay=0.05,
             max_rate_limit_wait=retry.get("max_rate_limit_wait", 5.0),
         )
+        metrics = GatewayMetrics(MetricFactory(registry))
         gateway = Gateway(
             table,
             adapters,
-            metrics=GatewayMetrics(MetricFactory(registry)),
+            metrics=metrics,
             tracer=provider.get_tracer("test"),
             retry=policy,
+            cache=ResponseCache(cache, metrics) if cache is not None else None,
         )
         built.append(gateway)
         return Harness(gateway, exporter, registry)

@@ -11,7 +11,7 @@ import pytest
 
 from agentmesh_common import Unavailable
 from agentmesh_gateway.domain import AttemptStarted, GatewayEvent, TextDelta, ToolCallDelta
-from agentmesh_gateway.servicer import coalesced
+from agentmesh_gateway.streaming import coalesced
 
 
 async def test_buffered_text_is_merged_but_other_events_keep_their_order() -> None:

@@ -133,7 +133,7 @@ async def test_a_long_retry_hint_falls_back_at_once(
 @pytest.mark.parametrize(
     ("status", "body", "error", "reason"),
     [
-        (401, wire.openai_401(KEY), FailedPrecondition, "PROVIDER_AUTH_FAILED"),
+        # (a refused key is not here: it falls back, see test_gateway_findings.py)
         (429, wire.OPENAI_QUOTA, ResourceExhausted, "QUOTA_EXHAUSTED"),
         (
             400,
@@ -297,7 +297,8 @@ async def test_mid_stream_failure_with_error_policy_says_how_much_was_streamed(
             Stream(wire.ndjson(*wire.OLLAMA_TEXT[:2], wire.OLLAMA_MIDSTREAM_ERROR)),
         ),
         ("openai", "m", Stream([*wire.sse(*wire.openai_text()[:3]), b"data: {not json\n\n"])),
-        ("openai", "m", Stream(wire.sse(*wire.openai_text()))),  # no [DONE]
+        # no finish chunk and no [DONE] (with the finish chunk the answer is complete)
+        ("openai", "m", Stream(wire.sse(*wire.openai_text()[:-2]))),
         (
             "gemini",
             "gemini-2.5-flash",
@@ -479,8 +480,9 @@ routes:
     used = [r.headers["Authorization"] for r in fake.requests]
     assert used == ["Bearer sk-revoked-aaaaaaaaaa", "Bearer sk-current-bbbbbbbbbb"]
     assert not fake2.requests
-    # with every key refused the call fails fast, without falling back
+    # with every key refused the deployment is skipped and the route falls back
     fake.push(Reply(401, wire.OPENAI_500), Reply(401, wire.OPENAI_500))
-    with pytest.raises(FailedPrecondition):
-        await h.run(ask())
-    assert not fake2.requests
+    fake2.push(OK)
+    events = await h.run(ask())
+    assert finished(events).text == "Expect mild weather in Paris tomorrow."
+    assert len(fake2.requests) == 1

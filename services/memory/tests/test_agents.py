@@ -211,6 +211,43 @@ async def test_create_rejects_bad_input_with_field_violations(
     assert field in violation_fields(error)
 
 
+def _schema(value: dict[str, object]) -> generation_pb2.GenerationConfig:
+    config = generation_pb2.GenerationConfig()
+    config.response_schema.update(value)
+    return config
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [{"type": 12}, {"type": "objekt"}, {"properties": {"a": {"minLength": -1}}}],
+    ids=["type-not-a-string", "unknown-type", "negative-minLength"],
+)
+async def test_a_response_schema_that_is_not_a_json_schema_is_refused_where_it_enters(
+    api: Api, schema: dict[str, object]
+) -> None:
+    error = await rpc_error(
+        api.CreateAgent(
+            memory_pb2.CreateAgentRequest(
+                agent_id="structured", agent=definition(generation=_schema(schema))
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert violation_fields(error) == {"agent.generation.response_schema"}
+    assert "agent.generation.response_schema" in error.message
+    await create(api, "structured", generation=_schema({"type": "object"}))
+    error = await rpc_error(
+        api.UpdateAgent(
+            memory_pb2.UpdateAgentRequest(
+                agent=definition(name="agents/structured", generation=_schema(schema)),
+                update_mask=field_mask_pb2.FieldMask(paths=["generation"]),
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert violation_fields(error) == {"agent.generation.response_schema"}
+
+
 @pytest.mark.parametrize("name", ["", "agents", "agents/", "agent/x", "agents/x/y", "agents/UPPER"])
 async def test_malformed_names_are_invalid(api: Api, name: str) -> None:
     error = await rpc_error(

@@ -185,3 +185,29 @@ async def test_usage_rolls_up_by_every_grouping_and_window(api: Api) -> None:
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
+
+
+async def test_a_batch_of_records_is_written_whole_or_not_at_all(api: Api) -> None:
+    reply = await api.BatchRecordExecutions(
+        memory_pb2.BatchRecordExecutionsRequest(
+            executions=[execution(key="b-1", cost=7), execution("anthropic", "claude", cost=5)]
+        )
+    )
+    assert [e.provider for e in reply.executions] == ["openai", "anthropic"]
+    again = await api.BatchRecordExecutions(
+        memory_pb2.BatchRecordExecutionsRequest(executions=[execution(key="b-1", cost=999)])
+    )
+    assert again.executions[0].usage.cost_micros_usd == 7, "a repeated key keeps its first record"
+    error = await rpc_error(
+        api.BatchRecordExecutions(
+            memory_pb2.BatchRecordExecutionsRequest(
+                executions=[execution(key="b-2"), execution(provider="")]
+            )
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert violation_fields(error) == {"executions[1].provider"}
+    listed = await api.ListExecutions(memory_pb2.ListExecutionsRequest(idempotency_key="b-2"))
+    assert not listed.executions, "nothing of a refused batch was written"
+    usage = await api.GetUsage(memory_pb2.GetUsageRequest())
+    assert usage.total.cost_micros_usd == 12

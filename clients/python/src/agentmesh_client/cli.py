@@ -309,6 +309,7 @@ def _mesh_state(running: list[ServiceProcess], key_file: Path) -> dict[str, obje
             "address": s.address,
             "metrics_port": s.metrics_port,
             "pid": s.process.pid if s.process else None,
+            "http": s.http_url,
         }
         for s in running
     }
@@ -320,7 +321,14 @@ def _mesh_state(running: list[ServiceProcess], key_file: Path) -> dict[str, obje
         "api_key_file": str(key_file),
         "pid": os.getpid(),
         "services": services,
+        "openai_base_url": _openai_base_url(running),
     }
+
+
+def _openai_base_url(running: list[ServiceProcess]) -> str | None:
+    """What an OpenAI SDK is given as base URL: the gateway's HTTP API (Anthropic's: no /v1)."""
+    gateway = next((s for s in running if s.spec is GATEWAY), None)
+    return f"{gateway.http_url}/v1" if gateway is not None and gateway.http_url else None
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -772,6 +780,33 @@ def providers(target: Target = "", api_key: ApiKey = "") -> None:
                 .lower(),
                 "∞" if status.rpm_remaining < 0 else str(status.rpm_remaining),
                 "∞" if status.tpm_remaining < 0 else str(status.tpm_remaining),
+            )
+        console.print(table)
+
+    _run(_with_client(target, api_key, go))
+
+
+@app.command()
+def usage(
+    by: Annotated[str, typer.Option(help="tenant, provider, model, agent or session")] = "tenant",
+    target: Target = "",
+    api_key: ApiKey = "",
+) -> None:
+    """Tokens and spend of your tenant (sessions, and calls through the gateway's HTTP API)."""
+    group_by = _enum(operations_pb2.UsageGrouping, "USAGE_GROUPING_", by, "--by")
+
+    async def go(client: AgentmeshClient) -> None:
+        reply = await client.usage(group_by=group_by)
+        table = Table(title="usage")
+        for column in (by, "calls", "prompt", "completion", "cost (USD)"):
+            table.add_column(column, justify="left" if column == by else "right")
+        for row in reply.rows:
+            table.add_row(
+                row.key or "-",
+                str(row.calls),
+                str(row.usage.prompt_tokens),
+                str(row.usage.completion_tokens),
+                f"{row.usage.cost_micros_usd / 1e6:.6f}",
             )
         console.print(table)
 

@@ -48,10 +48,10 @@ ORCHESTRATOR = ServiceSpec(
     "orchestrator", "agentmesh_orchestrator", "AGENTMESH_ORCHESTRATOR_", 50051, 9461
 )
 WEB = ServiceSpec("web", "agentmesh_web", "AGENTMESH_WEB_", 50055, 9465)
-#: The web edge's HTTP port (API, event streams, UI) unless told otherwise.
-WEB_HTTP_PORT = 8080
 #: Start order: every service after the ones it calls.
 SERVICES: tuple[ServiceSpec, ...] = (MEMORY, RUNNER, GATEWAY, ORCHESTRATOR, WEB)
+#: The gateway's OpenAI/Anthropic-compatible HTTP API when the gateway has its default port.
+GATEWAY_HTTP_PORT = 4000
 
 
 class ServiceStartError(RuntimeError):
@@ -242,6 +242,10 @@ def service_environment(
             env[f"{spec.env_prefix}MEMORY_TARGET"] = running[MEMORY.name].address
         if GATEWAY.name in running:
             env[f"{spec.env_prefix}GATEWAY_TARGET"] = running[GATEWAY.name].address
+    if spec is GATEWAY and MEMORY.name in running:  # the HTTP API's keys and usage ledger
+        env[f"{spec.env_prefix}MEMORY_TARGET"] = running[MEMORY.name].address
+        http_port = GATEWAY_HTTP_PORT if port == spec.default_port else 0
+        env[f"{spec.env_prefix}HTTP_PORT"] = str(http_port)
     return env
 
 

@@ -37,6 +37,14 @@ class ToolChoice(enum.Enum):
     REQUIRED = "required"
 
 
+class CacheMode(enum.Enum):
+    """How one request uses its route's response cache."""
+
+    DEFAULT = "default"  # the route's policy
+    SKIP = "skip"  # neither read nor store
+    REFRESH = "refresh"  # do not read; store the fresh answer
+
+
 class MidStreamPolicy(enum.Enum):
     """What to do when a deployment fails after output was streamed."""
 
@@ -100,6 +108,7 @@ class GenerateCall:
     fail_fast_on_rate_limit: bool = False
     session: str = ""  # "sessions/{id}" this call serves, for traces
     agent: str = ""
+    cache: CacheMode = CacheMode.DEFAULT
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +200,7 @@ class Finished:
     text: str
     tool_calls: tuple[ToolCall, ...]
     structured_output: JsonObject | None = None
+    cached: bool = False  # replayed from the response cache (cost 0, no provider called)
 
 
 GatewayEvent = AttemptStarted | AttemptFailed | Restart | Finished | ProviderEvent

@@ -23,22 +23,21 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
 from opentelemetry import trace
 
 from agentmesh_common import (
     AgentmeshError,
     FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
     NotFound,
     ResourceExhausted,
     Unavailable,
 )
 
+from .cache import ResponseCache
 from .domain import (
     AttemptFailed,
     AttemptStarted,
+    CacheMode,
     Finished,
     FinishReason,
     GatewayEvent,
@@ -53,11 +52,12 @@ from .domain import (
     Usage,
 )
 from .errors import HEALTH_KINDS, ErrorKind, UpstreamError, scrub, to_domain_error
-from .limits import CircuitBreaker, CircuitState, RateWindow
+from .limits import CircuitBreaker, CircuitState, ProviderBudget, RateWindow
 from .observability import GatewayMetrics
 from .providers.base import ProviderAdapter, Target
 from .routes import Deployment, RouteTable
 from .tokens import count_messages, count_text
+from .validation import validate, validated_json
 
 _logger = logging.getLogger("agentmesh.gateway")
 _CIRCUIT_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
@@ -119,8 +119,10 @@ class Gateway:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.table = table
+        self.cache = cache
         self._adapters = adapters
         self._metrics = metrics
         self._tracer = tracer
@@ -130,6 +132,7 @@ class Gateway:
         self._rng = rng or random.Random()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._windows: dict[str, RateWindow] = {}
+        self._budgets: dict[str, ProviderBudget] = {}
         self._key_cursor: dict[str, int] = {}
         self._last_error: dict[str, UpstreamError] = {}
         self._tenants: dict[str, RateWindow] = {}
@@ -141,6 +144,7 @@ class Gateway:
                 table.circuit_failure_threshold, table.circuit_cooldown_seconds, clock
             )
             self._windows[d.name] = RateWindow(d.rpm, d.tpm, clock)
+            self._budgets[d.name] = ProviderBudget(clock)
             self._key_cursor[d.name] = 0
             metrics.circuit_state.labels(d.name).set(0)
 
@@ -222,6 +226,17 @@ class Gateway:
         route, deployments = self.resolve(call.route, call.provider, call.model)
         prompt_estimate = count_messages(call.messages, call.tools)
         tenant_window, tenant_entry = await self._admit_tenant(call, prompt_estimate)
+        policy = self.table.caches.get(route)
+        cache = self.cache
+        cache_key = cache.key_for(call, route, policy) if cache is not None else None
+        if cache is not None and cache_key is not None and call.cache is CacheMode.DEFAULT:
+            answer = await cache.lookup(cache_key, route)
+            if answer is not None:
+                tenant_window.settle(tenant_entry, 0)  # no provider tokens were used
+                for cached_event in answer.events():
+                    yield cached_event
+                return
+        restarted = False  # a restarted answer is never stored
         reserve = prompt_estimate + (call.config.max_tokens or 0)
         attempt = 0
         last: tuple[UpstreamError, Deployment, int] | None = None
@@ -229,6 +244,7 @@ class Gateway:
         min_context = -1  # after a context-length error: only larger windows
         rate_waits: list[float] = []
         circuit_waits: list[float] = []
+        refused: tuple[UpstreamError, Deployment] | None = None  # skipped: its key was refused
         pending_restart = ""
         candidates = self._order(deployments)
         for pass_number in range(2):
@@ -239,6 +255,14 @@ class Gateway:
                 breaker = self._breakers[deployment.name]
                 if breaker.current_state() is CircuitState.OPEN:
                     circuit_waits.append(breaker.seconds_until_probe())
+                    previous = self._last_error.get(deployment.name)
+                    if previous is not None and previous.kind is ErrorKind.AUTH:
+                        refused = (previous, deployment)
+                    continue
+                budget = self._budgets[deployment.name]
+                provider_wait = budget.wait(reserve)
+                if provider_wait > 0:  # its provider said it is spent: route around it
+                    rate_waits.append(provider_wait)
                     continue
                 window = self._windows[deployment.name]
                 entry, wait = window.try_acquire(reserve)
@@ -249,6 +273,7 @@ class Gateway:
                     window.release(entry)
                     circuit_waits.append(breaker.seconds_until_probe())
                     continue
+                budget.take(reserve)
                 adapter = self._adapters[deployment.provider]
                 has_next = position + 1 < len(candidates)
                 retry = 0
@@ -256,23 +281,34 @@ class Gateway:
                 while True:
                     attempt += 1
                     if pending_restart:
+                        restarted = True
                         yield Restart(pending_restart, attempt)
                         pending_restart = ""
-                    yield AttemptStarted(
+                    started = AttemptStarted(
                         deployment.provider, deployment.model, deployment.name, attempt
                     )
+                    yield started
                     state = _Attempt()
+                    recorded: list[Any] | None = [] if cache_key is not None else None
                     try:
                         # aclosing: if our caller goes away, the upstream closes now, not at GC
                         async with aclosing(
                             self._attempt(call, deployment, adapter, attempt, state)
                         ) as attempt_events:
                             async for event in attempt_events:
-                                yield event
                                 if type(event) is Finished:
+                                    assert isinstance(event, Finished)
                                     window.settle(entry, event.usage.total_tokens)
                                     tenant_window.settle(tenant_entry, event.usage.total_tokens)
+                                    if cache and cache_key and policy and not restarted:
+                                        await cache.store(
+                                            cache_key, route, policy, started, recorded or (), event
+                                        )
+                                    yield event
                                     return
+                                if recorded is not None:
+                                    recorded.append(event)
+                                yield event
                     except UpstreamError as error:
                         streamed_tokens = state.streamed_tokens() if state.streamed else 0
                         self._record_failure(deployment, error)
@@ -287,10 +323,16 @@ class Gateway:
                         if error.kind is ErrorKind.INVALID_OUTPUT:
                             same = not invalid_output_retried
                             invalid_output_retried = True
-                        if error.kind is ErrorKind.AUTH and deployment.keys:
+                        refused_key = error.kind is ErrorKind.AUTH
+                        if refused_key and deployment.keys:
                             # A revoked key among several: the next key may still work.
                             keys_failed += 1
                             same = keys_failed < len(deployment.keys)
+                        if refused_key and not same:
+                            # Every key of this deployment is refused: that is about this
+                            # deployment, not the call. Skip it for the cooldown, fall back.
+                            breaker.trip()
+                            self._metrics.circuit_state.labels(deployment.name).set(2)
                         context_fallback = error.kind is ErrorKind.CONTEXT_LENGTH and any(
                             d.context_window > deployment.context_window
                             for d in candidates[position + 1 :]
@@ -301,6 +343,7 @@ class Gateway:
                             and (
                                 (error.retryable and error.kind is not ErrorKind.INVALID_OUTPUT)
                                 or context_fallback
+                                or refused_key
                             )
                         )
                         stop = not same and not moves_on
@@ -347,6 +390,8 @@ class Gateway:
                 retry_after=round(min(rate_waits), 3),
                 reason="DEPLOYMENT_RATE_LIMITED",
             )
+        if refused is not None:  # every deployment left was skipped; say why
+            raise self._final_error(*refused, 0)
         if circuit_waits:
             raise Unavailable(
                 f"every deployment of route {route!r} has an open circuit",
@@ -433,6 +478,8 @@ class Gateway:
                 key,
                 deployment.headers,
                 deployment.stream,
+                trace_context=trace.set_span_in_context(span),
+                observe_limits=self._budgets[deployment.name].observe,
             )
             end: StreamEnd | None = None
             text, tools = state.text, state.tools
@@ -481,8 +528,10 @@ class Gateway:
             span.set_attribute("gateway.error_reason", error.kind.value)
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            outcome = "cancelled"
-            self._breakers[deployment.name].release_probe()  # says nothing about health
+            # Closing the stream after ``finished`` also lands here: that attempt was ok.
+            if outcome != "ok":
+                outcome = "cancelled"
+                self._breakers[deployment.name].release_probe()  # says nothing about health
             raise
         finally:
             span.set_attribute("gateway.outcome", outcome)
@@ -513,7 +562,7 @@ class Gateway:
         structured: dict[str, Any] | None = None
         schema = call.config.response_schema
         if schema is not None and not tool_calls and finish is FinishReason.STOP:
-            structured = _validated_json(text, schema)
+            structured = validated_json(text, schema)
         elif schema is not None and not tool_calls and finish is FinishReason.LENGTH:
             # Constrained output is valid up to the cut, but a cut JSON value is no value.
             raise UpstreamError(
@@ -579,6 +628,9 @@ class Gateway:
                 continue
             breaker = self._breakers[deployment.name]
             rpm_left, tpm_left = self._windows[deployment.name].remaining()
+            provider_rpm, provider_tpm = self._budgets[deployment.name].remaining()
+            rpm_left = _tighter(rpm_left, provider_rpm)
+            tpm_left = _tighter(tpm_left, provider_tpm)
             views.append(
                 DeploymentView(
                     deployment=deployment,
@@ -597,56 +649,8 @@ class Gateway:
         return bool(adapter and adapter.supports_response_schema)
 
 
-def _validated_json(text: str, schema: Mapping[str, Any]) -> dict[str, Any]:
-    body = text.strip()
-    if body.startswith("```"):
-        body = body.strip("`")
-        body = body[4:] if body.startswith("json") else body
-    try:
-        value = json.loads(body)
-    except ValueError:
-        raise UpstreamError(ErrorKind.INVALID_OUTPUT, "the output is not JSON") from None
-    try:
-        jsonschema.validate(value, dict(schema))
-    except jsonschema.ValidationError as exc:
-        raise UpstreamError(
-            ErrorKind.INVALID_OUTPUT, f"the output does not match the schema: {exc.message}"
-        ) from None
-    if not isinstance(value, dict):
-        return {"value": value}
-    return value
-
-
-def validate(call: GenerateCall) -> None:
-    """INVALID_ARGUMENT for a request no provider could serve."""
-    problems: list[FieldViolation] = []
-    cfg = call.config
-
-    def check(name: str, value: float | None, low: float, high: float) -> None:
-        if value is not None and not low <= value <= high:
-            problems.append(FieldViolation(f"config.{name}", f"must be between {low} and {high}"))
-
-    if not call.messages:
-        problems.append(FieldViolation("messages", "at least one message is required"))
-    check("temperature", cfg.temperature, 0.0, 2.0)
-    check("top_p", cfg.top_p, 0.0, 1.0)
-    check("frequency_penalty", cfg.frequency_penalty, -2.0, 2.0)
-    check("presence_penalty", cfg.presence_penalty, -2.0, 2.0)
-    if cfg.max_tokens is not None and cfg.max_tokens < 1:
-        problems.append(FieldViolation("config.max_tokens", "must be at least 1"))
-    if any(not s for s in cfg.stop):
-        problems.append(FieldViolation("config.stop", "stop sequences must not be empty"))
-    if cfg.response_schema is not None:
-        try:
-            jsonschema.validators.validator_for(dict(cfg.response_schema)).check_schema(
-                dict(cfg.response_schema)
-            )
-        except jsonschema.SchemaError as exc:
-            problems.append(
-                FieldViolation("config.response_schema", f"not a JSON schema: {exc.message}")
-            )
-    names = [t.name for t in call.tools]
-    if len(set(names)) != len(names) or any(not n for n in names):
-        problems.append(FieldViolation("tools", "tool names must be unique and non-empty"))
-    if problems:
-        raise InvalidArgument("invalid generate request", violations=problems)
+def _tighter(ours: int, providers: int | None) -> int:
+    """The smaller of our own headroom (-1: unlimited) and the provider's (None: unknown)."""
+    if providers is None:
+        return ours
+    return providers if ours < 0 else min(ours, providers)

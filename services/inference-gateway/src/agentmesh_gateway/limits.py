@@ -1,4 +1,5 @@
-"""Per-deployment circuit breakers and sliding-window rate limits (rpm, tpm)."""
+"""Per-deployment circuit breakers, sliding-window rate limits (rpm, tpm), and the budget
+each provider reports in its rate-limit headers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import enum
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 
 class CircuitState(enum.Enum):
@@ -56,6 +58,13 @@ class CircuitBreaker:
     def record_success(self) -> None:
         self.state = CircuitState.CLOSED
         self.consecutive_failures = 0
+        self._probing = False
+
+    def trip(self) -> None:
+        """Open now for the cooldown, whatever the count (a refused API key)."""
+        self.consecutive_failures = max(self.consecutive_failures + 1, self.threshold)
+        self.state = CircuitState.OPEN
+        self.open_until = self._clock() + self.cooldown
         self._probing = False
 
     def record_failure(self) -> None:
@@ -131,3 +140,71 @@ class RateWindow:
             return  # unlimited, or already out of the window
         self._tokens += actual_tokens - entry[1]
         entry[1] = float(actual_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderLimits:
+    """What a provider's rate-limit headers said on one response (None: not sent)."""
+
+    requests_remaining: int | None = None
+    requests_reset_seconds: float | None = None
+    tokens_remaining: int | None = None
+    tokens_reset_seconds: float | None = None
+
+
+class ProviderBudget:
+    """A deployment's budget as its provider last reported it, counted down locally between
+    reports, so that calls go elsewhere (or wait) before the provider has to answer 429."""
+
+    DEFAULT_RESET = 1.0  # a remaining count without a reset time is trusted this long
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._requests: int | None = None
+        self._requests_until = 0.0
+        self._tokens: int | None = None
+        self._tokens_until = 0.0
+
+    def observe(self, limits: ProviderLimits) -> None:
+        now = self._clock()
+        if limits.requests_remaining is not None:
+            self._requests = limits.requests_remaining
+            self._requests_until = now + (
+                self.DEFAULT_RESET
+                if limits.requests_reset_seconds is None
+                else limits.requests_reset_seconds
+            )
+        if limits.tokens_remaining is not None:
+            self._tokens = limits.tokens_remaining
+            self._tokens_until = now + (
+                self.DEFAULT_RESET
+                if limits.tokens_reset_seconds is None
+                else limits.tokens_reset_seconds
+            )
+
+    def wait(self, tokens: int) -> float:
+        """Seconds until the provider would take a request of ``tokens``; 0: now."""
+        now = self._clock()
+        wait = 0.0
+        if self._requests is not None and now < self._requests_until and self._requests <= 0:
+            wait = self._requests_until - now
+        if self._tokens is not None and now < self._tokens_until and self._tokens < tokens:
+            wait = max(wait, self._tokens_until - now)
+        return wait
+
+    def take(self, tokens: int) -> None:
+        """Count one request of ``tokens`` against what the provider said is left."""
+        if self._requests is not None:
+            self._requests -= 1
+        if self._tokens is not None:
+            self._tokens -= tokens
+
+    def remaining(self) -> tuple[int | None, int | None]:
+        """(requests, tokens) left by the provider's last word; None: unknown or reset."""
+        now = self._clock()
+        requests = self._requests if now < self._requests_until else None
+        tokens = self._tokens if now < self._tokens_until else None
+        return (
+            None if requests is None else max(requests, 0),
+            None if tokens is None else max(tokens, 0),
+        )

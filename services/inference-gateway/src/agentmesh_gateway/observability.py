@@ -42,3 +42,17 @@ class GatewayMetrics:
         self.cost = factory.counter(
             "gateway_cost_micros_usd_total", "Cost in micro-USD.", ["provider", "model"]
         )
+        self.cache_requests = factory.counter(
+            "gateway_cache_requests_total",
+            "Response cache look-ups by route and result (hit, miss).",
+            ["route", "result"],
+        )
+        self.cache_bytes_read = factory.counter(
+            "gateway_cache_read_bytes_total", "Bytes of cached answers replayed.", ["route"]
+        )
+        self.cache_bytes_written = factory.counter(
+            "gateway_cache_written_bytes_total", "Bytes of answers stored in the cache.", ["route"]
+        )
+        self.cache_size_bytes = factory.gauge(
+            "gateway_cache_size_bytes", "Bytes held by the in-process response cache.", []
+        )

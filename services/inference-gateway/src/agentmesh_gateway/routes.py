@@ -72,6 +72,14 @@ class Deployment:
 
 
 @dataclass(frozen=True)
+class CachePolicy:
+    """A route's response cache: how long an answer is kept, and for which requests."""
+
+    ttl_seconds: float
+    deterministic_only: bool = True
+
+
+@dataclass(frozen=True)
 class TenantLimits:
     rpm: int = 0
     tpm: int = 0
@@ -85,6 +93,7 @@ class RouteTable:
     circuit_failure_threshold: int = 5
     circuit_cooldown_seconds: float = 30.0
     max_retry_wait_seconds: float = 10.0
+    caches: Mapping[str, CachePolicy] = field(default_factory=dict)
 
     def deployments(self) -> list[Deployment]:
         seen: dict[tuple[str, str], Deployment] = {}
@@ -159,6 +168,29 @@ class DeploymentSpec(BaseModel):
         return value
 
 
+class CacheSpec(BaseModel):
+    """A route's response cache (under a route's `cache`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ttl_seconds: float = Field(gt=0, le=30 * 86400, description="How long an answer is kept.")
+    deterministic_only: bool = Field(
+        default=True,
+        description="Cache only requests with temperature 0 or a seed; false: every request.",
+    )
+
+
+class RouteSpec(BaseModel):
+    """A route written as a mapping (instead of a bare list of deployments)."""
+
+    model_config = ConfigDict(extra="forbid")
+    deployments: list[DeploymentSpec] = Field(
+        min_length=1, description="The route's deployments, in fallback order."
+    )
+    cache: CacheSpec | None = Field(
+        default=None, description="Opt in to the response cache; unset: never cached."
+    )
+
+
 class TenantSpec(BaseModel):
     """Per-tenant limits in the routes file."""
 
@@ -172,8 +204,10 @@ class RoutesFileSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    routes: dict[str, list[DeploymentSpec]] = Field(
-        min_length=1, description="Route name to its deployments, in fallback order."
+    routes: dict[str, RouteSpec] = Field(
+        min_length=1,
+        description="Route name to its deployments in fallback order (a list), or to a"
+        " mapping with `deployments` and `cache`.",
     )
     tenants: dict[str, TenantSpec] = Field(
         default_factory=dict, description="Per-tenant limits; key `default` applies to others."
@@ -190,13 +224,18 @@ class RoutesFileSpec(BaseModel):
         description="A provider retry hint longer than this falls back instead of waiting.",
     )
 
-    @field_validator("routes")
+    @field_validator("routes", mode="before")
     @classmethod
-    def _non_empty(cls, value: dict[str, list[DeploymentSpec]]) -> Any:
-        for name, deployments in value.items():
-            if not deployments:
+    def _lists_are_routes(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        for name, route in value.items():
+            if isinstance(route, list) and not route:
                 raise ValueError(f"route {name!r} has no deployments")
-        return value
+        return {
+            name: {"deployments": route} if isinstance(route, list) else route
+            for name, route in value.items()
+        }
 
 
 def default_routes(runner_target: str) -> RouteTable:
@@ -255,16 +294,19 @@ def load_routes(path: Path, environ: Mapping[str, str] | None = None) -> RouteTa
         parsed = RoutesFileSpec.model_validate(data if data is not None else {})
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = tuple(first["loc"])
+        loc = _as_written(tuple(first["loc"]), data)
         where = ".".join(str(p) for p in loc) or "(top level)"
         raise RoutesFileError(f"{path}:{_line_for(lines, loc)}: {where}: {first['msg']}") from None
 
     routes: dict[str, tuple[Deployment, ...]] = {}
+    caches: dict[str, CachePolicy] = {}
     names: dict[str, tuple[Any, ...]] = {}
-    for route, items in parsed.routes.items():
+    for route, spec in parsed.routes.items():
+        if spec.cache is not None:
+            caches[route] = CachePolicy(spec.cache.ttl_seconds, spec.cache.deterministic_only)
         built: list[Deployment] = []
-        for index, item in enumerate(items):
-            loc = ("routes", route, index)
+        for index, item in enumerate(spec.deployments):
+            loc = _as_written(("routes", route, "deployments", index), data)
             name = item.name or f"{route}-{index}"
             previous = names.get(name)
             if previous is not None and previous != (item.provider, item.model, item.base_url):
@@ -322,4 +364,19 @@ def load_routes(path: Path, environ: Mapping[str, str] | None = None) -> RouteTa
         circuit_failure_threshold=parsed.circuit_failure_threshold,
         circuit_cooldown_seconds=parsed.circuit_cooldown_seconds,
         max_retry_wait_seconds=parsed.max_retry_wait_seconds,
+        caches=caches,
     )
+
+
+def _as_written(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """``loc`` as the file spells it: a route written as a list has no ``deployments`` key."""
+    if (
+        len(loc) > 2
+        and loc[0] == "routes"
+        and loc[2] == "deployments"
+        and isinstance(data, dict)
+        and isinstance(data.get("routes"), dict)
+        and isinstance(data["routes"].get(loc[1]), list)
+    ):
+        return (*loc[:2], *loc[3:])
+    return loc

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -19,8 +18,8 @@ from agentmesh_common import TENANT_METADATA_KEY, FieldViolation, InvalidArgumen
 from .domain import (
     AttemptFailed,
     AttemptStarted,
+    CacheMode,
     Finished,
-    GatewayEvent,
     GenerateCall,
     MidStreamPolicy,
     Restart,
@@ -41,6 +40,7 @@ from .protoconv import (
     usage_to_proto,
 )
 from .routes import Deployment
+from .streaming import coalesced
 
 ERROR_DOMAIN = "agentmesh.inference-gateway"
 _TOOL_CHOICE = {
@@ -48,6 +48,11 @@ _TOOL_CHOICE = {
     inference_pb2.TOOL_CHOICE_AUTO: ToolChoice.AUTO,
     inference_pb2.TOOL_CHOICE_NONE: ToolChoice.NONE,
     inference_pb2.TOOL_CHOICE_REQUIRED: ToolChoice.REQUIRED,
+}
+_CACHE_MODE = {
+    inference_pb2.CACHE_MODE_UNSPECIFIED: CacheMode.DEFAULT,
+    inference_pb2.CACHE_MODE_SKIP: CacheMode.SKIP,
+    inference_pb2.CACHE_MODE_REFRESH: CacheMode.REFRESH,
 }
 _CIRCUIT = {
     CircuitState.CLOSED: operations_pb2.CIRCUIT_STATE_CLOSED,
@@ -62,80 +67,6 @@ _HEALTH = {
 Response = inference_pb2.GenerateResponse
 Event = generation_pb2.GenerateEvent
 DeltaPb = generation_pb2.Delta
-
-
-async def coalesced(
-    events: AsyncGenerator[GatewayEvent, None],
-) -> AsyncGenerator[list[GatewayEvent], None]:
-    """Batches of ``events``: whatever arrived while the previous batch was being written.
-
-    A pump task reads the upstream stream while the caller writes; nothing ever waits for
-    more data (an idle stream yields each event at once), but under load consecutive deltas
-    that are already here travel in one gRPC message. Closing this generator cancels the pump,
-    which closes the upstream request.
-    """
-    buffer: list[GatewayEvent] = []
-    ready = asyncio.Event()
-    finished = False
-    writer_idle = False
-    first_delta_out = False
-    failure: Exception | None = None
-
-    async def pump() -> None:
-        nonlocal finished, failure, first_delta_out
-        try:
-            async for event in events:
-                buffer.append(event)
-                ready.set()
-                if writer_idle and not first_delta_out and type(event) in _DELTAS:
-                    # The first token matters most: let the idle writer send it now rather
-                    # than after the pump has parsed whatever else already arrived with it.
-                    first_delta_out = True
-                    await asyncio.sleep(0)
-        except Exception as exc:  # delivered after the events read before it
-            failure = exc
-        finally:
-            finished = True
-            ready.set()
-
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            if not buffer and not finished:
-                writer_idle = True
-                await ready.wait()
-                writer_idle = False
-                ready.clear()
-            if buffer:
-                batch = buffer[:]
-                buffer.clear()
-                yield _merge_text(batch)
-            elif finished:
-                break
-        if failure is not None:
-            raise failure
-    finally:
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await events.aclose()
-
-
-_DELTAS = (TextDelta, ThinkingDelta, ToolCallDelta)
-
-
-def _merge_text(batch: list[GatewayEvent]) -> list[GatewayEvent]:
-    if len(batch) == 1:
-        return batch
-    merged: list[GatewayEvent] = []
-    for event in batch:
-        if merged and type(event) is TextDelta and type(merged[-1]) is TextDelta:
-            merged[-1] = TextDelta(merged[-1].text + event.text)
-        elif merged and type(event) is ThinkingDelta and type(merged[-1]) is ThinkingDelta:
-            merged[-1] = ThinkingDelta(merged[-1].text + event.text)
-        else:
-            merged.append(event)
-    return merged
 
 
 def _tenant(context: grpc.aio.ServicerContext[Any, Any]) -> str:
@@ -164,6 +95,7 @@ def _call_from_request(request: inference_pb2.GenerateRequest, tenant: str = "")
         fail_fast_on_rate_limit=request.fail_fast_on_rate_limit,
         session=request.session,
         agent=request.agent,
+        cache=_CACHE_MODE.get(request.cache, CacheMode.DEFAULT),
     )
 
 
@@ -196,6 +128,7 @@ def _finished(event: Finished) -> Response:
         model=event.model,
         tool_calls=[tool_call_to_proto(tc) for tc in event.tool_calls],
         text=event.text,
+        cached=event.cached,
     )
     if event.structured_output is not None:
         finished.structured_output.CopyFrom(dict_to_struct(event.structured_output))

@@ -36,6 +36,7 @@ class Stream:
     delay: float = 0.0
     cut_after: int | None = None  # abort the connection after this many chunks
     hang_after: int | None = None  # stop sending after this many chunks and wait
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,7 +105,9 @@ class FakeProvider:
                 content_type="application/json",
                 headers=behaviour.headers,
             )
-        response = web.StreamResponse(status=200, headers={"Content-Type": behaviour.content_type})
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": behaviour.content_type, **behaviour.headers}
+        )
         await response.prepare(request)
         if behaviour.first_delay:
             await asyncio.sleep(behaviour.first_delay)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,18 @@ from agentmesh_gateway.settings import GatewaySettings
 
 
 class RunningGateway:
-    def __init__(self, port: int, telemetry: Telemetry, spans: InMemorySpanExporter) -> None:
+    def __init__(
+        self, port: int, telemetry: Telemetry, spans: InMemorySpanExporter, http_port: int = 0
+    ) -> None:
         self.address = f"127.0.0.1:{port}"
         self.telemetry = telemetry
         self.spans = spans
+        self.http_port = http_port
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL of the HTTP API (``.../v1``)."""
+        return f"http://127.0.0.1:{self.http_port}/v1"
 
 
 @asynccontextmanager
@@ -56,14 +65,24 @@ async def running_gateway(
     def on_started(server: ServiceServer, _: int | None) -> None:
         started.set_result(server.port)
 
+    http_ports: list[int] = []
     task = asyncio.create_task(
-        serve(SERVICE_NAME, settings, build, telemetry=telemetry, stop=stop, on_started=on_started)
+        serve(
+            SERVICE_NAME,
+            settings,
+            partial(build, on_http_started=http_ports.append),
+            telemetry=telemetry,
+            stop=stop,
+            on_started=on_started,
+        )
     )
     done, _ = await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         task.result()  # raises the build error
     try:
-        yield RunningGateway(started.result(), telemetry, exporter)
+        yield RunningGateway(
+            started.result(), telemetry, exporter, http_ports[0] if http_ports else 0
+        )
     finally:
         stop.set()
         await task

@@ -145,6 +145,11 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> pb.RecordExecutionResponse:
         return await _complete(self._s.ledger.record(tenant_of(context), request))
 
+    async def BatchRecordExecutions(
+        self, request: pb.BatchRecordExecutionsRequest, context: Context
+    ) -> pb.BatchRecordExecutionsResponse:
+        return await _complete(self._s.ledger.record_many(tenant_of(context), request))
+
     async def ListExecutions(
         self, request: pb.ListExecutionsRequest, context: Context
     ) -> pb.ListExecutionsResponse:

@@ -418,6 +418,7 @@ class Finished(_message.Message):
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     STRUCTURED_OUTPUT_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
     finish_reason: Global___FinishReason.ValueType
     """Why generation stopped."""
     provider: _builtins.str
@@ -426,6 +427,10 @@ class Finished(_message.Message):
     """Model that answered."""
     text: _builtins.str
     """The complete answer text."""
+    cached: _builtins.bool
+    """True when the answer was replayed from the gateway's response cache: usage is the
+    stored answer's, cost is 0 and no provider was called.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Tokens and cost of the answering attempt (and of failed attempts that were billed)."""
@@ -448,10 +453,11 @@ class Finished(_message.Message):
         tool_calls: _abc.Iterable[_messages_pb2.ToolCall] | None = ...,
         text: _builtins.str = ...,
         structured_output: _struct_pb2.Struct | None = ...,
+        cached: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["structured_output", b"structured_output", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "structured_output", b"structured_output", "text", b"text", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached", b"cached", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "structured_output", b"structured_output", "text", b"text", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -77,6 +77,30 @@ TOOL_CHOICE_REQUIRED: ToolChoice.ValueType  # 3
 """The model must call at least one tool."""
 Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
 
+class _CacheMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CacheModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CacheMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CACHE_MODE_UNSPECIFIED: _CacheMode.ValueType  # 0
+    """Not set: the route's cache policy (deterministic requests only, by default)."""
+    CACHE_MODE_SKIP: _CacheMode.ValueType  # 1
+    """Neither read nor store: always call the provider."""
+    CACHE_MODE_REFRESH: _CacheMode.ValueType  # 2
+    """Do not read, but store the fresh answer (replacing a stored one)."""
+
+class CacheMode(_CacheMode, metaclass=_CacheModeEnumTypeWrapper):
+    """How one request uses the response cache of its route."""
+
+CACHE_MODE_UNSPECIFIED: CacheMode.ValueType  # 0
+"""Not set: the route's cache policy (deterministic requests only, by default)."""
+CACHE_MODE_SKIP: CacheMode.ValueType  # 1
+"""Neither read nor store: always call the provider."""
+CACHE_MODE_REFRESH: CacheMode.ValueType  # 2
+"""Do not read, but store the fresh answer (replacing a stored one)."""
+Global___CacheMode: _TypeAlias = CacheMode  # noqa: Y015
+
 @_typing.final
 class GenerateRequest(_message.Message):
     """A generation request."""
@@ -95,6 +119,7 @@ class GenerateRequest(_message.Message):
     FAIL_FAST_ON_RATE_LIMIT_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
+    CACHE_FIELD_NUMBER: _builtins.int
     route: _builtins.str
     """Route name from the routes file. Either route, or provider and model, is required."""
     provider: _builtins.str
@@ -113,6 +138,8 @@ class GenerateRequest(_message.Message):
     """Session this call serves, "sessions/{session_id}", for the usage ledger."""
     agent: _builtins.str
     """Agent this call serves, for the usage ledger."""
+    cache: Global___CacheMode.ValueType
+    """How this request uses the route's response cache."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_messages_pb2.Message]:
         """The conversation, at least one message."""
@@ -140,10 +167,11 @@ class GenerateRequest(_message.Message):
         fail_fast_on_rate_limit: _builtins.bool = ...,
         session: _builtins.str = ...,
         agent: _builtins.str = ...,
+        cache: Global___CacheMode.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "config", b"config", "fail_fast_on_rate_limit", b"fail_fast_on_rate_limit", "idempotency_key", b"idempotency_key", "messages", b"messages", "mid_stream_failure", b"mid_stream_failure", "model", b"model", "provider", b"provider", "route", b"route", "session", b"session", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "cache", b"cache", "config", b"config", "fail_fast_on_rate_limit", b"fail_fast_on_rate_limit", "idempotency_key", b"idempotency_key", "messages", b"messages", "mid_stream_failure", b"mid_stream_failure", "model", b"model", "provider", b"provider", "route", b"route", "session", b"session", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

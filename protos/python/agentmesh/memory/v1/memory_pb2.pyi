@@ -1262,6 +1262,54 @@ class RecordExecutionResponse(_message.Message):
 Global___RecordExecutionResponse: _TypeAlias = RecordExecutionResponse  # noqa: Y015
 
 @_typing.final
+class BatchRecordExecutionsRequest(_message.Message):
+    """Records several calls at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def executions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Execution]:
+        """The calls (at most 1000); each as in RecordExecution, all or none are written."""
+
+    def __init__(
+        self,
+        *,
+        executions: _abc.Iterable[Global___Execution] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executions", b"executions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRecordExecutionsRequest: _TypeAlias = BatchRecordExecutionsRequest  # noqa: Y015
+
+@_typing.final
+class BatchRecordExecutionsResponse(_message.Message):
+    """The stored records."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def executions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Execution]:
+        """The records, in request order (the first one for an idempotency key seen before)."""
+
+    def __init__(
+        self,
+        *,
+        executions: _abc.Iterable[Global___Execution] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executions", b"executions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchRecordExecutionsResponse: _TypeAlias = BatchRecordExecutionsResponse  # noqa: Y015
+
+@_typing.final
 class ListExecutionsRequest(_message.Message):
     """Lists calls."""
 

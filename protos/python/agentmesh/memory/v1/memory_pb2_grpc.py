@@ -126,6 +126,11 @@ class MemoryServiceStub:
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.RecordExecutionRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.RecordExecutionResponse.FromString,
                 _registered_method=True)
+        self.BatchRecordExecutions = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/BatchRecordExecutions',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.BatchRecordExecutionsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.BatchRecordExecutionsResponse.FromString,
+                _registered_method=True)
         self.ListExecutions = channel.unary_unary(
                 '/agentmesh.memory.v1.MemoryService/ListExecutions',
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListExecutionsRequest.SerializeToString,
@@ -358,6 +363,13 @@ class MemoryServiceServicer:
 
     def RecordExecution(self, request, context):
         """Records one provider or runner call; a repeated idempotency key returns the first record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchRecordExecutions(self, request, context):
+        """Records several calls of one tenant in one transaction (the gateway's HTTP API batches).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -596,6 +608,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.RecordExecution,
                     request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.RecordExecutionRequest.FromString,
                     response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.RecordExecutionResponse.SerializeToString,
+            ),
+            'BatchRecordExecutions': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchRecordExecutions,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.BatchRecordExecutionsRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.BatchRecordExecutionsResponse.SerializeToString,
             ),
             'ListExecutions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListExecutions,
@@ -1186,6 +1203,33 @@ class MemoryService:
             '/agentmesh.memory.v1.MemoryService/RecordExecution',
             agentmesh_dot_memory_dot_v1_dot_memory__pb2.RecordExecutionRequest.SerializeToString,
             agentmesh_dot_memory_dot_v1_dot_memory__pb2.RecordExecutionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchRecordExecutions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/BatchRecordExecutions',
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.BatchRecordExecutionsRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.BatchRecordExecutionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -78,6 +78,8 @@ class MemoryServiceStub:
     """
     RecordExecution: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RecordExecutionRequest, _memory_pb2.RecordExecutionResponse]
     """Records one provider or runner call; a repeated idempotency key returns the first record."""
+    BatchRecordExecutions: _grpc.UnaryUnaryMultiCallable[_memory_pb2.BatchRecordExecutionsRequest, _memory_pb2.BatchRecordExecutionsResponse]
+    """Records several calls of one tenant in one transaction (the gateway's HTTP API batches)."""
     ListExecutions: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListExecutionsRequest, _memory_pb2.ListExecutionsResponse]
     """Lists recorded calls of a session, or the call with an idempotency key."""
     GetUsage: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetUsageRequest, _memory_pb2.GetUsageResponse]
@@ -171,6 +173,8 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """
     RecordExecution: _aio.UnaryUnaryMultiCallable[_memory_pb2.RecordExecutionRequest, _memory_pb2.RecordExecutionResponse]  # type: ignore[assignment]
     """Records one provider or runner call; a repeated idempotency key returns the first record."""
+    BatchRecordExecutions: _aio.UnaryUnaryMultiCallable[_memory_pb2.BatchRecordExecutionsRequest, _memory_pb2.BatchRecordExecutionsResponse]  # type: ignore[assignment]
+    """Records several calls of one tenant in one transaction (the gateway's HTTP API batches)."""
     ListExecutions: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListExecutionsRequest, _memory_pb2.ListExecutionsResponse]  # type: ignore[assignment]
     """Lists recorded calls of a session, or the call with an idempotency key."""
     GetUsage: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetUsageRequest, _memory_pb2.GetUsageResponse]  # type: ignore[assignment]
@@ -351,6 +355,13 @@ class MemoryServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.RecordExecutionResponse, _abc.Awaitable[_memory_pb2.RecordExecutionResponse]]:
         """Records one provider or runner call; a repeated idempotency key returns the first record."""
+
+    def BatchRecordExecutions(
+        self,
+        request: _memory_pb2.BatchRecordExecutionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.BatchRecordExecutionsResponse, _abc.Awaitable[_memory_pb2.BatchRecordExecutionsResponse]]:
+        """Records several calls of one tenant in one transaction (the gateway's HTTP API batches)."""
 
     def ListExecutions(
         self,

@@ -12,8 +12,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agentmesh_gateway.errors import ErrorKind, UpstreamError
+from agentmesh_gateway.providers.base import Target
+from agentmesh_gateway.providers.ratelimits import limits_from_headers
 
 _TRY_AGAIN = re.compile(r"try again in\s+([0-9.]+)\s*(ms|s)\b", re.IGNORECASE)
 _DURATION = re.compile(r"^([0-9.]+)s$")
@@ -50,7 +54,8 @@ class UpstreamClient(httpx.AsyncClient):
     so :meth:`send_stream` goes straight to the transport: about 0.25 ms of CPU less per call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tracer: trace.Tracer | None = None) -> None:
+        self.tracer = tracer or trace.get_tracer("agentmesh.gateway.http")
         self.transport = httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
             trust_env=False,
@@ -68,9 +73,36 @@ class UpstreamClient(httpx.AsyncClient):
         return response
 
 
-def new_client() -> UpstreamClient:
-    """One long-lived client per provider."""
-    return UpstreamClient()
+def new_client(tracer: trace.Tracer | None = None) -> UpstreamClient:
+    """One long-lived client per provider; ``tracer`` makes a CLIENT span per request."""
+    return UpstreamClient(tracer)
+
+
+def _client_span(client: UpstreamClient, url: httpx.URL, target: Target) -> trace.Span:
+    """The span of one upstream HTTP request, a child of the attempt's span. Only the
+    method, host, port and path are recorded: never a header or query (keys live there)."""
+    return client.tracer.start_span(
+        f"POST {url.path}",
+        context=target.trace_context,
+        kind=SpanKind.CLIENT,
+        attributes={
+            "http.request.method": "POST",
+            "server.address": url.host,
+            "server.port": url.port or (443 if url.scheme == "https" else 80),
+            "url.path": url.path,
+            "gen_ai.system": target.provider,
+        },
+    )
+
+
+def _observe(span: trace.Span, response: httpx.Response, target: Target) -> None:
+    span.set_attribute("http.response.status_code", response.status_code)
+    if response.status_code >= 400:
+        span.set_status(Status(StatusCode.ERROR))
+    if target.observe_limits is not None:
+        limits = limits_from_headers(response.headers)
+        if limits is not None:
+            target.observe_limits(limits)
 
 
 def timeout_for(seconds: float) -> httpx.Timeout:
@@ -120,33 +152,42 @@ async def open_stream(
     *,
     body: Mapping[str, Any],
     headers: Mapping[str, str],
-    timeout: float,  # noqa: ASYNC109 - applied per phase by httpx, not as a whole-call deadline
+    target: Target,
     provider: str,
 ) -> AsyncIterator[httpx.Response]:
     """POST ``body`` and yield the 200 response; non-200 answers raise a classified error.
 
     Leaving the context (also by cancellation) closes the upstream response at once.
+    ``target.timeout`` bounds connecting and each wait for bytes, not the whole call.
     """
     request = httpx.Request(
         "POST",
         url,
         content=json.dumps(body),
         headers={**DEFAULT_HEADERS, **headers},
-        extensions={"timeout": timeout_for(timeout).as_dict()},
+        extensions={"timeout": timeout_for(target.timeout).as_dict()},
     )
+    span = _client_span(client, request.url, target)
     try:
-        response = await client.send_stream(request)
-    except httpx.HTTPError as exc:
-        raise transport_error(exc, provider) from None
-    try:
-        if response.status_code != 200:
-            raw = await response.aread()
-            raise classify_http(response.status_code, raw, response.headers, provider)
-        yield response
-    except httpx.HTTPError as exc:
-        raise transport_error(exc, provider) from None
+        try:
+            response = await client.send_stream(request)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, provider) from None
+        _observe(span, response, target)
+        try:
+            if response.status_code != 200:
+                raw = await response.aread()
+                raise classify_http(response.status_code, raw, response.headers, provider)
+            yield response
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, provider) from None
+        finally:
+            await response.aclose()
+    except BaseException as exc:
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        raise
     finally:
-        await response.aclose()
+        span.end()
 
 
 async def drain(rest: AsyncIterator[Any]) -> None:
@@ -166,24 +207,33 @@ async def post_json(
     *,
     body: Mapping[str, Any],
     headers: Mapping[str, str],
-    timeout: float,  # noqa: ASYNC109 - applied per phase by httpx, not as a whole-call deadline
+    target: Target,
     provider: str,
 ) -> Any:
     """POST ``body`` without streaming and return the parsed JSON answer."""
+    request = client.build_request(
+        "POST", url, content=json.dumps(body), headers=headers, timeout=timeout_for(target.timeout)
+    )
+    span = _client_span(client, request.url, target)
     try:
-        response = await client.post(
-            url, content=json.dumps(body), headers=headers, timeout=timeout_for(timeout)
-        )
-    except httpx.HTTPError as exc:
-        raise transport_error(exc, provider) from None
-    if response.status_code != 200:
-        raise classify_http(response.status_code, response.content, response.headers, provider)
-    try:
-        return response.json()
-    except ValueError:
-        raise UpstreamError(
-            ErrorKind.MALFORMED, f"{provider} sent an answer that is not JSON"
-        ) from None
+        try:
+            response = await client.send(request)
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, provider) from None
+        _observe(span, response, target)
+        if response.status_code != 200:
+            raise classify_http(response.status_code, response.content, response.headers, provider)
+        try:
+            return response.json()
+        except ValueError:
+            raise UpstreamError(
+                ErrorKind.MALFORMED, f"{provider} sent an answer that is not JSON"
+            ) from None
+    except BaseException as exc:
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        raise
+    finally:
+        span.end()
 
 
 def transport_error(exc: httpx.HTTPError, provider: str) -> UpstreamError:

@@ -10,6 +10,8 @@ import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import httpx
+
 from agentmesh_gateway.domain import (
     FinishReason,
     GenerateCall,
@@ -121,59 +123,75 @@ class AnthropicAdapter:
             base + "/v1/messages",
             body=self.build_body(call, target.model),
             headers=headers,
-            timeout=target.timeout,
+            target=target,
             provider=self.name,
         ) as response:
             events = sse_events(response)
-            async for sse in events:
-                kind = sse.event
-                if kind == "ping":
-                    continue
-                payload = parse_json(sse.data, self.name)
-                if kind == "error" or payload.get("type") == "error":
-                    raise stream_error(payload.get("error") or payload, self.name)
-                if kind == "content_block_delta":
-                    delta = payload["delta"]
-                    dtype = delta.get("type")
-                    if dtype == "text_delta":
-                        if delta.get("text"):
-                            yield TextDelta(delta["text"])
-                    elif dtype == "input_json_delta":
-                        fragment = delta.get("partial_json") or ""
-                        if fragment:
-                            yield ToolCallDelta(tool_index[payload["index"]], "", "", fragment)
-                    elif dtype == "thinking_delta" and delta.get("thinking"):
-                        yield ThinkingDelta(delta["thinking"])
-                elif kind == "content_block_start":
-                    block = payload.get("content_block") or {}
-                    if block.get("type") == "tool_use":
-                        index = len(tool_index)
-                        tool_index[payload["index"]] = index
-                        yield ToolCallDelta(index, block.get("id", ""), block.get("name", ""), "")
-                elif kind == "message_start":
-                    usage = (payload.get("message") or {}).get("usage") or {}
-                    cached = int(usage.get("cache_read_input_tokens") or 0)
-                    prompt_tokens = (
-                        int(usage.get("input_tokens") or 0)
-                        + int(usage.get("cache_creation_input_tokens") or 0)
-                        + cached
-                    )
-                elif kind == "message_delta":
-                    reason = (payload.get("delta") or {}).get("stop_reason")
-                    if reason:
-                        finish = _FINISH.get(reason, FinishReason.STOP)
-                    usage = payload.get("usage") or {}
-                    if "output_tokens" in usage:
-                        output_tokens = int(usage["output_tokens"])
-                elif kind == "message_stop":
-                    usage_out = (
-                        Usage(prompt_tokens, output_tokens, cached_prompt_tokens=cached)
-                        if output_tokens is not None
-                        else None
-                    )
-                    await drain(events)
-                    yield StreamEnd(finish or FinishReason.STOP, usage_out)
-                    return
+            try:
+                async for sse in events:
+                    kind = sse.event
+                    if kind == "ping":
+                        continue
+                    payload = parse_json(sse.data, self.name)
+                    if kind == "error" or payload.get("type") == "error":
+                        raise stream_error(payload.get("error") or payload, self.name)
+                    if kind == "content_block_delta":
+                        delta = payload["delta"]
+                        dtype = delta.get("type")
+                        if dtype == "text_delta":
+                            if delta.get("text"):
+                                yield TextDelta(delta["text"])
+                        elif dtype == "input_json_delta":
+                            fragment = delta.get("partial_json") or ""
+                            if fragment:
+                                yield ToolCallDelta(tool_index[payload["index"]], "", "", fragment)
+                        elif dtype == "thinking_delta" and delta.get("thinking"):
+                            yield ThinkingDelta(delta["thinking"])
+                    elif kind == "content_block_start":
+                        block = payload.get("content_block") or {}
+                        if block.get("type") == "tool_use":
+                            index = len(tool_index)
+                            tool_index[payload["index"]] = index
+                            yield ToolCallDelta(
+                                index, block.get("id", ""), block.get("name", ""), ""
+                            )
+                    elif kind == "message_start":
+                        usage = (payload.get("message") or {}).get("usage") or {}
+                        cached = int(usage.get("cache_read_input_tokens") or 0)
+                        prompt_tokens = (
+                            int(usage.get("input_tokens") or 0)
+                            + int(usage.get("cache_creation_input_tokens") or 0)
+                            + cached
+                        )
+                    elif kind == "message_delta":
+                        reason = (payload.get("delta") or {}).get("stop_reason")
+                        if reason:
+                            finish = _FINISH.get(reason, FinishReason.STOP)
+                        usage = payload.get("usage") or {}
+                        if "output_tokens" in usage:
+                            output_tokens = int(usage["output_tokens"])
+                    elif kind == "message_stop":
+                        usage_out = (
+                            Usage(prompt_tokens, output_tokens, cached_prompt_tokens=cached)
+                            if output_tokens is not None
+                            else None
+                        )
+                        await drain(events)
+                        yield StreamEnd(finish or FinishReason.STOP, usage_out)
+                        return
+            except httpx.HTTPError:
+                if finish is None:
+                    raise  # cut before the answer was complete: open_stream says truncated
+            if finish is not None:
+                # message_delta carried the stop reason and the final output count; only
+                # message_stop is missing: the answer is complete, not worth buying again.
+                usage_out = (
+                    Usage(prompt_tokens, output_tokens, cached_prompt_tokens=cached)
+                    if output_tokens is not None
+                    else None
+                )
+                yield StreamEnd(finish, usage_out)
+                return
         raise UpstreamError(ErrorKind.TRUNCATED, "anthropic stream ended without message_stop")
 
     async def _complete(
@@ -185,7 +203,7 @@ class AnthropicAdapter:
             base + "/v1/messages",
             body=body,
             headers={**headers, "accept": "application/json"},
-            timeout=target.timeout,
+            target=target,
             provider=self.name,
         )
         tools = 0

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from opentelemetry.context import Context
+
 from agentmesh_gateway.domain import ChatMessage, GenerateCall, ProviderEvent, Role, ToolChoice
 from agentmesh_gateway.errors import ErrorKind, UpstreamError
+from agentmesh_gateway.limits import ProviderLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +25,10 @@ class Target:
     api_key: str | None = field(default=None, repr=False)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     stream: bool = True  # False: one non-streaming request, replayed as events
+    # The attempt's span (upstream requests are its children) and where the provider's
+    # rate-limit headers are reported.
+    trace_context: Context | None = field(default=None, repr=False)
+    observe_limits: Callable[[ProviderLimits], None] | None = field(default=None, repr=False)
 
 
 class ProviderAdapter(Protocol):

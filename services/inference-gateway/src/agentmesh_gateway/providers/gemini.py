@@ -119,7 +119,7 @@ class GeminiAdapter:
                 f"{base}/v1beta/models/{target.model}:generateContent",
                 body=self.build_body(call),
                 headers={**headers, "accept": "application/json"},
-                timeout=target.timeout,
+                target=target,
                 provider=self.name,
             )
             parsed = _Parsed()
@@ -134,7 +134,7 @@ class GeminiAdapter:
             url,
             body=self.build_body(call),
             headers=headers,
-            timeout=target.timeout,
+            target=target,
             provider=self.name,
         ) as response:
             async for sse in sse_events(response):

@@ -89,7 +89,7 @@ class OllamaAdapter:
                 base + "/api/chat",
                 body={**self.build_body(call, target.model), "stream": False},
                 headers=headers,
-                timeout=target.timeout,
+                target=target,
                 provider=self.name,
             )
             if "error" in answer:
@@ -116,7 +116,7 @@ class OllamaAdapter:
             base + "/api/chat",
             body=self.build_body(call, target.model),
             headers=headers,
-            timeout=target.timeout,
+            target=target,
             provider=self.name,
         ) as response:
             lines = response.aiter_lines()

@@ -18,6 +18,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from agentmesh_gateway.domain import (
     FinishReason,
     GenerateCall,
@@ -167,89 +169,103 @@ class OpenAIChatAdapter:
             base + "/chat/completions",
             body=body,
             headers=self.headers(target),
-            timeout=target.timeout,
+            target=target,
             provider=provider,
         ) as response:
             rest = b""
             reads = response.aiter_raw()  # identity encoding was asked for
-            async for data in reads:
-                # Everything that arrived in one read is parsed together, and consecutive
-                # text pieces of it become one delta: no delta waits for a later read.
-                lines = (rest + data).split(b"\n")
-                rest = lines.pop()
-                text: list[str] = []
-                out: list[ProviderEvent] = []
-                for raw in lines:
-                    if not raw.startswith(b"data:"):
-                        continue  # blank separators, ": keepalive" comments
-                    payload = raw[5:].strip()
-                    if payload == b"[DONE]":
-                        if text:
-                            out.append(TextDelta("".join(text)))
-                        for event in out:
-                            yield event
-                        if finish is None:
-                            raise UpstreamError(
-                                ErrorKind.TRUNCATED, f"{provider} sent [DONE] without finish_reason"
-                            )
-                        if saw_tool and finish is FinishReason.STOP:
-                            finish = FinishReason.TOOL_CALLS
-                        await drain(reads)
-                        yield StreamEnd(finish, usage)
-                        return
-                    try:
-                        chunk = json.loads(payload)
-                    except ValueError:
-                        raise UpstreamError(
-                            ErrorKind.MALFORMED, f"{provider} sent a chunk that is not JSON"
-                        ) from None
-                    if not isinstance(chunk, dict):
-                        raise UpstreamError(ErrorKind.MALFORMED, f"{provider} sent a non-object")
-                    if chunk.get("error"):
-                        raise stream_error(chunk["error"], provider)
-                    x_groq = chunk.get("x_groq")
-                    if x_groq:
-                        if x_groq.get("error"):
-                            raise stream_error(x_groq["error"], provider)
-                        if x_groq.get("usage") and not chunk.get("usage"):
-                            usage = _usage(x_groq["usage"], excludes_reasoning)
-                    if chunk.get("usage"):
-                        usage = _usage(chunk["usage"], excludes_reasoning)
-                    for choice in chunk.get("choices") or ():
-                        delta = choice.get("delta") or {}
-                        content = delta.get("content")
-                        if content:
-                            text.append(content)
-                        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                        if reasoning:
+            try:
+                async for data in reads:
+                    # Everything that arrived in one read is parsed together, and consecutive
+                    # text pieces of it become one delta: no delta waits for a later read.
+                    lines = (rest + data).split(b"\n")
+                    rest = lines.pop()
+                    text: list[str] = []
+                    out: list[ProviderEvent] = []
+                    for raw in lines:
+                        if not raw.startswith(b"data:"):
+                            continue  # blank separators, ": keepalive" comments
+                        payload = raw[5:].strip()
+                        if payload == b"[DONE]":
                             if text:
                                 out.append(TextDelta("".join(text)))
-                                text = []
-                            out.append(ThinkingDelta(reasoning))
-                        for tc in delta.get("tool_calls") or ():
-                            if text:
-                                out.append(TextDelta("".join(text)))
-                                text = []
-                            saw_tool = True
-                            function = tc.get("function") or {}
-                            arguments = function.get("arguments") or ""
-                            if not isinstance(arguments, str):
-                                arguments = json.dumps(arguments)
-                            out.append(
-                                ToolCallDelta(
-                                    int(tc.get("index") or 0),
-                                    tc.get("id") or "",
-                                    function.get("name") or "",
-                                    arguments,
+                            for event in out:
+                                yield event
+                            if finish is None:
+                                raise UpstreamError(
+                                    ErrorKind.TRUNCATED,
+                                    f"{provider} sent [DONE] without finish_reason",
                                 )
+                            if saw_tool and finish is FinishReason.STOP:
+                                finish = FinishReason.TOOL_CALLS
+                            await drain(reads)
+                            yield StreamEnd(finish, usage)
+                            return
+                        try:
+                            chunk = json.loads(payload)
+                        except ValueError:
+                            raise UpstreamError(
+                                ErrorKind.MALFORMED, f"{provider} sent a chunk that is not JSON"
+                            ) from None
+                        if not isinstance(chunk, dict):
+                            raise UpstreamError(
+                                ErrorKind.MALFORMED, f"{provider} sent a non-object"
                             )
-                        reason = choice.get("finish_reason")
-                        if reason is not None:
-                            finish = _FINISH.get(reason, FinishReason.STOP)
-                if text:
-                    out.append(TextDelta("".join(text)))
-                for event in out:
-                    yield event
+                        if chunk.get("error"):
+                            raise stream_error(chunk["error"], provider)
+                        x_groq = chunk.get("x_groq")
+                        if x_groq:
+                            if x_groq.get("error"):
+                                raise stream_error(x_groq["error"], provider)
+                            if x_groq.get("usage") and not chunk.get("usage"):
+                                usage = _usage(x_groq["usage"], excludes_reasoning)
+                        if chunk.get("usage"):
+                            usage = _usage(chunk["usage"], excludes_reasoning)
+                        for choice in chunk.get("choices") or ():
+                            delta = choice.get("delta") or {}
+                            content = delta.get("content")
+                            if content:
+                                text.append(content)
+                            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                            if reasoning:
+                                if text:
+                                    out.append(TextDelta("".join(text)))
+                                    text = []
+                                out.append(ThinkingDelta(reasoning))
+                            for tc in delta.get("tool_calls") or ():
+                                if text:
+                                    out.append(TextDelta("".join(text)))
+                                    text = []
+                                saw_tool = True
+                                function = tc.get("function") or {}
+                                arguments = function.get("arguments") or ""
+                                if not isinstance(arguments, str):
+                                    arguments = json.dumps(arguments)
+                                out.append(
+                                    ToolCallDelta(
+                                        int(tc.get("index") or 0),
+                                        tc.get("id") or "",
+                                        function.get("name") or "",
+                                        arguments,
+                                    )
+                                )
+                            reason = choice.get("finish_reason")
+                            if reason is not None:
+                                finish = _FINISH.get(reason, FinishReason.STOP)
+                    if text:
+                        out.append(TextDelta("".join(text)))
+                    for event in out:
+                        yield event
+            except httpx.HTTPError:
+                if finish is None:
+                    raise  # cut before the answer was complete: open_stream says truncated
+            if finish is not None:
+                # The finish chunk came but [DONE] (and maybe the usage chunk) did not: the
+                # answer is complete; buying it again would bill it twice.
+                if saw_tool and finish is FinishReason.STOP:
+                    finish = FinishReason.TOOL_CALLS
+                yield StreamEnd(finish, usage)
+                return
         raise UpstreamError(ErrorKind.TRUNCATED, f"{provider} stream ended without [DONE]")
 
     async def _complete(
@@ -267,7 +283,7 @@ class OpenAIChatAdapter:
             base + "/chat/completions",
             body=body,
             headers=headers,
-            timeout=target.timeout,
+            target=target,
             provider=provider,
         )
         try:

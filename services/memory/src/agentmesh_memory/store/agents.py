@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import jsonschema
 import sqlalchemy as sa
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, json_format
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentmesh.common.v1 import agents_pb2, generation_pb2
@@ -64,6 +65,19 @@ def _generation_violations(
         found.append(FieldViolation(f"{prefix}.repetition_penalty", "must be greater than 0"))
     if len(config.stop) > 8:
         found.append(FieldViolation(f"{prefix}.stop", "at most 8 stop sequences"))
+    if config.HasField("response_schema"):
+        # Checked here, where it enters: otherwise it fails only when an agent runs.
+        schema = json_format.MessageToDict(config.response_schema)
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            where = "/".join(str(part) for part in exc.path)
+            found.append(
+                FieldViolation(
+                    f"{prefix}.response_schema",
+                    f"not a valid JSON Schema: {exc.message}" + (f" (at {where})" if where else ""),
+                )
+            )
     return found
 
 

@@ -35,6 +35,7 @@ from .sessions import load_session_pk
 __all__ = ["LedgerStore"]
 
 MAX_EXECUTION_BYTES = 4 * 1024 * 1024
+MAX_BATCH = 1000
 G = operations_pb2.UsageGrouping
 COLUMN_FIELDS = (
     "name",
@@ -135,6 +136,24 @@ class LedgerStore:
         write = self.prepare_record(tenant, request.execution)
         async with self._db.write("RecordExecution") as conn:
             return await write.run(conn)
+
+    async def record_many(
+        self, tenant: str, request: memory_pb2.BatchRecordExecutionsRequest
+    ) -> memory_pb2.BatchRecordExecutionsResponse:
+        """Several records in one transaction: one commit instead of one per call."""
+        if len(request.executions) > MAX_BATCH:
+            raise invalid("executions", f"at most {MAX_BATCH} per batch")
+        writes = [
+            self.prepare_record(tenant, execution, f"executions[{index}]")
+            for index, execution in enumerate(request.executions)
+        ]
+        response = memory_pb2.BatchRecordExecutionsResponse()
+        if not writes:
+            return response
+        async with self._db.write("BatchRecordExecutions") as conn:
+            for write in writes:
+                response.executions.append((await write.run(conn)).execution)
+        return response
 
     def prepare_record(
         self, tenant: str, execution: memory_pb2.Execution, field: str = "execution"
