@@ -474,6 +474,28 @@ def test_an_occupied_port_is_reported_with_the_services_error_and_nothing_is_lef
     assert not (data_dir / "mesh.json").exists()
 
 
+def test_a_killed_up_leaves_no_service_behind(tmp_path: Path) -> None:
+    data_dir = tmp_path / "killed"
+    up = start_up(data_dir, "--routes", str(_idle_routes(tmp_path)))
+    assert all(alive(pid) for pid in up.pids)
+    up.process.kill()  # SIGKILL: up cannot stop its services itself
+    up.process.communicate(timeout=30)
+    deadline = time.monotonic() + 30
+    while processes_using(data_dir):
+        assert time.monotonic() < deadline, "services outlived the up that started them"
+        time.sleep(0.2)
+
+
+def _idle_routes(tmp_path: Path) -> Path:
+    """Routes to a provider that is never called (no model is needed to start)."""
+    routes = tmp_path / "idle-routes.yaml"
+    routes.write_text(
+        "routes:\n  default:\n    - name: idle\n      provider: openai_compatible\n"
+        "      model: idle\n      base_url: http://127.0.0.1:9/v1\n"
+    )
+    return routes
+
+
 def test_sigterm_while_starting_stops_what_had_started(tmp_path: Path) -> None:
     data_dir = tmp_path / "interrupted"
     process = subprocess.Popen(

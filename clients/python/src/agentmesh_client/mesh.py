@@ -1,11 +1,12 @@
 """Start the agentmesh services as child processes on localhost, and stop them cleanly.
 
-`start_mesh` starts memory, local runner, gateway, orchestrator and the web edge in dependency
-order, each
-wired to the ports the others bound, waits for every health check to answer SERVING, and writes
-their logs to `<data dir>/logs/<service>.log`; `stop_mesh` stops them in reverse order. If a
-service fails to start, what had started is stopped. `agentmesh up` (and so `make run`) is
-built on these.
+`start_mesh` starts memory, local runner, gateway, orchestrator and the web edge side by side,
+each wired to the others' ports (picked before any starts), waits for every health check to
+answer SERVING, and writes their logs to `<data dir>/logs/<service>.log`; `stop_mesh` stops
+them callers first (web, orchestrator, gateway, runner, memory). If a service fails to start,
+what had started is stopped. Every service exits by itself if the process that started it
+dies (`AGENTMESH_PARENT_PID`), so a killed `agentmesh up` leaves no orphans. `agentmesh up`
+(and so `make run`) is built on these.
 
 `ServiceProcess` is also what the test suite uses to run each service as a real process: it
 reads the bound port from the service's "service started" log line, so port 0 works (and the
@@ -19,9 +20,10 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -124,7 +126,8 @@ class ServiceProcess:
             sys.executable,
             "-m",
             self.spec.module,
-            env={**os.environ, **self.env},
+            # It stops by itself if this process dies (agentmesh_common.runtime).
+            env={**os.environ, **self.env, "AGENTMESH_PARENT_PID": str(os.getpid())},
             # Its own process group: a terminal's Ctrl-C reaches only the parent, which then
             # stops the services one by one in reverse dependency order.
             process_group=0,
@@ -225,28 +228,35 @@ def _http_port(line: str) -> int | None:
 
 
 def service_environment(
-    spec: ServiceSpec, data_dir: Path, running: Mapping[str, ServiceProcess], port: int
+    spec: ServiceSpec, data_dir: Path, addresses: Mapping[str, str], port: int
 ) -> dict[str, str]:
-    """The environment of one service, wired to the services already running."""
+    """The environment of one service, wired to the addresses of the others (by name)."""
     env = {f"{spec.env_prefix}PORT": str(port)}
     if spec is MEMORY:
         env[f"{spec.env_prefix}DATABASE_URL"] = f"sqlite+aiosqlite:///{data_dir / 'agentmesh.db'}"
     elif spec is RUNNER:
         env[f"{spec.env_prefix}MODELS_DIR"] = str(data_dir / "models")
-    elif spec is GATEWAY and RUNNER.name in running:
-        env[f"{spec.env_prefix}RUNNER_TARGET"] = running[RUNNER.name].address
-    elif spec is WEB and ORCHESTRATOR.name in running:
-        env[f"{spec.env_prefix}ORCHESTRATOR_TARGET"] = running[ORCHESTRATOR.name].address
+    elif spec is GATEWAY and RUNNER.name in addresses:
+        env[f"{spec.env_prefix}RUNNER_TARGET"] = addresses[RUNNER.name]
+    elif spec is WEB and ORCHESTRATOR.name in addresses:
+        env[f"{spec.env_prefix}ORCHESTRATOR_TARGET"] = addresses[ORCHESTRATOR.name]
     elif spec is ORCHESTRATOR:
-        if MEMORY.name in running:
-            env[f"{spec.env_prefix}MEMORY_TARGET"] = running[MEMORY.name].address
-        if GATEWAY.name in running:
-            env[f"{spec.env_prefix}GATEWAY_TARGET"] = running[GATEWAY.name].address
-    if spec is GATEWAY and MEMORY.name in running:  # the HTTP API's keys and usage ledger
-        env[f"{spec.env_prefix}MEMORY_TARGET"] = running[MEMORY.name].address
+        if MEMORY.name in addresses:
+            env[f"{spec.env_prefix}MEMORY_TARGET"] = addresses[MEMORY.name]
+        if GATEWAY.name in addresses:
+            env[f"{spec.env_prefix}GATEWAY_TARGET"] = addresses[GATEWAY.name]
+    if spec is GATEWAY and MEMORY.name in addresses:  # the HTTP API's keys and usage ledger
+        env[f"{spec.env_prefix}MEMORY_TARGET"] = addresses[MEMORY.name]
         http_port = GATEWAY_HTTP_PORT if port == spec.default_port else 0
         env[f"{spec.env_prefix}HTTP_PORT"] = str(http_port)
     return env
+
+
+def free_port() -> int:
+    """A port no one listens on now (the kernel's pick for port 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 async def start_mesh(
@@ -256,25 +266,43 @@ async def start_mesh(
     specs: Sequence[ServiceSpec] = SERVICES,
     extra_env: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[ServiceProcess]:
-    """Start the services in dependency order, each wired to the ports the others bound.
+    """Start the services side by side, each wired to the others' ports, and wait until every
+    one reports SERVING.
 
-    `ports` maps service names to ports (0: any free one; default: the service's own);
-    `extra_env` adds variables per service name. On any failure, what started is stopped.
+    `ports` maps service names to ports (0: a free one, picked here so that every service knows
+    the others' addresses from the start; default: the service's own); `extra_env` adds
+    variables per service name. The services connect to each other lazily, so none waits for
+    another to start: start-up takes as long as the slowest, not the sum. On any failure, what
+    started is stopped.
     """
-    running: dict[str, ServiceProcess] = {}
+    planned = {
+        spec.name: (ports or {}).get(spec.name, spec.default_port) or free_port() for spec in specs
+    }
+    addresses = {name: f"127.0.0.1:{port}" for name, port in planned.items()}
+    services: list[ServiceProcess] = []
+    for spec in specs:
+        env = service_environment(spec, data_dir, addresses, planned[spec.name])
+        env.update((extra_env or {}).get(spec.name, {}))
+        log = data_dir / "logs" / f"{spec.name}.log"
+        services.append(ServiceProcess(spec, env, log_path=log))
     try:
-        for spec in specs:
-            port = (ports or {}).get(spec.name, spec.default_port)
-            env = service_environment(spec, data_dir, running, port)
-            env.update((extra_env or {}).get(spec.name, {}))
-            service = ServiceProcess(spec, env, log_path=data_dir / "logs" / f"{spec.name}.log")
-            running[spec.name] = service
-            await service.start()
-            await service.wait_healthy()
+        await _all(service.start() for service in services)
+        await _all(service.wait_healthy() for service in services)
     except BaseException:
-        await stop_mesh(list(running.values()))
+        await stop_mesh(services)
         raise
-    return list(running.values())
+    return services
+
+
+async def _all(steps: Iterable[Awaitable[None]]) -> None:
+    """Run the steps side by side; the first failure cancels the rest and is raised."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def stop_mesh(running: Sequence[ServiceProcess]) -> None:

@@ -20,6 +20,9 @@ endpoint, and announces ``{"message": "service started", "port": N, "metrics_por
 SIGINT it reports NOT_SERVING, stops accepting RPCs, lets in-flight ones finish within
 ``grace_seconds`` (then cancels them), closes the exit stack in reverse order, flushes the
 tracer and returns 0. :func:`serve` is the same lifecycle without the process setup.
+
+A process started with ``AGENTMESH_PARENT_PID`` (``agentmesh up`` and the tests set it) shuts
+down the same way when that process dies, so a parent killed with SIGKILL leaves no orphans.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -56,6 +60,9 @@ EXIT_INTERRUPTED = 130
 
 _logger = logging.getLogger("agentmesh.runtime")
 
+PARENT_PID_VAR = "AGENTMESH_PARENT_PID"
+PARENT_POLL_SECONDS = 0.5
+
 
 async def serve(
     service_name: str,
@@ -65,10 +72,17 @@ async def serve(
     telemetry: Telemetry,
     stop: asyncio.Event | None = None,
     on_started: Started | None = None,
+    parent_pid: int | None = None,
 ) -> None:
-    """Build and serve until ``stop`` is set (SIGTERM/SIGINT set it), then shut down."""
+    """Build and serve until ``stop`` is set (SIGTERM/SIGINT set it, and the death of
+    ``parent_pid`` when given), then shut down."""
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
+    orphan_watch = (
+        asyncio.create_task(_stop_when_orphaned(parent_pid, stop))
+        if parent_pid is not None
+        else None
+    )
     handled: list[signal.Signals] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -107,8 +121,23 @@ async def serve(
             await server.stop()
         _logger.info("service stopped")
     finally:
+        if orphan_watch is not None:
+            orphan_watch.cancel()
         for signum in handled:
             loop.remove_signal_handler(signum)
+
+
+async def _stop_when_orphaned(parent_pid: int, stop: asyncio.Event) -> None:
+    # No event tells a child that its parent died: poll.
+    while os.getppid() == parent_pid:  # noqa: ASYNC110
+        await asyncio.sleep(PARENT_POLL_SECONDS)
+    _logger.warning("the parent process %d is gone; stopping", parent_pid)
+    stop.set()
+
+
+def _parent_pid(environ: Mapping[str, str]) -> int | None:
+    value = environ.get(PARENT_PID_VAR, "").strip()
+    return int(value) if value.isdigit() else None
 
 
 def _announce(service_name: str, server: ServiceServer, metrics_port: int | None) -> None:
@@ -138,7 +167,10 @@ def run(
         tracer_provider=setup_tracing(service_name, settings.otlp_endpoint),
     )
     try:
-        asyncio.run(serve(service_name, settings, build, telemetry=telemetry))
+        parent_pid = _parent_pid(os.environ if environ is None else environ)
+        asyncio.run(
+            serve(service_name, settings, build, telemetry=telemetry, parent_pid=parent_pid)
+        )
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         return EXIT_INTERRUPTED
     except Exception:
