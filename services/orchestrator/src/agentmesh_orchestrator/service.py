@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from google.protobuf import field_mask_pb2
@@ -30,8 +30,8 @@ from agentmesh_common import (
 
 from .adapters.memory_client import MemoryClient
 from .agents import AGENT_ID, SessionAgent, prepare_agent
-from .engine import render_stage_input
 from .sessions import TERMINAL_EVENTS, SessionManager
+from .strategies import validate_session
 
 SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
@@ -139,10 +139,7 @@ class OrchestratorApp:
         if session.strategy == sessions_pb2.STRATEGY_UNSPECIFIED:
             session.strategy = sessions_pb2.STRATEGY_ROUND_ROBIN
         agents = await self._snapshot_agents(tenant, session)
-        needs_agents = (sessions_pb2.STRATEGY_ROUND_ROBIN, sessions_pb2.STRATEGY_PIPELINE)
-        if session.strategy in needs_agents and not agents:
-            raise invalid("session.agents", "this strategy needs at least one agent")
-        self._check_membership(session, agents)
+        validate_session(session, agents)
         del session.agents[:]
         session.agents.extend(a.name for a in agents)
         del session.inline_agents[:]
@@ -382,25 +379,6 @@ class OrchestratorApp:
         if duplicates:
             raise invalid("session.agents", f"agents appear twice: {', '.join(duplicates)}")
         return agents
-
-    def _check_membership(
-        self, session: sessions_pb2.Session, agents: Sequence[SessionAgent]
-    ) -> None:
-        known = {a.name for a in agents} | {a.label for a in agents}
-        judge = session.termination.judge_agent
-        if judge and judge not in known:
-            raise invalid("session.termination.judge_agent", f"{judge} is not a member")
-        earlier: list[str] = []
-        for i, stage in enumerate(session.pipeline.stages):
-            if stage.agent not in known:
-                raise invalid(
-                    f"session.pipeline.stages[{i}].agent", f"{stage.agent} is not a member"
-                )
-            try:
-                render_stage_input(stage.input_template, "", dict.fromkeys(earlier, ""))
-            except (ValueError, IndexError, KeyError) as exc:
-                raise invalid(f"session.pipeline.stages[{i}].input_template", str(exc)) from None
-            earlier.append(stage.stage_name or stage.agent.rsplit("/", 1)[-1])
 
     def _check_limits(self, limits: sessions_pb2.SessionLimits, field: str) -> None:
         bounds = self._bounds

@@ -1,0 +1,96 @@
+"""PIPELINE: a fixed list of stages, each an agent fed from `{goal}` and earlier stage outputs.
+
+Sequential: each stage's input template may name earlier stages' outputs (`{stage_name}`);
+the last stage's answer is the session's. Parallel: every stage runs at once on the goal, and
+the outputs are joined under their stage names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import string
+from collections.abc import Mapping, Sequence
+
+from agentmesh.common.v1 import sessions_pb2
+from agentmesh_common import InvalidArgument
+from agentmesh_orchestrator.agents import SessionAgent
+from agentmesh_orchestrator.domain.templates import TemplateValues
+from agentmesh_orchestrator.runtime import Ending, Runtime
+from agentmesh_orchestrator.turns import Turn
+
+from .base import Strategy, require_agents
+
+
+class Pipeline(Strategy):
+    """Stages in order (or all at once), each one agent's turn."""
+
+    kind = sessions_pb2.STRATEGY_PIPELINE
+
+    def validate(self, session: sessions_pb2.Session, agents: Sequence[SessionAgent]) -> None:
+        require_agents(agents)
+        known = {a.name for a in agents} | {a.label for a in agents}
+        earlier: list[str] = []
+        for i, stage in enumerate(session.pipeline.stages):
+            if stage.agent not in known:
+                raise InvalidArgument.for_field(
+                    f"session.pipeline.stages[{i}].agent", f"{stage.agent} is not a member"
+                )
+            try:
+                render_stage_input(stage.input_template, "", dict.fromkeys(earlier, ""))
+            except (ValueError, IndexError, KeyError) as exc:
+                raise InvalidArgument.for_field(
+                    f"session.pipeline.stages[{i}].input_template", str(exc)
+                ) from None
+            earlier.append(stage.stage_name or stage.agent.rsplit("/", 1)[-1])
+
+    async def run(self, rt: Runtime, *, single_step: bool) -> Ending:
+        spec = rt.session.pipeline
+        stages = list(spec.stages) or [sessions_pb2.PipelineStage(agent=a.name) for a in rt.agents]
+        outputs: dict[str, str] = {}
+
+        async def run_stage(stage: sessions_pb2.PipelineStage) -> tuple[str, str]:
+            agent = rt.member(stage.agent, "pipeline.stages.agent")
+            stage_name = stage.stage_name or agent.label
+            stage_input = render_stage_input(stage.input_template, rt.session.goal, outputs)
+            outcome = await rt.turns.run(
+                Turn(
+                    agent=agent,
+                    prompt=agent.user_template.render(
+                        TemplateValues(
+                            goal=rt.session.goal, input=stage_input, metadata=rt.session.metadata
+                        )
+                    ),
+                    history=(),
+                    tools=rt.toolbox(agent, read_only=False),
+                    idempotency_key=rt.key(f"stage-{stage_name}"),
+                    remember=True,
+                )
+            )
+            rt.remember(outcome)
+            return stage_name, outcome.text
+
+        if spec.parallel:
+            async with asyncio.TaskGroup() as group:
+                pending = [group.create_task(run_stage(stage)) for stage in stages]
+            results = [task.result() for task in pending]
+            outputs.update(results)
+            answer = "\n\n".join(f"## {name}\n{text}" for name, text in results)
+            return Ending(answer, "pipeline_done")
+        last = ""
+        for stage in stages:
+            name, last = await run_stage(stage)
+            outputs[name] = last
+        return Ending(last, "pipeline_done")
+
+
+def render_stage_input(template: str, goal: str, outputs: Mapping[str, str]) -> str:
+    """A pipeline stage's input: `{goal}` and `{stage_name}` of earlier stages."""
+    if not template:
+        return "\n\n".join([goal, *outputs.values()]) if outputs else goal
+    values = {"goal": goal, **outputs}
+    return string.Formatter().vformat(template, (), _Missing(values))
+
+
+class _Missing(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return ""
