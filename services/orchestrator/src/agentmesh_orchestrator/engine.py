@@ -27,6 +27,7 @@ from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
 from .runtime import Ending, EngineSettings, Limits, Runtime, SessionFailure
 from .strategies import strategy_for
+from .termination import Terminated
 from .tools import Tool
 from .turns import TurnFailed, TurnRunner, UsageMeter
 
@@ -200,6 +201,7 @@ class SessionEngine:
 
     async def _drive(self, run: Runtime, *, single_step: bool) -> Ending | None:
         strategy = strategy_for(run.session.strategy)
+        run.termination = strategy.termination(run)
         deadline = run.limits.deadline
         timeout = (
             max((deadline - dt.datetime.now(dt.UTC)).total_seconds(), 0.0) if deadline else None
@@ -207,6 +209,8 @@ class SessionEngine:
         try:
             async with asyncio.timeout(timeout):
                 return await strategy.run(run, single_step=single_step)
+        except Terminated as terminated:
+            return await run.ending_for(terminated.stop)
         except TimeoutError:
             ending = await strategy.on_deadline(run)
             if ending is None:

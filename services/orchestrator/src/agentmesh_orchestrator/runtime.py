@@ -28,6 +28,7 @@ from .domain.agent_types import AgentKind
 from .domain.templates import TemplateValues
 from .events import EventRecorder
 from .ports import SessionStore
+from .termination import Never, Phase, Progress, Stop, Terminated, Termination
 from .tools import Tool, ToolBox
 from .turns import Turn, TurnOutcome, TurnRunner, UsageMeter
 
@@ -116,6 +117,12 @@ class Runtime:
     # The newest messages of the shared conversation, kept here as the run adds them (the
     # store is read once per run, and again only after another replica wrote to it).
     conversation: list[memory_pb2.StoredMessage] | None = None
+    # What ends the session besides its strategy finishing (set by the engine per strategy).
+    termination: Termination = field(default_factory=Never)
+    # The round in progress (conversation strategies), so a stop mid-round counts it.
+    round: int = 0
+    # The answer of the newest turn of any kind (the final answer of last resort).
+    last_text: str = ""
 
     @property
     def name(self) -> str:
@@ -146,6 +153,52 @@ class Runtime:
         budget = self.limits.max_total_tokens
         return budget > 0 and self.meter.total.total_tokens >= budget
 
+    # -- turns and termination --------------------------------------------------------------
+
+    async def run_turn(self, turn: Turn) -> TurnOutcome:
+        """Run one agent turn, then check the termination condition (`Terminated` stops)."""
+        outcome = await self.turns.run(turn)
+        await self.after_turn(outcome, answers=turn.response_schema is None)
+        return outcome
+
+    async def remembered_turn(self, turn: Turn) -> TurnOutcome:
+        """Run a turn whose answer joins the shared conversation (`Turn.remember`), keep it in
+        the run's copy, then check the termination condition."""
+        outcome = await self.turns.run(turn)
+        self.remember(outcome)
+        await self.after_turn(outcome)
+        return outcome
+
+    async def after_turn(self, outcome: TurnOutcome, *, answers: bool = True) -> None:
+        """Check the termination condition after a turn (for turns run with `turns.run`);
+        `answers` False for a turn whose text is no answer to the goal (a plan, an analysis)."""
+        if answers:
+            self.last_text = outcome.text
+        await self.check(Phase.AFTER_TURN, outcome.text)
+
+    async def check(self, phase: Phase, text: str = "") -> None:
+        """Raise `Terminated` when the session's termination condition fires at `phase`."""
+        stop = await self.termination.check(
+            self,
+            Progress(
+                phase=phase,
+                rounds_completed=self.session.rounds_completed,
+                total_tokens=self.meter.total.total_tokens,
+                now=dt.datetime.now(dt.UTC),
+                text=text,
+            ),
+        )
+        if stop is not None:
+            raise Terminated(stop)
+
+    async def ending_for(self, stop: Stop) -> Ending:
+        """How the session ends after `stop`: its answer, else the conversation's last
+        answer, else the newest turn's."""
+        if self.round > self.session.rounds_completed:
+            self.session.rounds_completed = self.round
+        answer = stop.answer if stop.answer is not None else await self.last_answer()
+        return Ending(answer or self.last_text, stop.reason)
+
     # -- the shared conversation ------------------------------------------------------------
 
     async def conversation_turn(self, agent: SessionAgent, round_number: int) -> TurnOutcome:
@@ -159,7 +212,7 @@ class Runtime:
                 metadata=self.session.metadata,
             )
         )
-        outcome = await self.turns.run(
+        return await self.remembered_turn(
             Turn(
                 agent=agent,
                 prompt=prompt,
@@ -170,8 +223,6 @@ class Runtime:
                 round=round_number,
             )
         )
-        self.remember(outcome)
-        return outcome
 
     async def interruptible(self, turn: Coroutine[Any, Any, TurnOutcome]) -> TurnOutcome | None:
         """Run `turn`; None when a user message interrupted it (`SendMessage` INTERRUPT)."""

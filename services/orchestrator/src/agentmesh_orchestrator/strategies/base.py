@@ -17,6 +17,7 @@ from agentmesh.common.v1 import sessions_pb2
 from agentmesh_common import InvalidArgument
 from agentmesh_orchestrator.agents import SessionAgent
 from agentmesh_orchestrator.runtime import Ending, Runtime
+from agentmesh_orchestrator.termination import Termination, limits_termination
 
 
 class Strategy(ABC):
@@ -28,6 +29,11 @@ class Strategy(ABC):
         """Check the session's setup for this strategy when it is created; raise
         `InvalidArgument` naming the field at fault. Nothing to check by default."""
         return None
+
+    def termination(self, rt: Runtime) -> Termination:
+        """What ends the session besides the strategy finishing, checked by the runtime after
+        every turn; by default the token budget and the deadline."""
+        return limits_termination(rt.limits)
 
     @abstractmethod
     async def run(self, rt: Runtime, *, single_step: bool) -> Ending | None:

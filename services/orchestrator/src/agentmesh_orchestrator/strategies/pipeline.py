@@ -16,6 +16,7 @@ from agentmesh_common import InvalidArgument
 from agentmesh_orchestrator.agents import SessionAgent
 from agentmesh_orchestrator.domain.templates import TemplateValues
 from agentmesh_orchestrator.runtime import Ending, Runtime
+from agentmesh_orchestrator.termination import Terminated
 from agentmesh_orchestrator.turns import Turn
 
 from .base import Strategy, require_agents
@@ -52,7 +53,7 @@ class Pipeline(Strategy):
             agent = rt.member(stage.agent, "pipeline.stages.agent")
             stage_name = stage.stage_name or agent.label
             stage_input = render_stage_input(stage.input_template, rt.session.goal, outputs)
-            outcome = await rt.turns.run(
+            outcome = await rt.remembered_turn(
                 Turn(
                     agent=agent,
                     prompt=agent.user_template.render(
@@ -66,12 +67,14 @@ class Pipeline(Strategy):
                     remember=True,
                 )
             )
-            rt.remember(outcome)
             return stage_name, outcome.text
 
         if spec.parallel:
-            async with asyncio.TaskGroup() as group:
-                pending = [group.create_task(run_stage(stage)) for stage in stages]
+            try:
+                async with asyncio.TaskGroup() as group:
+                    pending = [group.create_task(run_stage(stage)) for stage in stages]
+            except* Terminated as stopped:  # one stage's turn ended the session: the others stop
+                raise stopped.exceptions[0] from None
             results = [task.result() for task in pending]
             outputs.update(results)
             answer = "\n\n".join(f"## {name}\n{text}" for name, text in results)

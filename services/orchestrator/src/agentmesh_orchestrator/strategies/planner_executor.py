@@ -31,6 +31,7 @@ from agentmesh_orchestrator.domain.plans import (
 )
 from agentmesh_orchestrator.domain.templates import TemplateValues
 from agentmesh_orchestrator.runtime import Ending, Runtime, SessionFailure, agent_type
+from agentmesh_orchestrator.termination import Terminated
 from agentmesh_orchestrator.tools import ToolBox
 from agentmesh_orchestrator.turns import Turn, TurnFailed
 
@@ -70,7 +71,7 @@ class PlannerExecutor(Strategy):
             )
         synthesizer = rt.agent_of_kind(AgentKind.SYNTHESIS)
         results = "\n\n".join(f"### Task {tid}\n{text}" for tid, text in outputs.items())
-        outcome = await rt.turns.run(
+        outcome = await rt.remembered_turn(
             Turn(
                 agent=synthesizer,
                 prompt=synthesizer.user_template.render(
@@ -84,7 +85,6 @@ class PlannerExecutor(Strategy):
                 remember=True,
             )
         )
-        rt.remember(outcome)
         return Ending(outcome.text, "answered")
 
 
@@ -104,7 +104,7 @@ async def _make_plan(
         if reason:
             extra += f"\n\nYour previous plan was rejected: {reason}. Answer with a valid plan."
         try:
-            outcome = await rt.turns.run(
+            outcome = await rt.run_turn(
                 Turn(
                     agent=planner,
                     prompt=planner.user_template.render(
@@ -197,6 +197,8 @@ async def _execute_plan(
                     if isinstance(error, _TaskGaveUp):
                         await _skip_rest(rt, plan, done | {task.task_id}, prefix)
                         return task
+                    if isinstance(error, Terminated):  # e.g. the token budget: stop the plan
+                        await _skip_rest(rt, plan, done | started, prefix)
                     raise error  # type: ignore[misc]
                 outputs[prefix + task.task_id] = job.result()
                 done.add(task.task_id)
@@ -287,6 +289,7 @@ async def _run_task(
                 task_completed=events_pb2.TaskCompleted(output=outcome.text, usage=outcome.usage),
             )
         )
+        await rt.after_turn(outcome)  # the task is done either way; this may end the session
         return outcome.text
     raise AssertionError("unreachable: the last attempt returns or raises")
 

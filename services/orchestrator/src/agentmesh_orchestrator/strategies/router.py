@@ -97,7 +97,7 @@ async def _analyse(rt: Runtime) -> tuple[str, str]:
     analyst.definition.generation.max_tokens = 80  # a kind and one sentence
     schema = ParseDict(dict(ANALYSIS_SCHEMA), struct_pb2.Struct())
     try:
-        outcome: TurnOutcome | None = await rt.turns.run(
+        outcome: TurnOutcome | None = await rt.run_turn(
             Turn(
                 agent=analyst,
                 prompt=f"Goal: {rt.session.goal}",
