@@ -86,6 +86,8 @@ REASON_GUIDANCE: dict[str, str] = {
     "TOOL_SERVER_UNREACHABLE": "The address did not answer ToolService.ListTools; check it.",
     "TOOL_SERVER_INVALID": "The server lists a tool with an invalid name; fix the server.",
     "TOOL_NAME_TAKEN": "A built-in or registered tool has that name; rename the tool.",
+    "APPROVAL_NOT_FOUND": "No such approval in the session; take the id from approval_requested.",
+    "APPROVAL_RESOLVED": "The call was already answered (or expired); read the approval.",
     # inference gateway
     "ROUTE_NOT_FOUND": "No such route in the routes file; list models to see the routes.",
     "DEPLOYMENT_NOT_FOUND": "No deployment serves that provider and model; check the routes.",
