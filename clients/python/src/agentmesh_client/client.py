@@ -25,6 +25,7 @@ from google.protobuf.json_format import ParseDict
 
 from agentmesh.common.v1 import (
     agents_pb2,
+    approvals_pb2,
     events_pb2,
     memory_entries_pb2,
     operations_pb2,
@@ -329,6 +330,36 @@ class AgentmeshClient:
             orchestrator_pb2.EndSessionRequest(session=session, request_id=uuid.uuid4().hex),
         )
         return reply.session
+
+    async def approve_tool_call(
+        self, session: str, approval_id: str, *, comment: str = "", request_id: str | None = None
+    ) -> approvals_pb2.Approval:
+        """Approve a tool call waiting for approval (`approval_requested`): it runs."""
+        reply = await self._call(
+            self._stub.ApproveToolCall,
+            orchestrator_pb2.ApproveToolCallRequest(
+                session=session,
+                approval_id=approval_id,
+                comment=comment,
+                request_id=request_id or uuid.uuid4().hex,
+            ),
+        )
+        return reply.approval
+
+    async def reject_tool_call(
+        self, session: str, approval_id: str, *, comment: str = "", request_id: str | None = None
+    ) -> approvals_pb2.Approval:
+        """Reject a tool call waiting for approval: it does not run; the model is told why."""
+        reply = await self._call(
+            self._stub.RejectToolCall,
+            orchestrator_pb2.RejectToolCallRequest(
+                session=session,
+                approval_id=approval_id,
+                comment=comment,
+                request_id=request_id or uuid.uuid4().hex,
+            ),
+        )
+        return reply.approval
 
     async def get_session(self, name: str) -> orchestrator_pb2.GetSessionResponse:
         return await self._call(

@@ -22,6 +22,7 @@ from opentelemetry import trace
 from agentmesh.common.v1 import events_pb2, sessions_pb2
 
 from .agents import SessionAgent
+from .approvals import ApprovalGate
 from .events import EventRecorder
 from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
@@ -89,7 +90,7 @@ class SessionEngine:
             metrics=self._metrics,
             tracer=self._tracer,
         )
-        return Runtime(
+        run = Runtime(
             tenant=tenant,
             settings=self._settings,
             store=self._store,
@@ -109,6 +110,16 @@ class SessionEngine:
                 else None
             ),
         )
+        turns.approvals = ApprovalGate(
+            store=self._store,
+            recorder=recorder,
+            tenant=tenant,
+            session=session.name,
+            timeout_seconds=run.limits.approval_timeout_seconds,
+            resumed=lambda: turns.reuse_recorded_calls,
+            abandoned=lambda: run.abandoned,
+        )
+        return run
 
     async def run(
         self, run: Runtime, *, single_step: bool = False, resumed: bool = False

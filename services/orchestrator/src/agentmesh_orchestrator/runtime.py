@@ -51,6 +51,8 @@ class EngineSettings:
     # Let the goal's shape decide the router's analysis where it is clear (domain/analysis).
     router_shortcuts: bool = True
     retry_backoff_seconds: float = 0.2
+    # How long a tool call waits for a human's approval unless the session says otherwise.
+    default_approval_timeout_seconds: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class Limits:
     max_parallel_tasks: int
     max_plan_tasks: int
     max_task_retries: int
+    approval_timeout_seconds: float
 
     @classmethod
     def of(cls, session: sessions_pb2.Session, settings: EngineSettings) -> Limits:
@@ -76,6 +79,10 @@ class Limits:
             max_parallel_tasks=limits.max_parallel_tasks or settings.default_max_parallel_tasks,
             max_plan_tasks=limits.max_plan_tasks or settings.default_max_plan_tasks,
             max_task_retries=limits.max_task_retries or settings.default_max_task_retries,
+            approval_timeout_seconds=(
+                limits.approval_timeout.ToTimedelta().total_seconds()
+                or settings.default_approval_timeout_seconds
+            ),
         )
 
 
@@ -311,7 +318,12 @@ class Runtime:
 
     def toolbox(self, agent: SessionAgent, *, read_only: bool) -> ToolBox:
         """The tools `agent` may call now (READ_ONLY ones only when `read_only`)."""
-        return ToolBox(self.tools, agent.definition.tools, read_only=read_only)
+        return ToolBox(
+            self.tools,
+            agent.definition.tools,
+            read_only=read_only,
+            approval=agent.definition.tool_approval,
+        )
 
     def member(self, name: str, field_name: str) -> SessionAgent:
         """The member called `name` (resource name or label); fails the session otherwise."""

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from google.protobuf import field_mask_pb2
 from google.protobuf.json_format import MessageToDict
 
-from agentmesh.common.v1 import agents_pb2, events_pb2, messages_pb2, sessions_pb2
+from agentmesh.common.v1 import (
+    agents_pb2,
+    approvals_pb2,
+    events_pb2,
+    messages_pb2,
+    sessions_pb2,
+)
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2
 from agentmesh_common import (
@@ -34,6 +40,9 @@ from .sessions import TERMINAL_EVENTS, SessionManager
 from .strategies import validate_session
 
 SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+APPROVAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+MAX_COMMENT_CHARS = 4000
+MAX_APPROVAL_TIMEOUT = dt.timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -352,6 +361,40 @@ class OrchestratorApp:
             agents=session.inline_agents,
             tasks=tasks.tasks,
             children=[child.name for child in children.sessions],
+            pending_approvals=await self._memory.pending_approvals(tenant, name),
+        )
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    async def answer_tool_call(
+        self,
+        tenant: str,
+        request: orchestrator_pb2.ApproveToolCallRequest | orchestrator_pb2.RejectToolCallRequest,
+        *,
+        approve: bool,
+    ) -> approvals_pb2.Approval:
+        """Approve or reject a tool call waiting in a session (on any replica): the memory
+        service records the answer with its approval_resolved event, where the session's
+        replica (or the one that takes it over) reads it and goes on."""
+        if not request.session.startswith("sessions/") or not SESSION_ID.fullmatch(
+            request.session.removeprefix("sessions/")
+        ):
+            raise invalid("session", "must be sessions/{session_id}")
+        if not APPROVAL_ID.fullmatch(request.approval_id):
+            raise invalid("approval_id", "required: the id from approval_requested")
+        if len(request.comment) > MAX_COMMENT_CHARS:
+            raise invalid("comment", f"at most {MAX_COMMENT_CHARS} characters")
+        state = (
+            approvals_pb2.APPROVAL_STATE_APPROVED
+            if approve
+            else approvals_pb2.APPROVAL_STATE_REJECTED
+        )
+        return await self._memory.resolve_approval(
+            tenant,
+            f"{request.session}/approvals/{request.approval_id}",
+            state,
+            request.comment,
+            request_id=request.request_id,
         )
 
     # -- helpers -----------------------------------------------------------------------------
@@ -393,6 +436,9 @@ class OrchestratorApp:
                 raise invalid(f"{field}.{name}", f"must be between 0 and {most}")
         if limits.max_total_tokens < 0:
             raise invalid(f"{field}.max_total_tokens", "must not be negative")
+        timeout = limits.approval_timeout.ToTimedelta()
+        if timeout < dt.timedelta(0) or timeout > MAX_APPROVAL_TIMEOUT:
+            raise invalid(f"{field}.approval_timeout", "must be between 0 and 7 days")
 
     async def _end_idle(
         self,

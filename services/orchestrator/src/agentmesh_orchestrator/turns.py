@@ -25,12 +25,13 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 from opentelemetry import trace
 
-from agentmesh.common.v1 import events_pb2, generation_pb2, messages_pb2, tools_pb2
+from agentmesh.common.v1 import approvals_pb2, events_pb2, generation_pb2, messages_pb2, tools_pb2
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common.protobuf import duration
 
 from .agents import SessionAgent
+from .approvals import ApprovalGate, ApprovalRequest
 from .events import EventRecorder
 from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
@@ -121,7 +122,9 @@ class TurnRunner:
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
         metrics: OrchestratorMetrics | None = None,
         tracer: trace.Tracer | None = None,
+        approvals: ApprovalGate | None = None,
     ) -> None:
+        self.approvals = approvals
         self._user = user
         self._metrics = metrics
         self._tracer = tracer or trace.NoOpTracer()
@@ -230,8 +233,9 @@ class TurnRunner:
                     idempotency_key=turn.idempotency_key,
                     remembered=remembered,
                 )
-            for call in finished.tool_calls:
-                answer = await self._run_tool(turn, call, message_id)
+            for position, call in enumerate(finished.tool_calls):
+                key = f"{turn.idempotency_key}/{call_index}/{position}"
+                answer = await self._run_tool(turn, call, message_id, key)
                 conversation.append(answer)
                 new_messages.append(answer)
         raise AssertionError("unreachable: the last model call is offered no tools")
@@ -380,7 +384,7 @@ class TurnRunner:
         return _CallResult(finished=finished_event, reused=False)
 
     async def _run_tool(
-        self, turn: Turn, call: messages_pb2.ToolCall, message_id: str
+        self, turn: Turn, call: messages_pb2.ToolCall, message_id: str, key: str
     ) -> messages_pb2.Message:
         agent = turn.agent
         await self._recorder.emit(
@@ -400,6 +404,8 @@ class TurnRunner:
             user=self._user,
         )
         try:
+            if self.approvals is not None and turn.tools.needs_approval(call.name):
+                await self._approved(turn, call, key)
             result = await turn.tools.call(context, call)
             result_event.result.CopyFrom(result)
             content = struct_to_json_text(result)
@@ -423,3 +429,22 @@ class TurnRunner:
         return messages_pb2.Message(
             role=messages_pb2.ROLE_TOOL, content=content, name=call.name, tool_call_id=call.id
         )
+
+    async def _approved(self, turn: Turn, call: messages_pb2.ToolCall, key: str) -> None:
+        """Wait for a human's approval of `call`; raise `ToolError` unless it is approved."""
+        assert self.approvals is not None
+        approval = await self.approvals.decide(
+            ApprovalRequest(
+                key=key,
+                agent=turn.agent.name,
+                call=call,
+                permission=turn.tools.permission(call.name),
+                task_id=turn.task_id,
+            )
+        )
+        if approval.state == approvals_pb2.APPROVAL_STATE_APPROVED:
+            return
+        if approval.state == approvals_pb2.APPROVAL_STATE_EXPIRED:
+            raise ToolError("DEADLINE_EXCEEDED", approval.comment or "nobody approved the call")
+        reason = f": {approval.comment}" if approval.comment else ""
+        raise ToolError("PERMISSION_DENIED", f"a reviewer rejected the call{reason}")
