@@ -49,6 +49,8 @@ class Answer:
     text: str = ""
     tool_calls: Sequence[tuple[str, dict[str, Any]]] = ()
     delay_seconds: float = 0.0
+    # An HTTP error status instead of an answer (with OpenAI's error body).
+    status: int = 200
 
 
 def system_of(chat: Chat) -> str:
@@ -88,6 +90,9 @@ class ScriptedProvider:
         chat: Chat = await request.json()
         self.requests.append(chat)
         answer = self.script(chat)
+        if answer.status != 200:
+            error = {"message": answer.text or "scripted failure", "type": "server_error"}
+            return web.json_response({"error": error}, status=answer.status)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         created = 1_763_700_000

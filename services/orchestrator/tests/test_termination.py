@@ -7,7 +7,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from agentmesh.common.v1 import agents_pb2, sessions_pb2
+from google.protobuf import struct_pb2
+
+from agentmesh.common.v1 import agents_pb2, messages_pb2, sessions_pb2
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh_orchestrator.engine import EngineSettings
 from agentmesh_orchestrator.termination import (
@@ -188,3 +190,35 @@ async def test_a_stop_phrase_mid_round_counts_the_round(
     assert final.rounds_completed == 1
     assert final.final_answer == "answer of Alpha"
     assert len(harness.gateway.requests) == 1
+
+
+async def test_a_selector_conversation_stops_at_the_token_budget(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    harness = harness_factory(by_name)
+    session = make_session(
+        sessions_pb2.STRATEGY_SELECTOR,
+        limits=budget(max_rounds=10),
+        selector=sessions_pb2.SelectorSpec(initial_agent="s0"),
+    )
+    final = await harness.engine.run(harness.engine.open_run(TENANT, session, STAGES))
+    assert harness.events()[-1].session_completed.termination_reason == "token_budget"
+    assert final.final_answer == "answer of Stage 0"
+    assert len(harness.gateway.requests) == 1, "the initial agent spoke; nobody after it"
+
+
+async def test_a_handoff_conversation_stops_at_the_token_budget(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    def hands_off(request: inference_pb2.GenerateRequest) -> Reply:
+        arguments = struct_pb2.Struct()
+        arguments.update({"note": "over to you"})
+        target = next(t.name for t in request.tools if t.name.startswith("transfer_to_"))
+        return Reply(tool_calls=[messages_pb2.ToolCall(id="h", name=target, arguments=arguments)])
+
+    harness = harness_factory(hands_off)
+    session = make_session(sessions_pb2.STRATEGY_HANDOFF, limits=budget())
+    await harness.engine.run(harness.engine.open_run(TENANT, session, STAGES))
+    assert harness.events()[-1].session_completed.termination_reason == "token_budget"
+    assert len(harness.gateway.requests) == 1
+    assert harness.kinds().count("handoff") == 1

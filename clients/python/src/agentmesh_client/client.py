@@ -150,6 +150,8 @@ class AgentmeshClient:
         limits: sessions_pb2.SessionLimits | None = None,
         termination: sessions_pb2.TerminationCondition | None = None,
         pipeline: sessions_pb2.PipelineSpec | None = None,
+        selector: sessions_pb2.SelectorSpec | None = None,
+        handoff: sessions_pb2.HandoffSpec | None = None,
         metadata: dict[str, str] | None = None,
         parent: str = "",
         cancel_on_disconnect: bool = False,
@@ -165,6 +167,8 @@ class AgentmeshClient:
             limits=limits,
             termination=termination,
             pipeline=pipeline,
+            selector=selector,
+            handoff=handoff,
             metadata=metadata or {},
             parent=parent,
             cancel_on_disconnect=cancel_on_disconnect,
@@ -220,6 +224,7 @@ class AgentmeshClient:
         *,
         context: dict[str, object] | None = None,
         agents: Iterable[str] = (),
+        inline_agents: Iterable[agents_pb2.AgentDefinition] = (),
         strategy: sessions_pb2.Strategy.ValueType = sessions_pb2.STRATEGY_UNSPECIFIED,
         mode: orchestrator_pb2.ExecutionMode.ValueType = (
             orchestrator_pb2.EXECUTION_MODE_UNSPECIFIED
@@ -231,6 +236,7 @@ class AgentmeshClient:
         request = orchestrator_pb2.ExecuteRequest(
             task=task,
             agents=list(agents),
+            inline_agents=list(inline_agents),
             strategy=strategy,
             mode=mode,
             cancel_on_disconnect=cancel_on_disconnect,

@@ -32,6 +32,8 @@ from .termination import Never, Phase, Progress, Stop, Terminated, Termination
 from .tools import Tool, ToolBox
 from .turns import Turn, TurnOutcome, TurnRunner, UsageMeter
 
+HANDOFF_TOOL_PREFIX = "transfer_to_"  # the handoff strategy's generated tools
+
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -355,11 +357,16 @@ class Runtime:
         *,
         system: str = "",
         tools: Sequence[str] = (),
+        model: agents_pb2.ModelSelection | None = None,
     ) -> SessionAgent:
-        """A built-in agent on the route of the session's first agent (or the default)."""
-        model = agents_pb2.ModelSelection(route=self.settings.default_route)
-        if self.agents:
-            model.CopyFrom(self.agents[0].definition.model)
+        """A built-in agent on `model`, else the route of the session's first agent (or the
+        default route)."""
+        chosen = agents_pb2.ModelSelection(route=self.settings.default_route)
+        if model is not None and (model.route or model.model):
+            chosen.CopyFrom(model)
+        elif self.agents:
+            chosen.CopyFrom(self.agents[0].definition.model)
+        model = chosen
         if not model.context_window_tokens:
             model.context_window_tokens = self.settings.builtin_context_window_tokens
         definition = agents_pb2.AgentDefinition(
@@ -373,14 +380,24 @@ class Runtime:
 
 
 def as_seen_by(item: memory_pb2.StoredMessage, agent: SessionAgent) -> messages_pb2.Message:
-    """A stored message as `agent` reads it in its history."""
+    """A stored message as `agent` reads it in its history (tool calls as a line of text)."""
     message = item.message
+    content = message.content
+    for call in message.tool_calls:
+        if call.name.startswith(HANDOFF_TOOL_PREFIX):
+            note = (
+                call.arguments.fields["note"].string_value
+                if "note" in call.arguments.fields
+                else ""
+            )
+            target = call.name.removeprefix(HANDOFF_TOOL_PREFIX)
+            content = f"{content}\n(hands the conversation to {target}: {note})".strip()
     if message.role != messages_pb2.ROLE_ASSISTANT or item.agent == agent.name:
-        return messages_pb2.Message(role=message.role, content=message.content, name=message.name)
+        return messages_pb2.Message(role=message.role, content=content, name=message.name)
     # Another agent's words reach this agent as a named user turn (AutoGen's convention).
     speaker = item.agent.rsplit("/", 1)[-1] or message.name
     return messages_pb2.Message(
-        role=messages_pb2.ROLE_USER, content=f"[{speaker}] {message.content}", name=speaker
+        role=messages_pb2.ROLE_USER, content=f"[{speaker}] {content}", name=speaker
     )
 
 

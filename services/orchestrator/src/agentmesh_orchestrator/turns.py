@@ -82,6 +82,8 @@ class Turn:
     round: int = 0
     response_schema: struct_pb2.Struct | None = None
     remember: bool = False  # add the final answer to the session's shared conversation
+    # Tools whose call ends the turn once the reply's calls ran (a handoff hands over control).
+    final_tools: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -193,19 +195,28 @@ class TurnRunner:
             )
             conversation.append(reply)
             new_messages.append(reply)
-            if not finished.tool_calls or call_index == self._max_tool_rounds:
-                remembered = None
-                if turn.remember and not result.reused:
-                    # Stored in the same commit as the ledger row: on resume, an answer taken
-                    # from the ledger is known to be in the conversation already.
-                    remembered = memory_pb2.StoredMessage(
-                        message=reply,
-                        agent=agent.name,
-                        round=turn.round,
-                        prompt_tokens=usage.total.prompt_tokens,
-                        completion_tokens=usage.total.completion_tokens,
-                    )
-                    self._recorder.stage_messages([remembered])
+            # A call of a final tool (a handoff) ends the turn with this reply, once it ran.
+            final = any(call.name in turn.final_tools for call in finished.tool_calls)
+            ends_turn = final or not finished.tool_calls or call_index == self._max_tool_rounds
+            remembered = None
+            if ends_turn and turn.remember and not result.reused:
+                # Staged with the ledger row (no await in between: one commit), so on resume
+                # an answer taken from the ledger is known to be in the conversation already.
+                remembered = memory_pb2.StoredMessage(
+                    message=reply,
+                    agent=agent.name,
+                    round=turn.round,
+                    prompt_tokens=usage.total.prompt_tokens,
+                    completion_tokens=usage.total.completion_tokens,
+                )
+                self._recorder.stage_messages([remembered])
+            if finished.tool_calls and (final or not ends_turn):
+                for position, call in enumerate(finished.tool_calls):
+                    key = f"{turn.idempotency_key}/{call_index}/{position}"
+                    answer = await self._run_tool(turn, call, message_id, key)
+                    conversation.append(answer)
+                    new_messages.append(answer)
+            if ends_turn:
                 await self._recorder.emit(
                     events_pb2.SessionEvent(
                         agent=agent.name,
@@ -233,11 +244,6 @@ class TurnRunner:
                     idempotency_key=turn.idempotency_key,
                     remembered=remembered,
                 )
-            for position, call in enumerate(finished.tool_calls):
-                key = f"{turn.idempotency_key}/{call_index}/{position}"
-                answer = await self._run_tool(turn, call, message_id, key)
-                conversation.append(answer)
-                new_messages.append(answer)
         raise AssertionError("unreachable: the last model call is offered no tools")
 
     async def _call_model(

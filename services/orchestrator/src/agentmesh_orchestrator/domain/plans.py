@@ -2,8 +2,10 @@
 
 The planner answers with JSON matching `PLAN_SCHEMA` (sent to the gateway as the response
 schema). `parse_plan` accepts the JSON bare or inside a Markdown code fence, validates it
-against the schema, then checks what a schema cannot: unique task ids, dependencies that
-exist, no cycles, and the session's bound on plan size. Every problem is a `PlanRejected`
+against the schema, then checks what a schema cannot: unique task ids, dependencies and
+parents that exist, no cycles, and the session's bound on plan size. A task with a `parent`
+is a sub-task: its parent runs after all its sub-tasks (they are added to the parent's
+dependencies), so the parent's executor works from their outputs. Every problem is a `PlanRejected`
 naming the offending part, so the strategy can ask the planner again with the reason.
 """
 
@@ -13,7 +15,7 @@ import copy
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jsonschema
@@ -48,6 +50,8 @@ PLAN_SCHEMA: Mapping[str, Any] = {
                         "items": {"type": "string", "pattern": _ID_PATTERN},
                     },
                     "priority": {"type": "integer", "minimum": 0, "maximum": 100},
+                    # The task this one is a part of (a sub-task); the parent runs after it.
+                    "parent": {"type": "string", "pattern": _ID_PATTERN},
                 },
             },
         },
@@ -67,6 +71,7 @@ def plan_schema(max_tasks: int) -> dict[str, Any]:
     # Short ids that start with a letter (the built-in prompt asks for t1, t2, ...):
     # constrained, SmolLM2 otherwise wrote 32-digit ids that repeated each other.
     task["id"]["pattern"] = task["depends_on"]["items"]["pattern"] = _PLANNED_ID
+    task["parent"]["pattern"] = _PLANNED_ID
     return schema
 
 
@@ -86,6 +91,7 @@ class PlannedTask:
     agent_type: str
     depends_on: tuple[str, ...]
     priority: int
+    parent: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,10 +120,31 @@ def parse_plan(text: str, *, max_tasks: int) -> PlanDraft:
             agent_type=raw.get("agent_type", "executor"),
             depends_on=tuple(dict.fromkeys(raw.get("depends_on", ()))),
             priority=int(raw.get("priority", 0)),
+            parent=raw.get("parent", ""),
         )
         for raw in raw_tasks
     ]
-    return PlanDraft(rationale=document["rationale"], tasks=_dependency_order(tasks))
+    return PlanDraft(rationale=document["rationale"], tasks=_dependency_order(_with_parts(tasks)))
+
+
+def _with_parts(tasks: list[PlannedTask]) -> list[PlannedTask]:
+    """Each parent also depends on its sub-tasks (a parent named but unknown is rejected)."""
+    ids = {task.task_id for task in tasks}
+    parts: dict[str, list[str]] = {}
+    for task in tasks:
+        if not task.parent:
+            continue
+        if task.parent == task.task_id:
+            raise PlanRejected(f"tasks/{task.task_id}: is its own parent")
+        if task.parent not in ids:
+            raise PlanRejected(f"tasks/{task.task_id}: parent {task.parent!r} is no task")
+        parts.setdefault(task.parent, []).append(task.task_id)
+    return [
+        replace(task, depends_on=tuple(dict.fromkeys((*task.depends_on, *parts[task.task_id]))))
+        if task.task_id in parts
+        else task
+        for task in tasks
+    ]
 
 
 def ready_tasks(

@@ -14,10 +14,12 @@ from agentmesh_common import InvalidArgument
 from agentmesh_orchestrator.agents import SessionAgent
 
 from .base import Strategy
+from .handoff import Handoff
 from .pipeline import Pipeline, render_stage_input
 from .planner_executor import PlannerExecutor
 from .round_robin import RoundRobin
 from .router import Router
+from .selector import Selector
 
 __all__ = [
     "Strategy",
@@ -30,7 +32,14 @@ __all__ = [
 
 def _build_registry() -> dict[sessions_pb2.Strategy.ValueType, Strategy]:
     planning = PlannerExecutor()
-    strategies: list[Strategy] = [RoundRobin(), Pipeline(), planning, Router(planning)]
+    strategies: list[Strategy] = [
+        RoundRobin(),
+        Pipeline(),
+        planning,
+        Router(planning),
+        Selector(),
+        Handoff(),
+    ]
     return {strategy.kind: strategy for strategy in strategies}
 
 

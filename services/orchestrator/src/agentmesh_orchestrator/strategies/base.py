@@ -50,3 +50,9 @@ def require_agents(agents: Sequence[SessionAgent]) -> None:
     """A strategy that has no built-in agents to fall back on needs members."""
     if not agents:
         raise InvalidArgument.for_field("session.agents", "this strategy needs at least one agent")
+
+
+def judge_of(rt: Runtime) -> SessionAgent | None:
+    """The member named as the judge (it listens, and only answers the judge's question)."""
+    name = rt.session.termination.judge_agent
+    return next((a for a in rt.agents if name and name in (a.name, a.label)), None)

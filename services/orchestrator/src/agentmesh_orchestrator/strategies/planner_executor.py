@@ -49,9 +49,10 @@ class PlannerExecutor(Strategy):
         outputs: dict[str, str] = {}
         replanned = False
         while True:
-            failed = await _execute_plan(rt, plan, outputs)
-            if failed is None:
+            gave_up = await _execute_plan(rt, plan, outputs)
+            if gave_up is None:
                 break
+            failed, error = gave_up
             if replanned:
                 raise SessionFailure(
                     code_pb2.ABORTED,
@@ -63,9 +64,10 @@ class PlannerExecutor(Strategy):
                 rt,
                 planner,
                 feedback=(
-                    f"Task {failed.task_id} ({failed.description}) failed after retries. "
+                    f"Task {failed.task_id} ({failed.description}) failed after retries: "
+                    f"{error.message or code_pb2.Code.Name(error.code)}. "
                     f"Completed so far:\n{done_summary or '- nothing'}\nMake a new plan for "
-                    "what remains; do not repeat completed tasks."
+                    "what remains that avoids this failure; do not repeat completed tasks."
                 ),
                 revision=2,
             )
@@ -89,7 +91,11 @@ class PlannerExecutor(Strategy):
 
 
 class _TaskGaveUp(Exception):
-    """A plan task failed after all its retries."""
+    """A plan task failed after all its retries; `status` is its last error."""
+
+    def __init__(self, task_id: str, status: status_pb2.Status) -> None:
+        super().__init__(task_id)
+        self.status = status
 
 
 async def _make_plan(
@@ -118,7 +124,7 @@ async def _make_plan(
                 )
             )
         except TurnFailed as failed:
-            if not _output_rejected(failed.status):
+            if not output_rejected(failed.status):
                 raise
             # An answer that is no plan (e.g. cut by max_tokens) is one more attempt.
             reason = f"{failed.status.message}; write a shorter plan with fewer tasks"
@@ -149,6 +155,7 @@ async def _publish_plan(rt: Runtime, plan: PlanDraft, revision: int, took: dt.ti
             agent_type=agent_type(task.agent_type),
             depends_on=task.depends_on,
             priority=task.priority,
+            parent_task_id=task.parent,
             status=sessions_pb2.TASK_STATUS_PENDING,
         )
         for task in plan.tasks
@@ -159,6 +166,8 @@ async def _publish_plan(rt: Runtime, plan: PlanDraft, revision: int, took: dt.ti
         for task in tasks:
             task.task_id = f"r{revision}-{task.task_id}"
             task.depends_on[:] = [f"r{revision}-{d}" for d in task.depends_on]
+            if task.parent_task_id:
+                task.parent_task_id = f"r{revision}-{task.parent_task_id}"
     stored = await rt.store.create_tasks(rt.tenant, rt.name, tasks)
     proto_plan = sessions_pb2.Plan(revision=revision, rationale=plan.rationale, tasks=stored)
     proto_plan.planning_duration.FromTimedelta(took)
@@ -171,8 +180,8 @@ async def _publish_plan(rt: Runtime, plan: PlanDraft, revision: int, took: dt.ti
 
 async def _execute_plan(
     rt: Runtime, plan: PlanDraft, outputs: dict[str, str]
-) -> PlannedTask | None:
-    """Run the plan's tasks; return the task that failed for good, or None."""
+) -> tuple[PlannedTask, status_pb2.Status] | None:
+    """Run the plan's tasks; return the task that failed for good with its error, or None."""
     prefix = f"r{rt.session.plan.revision}-" if rt.session.plan.revision > 1 else ""
     stored = {t.task_id: t for t in rt.session.plan.tasks}
     done: set[str] = set()
@@ -196,7 +205,7 @@ async def _execute_plan(
                     error = job.exception()
                     if isinstance(error, _TaskGaveUp):
                         await _skip_rest(rt, plan, done | {task.task_id}, prefix)
-                        return task
+                        return task, error.status
                     if isinstance(error, Terminated):  # e.g. the token budget: stop the plan
                         await _skip_rest(rt, plan, done | started, prefix)
                     raise error  # type: ignore[misc]
@@ -276,7 +285,7 @@ async def _run_task(
             proto.error.CopyFrom(failed.status)
             proto.end_time.GetCurrentTime()
             await rt.store.update_task(rt.tenant, proto, ["status", "error"])
-            raise _TaskGaveUp(task.task_id) from failed
+            raise _TaskGaveUp(task.task_id, failed.status) from failed
         proto.status = sessions_pb2.TASK_STATUS_COMPLETED
         proto.output = outcome.text
         proto.usage.CopyFrom(outcome.usage)
@@ -303,7 +312,7 @@ async def _skip_rest(rt: Runtime, plan: PlanDraft, settled: set[str], prefix: st
             await rt.store.update_task(rt.tenant, proto, ["status"])
 
 
-def _output_rejected(status: status_pb2.Status) -> bool:
+def output_rejected(status: status_pb2.Status) -> bool:
     """The gateway refused the model's answer as structured output (not a failed call)."""
     for detail in status.details:
         info = error_details_pb2.ErrorInfo()

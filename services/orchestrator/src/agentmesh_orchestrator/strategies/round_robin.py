@@ -17,7 +17,7 @@ from agentmesh_orchestrator.agents import SessionAgent
 from agentmesh_orchestrator.runtime import Ending, Runtime, SessionFailure
 from agentmesh_orchestrator.termination import Phase, Termination, conversation_termination
 
-from .base import Strategy, require_agents
+from .base import Strategy, judge_of, require_agents
 
 
 class RoundRobin(Strategy):
@@ -29,11 +29,11 @@ class RoundRobin(Strategy):
         require_agents(agents)
 
     def termination(self, rt: Runtime) -> Termination:
-        return conversation_termination(rt.session, rt.limits, _judge(rt))
+        return conversation_termination(rt.session, rt.limits, judge_of(rt))
 
     async def run(self, rt: Runtime, *, single_step: bool) -> Ending | None:
         session = rt.session
-        judge = _judge(rt)
+        judge = judge_of(rt)
         speakers = [a for a in rt.agents if a is not judge]
         if not speakers:
             raise SessionFailure(code_pb2.FAILED_PRECONDITION, "the session has no agents to speak")
@@ -55,9 +55,3 @@ class RoundRobin(Strategy):
     async def on_deadline(self, rt: Runtime) -> Ending | None:
         # The session's own deadline is one of round-robin's termination conditions.
         return Ending(await rt.last_answer(), "deadline")
-
-
-def _judge(rt: Runtime) -> SessionAgent | None:
-    """The member named as the judge (it listens, and only answers the judge's question)."""
-    name = rt.session.termination.judge_agent
-    return next((a for a in rt.agents if name and name in (a.name, a.label)), None)
