@@ -445,6 +445,11 @@ def cli_script(chat: Chat) -> Answer:
         return Answer(text=json.dumps(PLAN))
     if "You are a writer" in system:
         return Answer(text="Hello, [bold]team[/bold]! The greeting is ready.")
+    if "You keep notes" in system:  # a READ_WRITE tool call that waits for approval
+        tool = next((m for m in chat["messages"] if m["role"] == "tool"), None)
+        if tool is None:
+            return Answer(tool_calls=[("memory_write", {"key": "budget", "value": 1200})])
+        return Answer(text=f"noted: {tool['content']}")
     if "slowly" in user or "slowly" in system:
         return Answer(text=" ".join(["word"] * 40), delay_seconds=30)
     who = re.search(r"You are (\w+)\.", system)

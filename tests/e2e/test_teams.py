@@ -28,7 +28,7 @@ from agentmesh.common.v1 import (
     sessions_pb2,
 )
 from agentmesh.orchestrator.v1 import orchestrator_pb2
-from agentmesh_client.cli import create_api_key
+from agentmesh_client.cli import create_api_key, load_agents, load_session_spec
 from agentmesh_client.client import AgentmeshClient
 from agentmesh_common import (
     FailedPrecondition,
@@ -540,3 +540,35 @@ async def test_a_plan_with_sub_tasks_runs_parts_first_and_replans_seeing_the_err
     assert len(planner_prompts) == 2
     assert "Task check (Check the spelling) failed after retries: " in planner_prompts[1]
     assert "spellchecker is down" in planner_prompts[1], "the re-plan sees the error"
+
+
+# -- the example team files ---------------------------------------------------------------------
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+async def test_every_example_team_file_makes_a_valid_session(team: Team) -> None:
+    assert {p.stem for p in EXAMPLES} >= {
+        "round-robin",
+        "pipeline",
+        "parallel",
+        "planner-executor",
+        "router",
+        "selector",
+        "handoff",
+        "approval",
+    }
+    async with team.client() as client:
+        for path in EXAMPLES:
+            spec = load_session_spec(path)
+            session = await client.create_session(
+                goal="An example goal",
+                inline_agents=load_agents(path),
+                strategy=spec.strategy,
+                limits=spec.limits,
+                termination=spec.termination,
+                pipeline=spec.pipeline,
+                selector=spec.selector,
+                handoff=spec.handoff,
+            )
+            assert session.strategy == spec.strategy != sessions_pb2.STRATEGY_UNSPECIFIED, path

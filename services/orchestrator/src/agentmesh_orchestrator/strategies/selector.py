@@ -129,7 +129,7 @@ class Selector(Strategy):
             system=spec.selector_prompt or SELECTOR_PROMPT,
             model=spec.model,
         )
-        selector.definition.generation.max_tokens = 80  # a name and one sentence
+        selector.definition.generation.max_tokens = 100  # a name and one short sentence
         names = [a.label for a in candidates]
         schema = {
             "type": "object",
@@ -137,7 +137,7 @@ class Selector(Strategy):
             "required": ["speaker", "reason"],
             "properties": {
                 "speaker": {"enum": names},
-                "reason": {"type": "string", "maxLength": 160},
+                "reason": {"type": "string", "maxLength": 120},
             },
         }
         roster = "\n".join(
