@@ -72,11 +72,15 @@ class _StrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Strategy.Val
     STRATEGY_ROUTER: _Strategy.ValueType  # 1
     """Classify the goal (simple, tool, complex) and pick a shape."""
     STRATEGY_PLANNER_EXECUTOR: _Strategy.ValueType  # 2
-    """A planner's task graph, run by executors, written up by synthesis."""
+    """A planner's task graph (tasks may be sub-tasks of another), run by executors, written up
+    by synthesis; a task that fails for good is re-planned once, with its error.
+    """
     STRATEGY_ROUND_ROBIN: _Strategy.ValueType  # 3
     """Every agent speaks once per round from the shared conversation."""
     STRATEGY_PIPELINE: _Strategy.ValueType  # 4
-    """A fixed list of agents, each fed from the goal and earlier outputs."""
+    """A fixed list of agents, each fed from the goal and earlier outputs; or all at once, their
+    outputs merged by a synthesis agent (see PipelineSpec).
+    """
     STRATEGY_SELECTOR: _Strategy.ValueType  # 5
     """Each turn a selector model picks the next speaker from the agents' names and
     descriptions and the conversation, within the allowed transitions (see SelectorSpec).
@@ -94,11 +98,15 @@ STRATEGY_UNSPECIFIED: Strategy.ValueType  # 0
 STRATEGY_ROUTER: Strategy.ValueType  # 1
 """Classify the goal (simple, tool, complex) and pick a shape."""
 STRATEGY_PLANNER_EXECUTOR: Strategy.ValueType  # 2
-"""A planner's task graph, run by executors, written up by synthesis."""
+"""A planner's task graph (tasks may be sub-tasks of another), run by executors, written up
+by synthesis; a task that fails for good is re-planned once, with its error.
+"""
 STRATEGY_ROUND_ROBIN: Strategy.ValueType  # 3
 """Every agent speaks once per round from the shared conversation."""
 STRATEGY_PIPELINE: Strategy.ValueType  # 4
-"""A fixed list of agents, each fed from the goal and earlier outputs."""
+"""A fixed list of agents, each fed from the goal and earlier outputs; or all at once, their
+outputs merged by a synthesis agent (see PipelineSpec).
+"""
 STRATEGY_SELECTOR: Strategy.ValueType  # 5
 """Each turn a selector model picks the next speaker from the agents' names and
 descriptions and the conversation, within the allowed transitions (see SelectorSpec).
