@@ -523,8 +523,12 @@ async def test_a_plan_with_sub_tasks_runs_parts_first_and_replans_seeing_the_err
 
     team.script(script)
     async with team.client() as client:
+        planner = member("planner", capabilities=["sub-tasks"])
+        planner.type = agents_pb2.AGENT_TYPE_PLANNER
+        planner.prompts.system = ""  # the default planner's prompt
         session = await client.create_session(
             goal="A report",
+            inline_agents=[planner],
             strategy=sessions_pb2.STRATEGY_PLANNER_EXECUTOR,
             limits=sessions_pb2.SessionLimits(max_task_retries=1),
         )
@@ -538,6 +542,7 @@ async def test_a_plan_with_sub_tasks_runs_parts_first_and_replans_seeing_the_err
     assert tasks["report"].start_time.ToDatetime() >= tasks["body"].end_time.ToDatetime()
     assert tasks["check"].status == sessions_pb2.TASK_STATUS_FAILED
     assert len(planner_prompts) == 2
+    assert "A task may name a parent" in planner_prompts[0], "asked for sub-tasks"
     assert "Task check (Check the spelling) failed after retries: " in planner_prompts[1]
     assert "spellchecker is down" in planner_prompts[1], "the re-plan sees the error"
 

@@ -97,6 +97,10 @@ def test_the_schema_sent_to_planners_asks_only_what_decoding_can_enforce() -> No
     tasks = schema["properties"]["tasks"]
     assert tasks["maxItems"] == 4
     assert "uniqueItems" not in json.dumps(schema)
+    # Sub-tasks only for a planner with the "sub-tasks" capability (SmolLM2 made up parents).
+    assert "parent" not in tasks["items"]["properties"]
+    with_parts = plan_schema(4, sub_tasks=True)["properties"]["tasks"]["items"]["properties"]
+    assert with_parts["parent"]["pattern"] == with_parts["id"]["pattern"]
 
 
 def test_a_parent_runs_after_its_sub_tasks() -> None:

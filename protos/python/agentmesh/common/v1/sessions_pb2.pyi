@@ -608,7 +608,7 @@ class Task(_message.Message):
     """Task id within the plan, e.g. "t1" (the planner's id)."""
     parent_task_id: _builtins.str
     """Parent task's id, for sub-tasks: a task with sub-tasks runs after all of them, with their
-    outputs.
+    outputs. Planners whose agent has the capability "sub-tasks" are asked for them.
     """
     description: _builtins.str
     """What to do."""

@@ -5,8 +5,10 @@ schema). `parse_plan` accepts the JSON bare or inside a Markdown code fence, val
 against the schema, then checks what a schema cannot: unique task ids, dependencies and
 parents that exist, no cycles, and the session's bound on plan size. A task with a `parent`
 is a sub-task: its parent runs after all its sub-tasks (they are added to the parent's
-dependencies), so the parent's executor works from their outputs. Every problem is a `PlanRejected`
-naming the offending part, so the strategy can ask the planner again with the reason.
+dependencies), so the parent's executor works from their outputs. Planners are offered
+`parent` only when their agent has the "sub-tasks" capability (see `plan_schema`). Every
+problem is a `PlanRejected` naming the offending part, so the strategy can ask the planner
+again with the reason.
 """
 
 from __future__ import annotations
@@ -60,9 +62,16 @@ PLAN_SCHEMA: Mapping[str, Any] = {
 _VALIDATOR = jsonschema.Draft202012Validator(PLAN_SCHEMA)
 
 
-def plan_schema(max_tasks: int) -> dict[str, Any]:
+SUB_TASKS = "sub-tasks"  # the planner capability that asks for plans with sub-tasks
+
+
+def plan_schema(max_tasks: int, *, sub_tasks: bool = False) -> dict[str, Any]:
     """The response schema a planner is sent: PLAN_SCHEMA with at most ``max_tasks`` tasks
-    (constrained decoding stops the list there) and short ids that start with a letter."""
+    (constrained decoding stops the list there) and short ids that start with a letter.
+
+    `parent` is offered only when `sub_tasks` (the planner has the "sub-tasks" capability):
+    offered it, SmolLM2 (the embedded default) filled every task's parent with made-up ids,
+    and no schema can say "the id of another task of this plan"."""
     schema = copy.deepcopy(dict(PLAN_SCHEMA))
     tasks = schema["properties"]["tasks"]
     tasks["maxItems"] = max_tasks
@@ -71,7 +80,10 @@ def plan_schema(max_tasks: int) -> dict[str, Any]:
     # Short ids that start with a letter (the built-in prompt asks for t1, t2, ...):
     # constrained, SmolLM2 otherwise wrote 32-digit ids that repeated each other.
     task["id"]["pattern"] = task["depends_on"]["items"]["pattern"] = _PLANNED_ID
-    task["parent"]["pattern"] = _PLANNED_ID
+    if sub_tasks:
+        task["parent"]["pattern"] = _PLANNED_ID
+    else:
+        del task["parent"]
     return schema
 
 

@@ -22,6 +22,7 @@ from agentmesh.common.v1 import events_pb2, sessions_pb2
 from agentmesh_orchestrator.agents import SessionAgent
 from agentmesh_orchestrator.domain.agent_types import AgentKind
 from agentmesh_orchestrator.domain.plans import (
+    SUB_TASKS,
     PlanDraft,
     PlannedTask,
     PlanRejected,
@@ -101,12 +102,20 @@ class _TaskGaveUp(Exception):
 async def _make_plan(
     rt: Runtime, planner: SessionAgent, *, feedback: str, revision: int = 1
 ) -> PlanDraft:
-    schema = ParseDict(plan_schema(rt.limits.max_plan_tasks), struct_pb2.Struct())
+    sub_tasks = SUB_TASKS in planner.definition.capabilities
+    schema = ParseDict(
+        plan_schema(rt.limits.max_plan_tasks, sub_tasks=sub_tasks), struct_pb2.Struct()
+    )
     reason = ""
     started = dt.datetime.now(dt.UTC)
     attempts = rt.settings.plan_attempts
     for attempt in range(1, attempts + 1):
         extra = f"\n\n{feedback}" if feedback else ""
+        if sub_tasks:
+            extra += (
+                "\n\nA task may name a parent, the id of the task it is a part of: the parent"
+                " runs after all its parts, with their outputs."
+            )
         if reason:
             extra += f"\n\nYour previous plan was rejected: {reason}. Answer with a valid plan."
         try:
