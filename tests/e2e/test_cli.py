@@ -445,30 +445,6 @@ def test_up_from_a_fresh_data_dir_stops_cleanly_and_a_restart_keeps_the_sessions
             assert [f["provider"] for f in finished] == ["local", "local"], "the local runner"
             assert all(0 < int(f["usage"]["completionTokens"]) <= 16 for f in finished)
             sessions.append(events[0]["session"])
-        # The router answers a factual question with the real default model (SmolLM2).
-        routed = first.cli("run", "What is the capital of France?", "--json", timeout=120)
-        assert routed.returncode == 0, routed.stderr
-        routed_events = json_events(routed.stdout)
-        assert_one_story(routed_events)
-        analysis = next(e["analysis"] for e in routed_events if payload(e) == "analysis")
-        assert analysis["kind"] == "GOAL_KIND_SIMPLE"
-        answer = routed_events[-1]["sessionCompleted"]["finalAnswer"]
-        assert "Paris" in answer
-        # A multi-part goal: analysis -> a validated plan -> tasks -> synthesis, all local.
-        planned = first.cli("run", MULTI_PART_GOAL, "--json", timeout=300)
-        assert planned.returncode == 0, planned.stdout[-2000:] + planned.stderr
-        planned_events = json_events(planned.stdout)
-        assert_one_story(planned_events)
-        kinds_seen = [payload(e) for e in planned_events]
-        analysis = next(e["analysis"] for e in planned_events if payload(e) == "analysis")
-        assert analysis["chosenStrategy"] == "STRATEGY_PLANNER_EXECUTOR"
-        plan = next(e["planCreated"] for e in planned_events if payload(e) == "planCreated")
-        tasks = plan["plan"]["tasks"]
-        assert tasks
-        assert all(t["description"] for t in tasks)
-        assert kinds_seen.count("taskCompleted") == len(tasks)
-        final = planned_events[-1]["sessionCompleted"]["finalAnswer"]
-        assert len(final.split()) >= 5, final
         # A selector team on the real default model: it picks the first speaker under a schema
         # whose enum is the team; the other one then speaks (no repeats, no call needed).
         selected = first.cli(
@@ -496,6 +472,30 @@ def test_up_from_a_fresh_data_dir_stops_cleanly_and_a_restart_keeps_the_sessions
         assert sorted(spoken) == ["agents/alice", "agents/bob"]
         assert "round-robin order" not in picks[0]["reason"], "SmolLM2 named a member"
         assert picks[1]["reason"] == f"the only allowed speaker after {spoken[0][7:]}"
+        # The router answers a factual question with the real default model (SmolLM2).
+        routed = first.cli("run", "What is the capital of France?", "--json", timeout=120)
+        assert routed.returncode == 0, routed.stderr
+        routed_events = json_events(routed.stdout)
+        assert_one_story(routed_events)
+        analysis = next(e["analysis"] for e in routed_events if payload(e) == "analysis")
+        assert analysis["kind"] == "GOAL_KIND_SIMPLE"
+        answer = routed_events[-1]["sessionCompleted"]["finalAnswer"]
+        assert "Paris" in answer
+        # A multi-part goal: analysis -> a validated plan -> tasks -> synthesis, all local.
+        planned = first.cli("run", MULTI_PART_GOAL, "--json", timeout=300)
+        assert planned.returncode == 0, planned.stdout[-2000:] + planned.stderr
+        planned_events = json_events(planned.stdout)
+        assert_one_story(planned_events)
+        kinds_seen = [payload(e) for e in planned_events]
+        analysis = next(e["analysis"] for e in planned_events if payload(e) == "analysis")
+        assert analysis["chosenStrategy"] == "STRATEGY_PLANNER_EXECUTOR"
+        plan = next(e["planCreated"] for e in planned_events if payload(e) == "planCreated")
+        tasks = plan["plan"]["tasks"]
+        assert tasks
+        assert all(t["description"] for t in tasks)
+        assert kinds_seen.count("taskCompleted") == len(tasks)
+        final = planned_events[-1]["sessionCompleted"]["finalAnswer"]
+        assert len(final.split()) >= 5, final
         session = sessions[0]
     finally:
         code, out = first.stop(signal.SIGINT)
