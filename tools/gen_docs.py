@@ -99,6 +99,8 @@ REASON_GUIDANCE: dict[str, str] = {
     "TOOL_SERVER_UNREACHABLE": "The address did not answer ToolService.ListTools; check it.",
     "TOOL_SERVER_INVALID": "The server lists a tool with an invalid name; fix the server.",
     "TOOL_NAME_TAKEN": "A built-in or registered tool has that name; rename the tool.",
+    "APPROVAL_NOT_FOUND": "No such approval in the session; take the id from approval_requested.",
+    "APPROVAL_RESOLVED": "The call was already answered (or expired); read the approval.",
     # inference gateway
     "ROUTE_NOT_FOUND": "No such route in the routes file; list models to see the routes.",
     "DEPLOYMENT_NOT_FOUND": "No deployment serves that provider and model; check the routes.",
@@ -191,6 +193,37 @@ def _reasons() -> dict[str, list[str]]:
     return found
 
 
+def _strategies(descriptor_set: descriptor_pb2.FileDescriptorSet) -> list[str]:
+    """The strategies (the `Strategy` enum's comments) with their example team files."""
+    lines = [
+        "## Strategies",
+        "",
+        "How the agents of a session cooperate (`Session.strategy`). Each has an example team",
+        "file under `examples/` for `agentmesh run --agents FILE` (`examples/README.md`).",
+        "",
+        "| strategy | how it works | example |",
+        "|---|---|---|",
+    ]
+    for file in descriptor_set.file:
+        comments = _comments(file)
+        for e_index, enum in enumerate(file.enum_type):
+            if enum.name != "Strategy":
+                continue
+            for v_index, value in enumerate(enum.value):
+                if value.number == 0:
+                    continue
+                stem = value.name.removeprefix("STRATEGY_").lower().replace("_", "-")
+                examples = [f"`examples/{stem}.yaml`"]
+                if stem == "pipeline":
+                    examples.append("`examples/parallel.yaml`")
+                missing = [e for e in examples if not (ROOT / e.strip("`")).exists()]
+                if missing:
+                    raise SystemExit(f"no example team file {', '.join(missing)}")
+                doc = comments.get((5, e_index, 2, v_index), "")
+                lines.append(f"| `{value.name}` | {_cell(doc)} | {', '.join(examples)} |")
+    return [*lines, ""]
+
+
 def api_markdown() -> str:
     """docs/api.md."""
     lines = [
@@ -245,6 +278,7 @@ def api_markdown() -> str:
                     payload = message_field.type_name.rsplit(".", 1)[-1]
                     events.append(f"| `{message_field.name}` | `{payload}` | {_cell(doc)} |")
             events.append("")
+    lines += _strategies(descriptor_set)
     lines += ["## Session events", "", *events]
     lines += [
         "## Error reasons",

@@ -50,8 +50,8 @@ class Answer:
     text: str = ""
     tool_calls: Sequence[tuple[str, dict[str, Any]]] = ()
     delay_seconds: float = 0.0
-    #: An HTTP error status to answer with instead (OpenAI's error body), e.g. 500.
-    error_status: int = 0
+    # An HTTP error status instead of an answer (with OpenAI's error body).
+    status: int = 200
 
 
 def system_of(chat: Chat) -> str:
@@ -91,9 +91,9 @@ class ScriptedProvider:
         chat: Chat = await request.json()
         self.requests.append(chat)
         answer = self.script(chat)
-        if answer.error_status:
-            error = {"message": "scripted failure", "type": "server_error", "code": None}
-            return web.json_response({"error": error}, status=answer.error_status)
+        if answer.status != 200:
+            error = {"message": answer.text or "scripted failure", "type": "server_error"}
+            return web.json_response({"error": error}, status=answer.status)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         created = 1_763_700_000
@@ -467,6 +467,11 @@ def cli_script(chat: Chat) -> Answer:
         return Answer(text=json.dumps(PLAN))
     if "You are a writer" in system:
         return Answer(text="Hello, [bold]team[/bold]! The greeting is ready.")
+    if "You keep notes" in system:  # a READ_WRITE tool call that waits for approval
+        tool = next((m for m in chat["messages"] if m["role"] == "tool"), None)
+        if tool is None:
+            return Answer(tool_calls=[("memory_write", {"key": "budget", "value": 1200})])
+        return Answer(text=f"noted: {tool['content']}")
     if "slowly" in user or "slowly" in system:
         return Answer(text=" ".join(["word"] * 40), delay_seconds=30)
     who = re.search(r"You are (\w+)\.", system)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import re
 import signal
 import socket
@@ -231,6 +232,76 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
         assert needle in lines[0]
 
 
+KEEPER = """\
+limits: {max_rounds: 1}
+agents:
+  - id: keeper
+    type: custom
+    model: default
+    system: You keep notes.
+    tools: [memory_write]
+    tool_approval: read-write
+"""
+
+
+def test_run_without_a_terminal_stops_at_an_approval_saying_how_to_answer(
+    mesh: MeshUp, tmp_path: Path
+) -> None:
+    team = tmp_path / "keeper.yaml"
+    team.write_text(KEEPER)
+    stopped = mesh.cli("run", "Remember the budget", "--agents", str(team), "--json")
+    assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+    (line,) = stopped.stderr.strip().splitlines()
+    found = re.search(r"agentmesh sessions approve (sessions/\S+) (ap-\w+)", line)
+    assert found, line
+    assert "keeper wants to call memory_write" in line
+    assert "no terminal" in line
+    session, approval_id = found.groups()
+    waited = json_events(stopped.stdout)
+    assert payload(waited[-1]) == "approvalRequested", "the event was shown before stopping"
+
+    approved = mesh.cli("sessions", "approve", session, approval_id)
+    assert approved.returncode == 0, approved.stderr
+    assert approved.stdout.strip() == f"{session}/approvals/{approval_id}: approved"
+    watched = mesh.cli("sessions", "watch", session, "--json")
+    assert watched.returncode == 0, watched.stderr
+    events = json_events(watched.stdout)
+    assert_one_story(events)
+    assert events[-1]["sessionCompleted"]["finalAnswer"] == 'noted: {"stored":"budget"}'
+    again = mesh.cli("sessions", "reject", session, approval_id)
+    assert again.returncode == 1
+    assert "FAILED_PRECONDITION APPROVAL_RESOLVED" in again.stderr
+
+
+def test_run_on_a_terminal_asks_y_n_and_the_call_runs(mesh: MeshUp, tmp_path: Path) -> None:
+    team = tmp_path / "keeper.yaml"
+    team.write_text(KEEPER)
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [AGENTMESH, "run", "Remember the budget", "--agents", str(team), "--json"],
+            env=mesh.env(),
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.write(controller, b"y\n")  # typed ahead: read when the question is asked
+        out, err = process.communicate(timeout=60)
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert process.returncode == 0, err
+    assert "keeper wants to call memory_write" in err
+    assert "Approve? [y/N]" in err
+    events = json_events(out)
+    assert_one_story(events)
+    resolved = next(e["approvalResolved"] for e in events if payload(e) == "approvalResolved")
+    assert resolved["approval"]["state"] == "APPROVAL_STATE_APPROVED"
+    assert resolved["approval"]["comment"] == "approved at the terminal"
+    assert events[-1]["sessionCompleted"]["finalAnswer"] == 'noted: {"stored":"budget"}'
+
+
 def test_errors_are_one_readable_line(mesh: MeshUp) -> None:
     empty_goal, wrong_key, unknown, unreachable = mesh.cli_all(
         (["run", ""], {}),
@@ -378,6 +449,33 @@ def test_up_from_a_fresh_data_dir_stops_cleanly_and_a_restart_keeps_the_sessions
             assert [f["provider"] for f in finished] == ["local", "local"], "the local runner"
             assert all(0 < int(f["usage"]["completionTokens"]) <= 16 for f in finished)
             sessions.append(events[0]["session"])
+        # A selector team on the real default model: it picks the first speaker under a schema
+        # whose enum is the team; the other one then speaks (no repeats, no call needed).
+        selected = first.cli(
+            "run",
+            "Say hello to the team",
+            "--agents",
+            str(team_files["default"]),
+            "--strategy",
+            "selector",
+            "--max-rounds",
+            "2",
+            "--json",
+            timeout=120,
+        )
+        assert selected.returncode == 0, selected.stderr
+        selector_events = json_events(selected.stdout)
+        assert_one_story(selector_events)
+        picks = [e["analysis"] for e in selector_events if payload(e) == "analysis"]
+        spoken = [
+            e["agent"]
+            for e in selector_events
+            if payload(e) == "messageCompleted" and e["agent"].startswith("agents/")
+        ]
+        assert [p["selectedAgent"] for p in picks] == spoken
+        assert sorted(spoken) == ["agents/alice", "agents/bob"]
+        assert "round-robin order" not in picks[0]["reason"], "SmolLM2 named a member"
+        assert picks[1]["reason"] == f"the only allowed speaker after {spoken[0][7:]}"
         # The router answers a factual question with the real default model (SmolLM2).
         routed = first.cli("run", "What is the capital of France?", "--json", timeout=120)
         assert routed.returncode == 0, routed.stderr

@@ -16,7 +16,13 @@ from typing import Any
 
 import pytest
 
-from agentmesh.common.v1 import agents_pb2, events_pb2, generation_pb2, sessions_pb2
+from agentmesh.common.v1 import (
+    agents_pb2,
+    approvals_pb2,
+    events_pb2,
+    generation_pb2,
+    sessions_pb2,
+)
 from agentmesh_client.mesh import ORCHESTRATOR, ServiceProcess
 
 from .conftest import ORCHESTRATOR_ENV, Answer, Chat, Mesh, last_user, system_of
@@ -231,3 +237,69 @@ async def test_the_router_on_the_tiny_model_answers_directly(mesh_factory: Any) 
     completed = [e.message_completed for e in events if e.HasField("message_completed")]
     assert [c.provider for c in completed] == ["local"], "one turn: the answer"
     assert mesh.provider.requests == [], "everything ran on the local runner"
+
+
+async def test_an_approval_asked_by_a_killed_replica_is_answered_on_another(
+    mesh_factory: Any,
+) -> None:
+    """Replica A asks for an approval and is killed with SIGKILL while the session waits; the
+    approval is given through replica B, which takes the session over: the call runs once,
+    the model call that asked is not repeated, and the story has no gap."""
+
+    def script(chat: Chat) -> Answer:
+        tool = next((m for m in chat["messages"] if m["role"] == "tool"), None)
+        if tool is None:
+            return Answer(tool_calls=[("memory_write", {"key": "budget", "value": 120})])
+        return Answer(text=f"stored: {tool['content']}")
+
+    mesh: Mesh = await mesh_factory(script)
+    replica_b = ServiceProcess(
+        ORCHESTRATOR,
+        {
+            **ORCHESTRATOR_ENV,
+            "AGENTMESH_ORCHESTRATOR_PORT": "0",
+            "AGENTMESH_ORCHESTRATOR_MEMORY_TARGET": mesh.services["memory"].address,
+            "AGENTMESH_ORCHESTRATOR_GATEWAY_TARGET": mesh.services["inference-gateway"].address,
+            "AGENTMESH_ORCHESTRATOR_REPLICA_ID": "replica-b",
+        },
+        log_path=mesh.data_dir / "logs" / "orchestrator-b.log",
+    )
+    await replica_b.start()
+    keeper = member("keeper")
+    keeper.tools.append("memory_write")
+    keeper.tool_approval = agents_pb2.TOOL_APPROVAL_READ_WRITE
+    try:
+        async with mesh.client() as client_a, mesh.client(replica_b) as client_b:
+            session = await client_a.create_session(
+                goal="Remember the budget",
+                inline_agents=[keeper],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            seen: list[events_pb2.SessionEvent] = []
+            async for event in client_a.run(session.name):
+                seen.append(event)
+                if event.HasField("approval_requested"):
+                    break
+            approval = seen[-1].approval_requested.approval
+            assert mesh.orchestrator.process is not None
+            mesh.orchestrator.process.send_signal(signal.SIGKILL)
+            await mesh.orchestrator.process.wait()
+
+            answered = await client_b.approve_tool_call(session.name, approval.approval_id)
+            assert answered.state == approvals_pb2.APPROVAL_STATE_APPROVED
+            rest = await asyncio.wait_for(
+                collect(client_b.events(session.name, after_seq=seen[-1].seq)), 60
+            )
+            stored = await client_b.get_memory("agents/keeper/users/default/memories/budget")
+    finally:
+        await replica_b.stop()
+
+    every = seen + rest
+    assert [e.seq for e in every] == list(range(1, len(every) + 1)), "no gap, no duplicate"
+    assert kinds(every).count("approval_requested") == 1, "the new owner does not ask again"
+    assert kinds(rest)[-1] == "session_completed", rest[-1]
+    assert any(e.HasField("session_started") and e.session_started.resumed for e in rest)
+    assert stored.value.number_value == 120, "the approved call ran"
+    assert kinds(every).count("tool_result") == 1, "once"
+    assert len(mesh.provider.requests) == 2, "the call that asked was not repeated"
+    assert rest[-1].session_completed.final_answer == 'stored: {"stored":"budget"}'

@@ -80,7 +80,7 @@ class Script:
         if "Check the result" in user:
             self.checks += 1
             if self.checks == 1:
-                return Answer(error_status=500)
+                return Answer(status=500)
             return Answer(text="391 is right.")
         if "Explain the result" in user:
             return Answer(text=EXPLANATION, delay_seconds=8)

@@ -456,7 +456,13 @@ async def test_invalid_steps_name_the_field_at_fault(api: Api) -> None:
         ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    assert violation_fields(empty) == {"executions", "messages", "update_mask", "events"}
+    assert violation_fields(empty) == {
+        "executions",
+        "messages",
+        "update_mask",
+        "approvals",
+        "events",
+    }
     await assert_untouched(api, session, last_event_seq=0, status=S.SESSION_STATUS_PENDING)
 
 

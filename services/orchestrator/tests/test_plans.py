@@ -97,3 +97,46 @@ def test_the_schema_sent_to_planners_asks_only_what_decoding_can_enforce() -> No
     tasks = schema["properties"]["tasks"]
     assert tasks["maxItems"] == 4
     assert "uniqueItems" not in json.dumps(schema)
+    # Sub-tasks only for a planner with the "sub-tasks" capability (SmolLM2 made up parents).
+    assert "parent" not in tasks["items"]["properties"]
+    with_parts = plan_schema(4, sub_tasks=True)["properties"]["tasks"]["items"]["properties"]
+    assert with_parts["parent"]["pattern"] == with_parts["id"]["pattern"]
+
+
+def test_a_parent_runs_after_its_sub_tasks() -> None:
+    plan = parse_plan(
+        _with_tasks(
+            [
+                {"id": "report", "description": "Report", "depends_on": ["facts"]},
+                {"id": "facts", "description": "Facts"},
+                {"id": "intro", "description": "Intro", "parent": "report"},
+                {"id": "body", "description": "Body", "parent": "report"},
+            ]
+        ),
+        max_tasks=10,
+    )
+    tasks = {t.task_id: t for t in plan.tasks}
+    assert tasks["report"].depends_on == ("facts", "intro", "body")
+    assert tasks["intro"].parent == "report"
+    assert [t.task_id for t in plan.tasks][-1] == "report"
+
+
+@pytest.mark.parametrize(
+    ("tasks", "reason"),
+    [
+        ([{"id": "a", "description": "A", "parent": "a"}], "is its own parent"),
+        ([{"id": "a", "description": "A", "parent": "zz"}], "parent 'zz' is no task"),
+        (
+            [
+                {"id": "a", "description": "A", "parent": "b"},
+                {"id": "b", "description": "B", "depends_on": ["a"], "parent": "a"},
+            ],
+            "dependency cycle",
+        ),
+    ],
+)
+def test_bad_parents_are_rejected_with_the_reason(
+    tasks: list[dict[str, object]], reason: str
+) -> None:
+    with pytest.raises(PlanRejected, match=reason):
+        parse_plan(_with_tasks(tasks), max_tasks=10)

@@ -2,7 +2,7 @@
 
     agentmesh up                         start the four services on localhost (embedded default)
     agentmesh run "goal" [--agents FILE] [--strategy round-robin] [--max-rounds 3] [--json]
-    agentmesh sessions list|show|watch|cancel
+    agentmesh sessions list|show|watch|cancel|approve|reject
     agentmesh agents create FILE|list|show|delete
     agentmesh memory list|get|put|delete, agentmesh settings show|set
     agentmesh models, agentmesh providers, agentmesh tools, agentmesh keys create
@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -46,6 +47,7 @@ from agentmesh_common import TENANT_METADATA_KEY
 from agentmesh_common.errors import AgentmeshError, InvalidArgument
 from agentmesh_common.status import status_code_for
 
+from .approvals import ApprovalNeeded, answer
 from .client import AgentmeshClient
 from .demo import run_demo
 from .mesh import (
@@ -71,7 +73,11 @@ STRATEGIES = {
     "planner-executor": sessions_pb2.STRATEGY_PLANNER_EXECUTOR,
     "round-robin": sessions_pb2.STRATEGY_ROUND_ROBIN,
     "pipeline": sessions_pb2.STRATEGY_PIPELINE,
+    "selector": sessions_pb2.STRATEGY_SELECTOR,
+    "handoff": sessions_pb2.STRATEGY_HANDOFF,
 }
+#: Keys of a team file (`--agents FILE`) besides `agents`: how the team works.
+SESSION_KEYS = ("strategy", "selector", "handoff", "pipeline", "termination", "limits")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 sessions_app = typer.Typer(no_args_is_help=True, help="Inspect, follow and cancel sessions.")
@@ -118,7 +124,13 @@ def _one_line(exc: BaseException) -> str:
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coroutine)
-    except (AgentmeshError, grpc.aio.AioRpcError, CliError, ServiceStartError) as exc:
+    except (
+        AgentmeshError,
+        grpc.aio.AioRpcError,
+        CliError,
+        ServiceStartError,
+        ApprovalNeeded,
+    ) as exc:
         errors.print(f"[red]error:[/red] {escape(_one_line(exc))}", highlight=False)
         raise typer.Exit(1) from None
 
@@ -346,6 +358,27 @@ def load_agents(path: Path) -> list[agents_pb2.AgentDefinition]:
     return [_agent_from_yaml(item, f"{path}: agents[{i}]") for i, item in enumerate(items)]
 
 
+def load_session_spec(path: Path) -> sessions_pb2.Session:
+    """How the team of a team file works (its keys besides `agents`, as the Session's fields:
+    strategy, selector, handoff, pipeline, termination, limits)."""
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+    if not isinstance(document, dict):
+        return sessions_pb2.Session()
+    fields = {key: document[key] for key in SESSION_KEYS if key in document}
+    strategy = fields.get("strategy")
+    if isinstance(strategy, str):
+        if strategy not in STRATEGIES:
+            raise CliError(f"{path}: strategy must be one of {', '.join(STRATEGIES)}")
+        fields["strategy"] = sessions_pb2.Strategy.Name(STRATEGIES[strategy])
+    try:
+        return ParseDict(fields, sessions_pb2.Session())
+    except ParseError as exc:
+        raise CliError(f"{path}: {exc}") from None
+
+
 def _agent_from_yaml(item: object, where: str) -> agents_pb2.AgentDefinition:
     if not isinstance(item, dict) or "id" not in item:
         raise CliError(f"{where}: each agent needs an `id`")
@@ -360,6 +393,9 @@ def _agent_from_yaml(item: object, where: str) -> agents_pb2.AgentDefinition:
         fields["type"] = "AGENT_TYPE_" + fields["type"].upper().replace("-", "_")
     if isinstance(fields.get("model"), str):
         fields["model"] = {"route": fields["model"]}
+    approval = fields.get("tool_approval")
+    if isinstance(approval, str) and not approval.startswith("TOOL_APPROVAL_"):
+        fields["tool_approval"] = "TOOL_APPROVAL_" + approval.upper().replace("-", "_")
     try:
         definition = ParseDict(fields, agents_pb2.AgentDefinition())
     except ParseError as exc:
@@ -380,6 +416,10 @@ def run(
 ) -> None:
     """Start a session for GOAL and show it live; Ctrl-C cancels it.
 
+    The agents file may also say how the team works (strategy, selector, handoff, pipeline,
+    termination, limits; see examples/). A tool call that needs approval is asked y/n on a
+    terminal; without one the command stops, saying how to answer it.
+
     Exit code: 0 completed, 1 failed or cancelled elsewhere (or an error), 130 cancelled with
     Ctrl-C (after showing the `session_cancelled` usage).
     """
@@ -390,14 +430,22 @@ def run(
 
     async def go(client: AgentmeshClient) -> None:
         team = load_agents(agents) if agents is not None else []
-        strategy = chosen
+        spec = load_session_spec(agents) if agents is not None else sessions_pb2.Session()
+        strategy = chosen or spec.strategy
         if not team and strategy == sessions_pb2.STRATEGY_UNSPECIFIED:
             strategy = sessions_pb2.STRATEGY_ROUTER
+        limits = spec.limits
+        if max_rounds:
+            limits.max_rounds = max_rounds
         session = await client.create_session(
             goal=goal,
             inline_agents=team,
             strategy=strategy,
-            limits=sessions_pb2.SessionLimits(max_rounds=max_rounds),
+            limits=limits,
+            termination=spec.termination,
+            pipeline=spec.pipeline,
+            selector=spec.selector,
+            handoff=spec.handoff,
         )
         await _show(client, session.name, client.run(session.name), as_json)
 
@@ -451,6 +499,18 @@ async def _show(
                     print(MessageToJson(event, indent=None), flush=True)
                 elif live is not None:
                     live.update(view.render())
+                if event.HasField("approval_requested"):
+                    if live is not None:
+                        live.stop()  # the question needs the terminal
+                    await answer(
+                        client,
+                        session,
+                        event.approval_requested.approval,
+                        interactive=sys.stdin.isatty(),
+                        prompt=_ask,
+                    )
+                    if live is not None:
+                        live.start()
     finally:
         loop.remove_signal_handler(signal.SIGINT)
     if user_cancelled:
@@ -562,6 +622,46 @@ def _enum(enum: Any, prefix: str, value: str, option: str) -> Any:
         choices = [n.removeprefix(prefix).lower() for n in names if not n.endswith("UNSPECIFIED")]
         errors.print(f"[red]error:[/red] {option} must be one of {', '.join(choices)}")
         raise typer.Exit(2) from None
+
+
+async def _ask(question: str) -> str:
+    """Ask on the terminal (stderr, so `--json` output stays clean); the typed line."""
+    errors.print(question, end="", markup=False, highlight=False)
+    return await asyncio.to_thread(sys.stdin.readline)
+
+
+@sessions_app.command("approve")
+def sessions_approve(
+    name: str,
+    approval_id: str,
+    comment: Annotated[str, typer.Option(help="a note kept with the approval")] = "",
+    target: Target = "",
+    api_key: ApiKey = "",
+) -> None:
+    """Approve a tool call waiting for approval (its id is in approval_requested)."""
+
+    async def go(client: AgentmeshClient) -> None:
+        approval = await client.approve_tool_call(_session_name(name), approval_id, comment=comment)
+        console.print(f"{approval.name}: approved")
+
+    _run(_with_client(target, api_key, go))
+
+
+@sessions_app.command("reject")
+def sessions_reject(
+    name: str,
+    approval_id: str,
+    comment: Annotated[str, typer.Option(help="why; the model is told")] = "",
+    target: Target = "",
+    api_key: ApiKey = "",
+) -> None:
+    """Reject a tool call waiting for approval: it does not run."""
+
+    async def go(client: AgentmeshClient) -> None:
+        approval = await client.reject_tool_call(_session_name(name), approval_id, comment=comment)
+        console.print(f"{approval.name}: rejected")
+
+    _run(_with_client(target, api_key, go))
 
 
 def _session_name(name: str) -> str:

@@ -26,6 +26,7 @@ from google.protobuf.json_format import ParseDict
 
 from agentmesh.common.v1 import (
     agents_pb2,
+    approvals_pb2,
     events_pb2,
     memory_entries_pb2,
     operations_pb2,
@@ -150,6 +151,8 @@ class AgentmeshClient:
         limits: sessions_pb2.SessionLimits | None = None,
         termination: sessions_pb2.TerminationCondition | None = None,
         pipeline: sessions_pb2.PipelineSpec | None = None,
+        selector: sessions_pb2.SelectorSpec | None = None,
+        handoff: sessions_pb2.HandoffSpec | None = None,
         metadata: dict[str, str] | None = None,
         parent: str = "",
         cancel_on_disconnect: bool = False,
@@ -165,6 +168,8 @@ class AgentmeshClient:
             limits=limits,
             termination=termination,
             pipeline=pipeline,
+            selector=selector,
+            handoff=handoff,
             metadata=metadata or {},
             parent=parent,
             cancel_on_disconnect=cancel_on_disconnect,
@@ -220,6 +225,7 @@ class AgentmeshClient:
         *,
         context: dict[str, object] | None = None,
         agents: Iterable[str] = (),
+        inline_agents: Iterable[agents_pb2.AgentDefinition] = (),
         strategy: sessions_pb2.Strategy.ValueType = sessions_pb2.STRATEGY_UNSPECIFIED,
         mode: orchestrator_pb2.ExecutionMode.ValueType = (
             orchestrator_pb2.EXECUTION_MODE_UNSPECIFIED
@@ -231,6 +237,7 @@ class AgentmeshClient:
         request = orchestrator_pb2.ExecuteRequest(
             task=task,
             agents=list(agents),
+            inline_agents=list(inline_agents),
             strategy=strategy,
             mode=mode,
             cancel_on_disconnect=cancel_on_disconnect,
@@ -330,6 +337,36 @@ class AgentmeshClient:
             orchestrator_pb2.EndSessionRequest(session=session, request_id=uuid.uuid4().hex),
         )
         return reply.session
+
+    async def approve_tool_call(
+        self, session: str, approval_id: str, *, comment: str = "", request_id: str | None = None
+    ) -> approvals_pb2.Approval:
+        """Approve a tool call waiting for approval (`approval_requested`): it runs."""
+        reply = await self._call(
+            self._stub.ApproveToolCall,
+            orchestrator_pb2.ApproveToolCallRequest(
+                session=session,
+                approval_id=approval_id,
+                comment=comment,
+                request_id=request_id or uuid.uuid4().hex,
+            ),
+        )
+        return reply.approval
+
+    async def reject_tool_call(
+        self, session: str, approval_id: str, *, comment: str = "", request_id: str | None = None
+    ) -> approvals_pb2.Approval:
+        """Reject a tool call waiting for approval: it does not run; the model is told why."""
+        reply = await self._call(
+            self._stub.RejectToolCall,
+            orchestrator_pb2.RejectToolCallRequest(
+                session=session,
+                approval_id=approval_id,
+                comment=comment,
+                request_id=request_id or uuid.uuid4().hex,
+            ),
+        )
+        return reply.approval
 
     async def get_session(self, name: str) -> orchestrator_pb2.GetSessionResponse:
         return await self._call(

@@ -18,7 +18,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from agentmesh.common.v1 import events_pb2, generation_pb2, sessions_pb2
+from agentmesh.common.v1 import approvals_pb2, events_pb2, generation_pb2, sessions_pb2
 
 TASK_STYLES = {
     "pending": "dim",
@@ -77,9 +77,22 @@ class SessionView:
         self.session = self.session or event.session
         if kind == "session_started":
             self.goal = event.session_started.goal
+        elif kind == "analysis" and event.analysis.selected_agent:
+            chosen = event.analysis.selected_agent.rsplit("/", 1)[-1]
+            self.tool_lines.append(f"selector → {chosen}: {event.analysis.reason[:120]}")
         elif kind == "analysis":
             kinds = events_pb2.GoalKind.Name(event.analysis.kind).removeprefix("GOAL_KIND_")
             self.analysis = f"{kinds.lower()}: {event.analysis.reason}"
+        elif kind == "handoff":
+            target = event.handoff.to_agent.rsplit("/", 1)[-1]
+            self.tool_lines.append(f"{agent} hands off to {target}: {event.handoff.note[:120]}")
+        elif kind == "approval_requested":
+            call = event.approval_requested.approval.call
+            self.tool_lines.append(f"  ? {call.name} waits for approval")
+        elif kind == "approval_resolved":
+            approval = event.approval_resolved.approval
+            state = approvals_pb2.ApprovalState.Name(approval.state).removeprefix("APPROVAL_STATE_")
+            self.tool_lines.append(f"  {state.lower()}: {approval.call.name} {approval.comment}")
         elif kind == "plan_created":
             self.tasks = {
                 t.task_id: _Task(t.task_id, t.description) for t in event.plan_created.plan.tasks

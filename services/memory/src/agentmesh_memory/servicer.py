@@ -248,6 +248,22 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> pb.DeleteToolServerResponse:
         return await _complete(self._s.tool_servers.delete(tenant_of(context), request))
 
+    # Approvals
+    async def GetApproval(
+        self, request: pb.GetApprovalRequest, context: Context
+    ) -> pb.GetApprovalResponse:
+        return await _complete(self._s.approvals.get(tenant_of(context), request))
+
+    async def ListApprovals(
+        self, request: pb.ListApprovalsRequest, context: Context
+    ) -> pb.ListApprovalsResponse:
+        return await _complete(self._s.approvals.list(tenant_of(context), request))
+
+    async def ResolveApproval(
+        self, request: pb.ResolveApprovalRequest, context: Context
+    ) -> pb.ResolveApprovalResponse:
+        return await _complete(self._s.approvals.resolve(tenant_of(context), request))
+
     async def ListOrphanedSessions(
         self, request: pb.ListOrphanedSessionsRequest, context: Context
     ) -> pb.ListOrphanedSessionsResponse:

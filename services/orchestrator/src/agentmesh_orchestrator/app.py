@@ -79,6 +79,7 @@ def compose(
             default_route=settings.default_route,
             builtin_context_window_tokens=settings.builtin_context_window_tokens,
             router_shortcuts=settings.router_shortcuts,
+            default_approval_timeout_seconds=settings.approval_timeout_seconds,
         ),
         metrics=metrics,
         tracer=telemetry.tracer("agentmesh.orchestrator"),

@@ -1,7 +1,8 @@
 """The one path a running session's writes take: queued in order, committed as steps.
 
 `EventRecorder` is the session's only writer while it runs on this replica. Everything the
-engine records (events, conversation messages, usage-ledger rows, changes to the session)
+engine records (events, conversation messages, usage-ledger rows, changes to the session,
+pending approvals)
 is queued in the order it happens and stored by one background writer through
 `SessionStore.commit_step`: each commit takes everything queued so far, in one transaction,
 so a whole agent turn (its `message_started`, text, ledger row, `message_completed` and
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
 
-from agentmesh.common.v1 import events_pb2, sessions_pb2
+from agentmesh.common.v1 import approvals_pb2, events_pb2, sessions_pb2
 from agentmesh.memory.v1 import memory_pb2
 
 from .ports import SessionStore, StepWrite
@@ -82,6 +83,7 @@ class EventRecorder:
         self._pending: list[events_pb2.SessionEvent | _PendingDelta] = []
         self._messages: list[memory_pb2.StoredMessage] = []
         self._executions: list[memory_pb2.Execution] = []
+        self._approvals: list[approvals_pb2.Approval] = []
         self._update: sessions_pb2.Session | None = None
         self._update_fields: set[str] = set()
         self._unstored_messages = 0  # staged or in flight
@@ -146,6 +148,13 @@ class EventRecorder:
         self._queued += 1
         self._wake_later()
 
+    def stage_approval(self, approval: approvals_pb2.Approval) -> None:
+        """Queue a pending approval; stored with the next write, before its events."""
+        self._check()
+        self._approvals.append(approval)
+        self._queued += 1
+        self._wake_later()
+
     def stage_update(self, session: sessions_pb2.Session, fields: Sequence[str]) -> None:
         """Queue a change to the session: the named fields, as they are when it is written.
 
@@ -192,6 +201,7 @@ class EventRecorder:
         self._pending.clear()
         self._messages.clear()
         self._executions.clear()
+        self._approvals.clear()
         self._update_fields.clear()
         writer, self._writer = self._writer, None
         if writer is not None:
@@ -305,9 +315,11 @@ class EventRecorder:
             executions=tuple(self._executions),
             update=update,
             update_fields=fields,
+            approvals=tuple(self._approvals),
         )
         self._messages.clear()
         self._executions.clear()
+        self._approvals.clear()
         return step
 
     def _publish(

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from agentmesh.common.v1 import events_pb2, generation_pb2, sessions_pb2
+from agentmesh.common.v1 import approvals_pb2, events_pb2, generation_pb2, sessions_pb2
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh.memory.v1 import memory_pb2
 
@@ -21,13 +21,14 @@ from agentmesh.memory.v1 import memory_pb2
 @dataclass(frozen=True)
 class StepWrite:
     """What one commit stores, in one transaction (in this order): ledger rows, messages, the
-    session's named fields, then events."""
+    session's named fields, pending approvals, then events."""
 
     events: Sequence[events_pb2.SessionEvent] = ()
     messages: Sequence[memory_pb2.StoredMessage] = ()
     executions: Sequence[memory_pb2.Execution] = ()
     update: sessions_pb2.Session | None = None
     update_fields: Sequence[str] = ()
+    approvals: Sequence[approvals_pb2.Approval] = ()
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,28 @@ class SessionStore(Protocol):
         self, tenant: str, idempotency_key: str
     ) -> memory_pb2.Execution | None:
         """A recorded call with this idempotency key, if any."""
+        ...
+
+    async def get_approval(self, tenant: str, name: str) -> approvals_pb2.Approval | None:
+        """The approval `sessions/{s}/approvals/{a}`, or None when there is none."""
+        ...
+
+    async def resolve_approval(
+        self,
+        tenant: str,
+        name: str,
+        state: approvals_pb2.ApprovalState.ValueType,
+        comment: str,
+        request_id: str = "",
+    ) -> approvals_pb2.Approval:
+        """Answer a PENDING approval (appending its approval_resolved event); raise
+        FailedPrecondition (reason APPROVAL_RESOLVED) when it was answered already."""
+        ...
+
+    def watch_events(
+        self, tenant: str, session: str, after_seq: int
+    ) -> AsyncIterator[events_pb2.SessionEvent]:
+        """The session's stored events after `after_seq`, then the live ones as they come."""
         ...
 
 

@@ -13,13 +13,19 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from google.protobuf import field_mask_pb2
 from google.protobuf.json_format import MessageToDict
 
-from agentmesh.common.v1 import agents_pb2, events_pb2, messages_pb2, sessions_pb2
+from agentmesh.common.v1 import (
+    agents_pb2,
+    approvals_pb2,
+    events_pb2,
+    messages_pb2,
+    sessions_pb2,
+)
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2
 from agentmesh_common import (
@@ -30,11 +36,14 @@ from agentmesh_common import (
 
 from .adapters.memory_client import MemoryClient
 from .agents import AGENT_ID, SessionAgent, prepare_agent
-from .engine import render_stage_input
 from .sessions import TERMINAL_EVENTS, SessionManager
+from .strategies import validate_session
 from .stream_tokens import DEFAULT_TTL, MAX_TTL, MIN_TTL, StreamTokens
 
 SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+APPROVAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+MAX_COMMENT_CHARS = 4000
+MAX_APPROVAL_TIMEOUT = dt.timedelta(days=7)
 ENDED = frozenset(
     {
         sessions_pb2.SESSION_STATUS_COMPLETED,
@@ -147,10 +156,7 @@ class OrchestratorApp:
         if session.strategy == sessions_pb2.STRATEGY_UNSPECIFIED:
             session.strategy = sessions_pb2.STRATEGY_ROUND_ROBIN
         agents = await self._snapshot_agents(tenant, session)
-        needs_agents = (sessions_pb2.STRATEGY_ROUND_ROBIN, sessions_pb2.STRATEGY_PIPELINE)
-        if session.strategy in needs_agents and not agents:
-            raise invalid("session.agents", "this strategy needs at least one agent")
-        self._check_membership(session, agents)
+        validate_session(session, agents)
         del session.agents[:]
         session.agents.extend(a.name for a in agents)
         del session.inline_agents[:]
@@ -382,6 +388,40 @@ class OrchestratorApp:
             agents=session.inline_agents,
             tasks=tasks.tasks,
             children=[child.name for child in children.sessions],
+            pending_approvals=await self._memory.pending_approvals(tenant, name),
+        )
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    async def answer_tool_call(
+        self,
+        tenant: str,
+        request: orchestrator_pb2.ApproveToolCallRequest | orchestrator_pb2.RejectToolCallRequest,
+        *,
+        approve: bool,
+    ) -> approvals_pb2.Approval:
+        """Approve or reject a tool call waiting in a session (on any replica): the memory
+        service records the answer with its approval_resolved event, where the session's
+        replica (or the one that takes it over) reads it and goes on."""
+        if not request.session.startswith("sessions/") or not SESSION_ID.fullmatch(
+            request.session.removeprefix("sessions/")
+        ):
+            raise invalid("session", "must be sessions/{session_id}")
+        if not APPROVAL_ID.fullmatch(request.approval_id):
+            raise invalid("approval_id", "required: the id from approval_requested")
+        if len(request.comment) > MAX_COMMENT_CHARS:
+            raise invalid("comment", f"at most {MAX_COMMENT_CHARS} characters")
+        state = (
+            approvals_pb2.APPROVAL_STATE_APPROVED
+            if approve
+            else approvals_pb2.APPROVAL_STATE_REJECTED
+        )
+        return await self._memory.resolve_approval(
+            tenant,
+            f"{request.session}/approvals/{request.approval_id}",
+            state,
+            request.comment,
+            request_id=request.request_id,
         )
 
     # -- helpers -----------------------------------------------------------------------------
@@ -410,25 +450,6 @@ class OrchestratorApp:
             raise invalid("session.agents", f"agents appear twice: {', '.join(duplicates)}")
         return agents
 
-    def _check_membership(
-        self, session: sessions_pb2.Session, agents: Sequence[SessionAgent]
-    ) -> None:
-        known = {a.name for a in agents} | {a.label for a in agents}
-        judge = session.termination.judge_agent
-        if judge and judge not in known:
-            raise invalid("session.termination.judge_agent", f"{judge} is not a member")
-        earlier: list[str] = []
-        for i, stage in enumerate(session.pipeline.stages):
-            if stage.agent not in known:
-                raise invalid(
-                    f"session.pipeline.stages[{i}].agent", f"{stage.agent} is not a member"
-                )
-            try:
-                render_stage_input(stage.input_template, "", dict.fromkeys(earlier, ""))
-            except (ValueError, IndexError, KeyError) as exc:
-                raise invalid(f"session.pipeline.stages[{i}].input_template", str(exc)) from None
-            earlier.append(stage.stage_name or stage.agent.rsplit("/", 1)[-1])
-
     def _check_limits(self, limits: sessions_pb2.SessionLimits, field: str) -> None:
         bounds = self._bounds
         checks = [
@@ -442,6 +463,9 @@ class OrchestratorApp:
                 raise invalid(f"{field}.{name}", f"must be between 0 and {most}")
         if limits.max_total_tokens < 0:
             raise invalid(f"{field}.max_total_tokens", "must not be negative")
+        timeout = limits.approval_timeout.ToTimedelta()
+        if timeout < dt.timedelta(0) or timeout > MAX_APPROVAL_TIMEOUT:
+            raise invalid(f"{field}.approval_timeout", "must be between 0 and 7 days")
 
     async def _end_idle(
         self,

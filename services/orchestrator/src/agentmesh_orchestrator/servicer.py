@@ -236,6 +236,22 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         tenant = await self._tenant(context, session=request.name)
         return await self._app.get_session(tenant, request.name)
 
+    async def ApproveToolCall(
+        self, request: orchestrator_pb2.ApproveToolCallRequest, context: Context
+    ) -> orchestrator_pb2.ApproveToolCallResponse:
+        tenant = await self._tenant(context)
+        return orchestrator_pb2.ApproveToolCallResponse(
+            approval=await self._app.answer_tool_call(tenant, request, approve=True)
+        )
+
+    async def RejectToolCall(
+        self, request: orchestrator_pb2.RejectToolCallRequest, context: Context
+    ) -> orchestrator_pb2.RejectToolCallResponse:
+        tenant = await self._tenant(context)
+        return orchestrator_pb2.RejectToolCallResponse(
+            approval=await self._app.answer_tool_call(tenant, request, approve=False)
+        )
+
     async def ListSessions(
         self, request: orchestrator_pb2.ListSessionsRequest, context: Context
     ) -> orchestrator_pb2.ListSessionsResponse:

@@ -30,7 +30,7 @@ from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common import FailedPrecondition, current_trace_id
 
 from .agents import SessionAgent
-from .engine import SessionEngine, SessionRun
+from .engine import Runtime, SessionEngine
 from .observability import OrchestratorMetrics
 from .tools import Tool
 
@@ -58,7 +58,7 @@ class ActiveSession:
     """A session this replica is running."""
 
     tenant: str
-    run: SessionRun
+    run: Runtime
     task: asyncio.Task[sessions_pb2.Session] | None = None
     renewer: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)

@@ -59,6 +59,14 @@ class OrchestratorSettings(ServiceSettings):
             " question: simple; a list of several parts: complex); off: always ask the model."
         ),
     )
+    approval_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description=(
+            "How long a tool call waits for a human's approval before it is rejected, unless"
+            " the session's limits say otherwise."
+        ),
+    )
     api_key_cache_seconds: float = Field(
         default=30.0, ge=0, description="How long a resolved API key is trusted without asking."
     )

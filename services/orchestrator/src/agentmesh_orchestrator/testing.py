@@ -17,6 +17,7 @@ from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
 from agentmesh.common.v1 import (
+    approvals_pb2,
     events_pb2,
     generation_pb2,
     memory_entries_pb2,
@@ -25,6 +26,7 @@ from agentmesh.common.v1 import (
 )
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh.memory.v1 import memory_pb2
+from agentmesh_common import FailedPrecondition
 
 from .ports import StepStored, StepWrite
 
@@ -38,6 +40,7 @@ class InMemorySessionStore:
         self.sessions: dict[tuple[str, str], sessions_pb2.Session] = {}
         self.tasks: dict[tuple[str, str], sessions_pb2.Task] = {}
         self.executions: dict[tuple[str, str], memory_pb2.Execution] = {}
+        self.approvals: dict[tuple[str, str], approvals_pb2.Approval] = {}
         self.request_ids: set[tuple[str, str]] = set()
         self.execution_lookups = 0
         self.commits = 0
@@ -57,6 +60,15 @@ class InMemorySessionStore:
             await self.append_messages(tenant, session, step.messages)
         if step.update is not None and step.update_fields:
             await self.update_session(tenant, step.update, step.update_fields)
+        for approval in step.approvals:
+            name = f"{session}/approvals/{approval.approval_id}"
+            if (tenant, name) not in self.approvals:  # asked again: the first record stands
+                stored_approval = approvals_pb2.Approval()
+                stored_approval.CopyFrom(approval)
+                stored_approval.name = name
+                stored_approval.state = approvals_pb2.APPROVAL_STATE_PENDING
+                stored_approval.create_time.GetCurrentTime()
+                self.approvals[(tenant, name)] = stored_approval
         if not step.events:
             return StepStored(0, 0)
         last = await self.append_events(tenant, session, step.events)
@@ -140,6 +152,58 @@ class InMemorySessionStore:
     ) -> memory_pb2.Execution | None:
         self.execution_lookups += 1
         return self.executions.get((tenant, idempotency_key))
+
+    async def get_approval(self, tenant: str, name: str) -> approvals_pb2.Approval | None:
+        stored = self.approvals.get((tenant, name))
+        if stored is None:
+            return None
+        copy = approvals_pb2.Approval()
+        copy.CopyFrom(stored)
+        return copy
+
+    async def resolve_approval(
+        self,
+        tenant: str,
+        name: str,
+        state: approvals_pb2.ApprovalState.ValueType,
+        comment: str,
+        request_id: str = "",
+    ) -> approvals_pb2.Approval:
+        """Answer it and append approval_resolved, as the memory service does."""
+        stored = self.approvals[(tenant, name)]
+        if stored.state != approvals_pb2.APPROVAL_STATE_PENDING:
+            raise FailedPrecondition(f"{name} was already answered", reason="APPROVAL_RESOLVED")
+        stored.state = state
+        stored.comment = comment
+        stored.resolve_time.GetCurrentTime()
+        resolved = approvals_pb2.Approval()
+        resolved.CopyFrom(stored)
+        session = name.split("/approvals/")[0]
+        event = events_pb2.SessionEvent(
+            session=session,
+            agent=stored.agent,
+            approval_resolved=events_pb2.ApprovalResolved(approval=resolved),
+        )
+        event.time.GetCurrentTime()
+        await self.append_events(tenant, session, [event])
+        return resolved
+
+    async def watch_events(
+        self, tenant: str, session: str, after_seq: int
+    ) -> AsyncIterator[events_pb2.SessionEvent]:
+        """Stored events after `after_seq`, then new ones as they are appended."""
+        log = self.events[(tenant, session)]
+        delivered = after_seq
+
+        def more() -> bool:
+            return len(log) > delivered
+
+        while True:
+            while delivered < len(log):
+                delivered += 1
+                yield log[delivered - 1]
+            async with self.appended:
+                await self.appended.wait_for(more)
 
 
 _RUNNING = {sessions_pb2.SESSION_STATUS_RUNNING, sessions_pb2.TASK_STATUS_RUNNING}

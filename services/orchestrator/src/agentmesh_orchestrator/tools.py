@@ -176,13 +176,40 @@ def builtin_tools() -> dict[str, Tool]:
 class ToolBox:
     """The tools one agent may use in one situation, and the only way to call them."""
 
-    def __init__(self, tools: Mapping[str, Tool], allowed: Collection[str], *, read_only: bool):
+    def __init__(
+        self,
+        tools: Mapping[str, Tool],
+        allowed: Collection[str],
+        *,
+        read_only: bool,
+        approval: agents_pb2.ToolApproval.ValueType = agents_pb2.TOOL_APPROVAL_UNSPECIFIED,
+    ):
         self._tools = tools
+        self._approval = approval
         self._allowed = frozenset(
             name
             for name in allowed
             if name in tools and (not read_only or tools[name].spec.permission == READ_ONLY)
         )
+
+    def needs_approval(self, name: str) -> bool:
+        """Whether a call of `name` waits for a human's approval: the tool requires it, or
+        the agent's policy covers it (every call, or every call of a READ_WRITE tool; an
+        unset permission counts as READ_WRITE). A call that is not allowed never does: it
+        is refused without asking anyone."""
+        if name not in self._allowed:
+            return False
+        spec = self._tools[name].spec
+        if spec.requires_approval or self._approval == agents_pb2.TOOL_APPROVAL_ALL:
+            return True
+        return self._approval == agents_pb2.TOOL_APPROVAL_READ_WRITE and (
+            spec.permission != READ_ONLY
+        )
+
+    def permission(self, name: str) -> tools_pb2.ToolPermission.ValueType:
+        """The permission of tool `name` (UNSPECIFIED for one that is not here)."""
+        tool = self._tools.get(name)
+        return tool.spec.permission if tool is not None else tools_pb2.TOOL_PERMISSION_UNSPECIFIED
 
     @property
     def specs(self) -> list[tools_pb2.ToolSpec]:

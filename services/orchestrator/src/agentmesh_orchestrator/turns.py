@@ -25,12 +25,13 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 from opentelemetry import trace
 
-from agentmesh.common.v1 import events_pb2, generation_pb2, messages_pb2, tools_pb2
+from agentmesh.common.v1 import approvals_pb2, events_pb2, generation_pb2, messages_pb2, tools_pb2
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common.protobuf import duration
 
 from .agents import SessionAgent
+from .approvals import ApprovalGate, ApprovalRequest
 from .events import EventRecorder
 from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
@@ -81,6 +82,8 @@ class Turn:
     round: int = 0
     response_schema: struct_pb2.Struct | None = None
     remember: bool = False  # add the final answer to the session's shared conversation
+    # Tools whose call ends the turn once the reply's calls ran (a handoff hands over control).
+    final_tools: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,9 @@ class TurnRunner:
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
         metrics: OrchestratorMetrics | None = None,
         tracer: trace.Tracer | None = None,
+        approvals: ApprovalGate | None = None,
     ) -> None:
+        self.approvals = approvals
         self._user = user
         self._metrics = metrics
         self._tracer = tracer or trace.NoOpTracer()
@@ -190,19 +195,28 @@ class TurnRunner:
             )
             conversation.append(reply)
             new_messages.append(reply)
-            if not finished.tool_calls or call_index == self._max_tool_rounds:
-                remembered = None
-                if turn.remember and not result.reused:
-                    # Stored in the same commit as the ledger row: on resume, an answer taken
-                    # from the ledger is known to be in the conversation already.
-                    remembered = memory_pb2.StoredMessage(
-                        message=reply,
-                        agent=agent.name,
-                        round=turn.round,
-                        prompt_tokens=usage.total.prompt_tokens,
-                        completion_tokens=usage.total.completion_tokens,
-                    )
-                    self._recorder.stage_messages([remembered])
+            # A call of a final tool (a handoff) ends the turn with this reply, once it ran.
+            final = any(call.name in turn.final_tools for call in finished.tool_calls)
+            ends_turn = final or not finished.tool_calls or call_index == self._max_tool_rounds
+            remembered = None
+            if ends_turn and turn.remember and not result.reused:
+                # Staged with the ledger row (no await in between: one commit), so on resume
+                # an answer taken from the ledger is known to be in the conversation already.
+                remembered = memory_pb2.StoredMessage(
+                    message=reply,
+                    agent=agent.name,
+                    round=turn.round,
+                    prompt_tokens=usage.total.prompt_tokens,
+                    completion_tokens=usage.total.completion_tokens,
+                )
+                self._recorder.stage_messages([remembered])
+            if finished.tool_calls and (final or not ends_turn):
+                for position, call in enumerate(finished.tool_calls):
+                    key = f"{turn.idempotency_key}/{call_index}/{position}"
+                    answer = await self._run_tool(turn, call, message_id, key)
+                    conversation.append(answer)
+                    new_messages.append(answer)
+            if ends_turn:
                 await self._recorder.emit(
                     events_pb2.SessionEvent(
                         agent=agent.name,
@@ -230,10 +244,6 @@ class TurnRunner:
                     idempotency_key=turn.idempotency_key,
                     remembered=remembered,
                 )
-            for call in finished.tool_calls:
-                answer = await self._run_tool(turn, call, message_id)
-                conversation.append(answer)
-                new_messages.append(answer)
         raise AssertionError("unreachable: the last model call is offered no tools")
 
     async def _call_model(
@@ -380,7 +390,7 @@ class TurnRunner:
         return _CallResult(finished=finished_event, reused=False)
 
     async def _run_tool(
-        self, turn: Turn, call: messages_pb2.ToolCall, message_id: str
+        self, turn: Turn, call: messages_pb2.ToolCall, message_id: str, key: str
     ) -> messages_pb2.Message:
         agent = turn.agent
         await self._recorder.emit(
@@ -400,6 +410,8 @@ class TurnRunner:
             user=self._user,
         )
         try:
+            if self.approvals is not None and turn.tools.needs_approval(call.name):
+                await self._approved(turn, call, key)
             result = await turn.tools.call(context, call)
             result_event.result.CopyFrom(result)
             content = struct_to_json_text(result)
@@ -423,3 +435,22 @@ class TurnRunner:
         return messages_pb2.Message(
             role=messages_pb2.ROLE_TOOL, content=content, name=call.name, tool_call_id=call.id
         )
+
+    async def _approved(self, turn: Turn, call: messages_pb2.ToolCall, key: str) -> None:
+        """Wait for a human's approval of `call`; raise `ToolError` unless it is approved."""
+        assert self.approvals is not None
+        approval = await self.approvals.decide(
+            ApprovalRequest(
+                key=key,
+                agent=turn.agent.name,
+                call=call,
+                permission=turn.tools.permission(call.name),
+                task_id=turn.task_id,
+            )
+        )
+        if approval.state == approvals_pb2.APPROVAL_STATE_APPROVED:
+            return
+        if approval.state == approvals_pb2.APPROVAL_STATE_EXPIRED:
+            raise ToolError("DEADLINE_EXCEEDED", approval.comment or "nobody approved the call")
+        reason = f": {approval.comment}" if approval.comment else ""
+        raise ToolError("PERMISSION_DENIED", f"a reviewer rejected the call{reason}")

@@ -93,6 +93,30 @@ MEMORY_TYPE_EPISODIC: MemoryType.ValueType  # 3
 """A record of something that happened in a session."""
 Global___MemoryType: _TypeAlias = MemoryType  # noqa: Y015
 
+class _ToolApproval:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ToolApprovalEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ToolApproval.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOOL_APPROVAL_UNSPECIFIED: _ToolApproval.ValueType  # 0
+    """Only calls of tools whose spec requires approval."""
+    TOOL_APPROVAL_READ_WRITE: _ToolApproval.ValueType  # 1
+    """Also every call of a READ_WRITE tool."""
+    TOOL_APPROVAL_ALL: _ToolApproval.ValueType  # 2
+    """Every tool call."""
+
+class ToolApproval(_ToolApproval, metaclass=_ToolApprovalEnumTypeWrapper):
+    """Which of an agent's tool calls wait for a human's approval."""
+
+TOOL_APPROVAL_UNSPECIFIED: ToolApproval.ValueType  # 0
+"""Only calls of tools whose spec requires approval."""
+TOOL_APPROVAL_READ_WRITE: ToolApproval.ValueType  # 1
+"""Also every call of a READ_WRITE tool."""
+TOOL_APPROVAL_ALL: ToolApproval.ValueType  # 2
+"""Every tool call."""
+Global___ToolApproval: _TypeAlias = ToolApproval  # noqa: Y015
+
 @_typing.final
 class ModelSelection(_message.Message):
     """Which model an agent uses: a gateway route, or a provider and model directly."""
@@ -212,12 +236,15 @@ class AgentDefinition(_message.Message):
     MEMORY_POLICY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    TOOL_APPROVAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, "agents/{agent_id}", agent_id matching [a-z][a-z0-9-]{0,62}."""
     description: _builtins.str
     """What the agent is for, shown to planners and routers choosing agents."""
     type: Global___AgentType.ValueType
     """The role the agent plays."""
+    tool_approval: Global___ToolApproval.ValueType
+    """Which of its tool calls wait for a human's approval."""
     @_builtins.property
     def model(self) -> Global___ModelSelection:
         """The model the agent calls."""
@@ -264,10 +291,11 @@ class AgentDefinition(_message.Message):
         memory_policy: Global___MemoryPolicy | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        tool_approval: Global___ToolApproval.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "generation", b"generation", "memory_policy", b"memory_policy", "model", b"model", "prompts", b"prompts", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "create_time", b"create_time", "description", b"description", "generation", b"generation", "memory_policy", b"memory_policy", "model", b"model", "name", b"name", "prompts", b"prompts", "tools", b"tools", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "create_time", b"create_time", "description", b"description", "generation", b"generation", "memory_policy", b"memory_policy", "model", b"model", "name", b"name", "prompts", b"prompts", "tool_approval", b"tool_approval", "tools", b"tools", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

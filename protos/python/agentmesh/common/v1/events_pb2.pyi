@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from agentmesh.common.v1 import agents_pb2 as _agents_pb2
+from agentmesh.common.v1 import approvals_pb2 as _approvals_pb2
 from agentmesh.common.v1 import generation_pb2 as _generation_pb2
 from agentmesh.common.v1 import messages_pb2 as _messages_pb2
 from agentmesh.common.v1 import sessions_pb2 as _sessions_pb2
@@ -83,6 +84,9 @@ class SessionEvent(_message.Message):
     TOOL_RESULT_FIELD_NUMBER: _builtins.int
     MESSAGE_COMPLETED_FIELD_NUMBER: _builtins.int
     USER_MESSAGE_FIELD_NUMBER: _builtins.int
+    HANDOFF_FIELD_NUMBER: _builtins.int
+    APPROVAL_REQUESTED_FIELD_NUMBER: _builtins.int
+    APPROVAL_RESOLVED_FIELD_NUMBER: _builtins.int
     SESSION_COMPLETED_FIELD_NUMBER: _builtins.int
     SESSION_FAILED_FIELD_NUMBER: _builtins.int
     SESSION_CANCELLED_FIELD_NUMBER: _builtins.int
@@ -108,7 +112,7 @@ class SessionEvent(_message.Message):
 
     @_builtins.property
     def analysis(self) -> Global___Analysis:
-        """The router classified the goal."""
+        """The router classified the goal, or a selector picked the next speaker."""
 
     @_builtins.property
     def plan_created(self) -> Global___PlanCreated:
@@ -159,6 +163,18 @@ class SessionEvent(_message.Message):
         """A user message entered the session."""
 
     @_builtins.property
+    def handoff(self) -> Global___Handoff:
+        """The active agent handed the conversation to another (handoff strategy)."""
+
+    @_builtins.property
+    def approval_requested(self) -> Global___ApprovalRequested:
+        """A tool call waits for a human's approval; the session waits with it."""
+
+    @_builtins.property
+    def approval_resolved(self) -> Global___ApprovalResolved:
+        """A tool call's approval was answered, expired or cancelled."""
+
+    @_builtins.property
     def session_completed(self) -> Global___SessionCompleted:
         """Terminal: the session ended with an answer."""
 
@@ -194,15 +210,18 @@ class SessionEvent(_message.Message):
         tool_result: Global___ToolResult | None = ...,
         message_completed: Global___MessageCompleted | None = ...,
         user_message: Global___UserMessage | None = ...,
+        handoff: Global___Handoff | None = ...,
+        approval_requested: Global___ApprovalRequested | None = ...,
+        approval_resolved: Global___ApprovalResolved | None = ...,
         session_completed: Global___SessionCompleted | None = ...,
         session_failed: Global___SessionFailed | None = ...,
         session_cancelled: Global___SessionCancelled | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_spawned", b"agent_spawned", "analysis", b"analysis", "content_delta", b"content_delta", "message_completed", b"message_completed", "message_started", b"message_started", "payload", b"payload", "plan_created", b"plan_created", "session_cancelled", b"session_cancelled", "session_completed", b"session_completed", "session_failed", b"session_failed", "session_started", b"session_started", "task_completed", b"task_completed", "task_failed", b"task_failed", "task_started", b"task_started", "thinking", b"thinking", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_spawned", b"agent_spawned", "analysis", b"analysis", "approval_requested", b"approval_requested", "approval_resolved", b"approval_resolved", "content_delta", b"content_delta", "handoff", b"handoff", "message_completed", b"message_completed", "message_started", b"message_started", "payload", b"payload", "plan_created", b"plan_created", "session_cancelled", b"session_cancelled", "session_completed", b"session_completed", "session_failed", b"session_failed", "session_started", b"session_started", "task_completed", b"task_completed", "task_failed", b"task_failed", "task_started", b"task_started", "thinking", b"thinking", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_spawned", b"agent_spawned", "analysis", b"analysis", "content_delta", b"content_delta", "message_completed", b"message_completed", "message_id", b"message_id", "message_started", b"message_started", "payload", b"payload", "plan_created", b"plan_created", "seq", b"seq", "session", b"session", "session_cancelled", b"session_cancelled", "session_completed", b"session_completed", "session_failed", b"session_failed", "session_started", b"session_started", "task_completed", b"task_completed", "task_failed", b"task_failed", "task_id", b"task_id", "task_started", b"task_started", "thinking", b"thinking", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "trace_id", b"trace_id", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_spawned", b"agent_spawned", "analysis", b"analysis", "approval_requested", b"approval_requested", "approval_resolved", b"approval_resolved", "content_delta", b"content_delta", "handoff", b"handoff", "message_completed", b"message_completed", "message_id", b"message_id", "message_started", b"message_started", "payload", b"payload", "plan_created", b"plan_created", "seq", b"seq", "session", b"session", "session_cancelled", b"session_cancelled", "session_completed", b"session_completed", "session_failed", b"session_failed", "session_started", b"session_started", "task_completed", b"task_completed", "task_failed", b"task_failed", "task_id", b"task_id", "task_started", b"task_started", "thinking", b"thinking", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "trace_id", b"trace_id", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["session_started", "analysis", "plan_created", "task_started", "task_completed", "task_failed", "agent_spawned", "message_started", "content_delta", "thinking", "tool_call", "tool_result", "message_completed", "user_message", "session_completed", "session_failed", "session_cancelled"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["session_started", "analysis", "plan_created", "task_started", "task_completed", "task_failed", "agent_spawned", "message_started", "content_delta", "thinking", "tool_call", "tool_result", "message_completed", "user_message", "handoff", "approval_requested", "approval_resolved", "session_completed", "session_failed", "session_cancelled"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -246,29 +265,35 @@ Global___SessionStarted: _TypeAlias = SessionStarted  # noqa: Y015
 
 @_typing.final
 class Analysis(_message.Message):
-    """The router's decision."""
+    """The router's decision, or a selector's choice of the next speaker."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     KIND_FIELD_NUMBER: _builtins.int
     CHOSEN_STRATEGY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SELECTED_AGENT_FIELD_NUMBER: _builtins.int
     kind: Global___GoalKind.ValueType
-    """The class of the goal."""
+    """The class of the goal (router)."""
     chosen_strategy: _sessions_pb2.Strategy.ValueType
-    """The strategy chosen as a result."""
+    """The strategy chosen as a result (router)."""
     reason: _builtins.str
-    """Why, in the analyst's words."""
+    """Why, in the analyst's words; for a selector, also when its choice was invalid and
+    round-robin order decided instead.
+    """
+    selected_agent: _builtins.str
+    """The agent chosen to speak next (selector strategy)."""
     def __init__(
         self,
         *,
         kind: Global___GoalKind.ValueType = ...,
         chosen_strategy: _sessions_pb2.Strategy.ValueType = ...,
         reason: _builtins.str = ...,
+        selected_agent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chosen_strategy", b"chosen_strategy", "kind", b"kind", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chosen_strategy", b"chosen_strategy", "kind", b"kind", "reason", b"reason", "selected_agent", b"selected_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -577,6 +602,88 @@ class MessageCompleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MessageCompleted: _TypeAlias = MessageCompleted  # noqa: Y015
+
+@_typing.final
+class Handoff(_message.Message):
+    """The active agent handed the conversation to another."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_AGENT_FIELD_NUMBER: _builtins.int
+    TO_AGENT_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    from_agent: _builtins.str
+    """Agent that handed off."""
+    to_agent: _builtins.str
+    """Agent that takes over."""
+    note: _builtins.str
+    """What the agent handing off told the next one."""
+    count: _builtins.int
+    """Handoffs in the session so far, this one included."""
+    def __init__(
+        self,
+        *,
+        from_agent: _builtins.str = ...,
+        to_agent: _builtins.str = ...,
+        note: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "from_agent", b"from_agent", "note", b"note", "to_agent", b"to_agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Handoff: _TypeAlias = Handoff  # noqa: Y015
+
+@_typing.final
+class ApprovalRequested(_message.Message):
+    """A tool call waits for a human's approval (answer it with ApproveToolCall or RejectToolCall)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def approval(self) -> _approvals_pb2.Approval:
+        """The pending approval: its id, the agent, the tool call and when it expires."""
+
+    def __init__(
+        self,
+        *,
+        approval: _approvals_pb2.Approval | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalRequested: _TypeAlias = ApprovalRequested  # noqa: Y015
+
+@_typing.final
+class ApprovalResolved(_message.Message):
+    """A tool call's approval was answered, expired or was cancelled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def approval(self) -> _approvals_pb2.Approval:
+        """The approval in its final state, with the reviewer's comment."""
+
+    def __init__(
+        self,
+        *,
+        approval: _approvals_pb2.Approval | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalResolved: _TypeAlias = ApprovalResolved  # noqa: Y015
 
 @_typing.final
 class UserMessage(_message.Message):

@@ -72,11 +72,23 @@ class _StrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Strategy.Val
     STRATEGY_ROUTER: _Strategy.ValueType  # 1
     """Classify the goal (simple, tool, complex) and pick a shape."""
     STRATEGY_PLANNER_EXECUTOR: _Strategy.ValueType  # 2
-    """A planner's task graph, run by executors, written up by synthesis."""
+    """A planner's task graph (tasks may be sub-tasks of another), run by executors, written up
+    by synthesis; a task that fails for good is re-planned once, with its error.
+    """
     STRATEGY_ROUND_ROBIN: _Strategy.ValueType  # 3
     """Every agent speaks once per round from the shared conversation."""
     STRATEGY_PIPELINE: _Strategy.ValueType  # 4
-    """A fixed list of agents, each fed from the goal and earlier outputs."""
+    """A fixed list of agents, each fed from the goal and earlier outputs; or all at once, their
+    outputs merged by a synthesis agent (see PipelineSpec).
+    """
+    STRATEGY_SELECTOR: _Strategy.ValueType  # 5
+    """Each turn a selector model picks the next speaker from the agents' names and
+    descriptions and the conversation, within the allowed transitions (see SelectorSpec).
+    """
+    STRATEGY_HANDOFF: _Strategy.ValueType  # 6
+    """The active agent answers or hands control to another agent with a note, through a
+    generated handoff tool per allowed target (see HandoffSpec).
+    """
 
 class Strategy(_Strategy, metaclass=_StrategyEnumTypeWrapper):
     """How the agents of a session cooperate."""
@@ -86,11 +98,23 @@ STRATEGY_UNSPECIFIED: Strategy.ValueType  # 0
 STRATEGY_ROUTER: Strategy.ValueType  # 1
 """Classify the goal (simple, tool, complex) and pick a shape."""
 STRATEGY_PLANNER_EXECUTOR: Strategy.ValueType  # 2
-"""A planner's task graph, run by executors, written up by synthesis."""
+"""A planner's task graph (tasks may be sub-tasks of another), run by executors, written up
+by synthesis; a task that fails for good is re-planned once, with its error.
+"""
 STRATEGY_ROUND_ROBIN: Strategy.ValueType  # 3
 """Every agent speaks once per round from the shared conversation."""
 STRATEGY_PIPELINE: Strategy.ValueType  # 4
-"""A fixed list of agents, each fed from the goal and earlier outputs."""
+"""A fixed list of agents, each fed from the goal and earlier outputs; or all at once, their
+outputs merged by a synthesis agent (see PipelineSpec).
+"""
+STRATEGY_SELECTOR: Strategy.ValueType  # 5
+"""Each turn a selector model picks the next speaker from the agents' names and
+descriptions and the conversation, within the allowed transitions (see SelectorSpec).
+"""
+STRATEGY_HANDOFF: Strategy.ValueType  # 6
+"""The active agent answers or hands control to another agent with a note, through a
+generated handoff tool per allowed target (see HandoffSpec).
+"""
 Global___Strategy: _TypeAlias = Strategy  # noqa: Y015
 
 class _TaskStatus:
@@ -145,8 +169,9 @@ class SessionLimits(_message.Message):
     MAX_PARALLEL_TASKS_FIELD_NUMBER: _builtins.int
     MAX_PLAN_TASKS_FIELD_NUMBER: _builtins.int
     MAX_TASK_RETRIES_FIELD_NUMBER: _builtins.int
+    APPROVAL_TIMEOUT_FIELD_NUMBER: _builtins.int
     max_rounds: _builtins.int
-    """Most rounds (round-robin) or plan iterations."""
+    """Most rounds: of round-robin, or turns of a selector or handoff conversation."""
     max_total_tokens: _builtins.int
     """Token budget across all agent turns."""
     max_parallel_tasks: _builtins.int
@@ -159,6 +184,12 @@ class SessionLimits(_message.Message):
     def deadline(self) -> _timestamp_pb2.Timestamp:
         """Absolute deadline for the session."""
 
+    @_builtins.property
+    def approval_timeout(self) -> _duration_pb2.Duration:
+        """How long a tool call waits for a human's approval before it is rejected (EXPIRED);
+        0 means the server default.
+        """
+
     def __init__(
         self,
         *,
@@ -168,10 +199,11 @@ class SessionLimits(_message.Message):
         max_parallel_tasks: _builtins.int = ...,
         max_plan_tasks: _builtins.int = ...,
         max_task_retries: _builtins.int = ...,
+        approval_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval_timeout", b"approval_timeout", "deadline", b"deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "max_parallel_tasks", b"max_parallel_tasks", "max_plan_tasks", b"max_plan_tasks", "max_rounds", b"max_rounds", "max_task_retries", b"max_task_retries", "max_total_tokens", b"max_total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_timeout", b"approval_timeout", "deadline", b"deadline", "max_parallel_tasks", b"max_parallel_tasks", "max_plan_tasks", b"max_plan_tasks", "max_rounds", b"max_rounds", "max_task_retries", b"max_task_retries", "max_total_tokens", b"max_total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -179,7 +211,9 @@ Global___SessionLimits: _TypeAlias = SessionLimits  # noqa: Y015
 
 @_typing.final
 class TerminationCondition(_message.Message):
-    """When a round-robin session stops before max_rounds."""
+    """When a conversation (round-robin, selector, handoff) stops before max_rounds. The token
+    budget (limits.max_total_tokens) and the deadline end sessions of every strategy.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -241,8 +275,14 @@ class PipelineSpec(_message.Message):
 
     STAGES_FIELD_NUMBER: _builtins.int
     PARALLEL_FIELD_NUMBER: _builtins.int
+    SYNTHESIS_AGENT_FIELD_NUMBER: _builtins.int
     parallel: _builtins.bool
     """Run all stages at once (inputs may then refer only to {goal})."""
+    synthesis_agent: _builtins.str
+    """Agent (a member) that merges the outputs of a parallel pipeline in one last turn; empty
+    means the session's first SYNTHESIS-type member that is no stage, if there is one, else
+    the outputs are joined under their stage names.
+    """
     @_builtins.property
     def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___PipelineStage]:
         """Stages, in order."""
@@ -252,14 +292,124 @@ class PipelineSpec(_message.Message):
         *,
         stages: _abc.Iterable[Global___PipelineStage] | None = ...,
         parallel: _builtins.bool = ...,
+        synthesis_agent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["parallel", b"parallel", "stages", b"stages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parallel", b"parallel", "stages", b"stages", "synthesis_agent", b"synthesis_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PipelineSpec: _TypeAlias = PipelineSpec  # noqa: Y015
+
+@_typing.final
+class AgentTransitions(_message.Message):
+    """The agents one agent may pass the conversation to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_AGENT_FIELD_NUMBER: _builtins.int
+    TO_AGENTS_FIELD_NUMBER: _builtins.int
+    from_agent: _builtins.str
+    """The agent (a member) the transitions start from."""
+    @_builtins.property
+    def to_agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Agents (members) that may follow it."""
+
+    def __init__(
+        self,
+        *,
+        from_agent: _builtins.str = ...,
+        to_agents: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_agent", b"from_agent", "to_agents", b"to_agents"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentTransitions: _TypeAlias = AgentTransitions  # noqa: Y015
+
+@_typing.final
+class SelectorSpec(_message.Message):
+    """A selector conversation's shape (STRATEGY_SELECTOR)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOWED_TRANSITIONS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SELECTOR_PROMPT_FIELD_NUMBER: _builtins.int
+    ALLOW_REPEATED_SPEAKER_FIELD_NUMBER: _builtins.int
+    INITIAL_AGENT_FIELD_NUMBER: _builtins.int
+    selector_prompt: _builtins.str
+    """Instructions for the selector; empty means the built-in ones."""
+    allow_repeated_speaker: _builtins.bool
+    """Whether the last speaker may be picked again (default false, as AutoGen)."""
+    initial_agent: _builtins.str
+    """Agent (a member) that speaks first; empty means the selector picks from all of them."""
+    @_builtins.property
+    def allowed_transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentTransitions]:
+        """Who may speak after whom; an agent without an entry may be followed by anyone. The
+        selector's choice must be one of them; an invalid choice falls back to round-robin order.
+        """
+
+    @_builtins.property
+    def model(self) -> _agents_pb2.ModelSelection:
+        """Model that picks the next speaker; unset means the first agent's model."""
+
+    def __init__(
+        self,
+        *,
+        allowed_transitions: _abc.Iterable[Global___AgentTransitions] | None = ...,
+        model: _agents_pb2.ModelSelection | None = ...,
+        selector_prompt: _builtins.str = ...,
+        allow_repeated_speaker: _builtins.bool = ...,
+        initial_agent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_repeated_speaker", b"allow_repeated_speaker", "allowed_transitions", b"allowed_transitions", "initial_agent", b"initial_agent", "model", b"model", "selector_prompt", b"selector_prompt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SelectorSpec: _TypeAlias = SelectorSpec  # noqa: Y015
+
+@_typing.final
+class HandoffSpec(_message.Message):
+    """A handoff conversation's shape (STRATEGY_HANDOFF): the active agent either answers (which
+    ends the session with its answer) or calls a generated `transfer_to_<agent>` tool with a
+    note, and the agent it names takes over with the note.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HANDOFFS_FIELD_NUMBER: _builtins.int
+    INITIAL_AGENT_FIELD_NUMBER: _builtins.int
+    MAX_HANDOFFS_FIELD_NUMBER: _builtins.int
+    initial_agent: _builtins.str
+    """Agent (a member) that is active first; empty means the first member."""
+    max_handoffs: _builtins.int
+    """Most handoffs in the session (0 means 10, at most 100); after the last one the active
+    agent is offered no handoff tools and answers itself.
+    """
+    @_builtins.property
+    def handoffs(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentTransitions]:
+        """Who may hand off to whom; empty means every agent to every other."""
+
+    def __init__(
+        self,
+        *,
+        handoffs: _abc.Iterable[Global___AgentTransitions] | None = ...,
+        initial_agent: _builtins.str = ...,
+        max_handoffs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["handoffs", b"handoffs", "initial_agent", b"initial_agent", "max_handoffs", b"max_handoffs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandoffSpec: _TypeAlias = HandoffSpec  # noqa: Y015
 
 @_typing.final
 class Session(_message.Message):
@@ -310,6 +460,8 @@ class Session(_message.Message):
     PLAN_FIELD_NUMBER: _builtins.int
     LEASE_OWNER_FIELD_NUMBER: _builtins.int
     LAST_EVENT_SEQ_FIELD_NUMBER: _builtins.int
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    HANDOFF_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, "sessions/{session_id}"."""
     goal: _builtins.str
@@ -382,6 +534,14 @@ class Session(_message.Message):
     def plan(self) -> Global___Plan:
         """Output only. The plan, for planner/executor sessions."""
 
+    @_builtins.property
+    def selector(self) -> Global___SelectorSpec:
+        """The selector conversation, for STRATEGY_SELECTOR."""
+
+    @_builtins.property
+    def handoff(self) -> Global___HandoffSpec:
+        """The handoff conversation, for STRATEGY_HANDOFF."""
+
     def __init__(
         self,
         *,
@@ -408,10 +568,12 @@ class Session(_message.Message):
         plan: Global___Plan | None = ...,
         lease_owner: _builtins.str = ...,
         last_event_seq: _builtins.int = ...,
+        selector: Global___SelectorSpec | None = ...,
+        handoff: Global___HandoffSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "limits", b"limits", "pipeline", b"pipeline", "plan", b"plan", "start_time", b"start_time", "termination", b"termination", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "handoff", b"handoff", "limits", b"limits", "pipeline", b"pipeline", "plan", b"plan", "selector", b"selector", "start_time", b"start_time", "termination", b"termination", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "cancel_on_disconnect", b"cancel_on_disconnect", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "final_answer", b"final_answer", "goal", b"goal", "inline_agents", b"inline_agents", "last_event_seq", b"last_event_seq", "lease_owner", b"lease_owner", "limits", b"limits", "metadata", b"metadata", "name", b"name", "parent", b"parent", "pipeline", b"pipeline", "plan", b"plan", "rounds_completed", b"rounds_completed", "start_time", b"start_time", "status", b"status", "strategy", b"strategy", "termination", b"termination", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "cancel_on_disconnect", b"cancel_on_disconnect", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "final_answer", b"final_answer", "goal", b"goal", "handoff", b"handoff", "inline_agents", b"inline_agents", "last_event_seq", b"last_event_seq", "lease_owner", b"lease_owner", "limits", b"limits", "metadata", b"metadata", "name", b"name", "parent", b"parent", "pipeline", b"pipeline", "plan", b"plan", "rounds_completed", b"rounds_completed", "selector", b"selector", "start_time", b"start_time", "status", b"status", "strategy", b"strategy", "termination", b"termination", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -445,7 +607,9 @@ class Task(_message.Message):
     task_id: _builtins.str
     """Task id within the plan, e.g. "t1" (the planner's id)."""
     parent_task_id: _builtins.str
-    """Parent task's id, for sub-tasks."""
+    """Parent task's id, for sub-tasks: a task with sub-tasks runs after all of them, with their
+    outputs. Planners whose agent has the capability "sub-tasks" are asked for them.
+    """
     description: _builtins.str
     """What to do."""
     agent_type: _agents_pb2.AgentType.ValueType

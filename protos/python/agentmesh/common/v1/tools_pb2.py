@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61gentmesh/common/v1/tools.proto\x12\x13\x61gentmesh.common.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x9a\x01\n\x08ToolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x32\n\x11parameters_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x37\n\npermission\x18\x04 \x01(\x0e\x32#.agentmesh.common.v1.ToolPermission*p\n\x0eToolPermission\x12\x1f\n\x1bTOOL_PERMISSION_UNSPECIFIED\x10\x00\x12\x1d\n\x19TOOL_PERMISSION_READ_ONLY\x10\x01\x12\x1e\n\x1aTOOL_PERMISSION_READ_WRITE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61gentmesh/common/v1/tools.proto\x12\x13\x61gentmesh.common.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xb5\x01\n\x08ToolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x32\n\x11parameters_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x37\n\npermission\x18\x04 \x01(\x0e\x32#.agentmesh.common.v1.ToolPermission\x12\x19\n\x11requires_approval\x18\x05 \x01(\x08*p\n\x0eToolPermission\x12\x1f\n\x1bTOOL_PERMISSION_UNSPECIFIED\x10\x00\x12\x1d\n\x19TOOL_PERMISSION_READ_ONLY\x10\x01\x12\x1e\n\x1aTOOL_PERMISSION_READ_WRITE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.common.v1.tools_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TOOLPERMISSION']._serialized_start=243
-  _globals['_TOOLPERMISSION']._serialized_end=355
+  _globals['_TOOLPERMISSION']._serialized_start=270
+  _globals['_TOOLPERMISSION']._serialized_end=382
   _globals['_TOOLSPEC']._serialized_start=87
-  _globals['_TOOLSPEC']._serialized_end=241
+  _globals['_TOOLSPEC']._serialized_end=268
 # @@protoc_insertion_point(module_scope)

@@ -52,12 +52,17 @@ class ToolSpec(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PARAMETERS_SCHEMA_FIELD_NUMBER: _builtins.int
     PERMISSION_FIELD_NUMBER: _builtins.int
+    REQUIRES_APPROVAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Tool name, unique within the set offered to one agent; [a-zA-Z0-9_-]{1,64}."""
     description: _builtins.str
     """What the tool does, written for the model."""
     permission: Global___ToolPermission.ValueType
     """Whether the tool only reads or may also write."""
+    requires_approval: _builtins.bool
+    """A call waits for a human's approval (approval_requested; ApproveToolCall or
+    RejectToolCall) before it runs.
+    """
     @_builtins.property
     def parameters_schema(self) -> _struct_pb2.Struct:
         """JSON schema of the arguments object."""
@@ -69,10 +74,11 @@ class ToolSpec(_message.Message):
         description: _builtins.str = ...,
         parameters_schema: _struct_pb2.Struct | None = ...,
         permission: Global___ToolPermission.ValueType = ...,
+        requires_approval: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters_schema", b"parameters_schema"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters_schema", b"parameters_schema", "permission", b"permission"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters_schema", b"parameters_schema", "permission", b"permission", "requires_approval", b"requires_approval"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -226,6 +226,21 @@ class MemoryServiceStub:
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteToolServerRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteToolServerResponse.FromString,
                 _registered_method=True)
+        self.GetApproval = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/GetApproval',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetApprovalRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetApprovalResponse.FromString,
+                _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/ListApprovals',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.ResolveApproval = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/ResolveApproval',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ResolveApprovalRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ResolveApprovalResponse.FromString,
+                _registered_method=True)
         self.ListOrphanedSessions = channel.unary_unary(
                 '/agentmesh.memory.v1.MemoryService/ListOrphanedSessions',
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListOrphanedSessionsRequest.SerializeToString,
@@ -508,6 +523,29 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetApproval(self, request, context):
+        """Gets a tool call's approval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApprovals(self, request, context):
+        """Lists a session's approvals, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResolveApproval(self, request, context):
+        """Answers a PENDING approval (approve, reject, expire or cancel it) and appends its
+        approval_resolved event, in one transaction; FAILED_PRECONDITION once it is answered or
+        the session has ended. Pending approvals are created by CommitStep.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListOrphanedSessions(self, request, context):
         """Lists RUNNING sessions of every tenant whose lease has expired (their owner died), for an
         orchestrator replica to resume; needs no tenant metadata.
@@ -708,6 +746,21 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.DeleteToolServer,
                     request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteToolServerRequest.FromString,
                     response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteToolServerResponse.SerializeToString,
+            ),
+            'GetApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetApproval,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetApprovalRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetApprovalResponse.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'ResolveApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveApproval,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ResolveApprovalRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.ResolveApprovalResponse.SerializeToString,
             ),
             'ListOrphanedSessions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListOrphanedSessions,
@@ -1743,6 +1796,87 @@ class MemoryService:
             '/agentmesh.memory.v1.MemoryService/DeleteToolServer',
             agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteToolServerRequest.SerializeToString,
             agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteToolServerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/GetApproval',
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetApprovalRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetApprovalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/ListApprovals',
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListApprovalsRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/ResolveApproval',
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.ResolveApprovalRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.ResolveApprovalResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -118,6 +118,15 @@ class MemoryServiceStub:
     """Lists the tenant's tool servers."""
     DeleteToolServer: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteToolServerRequest, _memory_pb2.DeleteToolServerResponse]
     """Unregisters a tool server."""
+    GetApproval: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetApprovalRequest, _memory_pb2.GetApprovalResponse]
+    """Gets a tool call's approval."""
+    ListApprovals: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListApprovalsRequest, _memory_pb2.ListApprovalsResponse]
+    """Lists a session's approvals, oldest first."""
+    ResolveApproval: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ResolveApprovalRequest, _memory_pb2.ResolveApprovalResponse]
+    """Answers a PENDING approval (approve, reject, expire or cancel it) and appends its
+    approval_resolved event, in one transaction; FAILED_PRECONDITION once it is answered or
+    the session has ended. Pending approvals are created by CommitStep.
+    """
     ListOrphanedSessions: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListOrphanedSessionsRequest, _memory_pb2.ListOrphanedSessionsResponse]
     """Lists RUNNING sessions of every tenant whose lease has expired (their owner died), for an
     orchestrator replica to resume; needs no tenant metadata.
@@ -213,6 +222,15 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Lists the tenant's tool servers."""
     DeleteToolServer: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteToolServerRequest, _memory_pb2.DeleteToolServerResponse]  # type: ignore[assignment]
     """Unregisters a tool server."""
+    GetApproval: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetApprovalRequest, _memory_pb2.GetApprovalResponse]  # type: ignore[assignment]
+    """Gets a tool call's approval."""
+    ListApprovals: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListApprovalsRequest, _memory_pb2.ListApprovalsResponse]  # type: ignore[assignment]
+    """Lists a session's approvals, oldest first."""
+    ResolveApproval: _aio.UnaryUnaryMultiCallable[_memory_pb2.ResolveApprovalRequest, _memory_pb2.ResolveApprovalResponse]  # type: ignore[assignment]
+    """Answers a PENDING approval (approve, reject, expire or cancel it) and appends its
+    approval_resolved event, in one transaction; FAILED_PRECONDITION once it is answered or
+    the session has ended. Pending approvals are created by CommitStep.
+    """
     ListOrphanedSessions: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListOrphanedSessionsRequest, _memory_pb2.ListOrphanedSessionsResponse]  # type: ignore[assignment]
     """Lists RUNNING sessions of every tenant whose lease has expired (their owner died), for an
     orchestrator replica to resume; needs no tenant metadata.
@@ -495,6 +513,30 @@ class MemoryServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.DeleteToolServerResponse, _abc.Awaitable[_memory_pb2.DeleteToolServerResponse]]:
         """Unregisters a tool server."""
+
+    def GetApproval(
+        self,
+        request: _memory_pb2.GetApprovalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.GetApprovalResponse, _abc.Awaitable[_memory_pb2.GetApprovalResponse]]:
+        """Gets a tool call's approval."""
+
+    def ListApprovals(
+        self,
+        request: _memory_pb2.ListApprovalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.ListApprovalsResponse, _abc.Awaitable[_memory_pb2.ListApprovalsResponse]]:
+        """Lists a session's approvals, oldest first."""
+
+    def ResolveApproval(
+        self,
+        request: _memory_pb2.ResolveApprovalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_memory_pb2.ResolveApprovalResponse, _abc.Awaitable[_memory_pb2.ResolveApprovalResponse]]:
+        """Answers a PENDING approval (approve, reject, expire or cancel it) and appends its
+        approval_resolved event, in one transaction; FAILED_PRECONDITION once it is answered or
+        the session has ended. Pending approvals are created by CommitStep.
+        """
 
     def ListOrphanedSessions(
         self,

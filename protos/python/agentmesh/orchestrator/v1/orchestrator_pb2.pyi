@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from agentmesh.common.v1 import agents_pb2 as _agents_pb2
+from agentmesh.common.v1 import approvals_pb2 as _approvals_pb2
 from agentmesh.common.v1 import events_pb2 as _events_pb2
 from agentmesh.common.v1 import generation_pb2 as _generation_pb2
 from agentmesh.common.v1 import memory_entries_pb2 as _memory_entries_pb2
@@ -42,7 +43,9 @@ class _ExecutionModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Executi
     EXECUTION_MODE_SEQUENTIAL: _ExecutionMode.ValueType  # 1
     """One agent after another, each seeing the previous output."""
     EXECUTION_MODE_PARALLEL: _ExecutionMode.ValueType  # 2
-    """All agents at once on the task; a synthesis turn merges their outputs."""
+    """All agents at once on the task; a synthesis turn by the SYNTHESIS-type agent among them
+    merges their outputs (without one, the outputs are joined under the agents' names).
+    """
 
 class ExecutionMode(_ExecutionMode, metaclass=_ExecutionModeEnumTypeWrapper):
     """How Execute runs the agents it is given."""
@@ -52,7 +55,9 @@ EXECUTION_MODE_UNSPECIFIED: ExecutionMode.ValueType  # 0
 EXECUTION_MODE_SEQUENTIAL: ExecutionMode.ValueType  # 1
 """One agent after another, each seeing the previous output."""
 EXECUTION_MODE_PARALLEL: ExecutionMode.ValueType  # 2
-"""All agents at once on the task; a synthesis turn merges their outputs."""
+"""All agents at once on the task; a synthesis turn by the SYNTHESIS-type agent among them
+merges their outputs (without one, the outputs are joined under the agents' names).
+"""
 Global___ExecutionMode: _TypeAlias = ExecutionMode  # noqa: Y015
 
 class _BusyPolicy:
@@ -954,6 +959,7 @@ class GetSessionResponse(_message.Message):
     AGENTS_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
     CHILDREN_FIELD_NUMBER: _builtins.int
+    PENDING_APPROVALS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def session(self) -> _sessions_pb2.Session:
         """The session, with plan and usage."""
@@ -970,6 +976,10 @@ class GetSessionResponse(_message.Message):
     def children(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Child sessions, "sessions/{session_id}"."""
 
+    @_builtins.property
+    def pending_approvals(self) -> _containers.RepeatedCompositeFieldContainer[_approvals_pb2.Approval]:
+        """Tool calls waiting for a human's approval (PENDING), oldest first."""
+
     def __init__(
         self,
         *,
@@ -977,10 +987,11 @@ class GetSessionResponse(_message.Message):
         agents: _abc.Iterable[_agents_pb2.AgentDefinition] | None = ...,
         tasks: _abc.Iterable[_sessions_pb2.Task] | None = ...,
         children: _abc.Iterable[_builtins.str] | None = ...,
+        pending_approvals: _abc.Iterable[_approvals_pb2.Approval] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "children", b"children", "session", b"session", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "children", b"children", "pending_approvals", b"pending_approvals", "session", b"session", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1047,6 +1058,122 @@ class ListSessionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSessionsResponse: _TypeAlias = ListSessionsResponse  # noqa: Y015
+
+@_typing.final
+class ApproveToolCallRequest(_message.Message):
+    """Approves a tool call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    APPROVAL_ID_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """"sessions/{session_id}"."""
+    approval_id: _builtins.str
+    """The approval's id, from approval_requested."""
+    comment: _builtins.str
+    """A note for the record (kept with the approval)."""
+    request_id: _builtins.str
+    """Idempotency key: a repeat returns the first answer."""
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        approval_id: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_id", b"approval_id", "comment", b"comment", "request_id", b"request_id", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveToolCallRequest: _TypeAlias = ApproveToolCallRequest  # noqa: Y015
+
+@_typing.final
+class ApproveToolCallResponse(_message.Message):
+    """The approved call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def approval(self) -> _approvals_pb2.Approval:
+        """The approval, APPROVED."""
+
+    def __init__(
+        self,
+        *,
+        approval: _approvals_pb2.Approval | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApproveToolCallResponse: _TypeAlias = ApproveToolCallResponse  # noqa: Y015
+
+@_typing.final
+class RejectToolCallRequest(_message.Message):
+    """Rejects a tool call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    APPROVAL_ID_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    session: _builtins.str
+    """"sessions/{session_id}"."""
+    approval_id: _builtins.str
+    """The approval's id, from approval_requested."""
+    comment: _builtins.str
+    """Why; the model is told."""
+    request_id: _builtins.str
+    """Idempotency key: a repeat returns the first answer."""
+    def __init__(
+        self,
+        *,
+        session: _builtins.str = ...,
+        approval_id: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_id", b"approval_id", "comment", b"comment", "request_id", b"request_id", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectToolCallRequest: _TypeAlias = RejectToolCallRequest  # noqa: Y015
+
+@_typing.final
+class RejectToolCallResponse(_message.Message):
+    """The rejected call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def approval(self) -> _approvals_pb2.Approval:
+        """The approval, REJECTED."""
+
+    def __init__(
+        self,
+        *,
+        approval: _approvals_pb2.Approval | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectToolCallResponse: _TypeAlias = RejectToolCallResponse  # noqa: Y015
 
 @_typing.final
 class GetMemoryRequest(_message.Message):

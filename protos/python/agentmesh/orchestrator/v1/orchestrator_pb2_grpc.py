@@ -117,6 +117,16 @@ class OrchestratorServiceStub:
                 request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
+        self.ApproveToolCall = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/ApproveToolCall',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ApproveToolCallRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ApproveToolCallResponse.FromString,
+                _registered_method=True)
+        self.RejectToolCall = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/RejectToolCall',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RejectToolCallRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RejectToolCallResponse.FromString,
+                _registered_method=True)
         self.GetMemory = channel.unary_unary(
                 '/agentmesh.orchestrator.v1.OrchestratorService/GetMemory',
                 request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetMemoryRequest.SerializeToString,
@@ -312,6 +322,22 @@ class OrchestratorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApproveToolCall(self, request, context):
+        """Approves a tool call waiting for approval (approval_requested): the call runs and the
+        session goes on. Works on any replica, also while the session's replica is replaced.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RejectToolCall(self, request, context):
+        """Rejects a tool call waiting for approval: the call does not run, the model is told why,
+        and the session goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMemory(self, request, context):
         """Reads an agent memory entry.
         """
@@ -501,6 +527,16 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     servicer.ListSessions,
                     request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSessionsRequest.FromString,
                     response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'ApproveToolCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveToolCall,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ApproveToolCallRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ApproveToolCallResponse.SerializeToString,
+            ),
+            'RejectToolCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.RejectToolCall,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RejectToolCallRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RejectToolCallResponse.SerializeToString,
             ),
             'GetMemory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMemory,
@@ -1013,6 +1049,60 @@ class OrchestratorService:
             '/agentmesh.orchestrator.v1.OrchestratorService/ListSessions',
             agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSessionsRequest.SerializeToString,
             agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveToolCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/ApproveToolCall',
+            agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ApproveToolCallRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.ApproveToolCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RejectToolCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/RejectToolCall',
+            agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RejectToolCallRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.RejectToolCallResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,14 @@ class OrchestratorServiceStub:
     """Gets a session with its agents, plan, tasks and usage."""
     ListSessions: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ListSessionsRequest, _orchestrator_pb2.ListSessionsResponse]
     """Lists sessions."""
+    ApproveToolCall: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.ApproveToolCallRequest, _orchestrator_pb2.ApproveToolCallResponse]
+    """Approves a tool call waiting for approval (approval_requested): the call runs and the
+    session goes on. Works on any replica, also while the session's replica is replaced.
+    """
+    RejectToolCall: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.RejectToolCallRequest, _orchestrator_pb2.RejectToolCallResponse]
+    """Rejects a tool call waiting for approval: the call does not run, the model is told why,
+    and the session goes on.
+    """
     GetMemory: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetMemoryRequest, _orchestrator_pb2.GetMemoryResponse]
     """Reads an agent memory entry."""
     PutMemory: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.PutMemoryRequest, _orchestrator_pb2.PutMemoryResponse]
@@ -142,6 +150,14 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """Gets a session with its agents, plan, tasks and usage."""
     ListSessions: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ListSessionsRequest, _orchestrator_pb2.ListSessionsResponse]  # type: ignore[assignment]
     """Lists sessions."""
+    ApproveToolCall: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.ApproveToolCallRequest, _orchestrator_pb2.ApproveToolCallResponse]  # type: ignore[assignment]
+    """Approves a tool call waiting for approval (approval_requested): the call runs and the
+    session goes on. Works on any replica, also while the session's replica is replaced.
+    """
+    RejectToolCall: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.RejectToolCallRequest, _orchestrator_pb2.RejectToolCallResponse]  # type: ignore[assignment]
+    """Rejects a tool call waiting for approval: the call does not run, the model is told why,
+    and the session goes on.
+    """
     GetMemory: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetMemoryRequest, _orchestrator_pb2.GetMemoryResponse]  # type: ignore[assignment]
     """Reads an agent memory entry."""
     PutMemory: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.PutMemoryRequest, _orchestrator_pb2.PutMemoryResponse]  # type: ignore[assignment]
@@ -293,6 +309,24 @@ class OrchestratorServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.ListSessionsResponse, _abc.Awaitable[_orchestrator_pb2.ListSessionsResponse]]:
         """Lists sessions."""
+
+    def ApproveToolCall(
+        self,
+        request: _orchestrator_pb2.ApproveToolCallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.ApproveToolCallResponse, _abc.Awaitable[_orchestrator_pb2.ApproveToolCallResponse]]:
+        """Approves a tool call waiting for approval (approval_requested): the call runs and the
+        session goes on. Works on any replica, also while the session's replica is replaced.
+        """
+
+    def RejectToolCall(
+        self,
+        request: _orchestrator_pb2.RejectToolCallRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestrator_pb2.RejectToolCallResponse, _abc.Awaitable[_orchestrator_pb2.RejectToolCallResponse]]:
+        """Rejects a tool call waiting for approval: the call does not run, the model is told why,
+        and the session goes on.
+        """
 
     def GetMemory(
         self,

@@ -22,6 +22,7 @@ __all__ = [
     "agent_memory",
     "agents",
     "api_keys",
+    "approvals",
     "events",
     "executions",
     "messages",
@@ -280,4 +281,25 @@ request_log = sa.Table(
     sa.Column("response", sa.LargeBinary, nullable=False),
     sa.Column("create_time", UtcDateTime, nullable=False),
     sa.Index(None, "create_time"),
+)
+
+approvals = sa.Table(
+    "approvals",
+    METADATA,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column(
+        "session_pk",
+        sa.BigInteger,
+        sa.ForeignKey("sessions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("approval_id", sa.String(63), nullable=False),
+    sa.Column("state", sa.SmallInteger, nullable=False),
+    sa.Column("document", sa.LargeBinary, nullable=False),  # Approval (call, comment, ...)
+    sa.Column("create_time", UtcDateTime, nullable=False),
+    sa.Column("expire_time", UtcDateTime, nullable=True),
+    sa.Column("resolve_time", UtcDateTime, nullable=True),
+    sa.UniqueConstraint("session_pk", "approval_id"),
+    sa.Index(None, "session_pk", "state", "id"),
 )

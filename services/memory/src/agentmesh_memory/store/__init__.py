@@ -8,6 +8,7 @@ from agentmesh_memory.db.database import Database
 from agentmesh_memory.db.notifier import EventNotifier
 
 from .agents import AgentStore
+from .approvals import ApprovalStore
 from .base import Clock, StoreContext, system_clock
 from .events import EventStore
 from .ledger import LedgerStore
@@ -20,6 +21,7 @@ from .work import MessageStore, TaskStore
 __all__ = [
     "AgentStore",
     "ApiKeyStore",
+    "ApprovalStore",
     "EventStore",
     "LedgerStore",
     "MemoryStore",
@@ -49,6 +51,7 @@ class Stores:
     settings: SettingsStore
     api_keys: ApiKeyStore
     tool_servers: ToolServerStore
+    approvals: ApprovalStore
 
     @classmethod
     def build(
@@ -64,6 +67,7 @@ class Stores:
         messages = MessageStore(context)
         events = EventStore(context, notifier, poll_seconds=watch_poll_seconds)
         ledger = LedgerStore(context)
+        approvals = ApprovalStore(context, events=events)
         return cls(
             agents=AgentStore(context),
             sessions=sessions,
@@ -72,10 +76,16 @@ class Stores:
             events=events,
             ledger=ledger,
             steps=StepStore(
-                context, sessions=sessions, messages=messages, events=events, ledger=ledger
+                context,
+                sessions=sessions,
+                messages=messages,
+                events=events,
+                ledger=ledger,
+                approvals=approvals,
             ),
             memories=MemoryStore(context),
             settings=SettingsStore(context),
             api_keys=ApiKeyStore(context),
             tool_servers=ToolServerStore(context),
+            approvals=approvals,
         )

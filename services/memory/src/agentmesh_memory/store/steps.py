@@ -3,6 +3,8 @@
 A step is the writes of four RPCs (RecordExecution, AppendMessages, UpdateSession,
 AppendEvents), validated and run by the very same code as those RPCs (each store's
 ``prepare_*``), in that order, inside one write transaction: all of it is stored or none.
+Pending approvals are stored just before the events, so an ``approval_requested`` event is
+never seen without its approval.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common import FieldViolation
 from agentmesh_memory.names import invalid, invalid_many, parse_session_name
 
+from .approvals import ApprovalStore
 from .base import StoreContext, Write
 from .events import EventStore
 from .ledger import LedgerStore
@@ -22,7 +25,7 @@ from .work import MessageStore
 __all__ = ["StepStore"]
 
 MAX_EXECUTIONS = 1000
-PARTS = ("executions", "messages", "update_mask", "events")
+PARTS = ("executions", "messages", "update_mask", "approvals", "events")
 
 
 class StepStore:
@@ -34,12 +37,14 @@ class StepStore:
         messages: MessageStore,
         events: EventStore,
         ledger: LedgerStore,
+        approvals: ApprovalStore,
     ) -> None:
         self._context = context
         self._sessions = sessions
         self._messages = messages
         self._events = events
         self._ledger = ledger
+        self._approvals = approvals
 
     async def commit(
         self, tenant: str, request: memory_pb2.CommitStepRequest
@@ -47,7 +52,11 @@ class StepStore:
         session_id = parse_session_name(request.session, "session")
         name = f"sessions/{session_id}"
         if not (
-            request.executions or request.messages or request.update_mask.paths or request.events
+            request.executions
+            or request.messages
+            or request.update_mask.paths
+            or request.approvals
+            or request.events
         ):
             raise invalid_many(
                 [FieldViolation(part, "a step must store something") for part in PARTS]
@@ -80,6 +89,11 @@ class StepStore:
             if request.update_mask.paths
             else None
         )
+        pending = (
+            self._approvals.prepare_create(tenant, session_id, request.approvals)
+            if request.approvals
+            else None
+        )
         events = (
             self._events.prepare_append(tenant, session_id, request.events)
             if request.events
@@ -100,6 +114,8 @@ class StepStore:
                     response.messages.extend((await messages.run(conn)).messages)
                 if update is not None:
                     response.session.CopyFrom((await update.run(conn)).session)
+                if pending is not None:
+                    await pending.run(conn)
                 if events is not None:
                     appended = await events.run(conn)
                     response.first_seq, response.last_seq = appended.first_seq, appended.last_seq

@@ -14,7 +14,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf import field_mask_pb2
 
-from agentmesh.common.v1 import events_pb2, memory_entries_pb2, sessions_pb2
+from agentmesh.common.v1 import approvals_pb2, events_pb2, memory_entries_pb2, sessions_pb2
 from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from agentmesh_common import TENANT_METADATA_KEY, NotFound, from_rpc_error
 from agentmesh_common.protobuf import duration
@@ -51,6 +51,7 @@ class MemoryClient:
             executions=step.executions,
             messages=step.messages,
             events=step.events,
+            approvals=step.approvals,
         )
         if step.update is not None and step.update_fields:
             request.update.CopyFrom(step.update)
@@ -136,6 +137,43 @@ class MemoryClient:
             memory_pb2.ListExecutionsRequest(idempotency_key=idempotency_key, page_size=1),
         )
         return reply.executions[0] if reply.executions else None
+
+    async def get_approval(self, tenant: str, name: str) -> approvals_pb2.Approval | None:
+        try:
+            reply = await self.call(
+                tenant, self.stub.GetApproval, memory_pb2.GetApprovalRequest(name=name)
+            )
+        except NotFound:
+            return None
+        return reply.approval
+
+    async def resolve_approval(
+        self,
+        tenant: str,
+        name: str,
+        state: approvals_pb2.ApprovalState.ValueType,
+        comment: str,
+        request_id: str = "",
+    ) -> approvals_pb2.Approval:
+        reply = await self.call(
+            tenant,
+            self.stub.ResolveApproval,
+            memory_pb2.ResolveApprovalRequest(
+                name=name, state=state, comment=comment, request_id=request_id
+            ),
+        )
+        return reply.approval
+
+    async def pending_approvals(self, tenant: str, session: str) -> list[approvals_pb2.Approval]:
+        """The session's approvals still waiting for an answer, oldest first."""
+        reply = await self.call(
+            tenant,
+            self.stub.ListApprovals,
+            memory_pb2.ListApprovalsRequest(
+                parent=session, state=approvals_pb2.APPROVAL_STATE_PENDING, page_size=1000
+            ),
+        )
+        return list(reply.approvals)
 
     # -- agent memory (for the memory tools) -------------------------------------------------
 

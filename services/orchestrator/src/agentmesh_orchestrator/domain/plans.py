@@ -2,9 +2,13 @@
 
 The planner answers with JSON matching `PLAN_SCHEMA` (sent to the gateway as the response
 schema). `parse_plan` accepts the JSON bare or inside a Markdown code fence, validates it
-against the schema, then checks what a schema cannot: unique task ids, dependencies that
-exist, no cycles, and the session's bound on plan size. Every problem is a `PlanRejected`
-naming the offending part, so the strategy can ask the planner again with the reason.
+against the schema, then checks what a schema cannot: unique task ids, dependencies and
+parents that exist, no cycles, and the session's bound on plan size. A task with a `parent`
+is a sub-task: its parent runs after all its sub-tasks (they are added to the parent's
+dependencies), so the parent's executor works from their outputs. Planners are offered
+`parent` only when their agent has the "sub-tasks" capability (see `plan_schema`). Every
+problem is a `PlanRejected` naming the offending part, so the strategy can ask the planner
+again with the reason.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import copy
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jsonschema
@@ -48,6 +52,8 @@ PLAN_SCHEMA: Mapping[str, Any] = {
                         "items": {"type": "string", "pattern": _ID_PATTERN},
                     },
                     "priority": {"type": "integer", "minimum": 0, "maximum": 100},
+                    # The task this one is a part of (a sub-task); the parent runs after it.
+                    "parent": {"type": "string", "pattern": _ID_PATTERN},
                 },
             },
         },
@@ -56,9 +62,16 @@ PLAN_SCHEMA: Mapping[str, Any] = {
 _VALIDATOR = jsonschema.Draft202012Validator(PLAN_SCHEMA)
 
 
-def plan_schema(max_tasks: int) -> dict[str, Any]:
+SUB_TASKS = "sub-tasks"  # the planner capability that asks for plans with sub-tasks
+
+
+def plan_schema(max_tasks: int, *, sub_tasks: bool = False) -> dict[str, Any]:
     """The response schema a planner is sent: PLAN_SCHEMA with at most ``max_tasks`` tasks
-    (constrained decoding stops the list there) and short ids that start with a letter."""
+    (constrained decoding stops the list there) and short ids that start with a letter.
+
+    `parent` is offered only when `sub_tasks` (the planner has the "sub-tasks" capability):
+    offered it, SmolLM2 (the embedded default) filled every task's parent with made-up ids,
+    and no schema can say "the id of another task of this plan"."""
     schema = copy.deepcopy(dict(PLAN_SCHEMA))
     tasks = schema["properties"]["tasks"]
     tasks["maxItems"] = max_tasks
@@ -67,6 +80,10 @@ def plan_schema(max_tasks: int) -> dict[str, Any]:
     # Short ids that start with a letter (the built-in prompt asks for t1, t2, ...):
     # constrained, SmolLM2 otherwise wrote 32-digit ids that repeated each other.
     task["id"]["pattern"] = task["depends_on"]["items"]["pattern"] = _PLANNED_ID
+    if sub_tasks:
+        task["parent"]["pattern"] = _PLANNED_ID
+    else:
+        del task["parent"]
     return schema
 
 
@@ -86,6 +103,7 @@ class PlannedTask:
     agent_type: str
     depends_on: tuple[str, ...]
     priority: int
+    parent: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,10 +132,31 @@ def parse_plan(text: str, *, max_tasks: int) -> PlanDraft:
             agent_type=raw.get("agent_type", "executor"),
             depends_on=tuple(dict.fromkeys(raw.get("depends_on", ()))),
             priority=int(raw.get("priority", 0)),
+            parent=raw.get("parent", ""),
         )
         for raw in raw_tasks
     ]
-    return PlanDraft(rationale=document["rationale"], tasks=_dependency_order(tasks))
+    return PlanDraft(rationale=document["rationale"], tasks=_dependency_order(_with_parts(tasks)))
+
+
+def _with_parts(tasks: list[PlannedTask]) -> list[PlannedTask]:
+    """Each parent also depends on its sub-tasks (a parent named but unknown is rejected)."""
+    ids = {task.task_id for task in tasks}
+    parts: dict[str, list[str]] = {}
+    for task in tasks:
+        if not task.parent:
+            continue
+        if task.parent == task.task_id:
+            raise PlanRejected(f"tasks/{task.task_id}: is its own parent")
+        if task.parent not in ids:
+            raise PlanRejected(f"tasks/{task.task_id}: parent {task.parent!r} is no task")
+        parts.setdefault(task.parent, []).append(task.task_id)
+    return [
+        replace(task, depends_on=tuple(dict.fromkeys((*task.depends_on, *parts[task.task_id]))))
+        if task.task_id in parts
+        else task
+        for task in tasks
+    ]
 
 
 def ready_tasks(
