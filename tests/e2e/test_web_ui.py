@@ -29,6 +29,7 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
+from agentmesh.common.v1 import events_pb2
 from agentmesh_client.cli import create_api_key
 from agentmesh_client.mesh import MEMORY
 
@@ -37,6 +38,7 @@ from .web import SseEvent, read_sse
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
 
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("AGENTMESH_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -84,6 +86,10 @@ class Script:
             return Answer(text="391 is right.")
         if "Explain the result" in user:
             return Answer(text=EXPLANATION, delay_seconds=8)
+        if system.startswith("Careful"):
+            if not any(m["role"] == "tool" for m in chat["messages"]):
+                return Answer(tool_calls=[("calculator", {"expression": "6 * 7"})])
+            return Answer(text="It is 42, as approved.")
         if system.startswith("Slow"):
             return Answer(text=" ".join(["slowly"] * 40), delay_seconds=60)
         return Answer(text="Hello from the scribe.")
@@ -151,7 +157,9 @@ class User:
             assert reply.status == 200, f"{method} {path}: {await reply.text()}"
             return await reply.json()
 
-    async def run(self, goal: str, agent: dict[str, Any], strategy: str) -> tuple[str, Any]:
+    async def run(
+        self, goal: str, agent: dict[str, Any], strategy: str, **fields: Any
+    ) -> tuple[str, Any]:
         """Create a session with `agent` and run it; returns its id and the task reading the
         run's SSE stream to the end (as a client backend would)."""
         agent_id = agent["id"]
@@ -159,7 +167,7 @@ class User:
             "/v1/agents", params={"agent_id": agent_id}, json=agent["definition"]
         ) as reply:
             assert reply.status in (200, 409), await reply.text()
-        session = {"goal": goal, "agents": [f"agents/{agent_id}"], "strategy": strategy}
+        session = {"goal": goal, "agents": [f"agents/{agent_id}"], "strategy": strategy, **fields}
         name = (await self.api("POST", "/v1/sessions", session))["session"]["name"]
 
         async def read() -> list[SseEvent]:
@@ -388,6 +396,50 @@ async def test_cancel_stops_a_running_session(user: User) -> None:
     await page.get_by_test_id("status-filter").select_option("COMPLETED")
     await expect(page.get_by_test_id("sessions-empty")).to_be_visible()
     await expect(page.locator("[data-testid^=session-row-]")).to_have_count(0)
+
+
+async def test_a_tool_call_waiting_for_approval_is_approved_with_a_button(user: User) -> None:
+    await user.sign_in()
+    careful = {
+        "id": "careful",
+        "definition": {
+            "model": {"route": "default"},
+            "prompts": {"system": "Careful. Use the calculator."},
+            "tools": ["calculator"],
+            "toolApproval": "TOOL_APPROVAL_ALL",
+        },
+    }
+    session_id, run = await user.run(
+        "What is 6 * 7?", careful, "STRATEGY_ROUND_ROBIN", limits={"maxRounds": 1}
+    )
+    page = user.page
+    await page.goto(f"{user.url}/#/sessions/{session_id}")
+    card = page.get_by_test_id("approval")
+    await expect(card).to_contain_text("calculator")
+    await expect(card).to_contain_text("6 * 7")
+    await expect(page.get_by_test_id("session-status")).to_have_text("running")
+    await user.shot("09-approval-waiting")
+    await card.get_by_test_id("approval-comment").fill("fine")
+    await card.get_by_test_id("approve-button").click()
+    await expect(page.get_by_test_id("approvals")).to_have_count(0)
+    await expect(page.get_by_test_id("final-answer")).to_contain_text("It is 42, as approved.")
+    events = await asyncio.wait_for(run, 30)
+    resolved = [
+        e.json["approvalResolved"]["approval"] for e in events if e.event == "approval_resolved"
+    ]
+    assert [(a["state"], a["comment"]) for a in resolved] == [("APPROVAL_STATE_APPROVED", "fine")]
+    assert events[-1].event == "session_completed"
+
+
+async def test_the_ui_listens_to_every_kind_of_session_event() -> None:
+    """EventSource delivers a named event only to a listener for that name: the UI's list of
+    kinds must be every payload of SessionEvent, or new kinds would be dropped silently."""
+    source = (ROOT / "services/web/ui/src/stream.ts").read_text()
+    listed = re.search(r"EVENT_KINDS = \[(.*?)\] as const", source, re.S)
+    assert listed is not None
+    kinds = re.findall(r'"([a-z_]+)"', listed.group(1))
+    payload = events_pb2.SessionEvent.DESCRIPTOR.oneofs_by_name["payload"]
+    assert sorted(kinds) == sorted(field.name for field in payload.fields)
 
 
 async def test_memory_entries_are_listed_by_agent_and_type_and_deleted(user: User) -> None:

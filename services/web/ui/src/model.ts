@@ -4,7 +4,7 @@
 // stream from seq 1 and one that watched it live see the same thing.
 
 import { millis, num } from "./format";
-import type { AgentDefinition, RpcStatus, SessionEvent, Task, Usage } from "./types";
+import type { AgentDefinition, Approval, RpcStatus, SessionEvent, Task, Usage } from "./types";
 
 export type MessageState = "streaming" | "done" | "failed" | "cancelled";
 
@@ -106,6 +106,8 @@ export class SessionModel {
   readonly tasks = new Map<string, TaskView>();
   readonly edges = new Map<string, EdgeView>();
   readonly tools = new Set<string>();
+  /** Tool calls asking for approval, by approval id, in the order asked; state as it stands. */
+  readonly approvals = new Map<string, Approval>();
   status = "";
   traceId = "";
   finalAnswer = "";
@@ -173,6 +175,14 @@ export class SessionModel {
       this.task(event, time);
       const kind = event.taskStarted ? "started" : event.taskCompleted ? "completed" : "failed";
       this.note(seq, `task_${kind}`, event);
+    } else if (event.approvalRequested || event.approvalResolved) {
+      const approval = (event.approvalRequested ?? event.approvalResolved)?.approval ?? {};
+      if (approval.approvalId) {
+        const known = this.approvals.get(approval.approvalId) ?? {};
+        this.approvals.set(approval.approvalId, { ...known, ...approval });
+      }
+      const kind = event.approvalRequested ? "approval_requested" : "approval_resolved";
+      this.note(seq, kind, event);
     } else if (event.sessionCompleted || event.sessionFailed || event.sessionCancelled) {
       this.end(event, time);
       const ending = event.sessionCompleted ? "completed" : event.sessionFailed ? "failed" : "";

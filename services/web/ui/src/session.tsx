@@ -5,6 +5,7 @@
 import { useEffect, useMemo, useState } from "preact/hooks";
 
 import { ApiError, get, post, resourcePath } from "./api";
+import { PendingApprovals } from "./approvals";
 import { StatusBadge, tone } from "./common";
 import { cost, shortName, strategyLabel, tokens } from "./format";
 import { SessionModel } from "./model";
@@ -165,6 +166,7 @@ export function SessionPage({ id, config }: { id: string; config: UiConfig }) {
           {cancelError}
         </p>
       )}
+      <PendingApprovals model={model} session={name} />
       {stream.state === "failed" && (
         <p class="error" data-testid="stream-error">
           The event stream failed: {stream.detail}

@@ -11,7 +11,9 @@ import { ApiError, post, resourcePath } from "./api";
 import { num } from "./format";
 import type { SessionEvent } from "./types";
 
-/** The `event:` names of the stream: payload kinds in snake_case. */
+/** The `event:` names of the stream: payload kinds in snake_case (EventSource has no wildcard
+ * listener, so an unlisted kind would be dropped: tests/e2e/test_web_ui.py checks this list
+ * against the SessionEvent proto). */
 export const EVENT_KINDS = [
   "session_started",
   "analysis",
@@ -27,6 +29,9 @@ export const EVENT_KINDS = [
   "tool_result",
   "message_completed",
   "user_message",
+  "handoff",
+  "approval_requested",
+  "approval_resolved",
   "session_completed",
   "session_failed",
   "session_cancelled",

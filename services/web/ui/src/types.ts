@@ -82,6 +82,17 @@ export interface ToolCall {
   arguments?: unknown;
 }
 
+/** A tool call waiting for (or given) a human's approval. */
+export interface Approval {
+  name?: string;
+  approvalId?: string;
+  agent?: string;
+  call?: ToolCall;
+  permission?: string;
+  state?: string;
+  comment?: string;
+}
+
 /** One SessionEvent; exactly one payload field is set. */
 export interface SessionEvent {
   session?: string;
@@ -110,6 +121,8 @@ export interface SessionEvent {
     provider?: string;
   };
   userMessage?: { content?: string };
+  approvalRequested?: { approval?: Approval };
+  approvalResolved?: { approval?: Approval };
   sessionCompleted?: { finalAnswer?: string; usage?: Usage; terminationReason?: string };
   sessionFailed?: { error?: RpcStatus; usage?: Usage };
   sessionCancelled?: { reason?: string; usage?: Usage };
