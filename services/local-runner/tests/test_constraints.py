@@ -59,7 +59,32 @@ ARRAY_OF_OBJECTS = {
         }
     },
 }
-SCHEMAS = {"nested": NESTED, "enum": ENUM, "array_of_objects": ARRAY_OF_OBJECTS}
+# Items fixed by position (what a planner is sent once its own task ids were unusable):
+# each item's id is a constant, and it may refer only to earlier ones.
+POSITIONAL = {
+    "type": "array",
+    "minItems": 1,
+    "prefixItems": [
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["id"],
+            "properties": {
+                "id": {"const": f"t{i}"},
+                "after": {"type": "array", "items": {"enum": [f"t{j}" for j in range(1, i)]}},
+            },
+        }
+        for i in (1, 2, 3)
+    ],
+    "items": False,
+}
+POSITIONAL["prefixItems"][0]["properties"]["after"] = {"type": "array", "maxItems": 0}  # type: ignore[index]
+SCHEMAS = {
+    "nested": NESTED,
+    "enum": ENUM,
+    "array_of_objects": ARRAY_OF_OBJECTS,
+    "positional": POSITIONAL,
+}
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import pytest
 from google.protobuf import struct_pb2
-from google.rpc import code_pb2, status_pb2
+from google.protobuf.json_format import MessageToDict
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from agentmesh.common.v1 import agents_pb2, messages_pb2, sessions_pb2
 from agentmesh.inference.v1 import inference_pb2
@@ -430,3 +431,64 @@ async def test_router_answers_directly_when_the_model_cannot_classify(
     chosen = next(e.analysis for e in harness.events() if e.HasField("analysis"))
     assert chosen.chosen_strategy == sessions_pb2.STRATEGY_ROUND_ROBIN
     assert "answers directly" in chosen.reason
+
+
+async def test_a_planner_that_repeats_ids_is_then_held_to_numbered_ids(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    repeated = {
+        "rationale": "r",
+        "tasks": [{"id": "t1", "description": "Find A"}, {"id": "t1", "description": "Find B"}],
+    }
+    numbered = {
+        "rationale": "r",
+        "tasks": [
+            {"id": "t1", "description": "Find A"},
+            {"id": "t2", "description": "Find B", "depends_on": ["t1"]},
+        ],
+    }
+    answers = [repeated, numbered]
+
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        if "You are a planner" in system_prompt(request):
+            return Reply(text=json.dumps(answers.pop(0)))
+        return Reply(text="done")
+
+    harness = harness_factory(script)
+    final = await harness.engine.run(
+        harness.engine.open_run(TENANT, make_session(sessions_pb2.STRATEGY_PLANNER_EXECUTOR), [])
+    )
+    assert final.status == sessions_pb2.SESSION_STATUS_COMPLETED, final.error
+    first, second = (
+        MessageToDict(r.config.response_schema)["properties"]["tasks"]
+        for r in harness.gateway.requests[:2]
+    )
+    assert "prefixItems" not in first
+    assert [p["properties"]["id"]["const"] for p in second["prefixItems"]][:2] == ["t1", "t2"]
+    assert "duplicate task id; number the tasks" in last_user_content(harness.gateway.requests[1])
+
+
+async def test_a_plan_cut_by_max_tokens_is_asked_again_with_fewer_tasks(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    cut = status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message="cut by max_tokens")
+    cut.details.add().Pack(error_details_pb2.ErrorInfo(reason="STRUCTURED_OUTPUT_INVALID"))
+    calls = 0
+
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        nonlocal calls
+        if "You are a planner" in system_prompt(request):
+            calls += 1
+            return Reply(error=cut) if calls < 3 else Reply(text=json.dumps(PLAN))
+        return Reply(text="done")
+
+    harness = harness_factory(script)
+    final = await harness.engine.run(
+        harness.engine.open_run(TENANT, make_session(sessions_pb2.STRATEGY_PLANNER_EXECUTOR), [])
+    )
+    assert final.status == sessions_pb2.SESSION_STATUS_COMPLETED, final.error
+    caps = [
+        r.config.response_schema["properties"]["tasks"]["maxItems"]
+        for r in harness.gateway.requests[:3]
+    ]
+    assert caps == [6, 3, 2]

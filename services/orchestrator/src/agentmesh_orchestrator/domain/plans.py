@@ -43,7 +43,7 @@ PLAN_SCHEMA: Mapping[str, Any] = {
                 "required": ["id", "description"],
                 "properties": {
                     "id": {"type": "string", "pattern": _ID_PATTERN},
-                    "description": {"type": "string", "minLength": 1, "maxLength": 160},
+                    "description": {"type": "string", "minLength": 1, "maxLength": 120},
                     "agent_type": {"enum": list(AGENT_TYPES)},
                     # No uniqueItems: constrained decoding cannot enforce it, and a
                     # dependency named twice means no more than once (parse_plan drops it).
@@ -87,11 +87,42 @@ def plan_schema(max_tasks: int, *, sub_tasks: bool = False) -> dict[str, Any]:
     return schema
 
 
+def numbered_plan_schema(max_tasks: int, *, sub_tasks: bool = False) -> dict[str, Any]:
+    """`plan_schema` with the ids fixed by position: task i is "t<i>" and depends only on
+    earlier tasks (its parent, if any, is another task). Under constrained decoding the ids
+    cannot repeat, name no task or form a cycle: what a planner is sent after its ids were
+    unusable (a small model repeats ids; no plain schema can forbid that)."""
+    schema = plan_schema(max_tasks, sub_tasks=sub_tasks)
+    tasks = schema["properties"]["tasks"]
+    task = tasks.pop("items")
+    ids = [f"t{i}" for i in range(1, max_tasks + 1)]
+    positions = []
+    for index, task_id in enumerate(ids):
+        positional = copy.deepcopy(task)
+        fields = positional["properties"]
+        fields["id"] = {"const": task_id}
+        earlier = ids[:index]
+        fields["depends_on"] = {"type": "array", "items": {"enum": earlier}, "maxItems": index}
+        if not earlier:
+            fields["depends_on"]["maxItems"] = 0
+            fields["depends_on"]["items"] = {"type": "string"}
+        if sub_tasks:
+            fields["parent"] = {"enum": [other for other in ids if other != task_id]}
+        positions.append(positional)
+    tasks["prefixItems"] = positions
+    tasks["items"] = False
+    return schema
+
+
 _FENCE = re.compile(r"```(?:json)?\s*(\{.*\})\s*```", re.DOTALL)
 
 
 class PlanRejected(ValueError):
     """The planner's answer is not a usable plan; the message says why, for the planner."""
+
+
+class PlanIdsRejected(PlanRejected):
+    """The plan's task ids are unusable: repeated, unknown, self-referring or cyclic."""
 
 
 @dataclass(frozen=True)
@@ -147,9 +178,9 @@ def _with_parts(tasks: list[PlannedTask]) -> list[PlannedTask]:
         if not task.parent:
             continue
         if task.parent == task.task_id:
-            raise PlanRejected(f"tasks/{task.task_id}: is its own parent")
+            raise PlanIdsRejected(f"tasks/{task.task_id}: is its own parent")
         if task.parent not in ids:
-            raise PlanRejected(f"tasks/{task.task_id}: parent {task.parent!r} is no task")
+            raise PlanIdsRejected(f"tasks/{task.task_id}: parent {task.parent!r} is no task")
         parts.setdefault(task.parent, []).append(task.task_id)
     return [
         replace(task, depends_on=tuple(dict.fromkeys((*task.depends_on, *parts[task.task_id]))))
@@ -186,14 +217,14 @@ def _dependency_order(tasks: list[PlannedTask]) -> tuple[PlannedTask, ...]:
     by_id: dict[str, PlannedTask] = {}
     for task in tasks:
         if task.task_id in by_id:
-            raise PlanRejected(f"tasks/{task.task_id}: duplicate task id")
+            raise PlanIdsRejected(f"tasks/{task.task_id}: duplicate task id")
         by_id[task.task_id] = task
     for task in tasks:
         for dep in task.depends_on:
             if dep not in by_id:
-                raise PlanRejected(f"tasks/{task.task_id}: depends on unknown task {dep!r}")
+                raise PlanIdsRejected(f"tasks/{task.task_id}: depends on unknown task {dep!r}")
             if dep == task.task_id:
-                raise PlanRejected(f"tasks/{task.task_id}: depends on itself")
+                raise PlanIdsRejected(f"tasks/{task.task_id}: depends on itself")
     ordered: list[PlannedTask] = []
     state: dict[str, str] = {}
 
@@ -202,7 +233,7 @@ def _dependency_order(tasks: list[PlannedTask]) -> tuple[PlannedTask, ...]:
             return
         if state.get(task.task_id) == "visiting":
             cycle = " -> ".join((*path[path.index(task.task_id) :], task.task_id))
-            raise PlanRejected(f"tasks: dependency cycle {cycle}")
+            raise PlanIdsRejected(f"tasks: dependency cycle {cycle}")
         state[task.task_id] = "visiting"
         for dep in task.depends_on:
             visit(by_id[dep], (*path, task.task_id))

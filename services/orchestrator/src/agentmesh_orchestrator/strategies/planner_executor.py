@@ -24,8 +24,10 @@ from agentmesh_orchestrator.domain.agent_types import AgentKind
 from agentmesh_orchestrator.domain.plans import (
     SUB_TASKS,
     PlanDraft,
+    PlanIdsRejected,
     PlannedTask,
     PlanRejected,
+    numbered_plan_schema,
     parse_plan,
     plan_schema,
     ready_tasks,
@@ -103,13 +105,16 @@ async def _make_plan(
     rt: Runtime, planner: SessionAgent, *, feedback: str, revision: int = 1
 ) -> PlanDraft:
     sub_tasks = SUB_TASKS in planner.definition.capabilities
-    schema = ParseDict(
-        plan_schema(rt.limits.max_plan_tasks, sub_tasks=sub_tasks), struct_pb2.Struct()
-    )
     reason = ""
     started = dt.datetime.now(dt.UTC)
     attempts = rt.settings.plan_attempts
+    # What the next attempt is constrained to: after unusable ids, ids fixed by position;
+    # after an answer cut short, fewer tasks.
+    numbered = False
+    max_tasks = rt.limits.max_plan_tasks
     for attempt in range(1, attempts + 1):
+        shape = numbered_plan_schema if numbered else plan_schema
+        schema = ParseDict(shape(max_tasks, sub_tasks=sub_tasks), struct_pb2.Struct())
         extra = f"\n\n{feedback}" if feedback else ""
         if sub_tasks:
             extra += (
@@ -137,6 +142,7 @@ async def _make_plan(
                 raise
             # An answer that is no plan (e.g. cut by max_tokens) is one more attempt.
             reason = f"{failed.status.message}; write a shorter plan with fewer tasks"
+            max_tasks = max(2, max_tasks // 2)
             continue
         text = (
             json.dumps(MessageToDict(outcome.structured))
@@ -145,6 +151,10 @@ async def _make_plan(
         )
         try:
             plan = parse_plan(text, max_tasks=rt.limits.max_plan_tasks)
+        except PlanIdsRejected as rejected:
+            reason = f"{rejected}; number the tasks t1, t2, ... in order"
+            numbered = True
+            continue
         except PlanRejected as rejected:
             reason = str(rejected)
             continue
