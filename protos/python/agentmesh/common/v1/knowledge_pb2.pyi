@@ -241,8 +241,8 @@ class ChunkingOptions(_message.Message):
     sentence or word boundary near this size.
     """
     overlap_chars: _builtins.int
-    """Characters each passage repeats from the end of the previous one (0 means 200; less
-    than chunk_chars / 2).
+    """Characters each passage repeats from the end of the previous one (0 means 200, or a
+    quarter of chunk_chars when that is less; less than chunk_chars / 2).
     """
     def __init__(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from datetime import timedelta
 from typing import Any
@@ -14,7 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from agentmesh.common.v1 import agents_pb2, memory_entries_pb2, user_settings_pb2
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common import NotFound, Unauthenticated
-from agentmesh_memory.db.tables import agent_memory, api_keys, request_log, user_settings
+from agentmesh_memory.db.tables import (
+    agent_memory,
+    agents,
+    api_keys,
+    request_log,
+    user_settings,
+)
 from agentmesh_memory.names import (
     MemoryName,
     PageToken,
@@ -40,7 +47,17 @@ from .base import (
     upsert,
 )
 
-__all__ = ["ApiKeyStore", "MemoryNotFound", "MemoryStore", "SettingsStore"]
+__all__ = [
+    "RESERVED_MEMORY_AGENTS",
+    "ApiKeyStore",
+    "MemoryNotFound",
+    "MemoryStore",
+    "SettingsStore",
+    "live",
+    "memory_to_proto",
+    "require_agent",
+    "value_size",
+]
 
 MAX_VALUE_BYTES = 256 * 1024
 MAX_TTL = timedelta(days=3650)
@@ -48,11 +65,44 @@ SETTINGS_FIELDS = ("default_route", "default_models", "model_preference", "rag_a
 SECRET_PREFIX = "amk_"
 
 
+#: Built-in pseudo-agents whose memory needs no agent definition: the notes every agent of a
+#: session shares (the orchestrator's session_notes tools) are kept as this agent's memory.
+RESERVED_MEMORY_AGENTS = frozenset({"session-notes"})
+
+
 class MemoryNotFound(NotFound):
     default_reason = "MEMORY_NOT_FOUND"
 
 
-def _memory_to_proto(row: Any) -> memory_entries_pb2.MemoryEntry:
+class MemoryAgentNotFound(NotFound):
+    default_reason = "AGENT_NOT_FOUND"
+
+
+async def require_agent(conn: AsyncConnection, tenant: str, agent_id: str) -> None:
+    """NOT_FOUND unless the tenant has the agent: memory belongs to an existing agent."""
+    if agent_id in RESERVED_MEMORY_AGENTS:
+        return
+    found = (
+        await conn.execute(
+            sa.select(agents.c.id).where(
+                agents.c.tenant_id == tenant, agents.c.agent_id == agent_id
+            )
+        )
+    ).first()
+    if found is None:
+        raise MemoryAgentNotFound(
+            f"agent 'agents/{agent_id}' not found: memory belongs to an agent created with"
+            " CreateAgent",
+            metadata={"agent": f"agents/{agent_id}"},
+        )
+
+
+def value_size(value: object) -> int:
+    """Bytes of a memory value as compact JSON (what memory statistics count)."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def memory_to_proto(row: Any) -> memory_entries_pb2.MemoryEntry:
     entry = memory_entries_pb2.MemoryEntry(
         name=MemoryName(row.agent_id, row.user_id, row.key).render(),
         type=row.type,
@@ -66,7 +116,7 @@ def _memory_to_proto(row: Any) -> memory_entries_pb2.MemoryEntry:
     return entry
 
 
-def _live(now: Any) -> Any:
+def live(now: Any) -> Any:
     return sa.or_(agent_memory.c.expire_time.is_(None), agent_memory.c.expire_time > now)
 
 
@@ -110,6 +160,7 @@ class MemoryStore:
         fixed_expiry = to_datetime(entry.expire_time) if entry.HasField("expire_time") else None
 
         async def put(conn: AsyncConnection) -> memory_pb2.PutMemoryResponse:
+            await require_agent(conn, tenant, name.agent_id)
             now = self._context.now()
             expires = now + ttl if ttl is not None else fixed_expiry
             if expires is not None and expires <= now:
@@ -131,6 +182,7 @@ class MemoryStore:
                 create_time=now,
                 update_time=now,
                 access_count=0,
+                value_bytes=value_size(value),
             )
             statement = statement.on_conflict_do_update(
                 index_elements=["tenant_id", "agent_id", "user_id", "key"],
@@ -139,10 +191,11 @@ class MemoryStore:
                     "value": statement.excluded.value,
                     "expire_time": statement.excluded.expire_time,
                     "update_time": statement.excluded.update_time,
+                    "value_bytes": statement.excluded.value_bytes,
                 },
             ).returning(*agent_memory.c)
             row = (await conn.execute(statement)).one()
-            return memory_pb2.PutMemoryResponse(entry=_memory_to_proto(row))
+            return memory_pb2.PutMemoryResponse(entry=memory_to_proto(row))
 
         return await self._context.idempotent(
             tenant, "PutMemory", request.request_id, request, memory_pb2.PutMemoryResponse, put
@@ -153,18 +206,19 @@ class MemoryStore:
     ) -> memory_pb2.GetMemoryResponse:
         name = parse_memory_name(request.name)
         async with self._db.write("GetMemory") as conn:
+            await require_agent(conn, tenant, name.agent_id)
             now = self._context.now()
             row = (
                 await conn.execute(
                     sa.update(agent_memory)
-                    .where(*self._where(tenant, name), _live(now))
+                    .where(*self._where(tenant, name), live(now))
                     .values(access_time=now, access_count=agent_memory.c.access_count + 1)
                     .returning(*agent_memory.c)
                 )
             ).first()
         if row is None:
             raise self._not_found(name)
-        return memory_pb2.GetMemoryResponse(entry=_memory_to_proto(row))
+        return memory_pb2.GetMemoryResponse(entry=memory_to_proto(row))
 
     async def list(
         self, tenant: str, request: memory_pb2.ListMemoriesRequest
@@ -179,7 +233,7 @@ class MemoryStore:
         token = PageToken.decode(request.page_token, query_key)
         now = self._context.now()
         query = sa.select(agent_memory).where(
-            agent_memory.c.tenant_id == tenant, agent_memory.c.agent_id == agent_id, _live(now)
+            agent_memory.c.tenant_id == tenant, agent_memory.c.agent_id == agent_id, live(now)
         )
         if user_id is not None:
             query = query.where(agent_memory.c.user_id == user_id)
@@ -193,9 +247,10 @@ class MemoryStore:
         )
         query = query.order_by(*order).limit(size + 1)
         async with self._db.read("ListMemories") as conn:
+            await require_agent(conn, tenant, agent_id)
             rows = (await conn.execute(query)).all()
         response = memory_pb2.ListMemoriesResponse(
-            entries=[_memory_to_proto(r) for r in rows[:size]]
+            entries=[memory_to_proto(r) for r in rows[:size]]
         )
         if len(rows) > size:
             last = rows[size - 1]
@@ -224,10 +279,11 @@ class MemoryStore:
         name = parse_memory_name(request.name)
 
         async def delete(conn: AsyncConnection) -> memory_pb2.DeleteMemoryResponse:
+            await require_agent(conn, tenant, name.agent_id)
             now = self._context.now()
             result = await conn.execute(
                 sa.delete(agent_memory)
-                .where(*self._where(tenant, name), _live(now))
+                .where(*self._where(tenant, name), live(now))
                 .returning(agent_memory.c.id)
             )
             if result.first() is None:
