@@ -28,7 +28,7 @@ import logging
 import random
 import string
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -46,13 +46,16 @@ from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common.tokens import MESSAGE_OVERHEAD, count_text
 
 from .agents import SessionAgent, prepare_agent
+from .context import ContextAssembler
 from .domain.agent_types import AgentKind
 from .domain.analysis import shape_of
 from .domain.plans import PlanDraft, PlannedTask, PlanRejected, parse_plan, plan_schema, ready_tasks
 from .domain.templates import TemplateValues
 from .events import EventRecorder
+from .messaging import SEND_TOOL, Messenger
 from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
+from .preferences import SessionScope, builtin_model
 from .tools import Tool, ToolBox
 from .turns import Turn, TurnFailed, TurnOutcome, TurnRunner, UsageMeter
 
@@ -164,6 +167,8 @@ class SessionRun:
     # The newest messages of the shared conversation, kept here as the run adds them (the
     # store is read once per run, and again only after another replica wrote to it).
     conversation: list[memory_pb2.StoredMessage] | None = None
+    # The user's preferences and what the session may search (None: nothing applies).
+    scope: SessionScope | None = None
 
     def interrupt(self) -> bool:
         """Stop the turn in progress (its message never completes); False when idle."""
@@ -195,7 +200,9 @@ class SessionEngine:
         settings: EngineSettings | None = None,
         metrics: OrchestratorMetrics | None = None,
         tracer: trace.Tracer | None = None,
+        context: ContextAssembler | None = None,
     ) -> None:
+        self._context = context
         self._store = store
         self._gateway = gateway
         self._tools = tools
@@ -213,10 +220,15 @@ class SessionEngine:
         last_seq: int = 0,
         tools: Mapping[str, Tool] | None = None,
         lease_owner: str = "",
+        scope: SessionScope | None = None,
     ) -> SessionRun:
         """Prepare a run of `session` (nothing is emitted yet); `tools` is the tenant's
         catalog (the engine's own tools when not given). With `lease_owner`, every write is
-        refused once that owner no longer holds the session's lease."""
+        refused once that owner no longer holds the session's lease. `scope` brings the
+        user's settings (default models, local/online preference, documents to search)."""
+        if scope is not None:
+            agents = [scope.preferences.apply(agent) for agent in agents]
+            scope = replace(scope, messaging=any(SEND_TOOL in a.definition.tools for a in agents))
         recorder = EventRecorder(
             self._store,
             tenant=tenant,
@@ -237,6 +249,9 @@ class SessionEngine:
             user=session.metadata.get("user") or "default",
             metrics=self._metrics,
             tracer=self._tracer,
+            scope=scope,
+            context=self._context,
+            messenger=Messenger(recorder, session.name, [a.name for a in agents]),
         )
         return SessionRun(
             tenant=tenant,
@@ -247,6 +262,7 @@ class SessionEngine:
             turns=turns,
             limits=Limits.of(session, self._settings),
             tools=tools if tools is not None else self._tools,
+            scope=scope,
             # Every message reaches a conversation with an event (a turn's commit, or
             # SendMessage's user_message): a session that never ran and has no events has an
             # empty conversation, and need not read it.
@@ -839,6 +855,7 @@ class SessionEngine:
                     final_answer=ending.answer,
                     usage=run.meter.snapshot(),
                     termination_reason=ending.reason,
+                    citations=run.turns.citations,
                 )
             ),
         )
@@ -999,10 +1016,11 @@ class SessionEngine:
         system: str = "",
         tools: Sequence[str] = (),
     ) -> SessionAgent:
-        """A built-in agent on the route of the session's first agent (or the default)."""
-        model = agents_pb2.ModelSelection(route=self._settings.default_route)
-        if run.agents:
-            model.CopyFrom(run.agents[0].definition.model)
+        """A built-in agent on the user's model for its type, else the route of the session's
+        first agent, else the user's default route, else the orchestrator's
+        (preferences.builtin_model)."""
+        preferences = run.scope.preferences if run.scope is not None else None
+        model = builtin_model(preferences, kind, run.agents, self._settings.default_route)
         if not model.context_window_tokens:
             model.context_window_tokens = self._settings.builtin_context_window_tokens
         definition = agents_pb2.AgentDefinition(

@@ -25,15 +25,19 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 from opentelemetry import trace
 
-from agentmesh.common.v1 import events_pb2, generation_pb2, messages_pb2, tools_pb2
+from agentmesh.common.v1 import events_pb2, generation_pb2, knowledge_pb2, messages_pb2, tools_pb2
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common.protobuf import duration
 
 from .agents import SessionAgent
+from .context import ContextAssembler, PreparedContext, Retrieval
 from .events import EventRecorder
+from .knowledge import SEARCH_TOOL
+from .messaging import Messenger
 from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
+from .preferences import SessionScope
 from .tools import ToolBox, ToolCallContext, ToolError, struct_to_json_text
 
 DEFAULT_MAX_TOOL_ROUNDS = 8
@@ -121,8 +125,18 @@ class TurnRunner:
         max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
         metrics: OrchestratorMetrics | None = None,
         tracer: trace.Tracer | None = None,
+        scope: SessionScope | None = None,
+        context: ContextAssembler | None = None,
+        messenger: Messenger | None = None,
     ) -> None:
-        self._user = user
+        self._user = scope.user if scope is not None else user
+        self._scope = scope
+        self._context = context
+        self._messenger = messenger
+        # Passages the session's turns retrieved, each once, in order (the final answer's
+        # citations).
+        self.citations: list[knowledge_pb2.Citation] = []
+        self._cited: set[tuple[str, int]] = set()
         self._metrics = metrics
         self._tracer = tracer or trace.NoOpTracer()
         self._gateway = gateway
@@ -165,11 +179,20 @@ class TurnRunner:
         system = definition.prompts.system
         if definition.prompts.context_instructions:
             system = f"{system}\n\n{definition.prompts.context_instructions}"
+        prepared = await self._prepare(turn)
+        if prepared.system_notes:
+            system = f"{system}\n\n{prepared.system_notes}"
+        prompt = turn.prompt
+        if prepared.prompt_notes:
+            prompt = f"{prompt}\n\n{prepared.prompt_notes}"
         conversation: list[messages_pb2.Message] = [
             messages_pb2.Message(role=messages_pb2.ROLE_SYSTEM, content=system),
             *turn.history,
-            messages_pb2.Message(role=messages_pb2.ROLE_USER, content=turn.prompt),
+            *prepared.messages,
+            messages_pb2.Message(role=messages_pb2.ROLE_USER, content=prompt),
         ]
+        if prepared.retrieval is not None:
+            await self._announce(turn, prepared.retrieval)
         new_messages: list[messages_pb2.Message] = []
         usage = UsageMeter()
         specs = turn.tools.specs
@@ -177,7 +200,12 @@ class TurnRunner:
             offer_tools = specs if call_index < self._max_tool_rounds else []
             message_id = uuid.uuid4().hex
             result = await self._call_model(
-                turn, conversation, offer_tools, f"{turn.idempotency_key}/{call_index}", message_id
+                turn,
+                conversation,
+                offer_tools,
+                f"{turn.idempotency_key}/{call_index}",
+                message_id,
+                call_index=call_index,
             )
             finished = result.finished
             usage.add(finished.usage)
@@ -243,6 +271,8 @@ class TurnRunner:
         tools: Sequence[tools_pb2.ToolSpec],
         key: str,
         message_id: str,
+        *,
+        call_index: int = 0,
     ) -> _CallResult:
         agent = turn.agent
         model = agent.definition.model
@@ -289,6 +319,8 @@ class TurnRunner:
         )
         if turn.response_schema is not None:
             request.config.response_schema.CopyFrom(turn.response_schema)
+        if self._scope is not None:
+            request.model_preference = self._scope.preferences.model_preference
         started = time.monotonic()
         first_token: float | None = None
         attempt = 0
@@ -351,6 +383,7 @@ class TurnRunner:
             attempt=attempt,
             idempotency_key=key,
             latency=duration(latency),
+            call_index=call_index,
         )
         if first_token is not None:
             execution.time_to_first_token.CopyFrom(duration(first_token - started))
@@ -379,6 +412,47 @@ class TurnRunner:
         self._recorder.stage_execution(execution)
         return _CallResult(finished=finished_event, reused=False)
 
+    async def _prepare(self, turn: Turn) -> PreparedContext:
+        """The turn's extra context: recalled memories, addressed messages, passages."""
+        if self._context is None or self._scope is None:
+            return PreparedContext()
+        if self._scope.messaging and self._recorder.messages_unstored:
+            await self._recorder.flush()  # the inbox read must see messages sent just now
+        return await self._context.prepare(self._scope, turn.agent, turn.prompt)
+
+    async def _announce(self, turn: Turn, retrieval: Retrieval) -> None:
+        """Show the orchestrator's own search as a tool call and its result (with citations)."""
+        arguments = struct_pb2.Struct()
+        arguments.update({"query": retrieval.query})
+        call = messages_pb2.ToolCall(id=retrieval.call_id, name=SEARCH_TOOL, arguments=arguments)
+        await self._recorder.emit(
+            events_pb2.SessionEvent(
+                agent=turn.agent.name,
+                task_id=turn.task_id,
+                tool_call=events_pb2.ToolCallEvent(call=call),
+            )
+        )
+        await self._recorder.emit(
+            events_pb2.SessionEvent(
+                agent=turn.agent.name,
+                task_id=turn.task_id,
+                tool_result=events_pb2.ToolResult(
+                    tool_call_id=retrieval.call_id,
+                    tool_name=SEARCH_TOOL,
+                    result=retrieval.result,
+                    citations=retrieval.citations,
+                ),
+            )
+        )
+        self._cite(retrieval.citations)
+
+    def _cite(self, citations: Sequence[knowledge_pb2.Citation]) -> None:
+        for citation in citations:
+            key = (citation.document, citation.chunk_index)
+            if key not in self._cited:
+                self._cited.add(key)
+                self.citations.append(citation)
+
     async def _run_tool(
         self, turn: Turn, call: messages_pb2.ToolCall, message_id: str
     ) -> messages_pb2.Message:
@@ -398,10 +472,15 @@ class TurnRunner:
             agent=agent.name,
             tool_call_id=call.id,
             user=self._user,
+            scope=self._scope,
+            messenger=self._messenger,
         )
         try:
             result = await turn.tools.call(context, call)
             result_event.result.CopyFrom(result)
+            cited = turn.tools.citations(call.name, result)
+            result_event.citations.extend(cited)
+            self._cite(cited)
             content = struct_to_json_text(result)
             if self._metrics is not None:
                 self._metrics.tool_calls.labels(call.name, "ok").inc()
