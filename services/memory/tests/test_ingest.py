@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from agentmesh.common.v1 import knowledge_pb2
@@ -22,11 +24,12 @@ def test_chunks_overlap_end_at_sentences_and_cover_the_text() -> None:
     for chunk in chunks:
         assert SENTENCES[chunk.start : chunk.end] == chunk.text
         assert len(chunk.text) <= 300
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    for before, after in itertools.pairwise(chunks):
         assert before.start < after.start < before.end, "consecutive passages overlap"
         assert before.text.endswith("."), "a passage ends at a sentence end"
         assert SENTENCES[after.start - 1] == " ", "a passage starts at a word"
-    assert chunks[0].start == 0 and chunks[-1].end == len(SENTENCES)
+    assert chunks[0].start == 0
+    assert chunks[-1].end == len(SENTENCES)
     assert [c.index for c in chunks] == list(range(len(chunks)))
 
 
@@ -38,7 +41,7 @@ def test_paragraphs_win_over_sentences_and_long_words_are_cut() -> None:
     pieces = split_into_chunks(word, chunk_chars=300, overlap_chars=50)
     assert all(len(p.text) <= 300 for p in pieces)
     assert pieces[-1].end == 1000
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="overlap_chars"):
         split_into_chunks(text, chunk_chars=100, overlap_chars=50)
 
 

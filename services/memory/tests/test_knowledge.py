@@ -120,7 +120,8 @@ async def test_each_format_becomes_overlapping_passages_with_positions(library: 
     booklet = await upload(api, pdf, name="birds.bin")  # told by its bytes, not its name
     assert booklet.format == knowledge_pb2.DOCUMENT_FORMAT_PDF
     assert (booklet.title, booklet.page_count) == ("Seabirds", 2)
-    assert booklet.sha256 and booklet.size_bytes == len(pdf)
+    assert booklet.sha256
+    assert booklet.size_bytes == len(pdf)
     puffins = (await search(api, "puffins")).results[0].citation
     assert (puffins.document, puffins.page, puffins.document_title) == (booklet.name, 1, "Seabirds")
     longer = pdf_document(
@@ -134,7 +135,8 @@ async def test_each_format_becomes_overlapping_passages_with_positions(library: 
     } == {1}
 
     listed = await api.ListDocuments(kpb.ListDocumentsRequest(parent=COLLECTION, page_size=2))
-    assert len(listed.documents) == 2 and listed.next_page_token
+    assert len(listed.documents) == 2
+    assert listed.next_page_token
     collection = (await api.GetCollection(kpb.GetCollectionRequest(name=COLLECTION))).collection
     assert collection.document_count == 5
     assert collection.size_bytes == sum(
@@ -160,7 +162,8 @@ async def test_bad_documents_are_refused_by_name_and_nothing_is_stored(
     for data, options, words in cases:
         error = await rpc_error(upload(api, data, **options), grpc.StatusCode.INVALID_ARGUMENT)
         if words:
-            assert str(options["name"]) in error.message and words in error.message, error
+            assert str(options["name"]) in error.message, error
+            assert words in error.message, error
             assert violation_fields(error) == {"data"}
         else:
             assert violation_fields(error) == {"header.chunking.chunk_chars"}
@@ -179,7 +182,8 @@ async def test_bad_documents_are_refused_by_name_and_nothing_is_stored(
                 upload(limited, b"word " * 1000, name="big.txt", piece=512),
                 grpc.StatusCode.INVALID_ARGUMENT,
             )
-            assert "big.txt" in error.message and "2048" in error.message
+            assert "big.txt" in error.message
+            assert "2048" in error.message
             header_only = await upload(limited, b"ok text", name="small.txt")
             assert header_only.chunk_count == 1
     finally:
@@ -277,7 +281,8 @@ async def test_search_ranks_filters_highlights_and_pages(library: Api) -> None:
     ranked = await search(api, "solar sunlight", mode=ANY)
     assert [r.citation.document for r in ranked.results] == [solar.name, wind.name]
     assert ranked.results[0].citation.score > ranked.results[1].citation.score
-    assert "<mark>" in ranked.results[0].snippet and "</mark>" in ranked.results[0].snippet
+    assert "<mark>" in ranked.results[0].snippet
+    assert "</mark>" in ranked.results[0].snippet
     every = await search(api, "solar power")
     assert {r.citation.document for r in every.results} == {solar.name, wind.name}
     assert [r.citation.document for r in (await search(api, "solar -wind")).results] == [solar.name]

@@ -96,7 +96,8 @@ async def test_recall_ranks_by_keys_and_values_then_fills_with_recent(api: Api) 
         )
     )
     names = [e.name.rsplit("/", 1)[-1] for e in recalled.entries]
-    assert names[0] == "favorite_cuisine" and recalled.matched == 1
+    assert names[0] == "favorite_cuisine"
+    assert recalled.matched == 1
     assert set(names) == {"favorite_cuisine", "allergies", "last_order"}, "types filter"
     got = await api.GetMemory(pb.GetMemoryRequest(name=f"{base}/last_order"))
     assert got.entry.access_count == 2, "recall counted as a read, then this get"
@@ -107,7 +108,8 @@ async def test_recall_ranks_by_keys_and_values_then_fills_with_recent(api: Api) 
             parent="agents/chef/users/ann", query="the and of", page_size=2, fill_with_recent=True
         )
     )
-    assert len(nothing.entries) == 2 and nothing.matched == 0
+    assert len(nothing.entries) == 2
+    assert nothing.matched == 0
     error = await rpc_error(
         api.SearchMemories(kpb.SearchMemoriesRequest(parent="agents/chef/users/-", query="x")),
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -135,7 +137,8 @@ async def test_statistics_count_entries_bytes_reads_and_last_access(api: Api) ->
         14,
         3,
     )
-    assert row.HasField("last_access_time") and row.HasField("last_update_time")
+    assert row.HasField("last_access_time")
+    assert row.HasField("last_update_time")
     assert {(t.type, t.entries, t.bytes, t.reads) for t in row.by_type} == {
         (LONG, 1, 5, 3),
         (SHORT, 1, 9, 0),

@@ -39,11 +39,21 @@ class MemoryClient:
         self.stub = memory_pb2_grpc.MemoryServiceStub(channel)
         self._timeout = timeout
 
-    async def call(self, tenant: str, method: Callable[..., Awaitable[T]], request: object) -> T:
-        """Invoke a unary method for `tenant`; map failures to domain errors."""
+    async def call(
+        self,
+        tenant: str,
+        method: Callable[..., Awaitable[T]],
+        request: object,
+        *,
+        deadline_seconds: float | None = None,
+    ) -> T:
+        """Invoke a unary (or client-streaming) method for `tenant`; map failures to domain
+        errors. `deadline_seconds` overrides the client's deadline."""
         try:
             return await method(
-                request, metadata=((TENANT_METADATA_KEY, tenant),), timeout=self._timeout
+                request,
+                metadata=((TENANT_METADATA_KEY, tenant),),
+                timeout=deadline_seconds or self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
