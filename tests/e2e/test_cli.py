@@ -33,6 +33,7 @@ from .conftest import (
     start_up,
     system_of,
 )
+from .test_knowledge import research_cites_a_passage
 
 pytestmark = pytest.mark.slow
 TERMINAL = {"sessionCompleted", "sessionFailed", "sessionCancelled"}
@@ -402,6 +403,8 @@ def test_up_from_a_fresh_data_dir_stops_cleanly_and_a_restart_keeps_the_sessions
         assert kinds_seen.count("taskCompleted") == len(tasks)
         final = planned_events[-1]["sessionCompleted"]["finalAnswer"]
         assert len(final.split()) >= 5, final
+        # A research agent cites a passage of an uploaded document (test_knowledge.py).
+        research_cites_a_passage(first, tmp_path)
         session = sessions[0]
     finally:
         code, out = first.stop(signal.SIGINT)
