@@ -422,3 +422,33 @@ async def test_uploads_are_idempotent_and_ids_unique(library: Api) -> None:
 
     error = await rpc_error(api.UploadDocument(no_header()), grpc.StatusCode.INVALID_ARGUMENT)
     assert violation_fields(error) == {"header"}
+
+
+async def test_a_question_ranks_passages_with_more_of_its_words_first_across_pages(
+    library: Api,
+) -> None:
+    """Any-word search of 3+ words ranks passages holding two or more of them before those
+    holding one, and pages through both without repeating or losing a passage."""
+    api = library
+    texts = {
+        "both": "Albatross and petrel nest here.",
+        "three": "Albatross, petrel and gannet share the cliff.",
+        "one-a": "An albatross glides.",
+        "one-b": "A petrel dives.",
+        "one-c": "The gannet plunges.",
+        "none": "Nothing about seabirds.",
+    }
+    names = {}
+    for key, text in texts.items():
+        names[key] = (await upload(api, text.encode(), document_id=key)).name
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await search(api, "albatross petrel gannet", mode=ANY, page_size=2, page_token=token)
+        seen += [r.citation.document for r in page.results]
+        token = page.next_page_token
+        if not token:
+            break
+    assert set(seen[:2]) == {names["three"], names["both"]}
+    assert set(seen[2:]) == {names["one-a"], names["one-b"], names["one-c"]}
+    assert len(seen) == 5

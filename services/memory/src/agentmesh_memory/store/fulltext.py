@@ -21,12 +21,12 @@ same transaction that writes the passages.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from itertools import combinations
+from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentmesh.common.v1 import knowledge_pb2
 from agentmesh_memory.db.tables import agent_memory, chunks
@@ -38,11 +38,14 @@ __all__ = [
     "SearchQuery",
     "SqliteFullText",
     "Term",
+    "Variant",
     "full_text_index",
     "parse_query",
 ]
 
 MAX_TERMS = 32
+#: An any-term query (a question in plain language) keeps its first words up to this many.
+MAX_ANY_TERMS = 12
 _WORD = re.compile(r"[^\W_]+")
 _TOKEN = re.compile(r'-?"[^"]*"?|\S+')
 # Words too common to help a plain-language question find a passage (SEARCH_MODE_ANY_TERM).
@@ -69,39 +72,77 @@ class Term:
         return len(self.words) > 1
 
 
+#: Which passages a rendering of an any-term query matches (see SearchQuery).
+Variant = Literal["all", "strict", "rest"]
+
+
 @dataclass(frozen=True)
 class SearchQuery:
-    """A parsed query: groups of alternatives (OR), combined by the mode, and excluded terms."""
+    """A parsed query: groups of alternatives (OR), combined by the mode, and excluded terms.
+
+    An any-term query of three or more terms renders in three variants: ``all`` (any term),
+    ``strict`` (at least two of them: Elasticsearch's minimum_should_match) and ``rest``
+    (exactly one). Searching ``strict`` first and ``rest`` only when that does not fill a
+    page ranks far fewer passages for a question whose words are common, with the same
+    order at the top: a passage with two of the words outranks one with one of them.
+    """
 
     groups: tuple[tuple[Term, ...], ...]
     excluded: tuple[Term, ...]
     any_term: bool
 
-    def fts5(self) -> str:
-        def term(t: Term) -> str:
-            return '"' + " ".join(t.words) + '"'
+    @property
+    def terms(self) -> tuple[Term, ...]:
+        return tuple(t for group in self.groups for t in group)
 
-        if self.any_term:
-            positive = "(" + " OR ".join(term(t) for g in self.groups for t in g) + ")"
-        else:
-            positive = " AND ".join(
-                "(" + " OR ".join(term(t) for t in group) + ")" for group in self.groups
+    @property
+    def splits(self) -> bool:
+        """Whether the strict/rest variants apply (an any-term query of 3+ terms)."""
+        return self.any_term and len(self.terms) >= 3
+
+    def _render(
+        self,
+        variant: Variant,
+        term: Callable[[Term], str],
+        either: str,
+        both: str,
+        negate: Callable[[str], str],
+    ) -> str:
+        terms = self.terms
+        if not self.any_term:
+            positive = both.join(
+                "(" + either.join(term(t) for t in group) + ")" for group in self.groups
             )
-        return positive + "".join(f" NOT {term(t)}" for t in self.excluded)
-
-    def tsquery(self) -> str:
-        def term(t: Term) -> str:
-            return "(" + " <-> ".join(f"'{w}'" for w in t.words) + ")"
-
-        joiner = " | " if self.any_term else " & "
-        if self.any_term:
-            positive = " | ".join(term(t) for g in self.groups for t in g)
         else:
-            positive = joiner.join(
-                "(" + " | ".join(term(t) for t in group) + ")" for group in self.groups
-            )
-        negative = "".join(f" & !{term(t)}" for t in self.excluded)
-        return f"({positive}){negative}"
+            positive = "(" + either.join(term(t) for t in terms) + ")"
+            if self.splits and variant != "all":
+                pairs = (
+                    "("
+                    + either.join(f"({term(a)}{both}{term(b)})" for a, b in combinations(terms, 2))
+                    + ")"
+                )
+                positive = pairs if variant == "strict" else f"{positive}{negate(pairs)}"
+        return positive + "".join(negate(term(t)) for t in self.excluded)
+
+    def fts5(self, variant: Variant = "all") -> str:
+        """FTS5 MATCH syntax."""
+        return self._render(
+            variant,
+            lambda t: '"' + " ".join(t.words) + '"',
+            " OR ",
+            " AND ",
+            lambda expression: f" NOT {expression}",
+        )
+
+    def tsquery(self, variant: Variant = "all") -> str:
+        """PostgreSQL to_tsquery syntax."""
+        return self._render(
+            variant,
+            lambda t: "(" + " <-> ".join(f"'{w}'" for w in t.words) + ")",
+            " | ",
+            " & ",
+            lambda expression: f" & !{expression}",
+        )
 
 
 def _terms_of(token: str) -> Term | None:
@@ -137,6 +178,9 @@ def parse_query(text: str, mode: int, field: str = "query", max_chars: int = 100
         groups = [group for group in meaningful if group]
     if not groups:
         raise invalid(field, "must contain at least one word to look for")
+    if any_term:  # one group of distinct terms, the first MAX_ANY_TERMS of them
+        distinct = list(dict.fromkeys(t for group in groups for t in group))
+        groups = [distinct[:MAX_ANY_TERMS]]
     if sum(len(g) for g in groups) + len(excluded) > MAX_TERMS:
         raise invalid(field, f"has more than {MAX_TERMS} words")
     return SearchQuery(tuple(tuple(g) for g in groups), tuple(excluded), any_term)
@@ -145,19 +189,18 @@ def parse_query(text: str, mode: int, field: str = "query", max_chars: int = 100
 class FullTextIndex(Protocol):
     """How the stores rank passages and memory entries by a query."""
 
-    def passage_hits(self, query: SearchQuery, where: Sequence[Any]) -> sa.Select[Any]:
+    def passage_hits(
+        self, query: SearchQuery, where: Sequence[Any], variant: Variant = "all"
+    ) -> sa.Select[Any]:
         """A select of (``id``, ``score``) of matching passages under `where` (conditions on
-        ``chunks``), best first; the caller adds joins' conditions, limit and offset."""
+        ``chunks``), best first; the caller adds limit and offset."""
         ...
 
-    async def snippets(
-        self,
-        conn: AsyncConnection,
-        query: SearchQuery,
-        ids: Sequence[int],
-        marks: tuple[str, str],
-    ) -> dict[int, str]:
-        """Excerpts of the given passages with the matches between `marks`."""
+    def with_snippets(
+        self, select: sa.Select[Any], query: SearchQuery, marks: tuple[str, str]
+    ) -> sa.Select[Any]:
+        """`select` (of passages, from ``chunks``) with a ``snippet`` column: an excerpt with the
+        matches between `marks`."""
         ...
 
     def memory_hits(self, query: SearchQuery, where: Sequence[Any]) -> sa.Select[Any]:
@@ -172,33 +215,29 @@ class SqliteFullText:
     _chunks_fts = sa.table("chunks_fts", sa.column("rowid"))
     _memory_fts = sa.table("agent_memory_fts", sa.column("rowid"))
 
-    def passage_hits(self, query: SearchQuery, where: Sequence[Any]) -> sa.Select[Any]:
+    def passage_hits(
+        self, query: SearchQuery, where: Sequence[Any], variant: Variant = "all"
+    ) -> sa.Select[Any]:
         fts: sa.ColumnClause[Any] = sa.literal_column("chunks_fts")
         rank = sa.func.bm25(fts)
         return (
             sa.select(chunks.c.id, (-rank).label("score"))
             .select_from(self._chunks_fts.join(chunks, chunks.c.id == self._chunks_fts.c.rowid))
-            .where(fts.op("MATCH")(query.fts5()), *where)
+            .where(fts.op("MATCH")(query.fts5(variant)), *where)
             .order_by(rank, chunks.c.id)
         )
 
-    async def snippets(
-        self,
-        conn: AsyncConnection,
-        query: SearchQuery,
-        ids: Sequence[int],
-        marks: tuple[str, str],
-    ) -> dict[int, str]:
-        if not ids:
-            return {}
+    def with_snippets(
+        self, select: sa.Select[Any], query: SearchQuery, marks: tuple[str, str]
+    ) -> sa.Select[Any]:
+        # snippet() needs the FTS5 table in the query, matched by the query.
         fts: sa.ColumnClause[Any] = sa.literal_column("chunks_fts")
-        excerpt = sa.func.snippet(fts, 0, marks[0], marks[1], "…", 32)
-        rows = await conn.execute(
-            sa.select(self._chunks_fts.c.rowid, excerpt)
-            .select_from(self._chunks_fts)
-            .where(fts.op("MATCH")(query.fts5()), self._chunks_fts.c.rowid.in_(list(ids)))
+        excerpt = sa.func.snippet(fts, 0, marks[0], marks[1], "…", 32).label("snippet")
+        return (
+            select.add_columns(excerpt)
+            .join(self._chunks_fts, self._chunks_fts.c.rowid == chunks.c.id)
+            .where(fts.op("MATCH")(query.fts5()))
         )
-        return {int(row[0]): str(row[1]) for row in rows}
 
     def memory_hits(self, query: SearchQuery, where: Sequence[Any]) -> sa.Select[Any]:
         fts: sa.ColumnClause[Any] = sa.literal_column("agent_memory_fts")
@@ -224,27 +263,26 @@ class PostgresFullText:
         "agent_memory.value::text)"
     )
 
-    def _tsquery(self, query: SearchQuery) -> Any:
-        return sa.func.to_tsquery(sa.literal_column(f"'{self.CONFIG}'::regconfig"), query.tsquery())
+    def _tsquery(self, query: SearchQuery, variant: Variant = "all") -> Any:
+        return sa.func.to_tsquery(
+            sa.literal_column(f"'{self.CONFIG}'::regconfig"), query.tsquery(variant)
+        )
 
-    def passage_hits(self, query: SearchQuery, where: Sequence[Any]) -> sa.Select[Any]:
-        tsquery = self._tsquery(query)
-        rank = sa.func.ts_rank_cd(self._vector, tsquery)
+    def passage_hits(
+        self, query: SearchQuery, where: Sequence[Any], variant: Variant = "all"
+    ) -> sa.Select[Any]:
+        # Matched by the variant, ranked by every term: the pairs of a strict query make the
+        # rank many times dearer per passage, and rank no differently at the top.
+        rank = sa.func.ts_rank_cd(self._vector, self._tsquery(query))
         return (
             sa.select(chunks.c.id, rank.label("score"))
-            .where(self._vector.op("@@")(tsquery), *where)
+            .where(self._vector.op("@@")(self._tsquery(query, variant)), *where)
             .order_by(rank.desc(), chunks.c.id)
         )
 
-    async def snippets(
-        self,
-        conn: AsyncConnection,
-        query: SearchQuery,
-        ids: Sequence[int],
-        marks: tuple[str, str],
-    ) -> dict[int, str]:
-        if not ids:
-            return {}
+    def with_snippets(
+        self, select: sa.Select[Any], query: SearchQuery, marks: tuple[str, str]
+    ) -> sa.Select[Any]:
         options = (
             f'StartSel="{marks[0]}", StopSel="{marks[1]}", MaxWords=35, MinWords=15, '
             'MaxFragments=2, FragmentDelimiter=" … "'
@@ -255,8 +293,7 @@ class PostgresFullText:
             self._tsquery(query),
             options,
         )
-        rows = await conn.execute(sa.select(chunks.c.id, headline).where(chunks.c.id.in_(ids)))
-        return {int(row[0]): str(row[1]) for row in rows}
+        return select.add_columns(headline.label("snippet"))
 
     def memory_hits(self, query: SearchQuery, where: Sequence[Any]) -> sa.Select[Any]:
         tsquery = self._tsquery(query)

@@ -25,7 +25,7 @@ from agentmesh_memory.names import (
 )
 
 from .base import StoreContext
-from .fulltext import full_text_index, parse_query
+from .fulltext import SearchQuery, full_text_index, parse_query
 from .knowledge import collection_pk
 
 __all__ = ["SearchStore"]
@@ -125,19 +125,14 @@ class SearchStore:
                         self._documents(tenant, request, named_documents, bare_documents)
                     )
                 )
-            hits = (
-                await conn.execute(
-                    self._index.passage_hits(query, where).limit(size + 1).offset(offset)
-                )
-            ).all()
+            hits = await self._hits(conn, query, where, offset, size + 1)
             page = hits[:size]
             ids = [int(hit.id) for hit in page]
-            details = await self._details(conn, ids)
-            excerpts = await self._index.snippets(conn, query, ids, marks)
+            details = await self._details(conn, query, ids, marks)
         response = kpb.SearchDocumentsResponse()
         for hit in page:
             row = details[int(hit.id)]
-            result = response.results.add(snippet=excerpts.get(int(hit.id), ""))
+            result = response.results.add(snippet=row.snippet or "")
             citation = result.citation
             citation.document = f"collections/{row.collection_id}/documents/{row.document_id}"
             citation.document_title = row.title or row.display_name
@@ -150,6 +145,24 @@ class SearchStore:
         if len(hits) > size and offset + size < MAX_RESULTS:
             response.next_page_token = PageToken(offset + size).encode(query_key)
         return response
+
+    async def _hits(
+        self, conn: Any, query: SearchQuery, where: list[Any], offset: int, limit: int
+    ) -> list[Any]:
+        """Ranked hits `offset`..`offset + limit`. An any-term query of 3+ terms ranks the
+        passages with two or more of its terms first, and the others (one term) only when
+        those do not fill the page (see SearchQuery)."""
+        if not query.splits:
+            statement = self._index.passage_hits(query, where).limit(limit).offset(offset)
+            return list((await conn.execute(statement)).all())
+        strict = self._index.passage_hits(query, where, "strict")
+        hits = list((await conn.execute(strict.limit(offset + limit))).all())
+        if len(hits) == offset + limit:
+            return hits[offset:]
+        rest = self._index.passage_hits(query, where, "rest")
+        skipped = max(offset - len(hits), 0)
+        more = (await conn.execute(rest.limit(limit - len(hits[offset:])).offset(skipped))).all()
+        return hits[offset:] + list(more)
 
     @staticmethod
     def _documents(
@@ -176,11 +189,13 @@ class SearchStore:
             query = query.where(documents.c.metadata[key].as_string() == value)
         return query
 
-    @staticmethod
-    async def _details(conn: Any, ids: list[int]) -> dict[int, Any]:
+    async def _details(
+        self, conn: Any, query: SearchQuery, ids: list[int], marks: tuple[str, str]
+    ) -> dict[int, Any]:
+        """The passages with their document, collection and excerpt: one statement."""
         if not ids:
             return {}
-        rows = await conn.execute(
+        select = (
             sa.select(
                 chunks.c.id,
                 chunks.c.chunk_index,
@@ -200,4 +215,5 @@ class SearchStore:
             )
             .where(chunks.c.id.in_(ids))
         )
+        rows = await conn.execute(self._index.with_snippets(select, query, marks))
         return {int(row.id): row for row in rows}
