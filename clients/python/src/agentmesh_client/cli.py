@@ -761,13 +761,27 @@ def settings_show(user: str = "default", target: Target = "", api_key: ApiKey = 
 def settings_set(
     default_route: Annotated[str, typer.Option(help="route for agents that name none")] = "",
     preference: Annotated[str, typer.Option(help="local or online")] = "",
+    archive: Annotated[
+        list[str] | None,
+        typer.Option(help="a collection research agents search by default (repeatable)"),
+    ] = None,
+    default_model: Annotated[
+        list[str] | None,
+        typer.Option(help="AGENT_TYPE=ROUTE or AGENT_TYPE=PROVIDER/MODEL (repeatable)"),
+    ] = None,
     user: str = "default",
     target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
-    """Change a user's settings."""
+    """Change a user's settings (only the options given)."""
     settings = user_settings_pb2.UserSettings(name=f"users/{user}/settings")
     fields: list[str] = []
+    if archive:
+        settings.rag_archives.extend(a.removeprefix("collections/") for a in archive)
+        fields.append("rag_archives")
+    if default_model:
+        settings.default_models.update(parse_pairs(default_model, "--default-model"))
+        fields.append("default_models")
     if default_route:
         settings.default_route = default_route
         fields.append("default_route")
