@@ -27,6 +27,7 @@ from google.protobuf.json_format import MessageToDict
 
 from agentmesh.common.v1 import (
     agents_pb2,
+    events_pb2,
     knowledge_pb2,
     memory_entries_pb2,
     messages_pb2,
@@ -45,6 +46,7 @@ __all__ = [
     "MemoryRecall",
     "PreparedContext",
     "Retrieval",
+    "retrieval_events",
     "topic_of",
 ]
 
@@ -107,6 +109,30 @@ class PreparedContext:
     @property
     def empty(self) -> bool:
         return not (self.system_notes or self.messages or self.prompt_notes)
+
+
+def retrieval_events(
+    agent: str, task_id: str, retrieval: Retrieval
+) -> tuple[events_pb2.SessionEvent, events_pb2.SessionEvent]:
+    """The orchestrator's own search as a `tool_call` and a `tool_result` with citations."""
+    arguments = struct_pb2.Struct()
+    arguments.update({"query": retrieval.query})
+    call = messages_pb2.ToolCall(id=retrieval.call_id, name=SEARCH_TOOL, arguments=arguments)
+    return (
+        events_pb2.SessionEvent(
+            agent=agent, task_id=task_id, tool_call=events_pb2.ToolCallEvent(call=call)
+        ),
+        events_pb2.SessionEvent(
+            agent=agent,
+            task_id=task_id,
+            tool_result=events_pb2.ToolResult(
+                tool_call_id=retrieval.call_id,
+                tool_name=SEARCH_TOOL,
+                result=retrieval.result,
+                citations=retrieval.citations,
+            ),
+        ),
+    )
 
 
 def topic_of(prompt: str, limit: int = 600) -> str:

@@ -855,7 +855,7 @@ class SessionEngine:
                     final_answer=ending.answer,
                     usage=run.meter.snapshot(),
                     termination_reason=ending.reason,
-                    citations=run.turns.citations,
+                    citations=run.turns.cited.citations,
                 )
             ),
         )

@@ -28,6 +28,7 @@ from .tools import READ_ONLY, Tool, ToolCallContext, ToolError, tool_error_of
 
 __all__ = [
     "SEARCH_TOOL",
+    "CitationLog",
     "DocumentSearch",
     "citations_of",
     "knowledge_tools",
@@ -55,6 +56,21 @@ class DocumentSearch(Protocol):
     ) -> list[knowledge_pb2.Citation]:
         """The best passages for `query` (any word may match), within the scope."""
         ...
+
+
+class CitationLog:
+    """Passages a session's turns retrieved, each once, in the order first retrieved."""
+
+    def __init__(self) -> None:
+        self.citations: list[knowledge_pb2.Citation] = []
+        self._seen: set[tuple[str, int]] = set()
+
+    def add(self, citations: Sequence[knowledge_pb2.Citation]) -> None:
+        for citation in citations:
+            key = (citation.document, citation.chunk_index)
+            if key not in self._seen:
+                self._seen.add(key)
+                self.citations.append(citation)
 
 
 def search_scope(scope: DocumentScope | None) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -25,15 +25,15 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 from opentelemetry import trace
 
-from agentmesh.common.v1 import events_pb2, generation_pb2, knowledge_pb2, messages_pb2, tools_pb2
+from agentmesh.common.v1 import events_pb2, generation_pb2, messages_pb2, tools_pb2
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common.protobuf import duration
 
 from .agents import SessionAgent
-from .context import ContextAssembler, PreparedContext, Retrieval
+from .context import ContextAssembler, PreparedContext, retrieval_events
 from .events import EventRecorder
-from .knowledge import SEARCH_TOOL
+from .knowledge import CitationLog
 from .messaging import Messenger
 from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
@@ -135,8 +135,7 @@ class TurnRunner:
         self._messenger = messenger
         # Passages the session's turns retrieved, each once, in order (the final answer's
         # citations).
-        self.citations: list[knowledge_pb2.Citation] = []
-        self._cited: set[tuple[str, int]] = set()
+        self.cited = CitationLog()
         self._metrics = metrics
         self._tracer = tracer or trace.NoOpTracer()
         self._gateway = gateway
@@ -191,8 +190,10 @@ class TurnRunner:
             *prepared.messages,
             messages_pb2.Message(role=messages_pb2.ROLE_USER, content=prompt),
         ]
-        if prepared.retrieval is not None:
-            await self._announce(turn, prepared.retrieval)
+        if prepared.retrieval is not None:  # shown as a tool call and its result
+            for event in retrieval_events(turn.agent.name, turn.task_id, prepared.retrieval):
+                await self._recorder.emit(event)
+            self.cited.add(prepared.retrieval.citations)
         new_messages: list[messages_pb2.Message] = []
         usage = UsageMeter()
         specs = turn.tools.specs
@@ -420,39 +421,6 @@ class TurnRunner:
             await self._recorder.flush()  # the inbox read must see messages sent just now
         return await self._context.prepare(self._scope, turn.agent, turn.prompt)
 
-    async def _announce(self, turn: Turn, retrieval: Retrieval) -> None:
-        """Show the orchestrator's own search as a tool call and its result (with citations)."""
-        arguments = struct_pb2.Struct()
-        arguments.update({"query": retrieval.query})
-        call = messages_pb2.ToolCall(id=retrieval.call_id, name=SEARCH_TOOL, arguments=arguments)
-        await self._recorder.emit(
-            events_pb2.SessionEvent(
-                agent=turn.agent.name,
-                task_id=turn.task_id,
-                tool_call=events_pb2.ToolCallEvent(call=call),
-            )
-        )
-        await self._recorder.emit(
-            events_pb2.SessionEvent(
-                agent=turn.agent.name,
-                task_id=turn.task_id,
-                tool_result=events_pb2.ToolResult(
-                    tool_call_id=retrieval.call_id,
-                    tool_name=SEARCH_TOOL,
-                    result=retrieval.result,
-                    citations=retrieval.citations,
-                ),
-            )
-        )
-        self._cite(retrieval.citations)
-
-    def _cite(self, citations: Sequence[knowledge_pb2.Citation]) -> None:
-        for citation in citations:
-            key = (citation.document, citation.chunk_index)
-            if key not in self._cited:
-                self._cited.add(key)
-                self.citations.append(citation)
-
     async def _run_tool(
         self, turn: Turn, call: messages_pb2.ToolCall, message_id: str
     ) -> messages_pb2.Message:
@@ -480,7 +448,7 @@ class TurnRunner:
             result_event.result.CopyFrom(result)
             cited = turn.tools.citations(call.name, result)
             result_event.citations.extend(cited)
-            self._cite(cited)
+            self.cited.add(cited)
             content = struct_to_json_text(result)
             if self._metrics is not None:
                 self._metrics.tool_calls.labels(call.name, "ok").inc()

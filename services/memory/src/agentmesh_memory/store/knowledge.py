@@ -23,12 +23,7 @@ from agentmesh.common.v1 import knowledge_pb2
 from agentmesh.memory.v1 import knowledge_pb2 as kpb
 from agentmesh_common import AlreadyExists, NotFound
 from agentmesh_memory.db.tables import chunks, collections, documents
-from agentmesh_memory.ingest import (
-    DocumentRejected,
-    detect_format,
-    extract_text,
-    split_into_chunks,
-)
+from agentmesh_memory.ingest import DocumentRejected, detect_format
 from agentmesh_memory.ingest.chunking import DEFAULT_CHUNK_CHARS, DEFAULT_OVERLAP_CHARS
 from agentmesh_memory.names import (
     ID_PATTERN,
@@ -43,6 +38,7 @@ from agentmesh_memory.names import (
 )
 
 from .base import StoreContext, check_text, insert_ignore, set_time
+from .uploads import read_passages, read_upload
 
 __all__ = [
     "CollectionNotFound",
@@ -87,36 +83,6 @@ async def collection_pk(conn: AsyncConnection, tenant: str, collection_id: str) 
     if found is None:
         raise _collection_not_found(collection_id)
     return int(found)
-
-
-async def read_upload(
-    parts: AsyncIterator[kpb.UploadDocumentRequest], max_bytes: int
-) -> tuple[kpb.DocumentUpload, bytes]:
-    """The header and the bytes of an upload stream; INVALID_ARGUMENT as soon as it is
-    malformed or passes `max_bytes` (the rest is not read)."""
-    header: kpb.DocumentUpload | None = None
-    received = bytearray()
-    async for part in parts:
-        kind = part.WhichOneof("part")
-        if kind == "header":
-            if header is not None:
-                raise invalid("header", "only the first message of an upload may be a header")
-            header = part.header
-        elif kind == "data":
-            if header is None:
-                raise invalid("header", "the first message of an upload must be the header")
-            received += part.data
-            if len(received) > max_bytes:
-                name = header.document.display_name or header.document_id or "the document"
-                raise invalid(
-                    "data",
-                    f"document {name!r} is larger than the limit of {max_bytes} bytes",
-                )
-        else:
-            raise invalid("part", "each message must hold a header or data")
-    if header is None:
-        raise invalid("header", "the upload is empty; send a header, then the document's bytes")
-    return header, bytes(received)
 
 
 def _collection_to_proto(row: Any) -> knowledge_pb2.Collection:
@@ -334,7 +300,7 @@ class KnowledgeStore:
         document_format = detect_format(draft.format, draft.display_name, data)
         try:
             extracted, passages = await asyncio.to_thread(
-                _read, data, document_format, draft.display_name, chunk_chars, overlap
+                read_passages, data, document_format, draft.display_name, chunk_chars, overlap
             )
         except DocumentRejected as rejected:
             raise invalid("data", f"document {label!r} {rejected}") from None
@@ -493,16 +459,3 @@ class _Counted:
         if name in self._counts:
             return self._counts[name]
         return getattr(self._row, name)
-
-
-def _read(
-    data: bytes, document_format: int, display_name: str, chunk_chars: int, overlap: int
-) -> tuple[Any, list[Any]]:
-    extracted = extract_text(data, document_format, display_name)
-    passages = split_into_chunks(
-        extracted.text,
-        chunk_chars=chunk_chars,
-        overlap_chars=overlap,
-        page_starts=extracted.page_starts,
-    )
-    return extracted, passages

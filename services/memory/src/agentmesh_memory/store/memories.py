@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 from datetime import timedelta
 from typing import Any
@@ -17,7 +16,6 @@ from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common import NotFound, Unauthenticated
 from agentmesh_memory.db.tables import (
     agent_memory,
-    agents,
     api_keys,
     request_log,
     user_settings,
@@ -46,6 +44,7 @@ from .base import (
     to_datetime,
     upsert,
 )
+from .owners import RESERVED_MEMORY_AGENTS, require_agent, value_size
 
 __all__ = [
     "RESERVED_MEMORY_AGENTS",
@@ -65,41 +64,8 @@ SETTINGS_FIELDS = ("default_route", "default_models", "model_preference", "rag_a
 SECRET_PREFIX = "amk_"
 
 
-#: Built-in pseudo-agents whose memory needs no agent definition: the notes every agent of a
-#: session shares (the orchestrator's session_notes tools) are kept as this agent's memory.
-RESERVED_MEMORY_AGENTS = frozenset({"session-notes"})
-
-
 class MemoryNotFound(NotFound):
     default_reason = "MEMORY_NOT_FOUND"
-
-
-class MemoryAgentNotFound(NotFound):
-    default_reason = "AGENT_NOT_FOUND"
-
-
-async def require_agent(conn: AsyncConnection, tenant: str, agent_id: str) -> None:
-    """NOT_FOUND unless the tenant has the agent: memory belongs to an existing agent."""
-    if agent_id in RESERVED_MEMORY_AGENTS:
-        return
-    found = (
-        await conn.execute(
-            sa.select(agents.c.id).where(
-                agents.c.tenant_id == tenant, agents.c.agent_id == agent_id
-            )
-        )
-    ).first()
-    if found is None:
-        raise MemoryAgentNotFound(
-            f"agent 'agents/{agent_id}' not found: memory belongs to an agent created with"
-            " CreateAgent",
-            metadata={"agent": f"agents/{agent_id}"},
-        )
-
-
-def value_size(value: object) -> int:
-    """Bytes of a memory value as compact JSON (what memory statistics count)."""
-    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def memory_to_proto(row: Any) -> memory_entries_pb2.MemoryEntry:

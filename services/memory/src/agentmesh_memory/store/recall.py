@@ -34,7 +34,8 @@ from agentmesh_memory.names import (
 
 from .base import StoreContext, set_time
 from .fulltext import SearchQuery, full_text_index, parse_query
-from .memories import live, memory_to_proto, require_agent
+from .memories import live, memory_to_proto
+from .owners import require_agent
 
 __all__ = ["MemoryInsights"]
 
