@@ -256,7 +256,8 @@ def memory_stats(
         table = Table()
         for column in ("agent", "user", "entries", "bytes", "reads", "by type", "last access"):
             table.add_column(column)
-        for row in [*reply.stats, reply.total]:
+        rows = [(row.agent.removeprefix("agents/"), row.user, row) for row in reply.stats]
+        for agent_name, user_id, row in [*rows, ("(total)", "", reply.total)]:
             by_type = ", ".join(f"{types[t.type]} {t.entries}" for t in row.by_type)
             last = (
                 row.last_access_time.ToDatetime().isoformat(timespec="seconds")
@@ -264,8 +265,8 @@ def memory_stats(
                 else "-"
             )
             table.add_row(
-                row.agent.removeprefix("agents/") or "(total)",
-                row.user or "",
+                agent_name,
+                user_id,
                 str(row.entries),
                 str(row.bytes),
                 str(row.reads),
