@@ -76,9 +76,10 @@ deploy-check: ## Validate deploy/ offline: kustomize overlays, Kubernetes schema
 	npm ci --prefix deploy/tools --no-audit --no-fund --loglevel=error
 	$(RUN) python tools/deploy_check.py
 
-bench: ## Run the benchmarks (memory event log on PostgreSQL and SQLite) and print the results
+bench: ## Run the benchmarks (memory event log, orchestrator, knowledge search on PostgreSQL and SQLite) and print the results
 	$(RUN) python bench/memory/run.py
 	$(RUN) python bench/orchestrator/run.py
+	$(RUN) python bench/knowledge/run.py
 
 clean: ## Remove caches and local data
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .data

@@ -77,6 +77,10 @@ REASON_GUIDANCE: dict[str, str] = {
     "HTTP_ERROR": "The HTTP request itself was malformed; check the method and headers.",
     # memory
     "AGENT_EXISTS": "An agent with that id exists; pick another id or update it.",
+    "COLLECTION_EXISTS": "A collection with that id exists; choose another id or use it.",
+    "COLLECTION_NOT_FOUND": "No such collection for your tenant; list them with ListCollections.",
+    "DOCUMENT_EXISTS": "A document with that id exists in the collection; choose another id.",
+    "DOCUMENT_NOT_FOUND": "No such document for your tenant; list a collection's documents.",
     "AGENT_NOT_FOUND": "No such agent for your tenant; list agents to find the name.",
     "API_KEY_NOT_FOUND": "No such API key; list keys to find its name.",
     "SESSION_EXISTS": "A session with that id exists; pick another id or omit it.",

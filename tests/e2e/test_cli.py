@@ -34,6 +34,7 @@ from .conftest import (
     start_up,
     system_of,
 )
+from .test_knowledge import research_cites_a_passage
 
 pytestmark = pytest.mark.slow
 TERMINAL = {"sessionCompleted", "sessionFailed", "sessionCancelled"}
@@ -354,7 +355,11 @@ def test_agents_create_list_show_delete(mesh: MeshUp, tmp_path: Path) -> None:
     assert "smoke-writer" not in mesh.cli("agents", "list").stdout
 
 
-def test_memory_put_get_list_delete(mesh: MeshUp) -> None:
+def test_memory_put_get_list_delete(mesh: MeshUp, tmp_path: Path) -> None:
+    # Memory belongs to an agent that exists.
+    assert_one_line_error(mesh.cli("memory", "put", "alice", "city", "1"), "NOT_FOUND")
+    (tmp_path / "alice.yaml").write_text("- id: alice\n  type: custom\n")
+    assert mesh.cli("agents", "create", str(tmp_path / "alice.yaml")).returncode == 0
     stored = mesh.cli("memory", "put", "alice", "city", '{"name": "Lyon", "visits": 2}')
     assert stored.returncode == 0, stored.stderr
     assert "agents/alice/users/default/memories/city" in stored.stdout
@@ -362,6 +367,15 @@ def test_memory_put_get_list_delete(mesh: MeshUp) -> None:
     assert json.loads(got.stdout) == {"name": "Lyon", "visits": 2.0}
     listed = mesh.cli("memory", "list", "alice")
     assert listed.stdout.startswith("city = ")
+    episodes = mesh.cli("memory", "put", "alice", "trip", '"Lyon in May"', "--type", "episodic")
+    assert episodes.returncode == 0, episodes.stderr
+    only = mesh.cli("memory", "list", "alice", "--type", "episodic")
+    assert only.stdout.strip() == 'trip = "Lyon in May"'
+    stats = mesh.cli("memory", "stats", "alice")
+    assert "(total)" in stats.stdout
+    bad_type = mesh.cli("memory", "list", "alice", "--type", "forever")
+    assert bad_type.returncode == 2
+    assert "--type must be one of short_term, long_term, episodic" in bad_type.stderr
     assert mesh.cli("memory", "delete", "alice", "city").stdout.strip() == "deleted"
     assert_one_line_error(mesh.cli("memory", "get", "alice", "city"), "NOT_FOUND")
     bad = mesh.cli("memory", "put", "alice", "city", "{not json")
@@ -500,6 +514,8 @@ def test_up_from_a_fresh_data_dir_stops_cleanly_and_a_restart_keeps_the_sessions
         assert kinds_seen.count("taskCompleted") == len(tasks)
         final = planned_events[-1]["sessionCompleted"]["finalAnswer"]
         assert len(final.split()) >= 5, final
+        # A research agent cites a passage of an uploaded document (test_knowledge.py).
+        research_cites_a_passage(first, tmp_path)
         session = sessions[0]
     finally:
         code, out = first.stop(signal.SIGINT)

@@ -486,3 +486,28 @@ routes:
     events = await h.run(ask())
     assert finished(events).text == "Expect mild weather in Paris tomorrow."
     assert len(fake2.requests) == 1
+
+
+async def test_the_locality_preference_picks_local_or_online_deployments_first(
+    fake: FakeProvider, fake2: FakeProvider, harness: Any
+) -> None:
+    """A user's local/online setting reorders a route: deployments of the preferred locality
+    are tried first, the others stay as fallback; without a preference, priority rules."""
+    from dataclasses import replace
+
+    from agentmesh_gateway.domain import Locality
+
+    fake.default = OK
+    fake2.default = OK
+    h = harness(two(fake.url, fake2.url, extra2="      locality: local"), ENV)
+    table = h.gateway.table
+    assert [d.locality for d in table.routes["main"]] == ["online", "local"]
+    plain = ask()
+    choices = ((None, "first"), (Locality.LOCAL, "second"), (Locality.ONLINE, "first"))
+    for prefer, answering in choices:
+        events = await h.run(replace(plain, prefer=prefer))
+        assert finished(events).deployment == answering, prefer
+    # The preferred deployment failing falls back to the other locality.
+    fake2.default = Reply(503, wire.OPENAI_503)
+    events = await h.run(replace(plain, prefer=Locality.LOCAL))
+    assert finished(events).deployment == "first"

@@ -40,6 +40,25 @@ def put(
 
 
 BASE = "agents/helper/users/u1/memories"
+AGENTS = ("helper", "scribe", "other")
+
+
+async def create_agents(api: Api, *agent_ids: str) -> None:
+    """Memory belongs to existing agents: create the ones a test writes memory for."""
+    for agent_id in agent_ids or AGENTS:
+        await api.CreateAgent(
+            memory_pb2.CreateAgentRequest(
+                agent_id=agent_id,
+                agent=agents_pb2.AgentDefinition(type=agents_pb2.AGENT_TYPE_CUSTOM),
+            )
+        )
+
+
+@pytest.fixture
+async def api(api: Api) -> Api:
+    """The conftest's client, with the agents these tests keep memory for."""
+    await create_agents(api)
+    return api
 
 
 async def test_put_get_list_delete(api: Api) -> None:
@@ -298,6 +317,7 @@ async def test_the_background_sweeper_deletes_expired_rows(
     try:
         async with grpc.aio.insecure_channel(running.address) as channel:
             api = Api(channel, tenant)
+            await create_agents(api, "helper")
             # Long enough to be seen stored on a loaded machine, short enough to be swept soon.
             await api.PutMemory(put(f"{BASE}/brief", "x", SHORT, ttl=1.5))
             await api.PutMemory(put(f"{BASE}/lasting", "y"))

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common import DeadlineExceeded, FailedPrecondition, MetricFactory, Unavailable
 from agentmesh_memory.db import Database, DatabaseOptions
-from agentmesh_memory.db.tables import METADATA
+from agentmesh_memory.db.tables import METADATA, include_in_schema_comparison
 from agentmesh_memory.testing import (
     Api,
     PostgresServer,
@@ -65,7 +65,12 @@ async def schema_differences(url: str) -> list[object]:
     try:
         async with db.engine.connect() as conn:
             return await conn.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync), METADATA)
+                lambda sync: compare_metadata(
+                    MigrationContext.configure(
+                        sync, opts={"include_object": include_in_schema_comparison}
+                    ),
+                    METADATA,
+                )
             )
     finally:
         await db.close()

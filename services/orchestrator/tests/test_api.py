@@ -247,15 +247,27 @@ async def test_memory_tools_store_through_the_memory_service(database_url: str) 
     mesh, shutdown = await start_mesh(database_url, script)
     try:
         async with mesh.client() as client:
+            await client.create_agent("alice", agent("alice", tools=["memory_write"]))
             session = await client.create_session(
                 goal="Remember",
-                inline_agents=[agent("alice", tools=["memory_write"])],
+                agents=["agents/alice"],
                 limits=sessions_pb2.SessionLimits(max_rounds=1),
                 metadata={"user": "u7"},
             )
             await collect(client.run(session.name))
             entry = await client.get_memory("agents/alice/users/u7/memories/color")
             assert entry.value.string_value == "teal"
+            # An inline agent is no stored agent: it has no memory, and its model is told so.
+            inline = await client.create_session(
+                goal="Remember",
+                inline_agents=[agent("bob", tools=["memory_write"])],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            events = await collect(client.run(inline.name))
+            result = next(e.tool_result for e in events if e.HasField("tool_result"))
+            assert result.error.code == code_pb2.NOT_FOUND
+            assert "agents/bob" in result.error.message
+            assert kinds(events)[-1] == "session_completed"
     finally:
         await shutdown()
 

@@ -4,7 +4,9 @@
     agentmesh run "goal" [--agents FILE] [--strategy round-robin] [--max-rounds 3] [--json]
     agentmesh sessions list|show|watch|cancel|approve|reject
     agentmesh agents create FILE|list|show|delete
-    agentmesh memory list|get|put|delete, agentmesh settings show|set
+    agentmesh memory list|get|put|delete|stats, agentmesh settings show|set
+    agentmesh collections create|list|show|delete, agentmesh documents upload|list|delete
+    agentmesh search "QUERY", agentmesh agents stats AGENT
     agentmesh models, agentmesh providers, agentmesh tools, agentmesh keys create
 
 The API address and key come from `--target`/`AGENTMESH_TARGET` and `--api-key`/
@@ -48,8 +50,17 @@ from agentmesh_common.errors import AgentmeshError, InvalidArgument
 from agentmesh_common.status import status_code_for
 
 from .approvals import ApprovalNeeded, answer
+from .cli_knowledge import (
+    agents_stats,
+    collections_app,
+    documents_app,
+    memory_stats,
+    parse_pairs,
+    search,
+)
 from .client import AgentmeshClient
 from .demo import run_demo
+from .knowledge import MEMORY_TYPES
 from .mesh import (
     GATEWAY,
     MEMORY,
@@ -90,6 +101,12 @@ app.add_typer(agents_app, name="agents")
 app.add_typer(memory_app, name="memory")
 app.add_typer(settings_app, name="settings")
 app.add_typer(keys_app, name="keys")
+app.add_typer(collections_app, name="collections")
+app.add_typer(documents_app, name="documents")
+app.command("search")(search)
+memory_app.command("stats")(memory_stats)
+agents_app.command("stats")(agents_stats)
+MemoryTypeOption = Annotated[str, typer.Option("--type", help="short_term, long_term or episodic")]
 
 # Markup off: goals, agent text and server messages are data and must print as they are.
 console = Console(markup=False)
@@ -411,6 +428,12 @@ def run(
     agents: Annotated[Path | None, typer.Option(help="YAML file of agents")] = None,
     max_rounds: Annotated[int, typer.Option(help="rounds for round-robin")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="one event per line")] = False,
+    context: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KEY=VALUE session metadata (repeatable): user, collection_id, document_ids, ..."
+        ),
+    ] = None,
     target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
@@ -427,6 +450,7 @@ def run(
         errors.print(f"[red]error:[/red] --strategy must be one of {', '.join(STRATEGIES)}")
         raise typer.Exit(2)
     chosen = STRATEGIES.get(strategy, sessions_pb2.STRATEGY_UNSPECIFIED)
+    metadata = parse_pairs(context, "--context")
 
     async def go(client: AgentmeshClient) -> None:
         team = load_agents(agents) if agents is not None else []
@@ -446,6 +470,7 @@ def run(
             pipeline=spec.pipeline,
             selector=spec.selector,
             handoff=spec.handoff,
+            metadata=metadata,
         )
         await _show(client, session.name, client.run(session.name), as_json)
 
@@ -664,6 +689,15 @@ def sessions_reject(
     _run(_with_client(target, api_key, go))
 
 
+def _memory_type(value: str) -> agents_pb2.MemoryType.ValueType:
+    """`--type` as a MemoryType; a bad value exits with usage."""
+    chosen = MEMORY_TYPES.get(value.lower().replace("-", "_"))
+    if chosen is None:
+        errors.print(f"[red]error:[/red] --type must be one of {', '.join(MEMORY_TYPES)}")
+        raise typer.Exit(2)
+    return chosen
+
+
 def _session_name(name: str) -> str:
     return name if name.startswith("sessions/") else f"sessions/{name}"
 
@@ -733,12 +767,17 @@ def agents_delete(name: str, target: Target = "", api_key: ApiKey = "") -> None:
 
 @memory_app.command("list")
 def memory_list(
-    agent: str, user: str = "default", target: Target = "", api_key: ApiKey = ""
+    agent: str,
+    user: str = "default",
+    kind: MemoryTypeOption = "",
+    target: Target = "",
+    api_key: ApiKey = "",
 ) -> None:
-    """An agent's memories for a user."""
+    """An agent's memories for a user ("-": every user), of one type with --type."""
+    chosen = _memory_type(kind) if kind else agents_pb2.MEMORY_TYPE_UNSPECIFIED
 
     async def go(client: AgentmeshClient) -> None:
-        for entry in await client.list_memories(f"agents/{agent}/users/{user}"):
+        for entry in await client.list_memories(f"agents/{agent}/users/{user}", type=chosen):
             value = json.dumps(MessageToDict(entry.value))
             console.print(f"{entry.name.rsplit('/', 1)[-1]} = {value}")
 
@@ -769,10 +808,12 @@ def memory_put(
     value: Annotated[str, typer.Argument(help="a JSON value")],
     user: str = "default",
     ttl: Annotated[float | None, typer.Option(help="seconds to live")] = None,
+    kind: MemoryTypeOption = "long_term",
     target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
-    """Write a memory entry."""
+    """Write a memory entry (long-term unless --type says otherwise)."""
+    chosen = _memory_type(kind)
     try:
         parsed = ParseDict(json.loads(value), struct_pb2.Value())
     except (ValueError, ParseError) as exc:
@@ -781,7 +822,7 @@ def memory_put(
 
     async def go(client: AgentmeshClient) -> None:
         entry = await client.put_memory(
-            f"agents/{agent}/users/{user}/memories/{key}", parsed, ttl_seconds=ttl
+            f"agents/{agent}/users/{user}/memories/{key}", parsed, ttl_seconds=ttl, type=chosen
         )
         console.print(f"stored {entry.name}")
 
@@ -820,13 +861,27 @@ def settings_show(user: str = "default", target: Target = "", api_key: ApiKey = 
 def settings_set(
     default_route: Annotated[str, typer.Option(help="route for agents that name none")] = "",
     preference: Annotated[str, typer.Option(help="local or online")] = "",
+    archive: Annotated[
+        list[str] | None,
+        typer.Option(help="a collection research agents search by default (repeatable)"),
+    ] = None,
+    default_model: Annotated[
+        list[str] | None,
+        typer.Option(help="AGENT_TYPE=ROUTE or AGENT_TYPE=PROVIDER/MODEL (repeatable)"),
+    ] = None,
     user: str = "default",
     target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
-    """Change a user's settings."""
+    """Change a user's settings (only the options given)."""
     settings = user_settings_pb2.UserSettings(name=f"users/{user}/settings")
     fields: list[str] = []
+    if archive:
+        settings.rag_archives.extend(a.removeprefix("collections/") for a in archive)
+        fields.append("rag_archives")
+    if default_model:
+        settings.default_models.update(parse_pairs(default_model, "--default-model"))
+        fields.append("default_models")
     if default_route:
         settings.default_route = default_route
         fields.append("default_route")

@@ -37,12 +37,14 @@ from agentmesh.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from agentmesh_common.protobuf import duration
 from agentmesh_common.status import from_rpc_error
 
+from .knowledge import KnowledgeCalls
+
 T = TypeVar("T")
 TERMINAL = frozenset({"session_completed", "session_failed", "session_cancelled"})
 RECONNECTABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
 
 
-class AgentmeshClient:
+class AgentmeshClient(KnowledgeCalls):
     """Calls `agentmesh.orchestrator.v1.OrchestratorService` with an API key."""
 
     def __init__(
@@ -427,10 +429,16 @@ class AgentmeshClient:
         reply = await self._call(self._stub.GetMemory, orchestrator_pb2.GetMemoryRequest(name=name))
         return reply.entry
 
-    async def list_memories(self, parent: str) -> list[memory_entries_pb2.MemoryEntry]:
+    async def list_memories(
+        self,
+        parent: str,
+        *,
+        type: agents_pb2.MemoryType.ValueType = agents_pb2.MEMORY_TYPE_UNSPECIFIED,
+    ) -> list[memory_entries_pb2.MemoryEntry]:
+        """One user's entries (or every user's, with the user "-"), of one type when given."""
         reply = await self._call(
             self._stub.ListMemories,
-            orchestrator_pb2.ListMemoriesRequest(parent=parent, page_size=1000),
+            orchestrator_pb2.ListMemoriesRequest(parent=parent, page_size=1000, type=type),
         )
         return list(reply.entries)
 

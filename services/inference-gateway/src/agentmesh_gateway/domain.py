@@ -45,6 +45,13 @@ class CacheMode(enum.Enum):
     REFRESH = "refresh"  # do not read; store the fresh answer
 
 
+class Locality(enum.Enum):
+    """Where a deployment's model runs; a request may prefer one (the user's setting)."""
+
+    LOCAL = "local"  # hardware the operator runs: the local runner, Ollama, a self-hosted URL
+    ONLINE = "online"  # a hosted provider
+
+
 class MidStreamPolicy(enum.Enum):
     """What to do when a deployment fails after output was streamed."""
 
@@ -109,6 +116,7 @@ class GenerateCall:
     session: str = ""  # "sessions/{id}" this call serves, for traces
     agent: str = ""
     cache: CacheMode = CacheMode.DEFAULT
+    prefer: Locality | None = None  # deployments of this locality first, the others after
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ from .domain import (
     FinishReason,
     GatewayEvent,
     GenerateCall,
+    Locality,
     MidStreamPolicy,
     Restart,
     StreamEnd,
@@ -173,8 +174,11 @@ class Gateway:
             return f"{provider}/{model}", matches
         return self.resolve("default")
 
-    def _order(self, deployments: list[Deployment]) -> list[Deployment]:
-        """By priority; equal priorities shuffled by weight (weighted sampling)."""
+    def _order(
+        self, deployments: list[Deployment], prefer: Locality | None = None
+    ) -> list[Deployment]:
+        """By priority, equal priorities shuffled by weight (weighted sampling); with a
+        preferred locality, its deployments first (in that order), then the others."""
         ordered: list[Deployment] = []
         for priority in sorted({d.priority for d in deployments}):
             group = [d for d in deployments if d.priority == priority]
@@ -182,6 +186,8 @@ class Gateway:
                 pick = self._rng.choices(group, weights=[d.weight for d in group])[0]
                 ordered.append(pick)
                 group.remove(pick)
+        if prefer is not None:
+            ordered.sort(key=lambda d: d.locality != prefer.value)  # stable
         return ordered
 
     def _next_key(self, deployment: Deployment) -> str | None:
@@ -246,7 +252,7 @@ class Gateway:
         circuit_waits: list[float] = []
         refused: tuple[UpstreamError, Deployment] | None = None  # skipped: its key was refused
         pending_restart = ""
-        candidates = self._order(deployments)
+        candidates = self._order(deployments, call.prefer)
         for pass_number in range(2):
             rate_waits.clear()
             for position, deployment in enumerate(candidates):

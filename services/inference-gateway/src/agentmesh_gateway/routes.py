@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+LOCAL_PROVIDERS = frozenset({"local", "ollama"})
 PROVIDERS = ("openai", "anthropic", "gemini", "xai", "groq", "ollama", "openai_compatible", "local")
 KEYLESS_PROVIDERS = frozenset({"ollama", "openai_compatible", "local"})
 ProviderName = Literal[
@@ -65,6 +66,7 @@ class Deployment:
     context_window: int = 0
     max_retries: int = 2
     stream: bool = True
+    locality: Literal["local", "online"] = "online"
 
     @property
     def needs_key(self) -> bool:
@@ -159,6 +161,12 @@ class DeploymentSpec(BaseModel):
     stream: bool = Field(
         default=True, description="Stream the response; false: one request, replayed as events."
     )
+    locality: Literal["local", "online"] | None = Field(
+        default=None,
+        description="Where the model runs, for users' local/online preference: local or"
+        " online (default: local for the local and ollama providers, online otherwise, e.g. an"
+        " openai_compatible server on your own hardware is marked local here).",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -243,7 +251,11 @@ def default_routes(runner_target: str) -> RouteTable:
     SmolLM2-135M-Instruct; "tiny" is the random demo model (tests, benchmarks)."""
     models = {"default": "smollm2", "local": "smollm2", "tiny": "tiny"}
     deployments = {
-        route: (Deployment(route, f"local-{model}", "local", model, base_url=runner_target),)
+        route: (
+            Deployment(
+                route, f"local-{model}", "local", model, base_url=runner_target, locality="local"
+            ),
+        )
         for route, model in models.items()
     }
     return RouteTable(routes=deployments)
@@ -353,6 +365,8 @@ def load_routes(path: Path, environ: Mapping[str, str] | None = None) -> RouteTa
                     context_window=item.context_window,
                     max_retries=item.max_retries,
                     stream=item.stream,
+                    locality=item.locality
+                    or ("local" if item.provider in LOCAL_PROVIDERS else "online"),
                 )
             )
         routes[route] = tuple(built)

@@ -11,7 +11,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from agentmesh.common.v1 import generation_pb2, operations_pb2
+from agentmesh.common.v1 import generation_pb2, operations_pb2, user_settings_pb2
 from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from agentmesh_common import TENANT_METADATA_KEY, FieldViolation, InvalidArgument
 
@@ -21,6 +21,7 @@ from .domain import (
     CacheMode,
     Finished,
     GenerateCall,
+    Locality,
     MidStreamPolicy,
     Restart,
     TextDelta,
@@ -76,6 +77,16 @@ def _tenant(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return ""
 
 
+_PREFERENCE = {
+    user_settings_pb2.MODEL_PREFERENCE_LOCAL: Locality.LOCAL,
+    user_settings_pb2.MODEL_PREFERENCE_ONLINE: Locality.ONLINE,
+}
+_LOCALITY = {
+    "local": inference_pb2.LOCALITY_LOCAL,
+    "online": inference_pb2.LOCALITY_ONLINE,
+}
+
+
 def _call_from_request(request: inference_pb2.GenerateRequest, tenant: str = "") -> GenerateCall:
     return GenerateCall(
         messages=tuple(message_from_proto(m) for m in request.messages),
@@ -96,6 +107,7 @@ def _call_from_request(request: inference_pb2.GenerateRequest, tenant: str = "")
         session=request.session,
         agent=request.agent,
         cache=_CACHE_MODE.get(request.cache, CacheMode.DEFAULT),
+        prefer=_PREFERENCE.get(request.model_preference),
     )
 
 
@@ -148,6 +160,7 @@ def _model_info(deployment: Deployment, gateway: Gateway) -> inference_pb2.Model
         output_price_micros_per_million=deployment.output_price_micros_per_million,
         supports_tools=True,
         supports_response_schema=gateway.supports_response_schema(deployment.provider),
+        locality=_LOCALITY[deployment.locality],
     )
 
 

@@ -65,10 +65,15 @@ async def _sweep_forever(stores: Stores, settings: MemorySettings) -> None:
         await asyncio.sleep(settings.sweep_interval_seconds)
         try:
             memories, requests = await stores.memories.sweep(retention)
-            if memories or requests:
+            retained = await stores.insights.sweep_retention()
+            if memories or requests or retained:
                 _logger.info(
                     "swept expired rows",
-                    extra={"memories": memories, "request_ids": requests},
+                    extra={
+                        "memories": memories,
+                        "request_ids": requests,
+                        "memories_past_retention": retained,
+                    },
                 )
         except Exception:  # the next round retries; health reports a dead database
             _logger.warning("sweep failed", exc_info=True)
@@ -112,7 +117,12 @@ async def build(
     await notifier.start()
     stack.push_async_callback(notifier.close)
 
-    stores = Stores.build(db, notifier, watch_poll_seconds=settings.watch_poll_seconds)
+    stores = Stores.build(
+        db,
+        notifier,
+        watch_poll_seconds=settings.watch_poll_seconds,
+        max_document_bytes=settings.max_document_bytes,
+    )
     _background(stack, partial(_sweep_forever, stores, settings), "memory-sweeper")
 
     monitor = HealthMonitor(

@@ -30,6 +30,8 @@ __all__ = [
     "parse_agent_id",
     "parse_agent_name",
     "parse_api_key_name",
+    "parse_collection_name",
+    "parse_document_name",
     "parse_memory_name",
     "parse_memory_parent",
     "parse_session_name",
@@ -174,6 +176,32 @@ def parse_api_key_name(value: str, field: str = "name") -> str:
     if parts[0] != "apiKeys":
         raise invalid(field, f"{value[:120]!r} is not of the form 'apiKeys/{{key_id}}'")
     return parse_loose_id(parts[1], field, "key id")
+
+
+#: The AIP-159 wildcard for every collection: ``collections/-``.
+ANY_COLLECTION = "-"
+
+
+def parse_collection_name(value: str, field: str = "name", *, allow_any: bool = False) -> str:
+    """``collections/{collection_id}`` -> collection_id (``-`` when `allow_any`)."""
+    parts = _parts(value, field, "collections/{collection_id}", 2)
+    if parts[0] != "collections":
+        raise invalid(field, f"{value[:120]!r} is not of the form 'collections/{{collection_id}}'")
+    if allow_any and parts[1] == ANY_COLLECTION:
+        return ANY_COLLECTION
+    return _segment(parts[1], ID_PATTERN, field, "collection id")
+
+
+def parse_document_name(value: str, field: str = "name") -> tuple[str, str]:
+    """``collections/{collection_id}/documents/{document_id}`` -> (collection_id, document_id)."""
+    shape = "collections/{collection_id}/documents/{document_id}"
+    parts = _parts(value, field, shape, 4)
+    if parts[0] != "collections" or parts[2] != "documents":
+        raise invalid(field, f"{value[:120]!r} is not of the form {shape!r}")
+    return (
+        _segment(parts[1], ID_PATTERN, field, "collection id"),
+        parse_loose_id(parts[3], field, "document id"),
+    )
 
 
 def page_size(value: int, field: str = "page_size") -> int:

@@ -13,12 +13,14 @@ from typing import Any, TypeVar
 
 import grpc
 
+from agentmesh.memory.v1 import knowledge_pb2 as kpb
 from agentmesh.memory.v1 import memory_pb2 as pb
 from agentmesh.memory.v1 import memory_pb2_grpc
 from agentmesh_common import tenant_from_context
 
 from .names import invalid
 from .store import Stores
+from .store.knowledge import read_upload
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -178,6 +180,71 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: pb.DeleteMemoryRequest, context: Context
     ) -> pb.DeleteMemoryResponse:
         return await _complete(self._s.memories.delete(tenant_of(context), request))
+
+    async def SearchMemories(
+        self, request: kpb.SearchMemoriesRequest, context: Context
+    ) -> kpb.SearchMemoriesResponse:
+        return await _complete(self._s.insights.search(tenant_of(context), request))
+
+    async def GetMemoryStats(
+        self, request: kpb.GetMemoryStatsRequest, context: Context
+    ) -> kpb.GetMemoryStatsResponse:
+        return await _complete(self._s.insights.stats(tenant_of(context), request))
+
+    async def GetAgentStats(
+        self, request: kpb.GetAgentStatsRequest, context: Context
+    ) -> kpb.GetAgentStatsResponse:
+        return await _complete(self._s.agent_stats.stats(tenant_of(context), request))
+
+    # Collections and documents
+    async def CreateCollection(
+        self, request: kpb.CreateCollectionRequest, context: Context
+    ) -> kpb.CreateCollectionResponse:
+        return await _complete(self._s.knowledge.create_collection(tenant_of(context), request))
+
+    async def GetCollection(
+        self, request: kpb.GetCollectionRequest, context: Context
+    ) -> kpb.GetCollectionResponse:
+        return await _complete(self._s.knowledge.get_collection(tenant_of(context), request))
+
+    async def ListCollections(
+        self, request: kpb.ListCollectionsRequest, context: Context
+    ) -> kpb.ListCollectionsResponse:
+        return await _complete(self._s.knowledge.list_collections(tenant_of(context), request))
+
+    async def DeleteCollection(
+        self, request: kpb.DeleteCollectionRequest, context: Context
+    ) -> kpb.DeleteCollectionResponse:
+        return await _complete(self._s.knowledge.delete_collection(tenant_of(context), request))
+
+    async def UploadDocument(
+        self, request_iterator: AsyncIterator[kpb.UploadDocumentRequest], context: Context
+    ) -> kpb.UploadDocumentResponse:
+        tenant = tenant_of(context)
+        knowledge = self._s.knowledge
+        # Reading stops early at the size limit; storing then runs to its end (shielded).
+        header, data = await read_upload(request_iterator, knowledge.max_document_bytes)
+        return await _complete(knowledge.ingest(tenant, header, data))
+
+    async def GetDocument(
+        self, request: kpb.GetDocumentRequest, context: Context
+    ) -> kpb.GetDocumentResponse:
+        return await _complete(self._s.knowledge.get_document(tenant_of(context), request))
+
+    async def ListDocuments(
+        self, request: kpb.ListDocumentsRequest, context: Context
+    ) -> kpb.ListDocumentsResponse:
+        return await _complete(self._s.knowledge.list_documents(tenant_of(context), request))
+
+    async def DeleteDocument(
+        self, request: kpb.DeleteDocumentRequest, context: Context
+    ) -> kpb.DeleteDocumentResponse:
+        return await _complete(self._s.knowledge.delete_document(tenant_of(context), request))
+
+    async def SearchDocuments(
+        self, request: kpb.SearchDocumentsRequest, context: Context
+    ) -> kpb.SearchDocumentsResponse:
+        return await _complete(self._s.search.search(tenant_of(context), request))
 
     # User settings
     async def GetUserSettings(

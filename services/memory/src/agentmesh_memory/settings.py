@@ -59,7 +59,14 @@ class MemorySettings(ServiceSettings):
     sweep_interval_seconds: float = Field(
         default=30.0,
         gt=0,
-        description="How often expired agent memory and old idempotency records are deleted.",
+        description="How often expired agent memory, memory beyond its agent's retention rules"
+        " and old idempotency records are deleted.",
+    )
+    max_document_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=1024,
+        le=512 * 1024 * 1024,
+        description="Largest document UploadDocument accepts, in bytes (INVALID_ARGUMENT above).",
     )
     request_id_retention_seconds: float = Field(
         default=7 * 24 * 3600.0,

@@ -55,6 +55,7 @@ __all__ = [
     "RunningMemory",
     "fresh_database",
     "memory_settings",
+    "pdf_document",
     "postgres_server",
     "rpc_error",
     "start_memory",
@@ -333,3 +334,43 @@ async def rpc_error(call: Awaitable[Any], code: grpc.StatusCode) -> AgentmeshErr
 
 def violation_fields(error: AgentmeshError) -> set[str]:
     return {v.field for v in getattr(error, "violations", ())}
+
+
+def pdf_document(pages: list[str], title: str = "") -> bytes:
+    """A real PDF with a text layer: one page per string, each line a line of Helvetica text.
+
+    Built with pypdf's objects (the same library that reads uploads), so tests need no PDF
+    files from elsewhere.
+    """
+    import io
+
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    def escaped(line: str) -> str:
+        return line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+    writer = PdfWriter()
+    font = writer._add_object(  # a standard font: no font file needed
+        DictionaryObject(
+            {
+                NameObject("/Type"): NameObject("/Font"),
+                NameObject("/Subtype"): NameObject("/Type1"),
+                NameObject("/BaseFont"): NameObject("/Helvetica"),
+            }
+        )
+    )
+    for text in pages:
+        page = writer.add_blank_page(612, 792)
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+        )
+        lines = " ".join(f"({escaped(line)}) Tj T*" for line in text.split("\n"))
+        content = DecodedStreamObject()
+        content.set_data(f"BT /F1 11 Tf 13 TL 54 740 Td {lines} ET".encode("latin-1"))
+        page[NameObject("/Contents")] = writer._add_object(content)
+    if title:
+        writer.add_metadata({"/Title": title})
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()

@@ -83,4 +83,5 @@ def prepare_agent(
         filled.generation.max_tokens = prompts.max_tokens
     if filled.type == agents_pb2.AGENT_TYPE_UNSPECIFIED:
         filled.type = agents_pb2.AGENT_TYPE_CUSTOM
+    filled.tools.extend(t for t in prompts.tools if t not in filled.tools)
     return SessionAgent(name=definition.name, definition=filled, kind=kind, user_template=template)

@@ -16,10 +16,14 @@ from agentmesh_common import NotFound, Registration, Telemetry, Unauthenticated,
 
 from .adapters.gateway_client import GatewayClient
 from .adapters.memory_client import MemoryClient
+from .context import ContextAssembler
 from .edge import Authenticator, RateLimiter
 from .engine import EngineSettings, SessionEngine
+from .knowledge import knowledge_tools
+from .messaging import messaging_tools
 from .observability import OrchestratorMetrics
 from .ports import ModelGateway
+from .preferences import SessionScope
 from .service import OrchestratorApp, resolve_agents
 from .servicer import OrchestratorServicer
 from .sessions import LeaseSettings, SessionManager
@@ -67,7 +71,7 @@ def compose(
     catalog: inference_pb2_grpc.InferenceServiceAsyncStub,
 ) -> list[Registration]:
     """Wire the orchestrator over a memory client and a model gateway (tests inject theirs)."""
-    tools = builtin_tools() | memory_tools(memory)
+    tools = builtin_tools() | memory_tools(memory) | knowledge_tools(memory) | messaging_tools()
     catalog_tools = ToolCatalog(memory, tools)
     stack.push_async_callback(catalog_tools.close)
     metrics = OrchestratorMetrics.create(telemetry.registry)
@@ -83,6 +87,12 @@ def compose(
         ),
         metrics=metrics,
         tracer=telemetry.tracer("agentmesh.orchestrator"),
+        context=ContextAssembler(
+            recall=memory,
+            inbox=memory,
+            documents=memory,
+            retrieval_passages=settings.retrieval_passages,
+        ),
     )
     manager = SessionManager(
         engine=engine,
@@ -92,6 +102,7 @@ def compose(
         lease=LeaseSettings(ttl_seconds=settings.lease_ttl_seconds),
         metrics=metrics,
         tools_for=catalog_tools.tools_for,
+        scope_for=partial(SessionScope.load, memory),
     )
     stack.push_async_callback(manager.shutdown)
     takeover = asyncio.create_task(

@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from google.rpc import code_pb2, status_pb2
 from opentelemetry import trace
@@ -23,9 +24,12 @@ from agentmesh.common.v1 import events_pb2, sessions_pb2
 
 from .agents import SessionAgent
 from .approvals import ApprovalGate
+from .context import ContextAssembler
 from .events import EventRecorder
+from .messaging import SEND_TOOL, Messenger
 from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
+from .preferences import SessionScope
 from .runtime import Ending, EngineSettings, Limits, Runtime, SessionFailure
 from .strategies import strategy_for
 from .termination import Terminated
@@ -47,7 +51,9 @@ class SessionEngine:
         settings: EngineSettings | None = None,
         metrics: OrchestratorMetrics | None = None,
         tracer: trace.Tracer | None = None,
+        context: ContextAssembler | None = None,
     ) -> None:
+        self._context = context
         self._store = store
         self._gateway = gateway
         self._tools = tools
@@ -65,10 +71,15 @@ class SessionEngine:
         last_seq: int = 0,
         tools: Mapping[str, Tool] | None = None,
         lease_owner: str = "",
+        scope: SessionScope | None = None,
     ) -> Runtime:
         """Prepare a run of `session` (nothing is emitted yet); `tools` is the tenant's
         catalog (the engine's own tools when not given). With `lease_owner`, every write is
-        refused once that owner no longer holds the session's lease."""
+        refused once that owner no longer holds the session's lease. `scope` brings the
+        user's settings (default models, local/online preference, documents to search)."""
+        if scope is not None:
+            agents = [scope.preferences.apply(agent) for agent in agents]
+            scope = replace(scope, messaging=any(SEND_TOOL in a.definition.tools for a in agents))
         recorder = EventRecorder(
             self._store,
             tenant=tenant,
@@ -89,6 +100,9 @@ class SessionEngine:
             user=session.metadata.get("user") or "default",
             metrics=self._metrics,
             tracer=self._tracer,
+            scope=scope,
+            context=self._context,
+            messenger=Messenger(recorder, session.name, [a.name for a in agents]),
         )
         run = Runtime(
             tenant=tenant,
@@ -101,6 +115,7 @@ class SessionEngine:
             turns=turns,
             limits=Limits.of(session, self._settings),
             tools=tools if tools is not None else self._tools,
+            scope=scope,
             # Every message reaches a conversation with an event (a turn's commit, or
             # SendMessage's user_message): a session that never ran and has no events has an
             # empty conversation, and need not read it.
@@ -241,6 +256,7 @@ class SessionEngine:
                     final_answer=ending.answer,
                     usage=run.meter.snapshot(),
                     termination_reason=ending.reason,
+                    citations=run.turns.cited.citations,
                 )
             ),
         )

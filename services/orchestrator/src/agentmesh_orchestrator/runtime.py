@@ -28,6 +28,7 @@ from .domain.agent_types import AgentKind
 from .domain.templates import TemplateValues
 from .events import EventRecorder
 from .ports import SessionStore
+from .preferences import SessionScope, builtin_model
 from .termination import Never, Phase, Progress, Stop, Terminated, Termination
 from .tools import Tool, ToolBox
 from .turns import Turn, TurnOutcome, TurnRunner, UsageMeter
@@ -126,6 +127,8 @@ class Runtime:
     # The newest messages of the shared conversation, kept here as the run adds them (the
     # store is read once per run, and again only after another replica wrote to it).
     conversation: list[memory_pb2.StoredMessage] | None = None
+    # The user's preferences and what the session may search (None: nothing applies).
+    scope: SessionScope | None = None
     # What ends the session besides its strategy finishing (set by the engine per strategy).
     termination: Termination = field(default_factory=Never)
     # The round in progress (conversation strategies), so a stop mid-round counts it.
@@ -359,13 +362,15 @@ class Runtime:
         tools: Sequence[str] = (),
         model: agents_pb2.ModelSelection | None = None,
     ) -> SessionAgent:
-        """A built-in agent on `model`, else the route of the session's first agent (or the
-        default route)."""
-        chosen = agents_pb2.ModelSelection(route=self.settings.default_route)
+        """A built-in agent on `model`, else on the user's model for its type, else the route
+        of the session's first agent, else the user's default route, else the orchestrator's
+        (preferences.builtin_model)."""
         if model is not None and (model.route or model.model):
+            chosen = agents_pb2.ModelSelection()
             chosen.CopyFrom(model)
-        elif self.agents:
-            chosen.CopyFrom(self.agents[0].definition.model)
+        else:
+            preferences = self.scope.preferences if self.scope is not None else None
+            chosen = builtin_model(preferences, kind, self.agents, self.settings.default_route)
         model = chosen
         if not model.context_window_tokens:
             model.context_window_tokens = self.settings.builtin_context_window_tokens

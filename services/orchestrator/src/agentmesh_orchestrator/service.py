@@ -383,12 +383,29 @@ class OrchestratorApp:
             self._memory.stub.ListSessions,
             memory_pb2.ListSessionsRequest(parent=name, page_size=1000),
         )
+        addressed = await self._memory.call(
+            tenant,
+            self._memory.stub.ListMessages,
+            memory_pb2.ListMessagesRequest(
+                parent=name, newest=200, audience=memory_pb2.MESSAGE_AUDIENCE_ADDRESSED
+            ),
+        )
         return orchestrator_pb2.GetSessionResponse(
             session=session,
             agents=session.inline_agents,
             tasks=tasks.tasks,
             children=[child.name for child in children.sessions],
             pending_approvals=await self._memory.pending_approvals(tenant, name),
+            agent_messages=[
+                events_pb2.AgentMessage(
+                    message=item.name,
+                    from_agent=item.agent,
+                    to_agents=item.recipients,
+                    type=item.type,
+                    content=item.message.content,
+                )
+                for item in addressed.messages
+            ],
         )
 
     # -- approvals ---------------------------------------------------------------------------

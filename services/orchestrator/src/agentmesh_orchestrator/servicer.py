@@ -24,6 +24,7 @@ from agentmesh_common import from_rpc_error
 from .adapters.memory_client import MemoryClient
 from .edge import Authenticator, RateLimiter
 from .service import OrchestratorApp
+from .servicer_knowledge import KnowledgeRpcs
 from .sessions import TERMINAL_EVENTS, SessionManager
 from .tool_servers import ToolCatalog, as_public
 
@@ -31,7 +32,7 @@ Context = Any  # grpc.aio.ServicerContext: its stubs are generic, the runtime cl
 T = TypeVar("T")
 
 
-class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
+class OrchestratorServicer(KnowledgeRpcs, orchestrator_pb2_grpc.OrchestratorServiceServicer):
     """`agentmesh.orchestrator.v1.OrchestratorService`."""
 
     def __init__(

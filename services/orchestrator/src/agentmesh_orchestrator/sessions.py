@@ -32,6 +32,7 @@ from agentmesh_common import FailedPrecondition, current_trace_id
 from .agents import SessionAgent
 from .engine import Runtime, SessionEngine
 from .observability import OrchestratorMetrics
+from .preferences import SessionScope
 from .tools import Tool
 
 _logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ TERMINAL_EVENTS = frozenset({"session_completed", "session_failed", "session_can
 ACTIVE = (sessions_pb2.SESSION_STATUS_PENDING, sessions_pb2.SESSION_STATUS_RUNNING)
 
 AgentResolver = Callable[[str, sessions_pb2.Session], Awaitable[list[SessionAgent]]]
+ScopeLoader = Callable[[str, sessions_pb2.Session], Awaitable[SessionScope]]
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,9 @@ class SessionManager:
         lease: LeaseSettings | None = None,
         metrics: OrchestratorMetrics | None = None,
         tools_for: Callable[[str], Awaitable[Mapping[str, Tool]]] | None = None,
+        scope_for: ScopeLoader | None = None,
     ) -> None:
+        self._scope_for = scope_for
         self._metrics = metrics
         self._tools_for = tools_for
         self._engine = engine
@@ -253,11 +257,12 @@ class SessionManager:
     ) -> ActiveSession:
         # The lease, the agents and the tenant's tools side by side; nothing is written
         # before the lease is ours.
-        tools_for = self._tools_for
-        lease, agents, tools = await asyncio.gather(
+        tools_for, scope_for = self._tools_for, self._scope_for
+        lease, agents, tools, scope = await asyncio.gather(
             self._store.acquire_lease(tenant, session.name, self.owner, self._lease.ttl_seconds),
             self._resolve_agents(tenant, session),
             tools_for(tenant) if tools_for is not None else _no_tools(),
+            scope_for(tenant, session) if scope_for is not None else _no_scope(),
         )
         run = self._engine.open_run(
             tenant,
@@ -267,6 +272,7 @@ class SessionManager:
             last_seq=session.last_event_seq,
             tools=tools,
             lease_owner=self.owner,
+            scope=scope,
         )
         active = ActiveSession(tenant=tenant, run=run)
         key = (tenant, session.name)
@@ -359,6 +365,10 @@ class SessionManager:
 
 
 async def _no_tools() -> None:
+    return None
+
+
+async def _no_scope() -> None:
     return None
 
 

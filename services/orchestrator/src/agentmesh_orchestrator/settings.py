@@ -67,6 +67,15 @@ class OrchestratorSettings(ServiceSettings):
             " the session's limits say otherwise."
         ),
     )
+    retrieval_passages: int = Field(
+        default=3,
+        ge=0,
+        le=10,
+        description=(
+            "Passages a research agent's turn retrieves from the session's documents before it"
+            " starts (shown as a search_documents call, cited in the answer); 0 turns this off."
+        ),
+    )
     api_key_cache_seconds: float = Field(
         default=30.0, ge=0, description="How long a resolved API key is trusted without asking."
     )

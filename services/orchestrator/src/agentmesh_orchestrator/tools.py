@@ -14,14 +14,26 @@ import datetime as dt
 import json
 import math
 import operator
+import re
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict, ParseDict
 
-from agentmesh.common.v1 import agents_pb2, memory_entries_pb2, messages_pb2, tools_pb2
+from agentmesh.common.v1 import (
+    agents_pb2,
+    knowledge_pb2,
+    memory_entries_pb2,
+    messages_pb2,
+    tools_pb2,
+)
+from agentmesh_common import AgentmeshError
+
+if TYPE_CHECKING:
+    from .messaging import Messenger
+    from .preferences import SessionScope
 
 READ_ONLY = tools_pb2.TOOL_PERMISSION_READ_ONLY
 READ_WRITE = tools_pb2.TOOL_PERMISSION_READ_WRITE
@@ -38,6 +50,15 @@ class ToolError(Exception):
         self.message = message
 
 
+def tool_error_of(error: AgentmeshError) -> ToolError:
+    """A domain error of a service a tool called, as the tool's failure (the model reads it)."""
+    for cls in type(error).__mro__:
+        if cls.__module__ == AgentmeshError.__module__ and cls is not AgentmeshError:
+            code = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).upper()
+            return ToolError(code, error.message)
+    return ToolError("INTERNAL", error.message)
+
+
 @dataclass(frozen=True)
 class ToolCallContext:
     """Who is calling a tool."""
@@ -47,6 +68,10 @@ class ToolCallContext:
     agent: str
     tool_call_id: str
     user: str = "default"
+    # The session's user, preferences and searchable documents (None outside a session run).
+    scope: SessionScope | None = None
+    # Delivers messages to the session's other agents (send_message).
+    messenger: Messenger | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +81,8 @@ class Tool:
     spec: tools_pb2.ToolSpec
     handler: ToolHandler
     timeout_seconds: float = 30.0
+    # The passages a result cites (search_documents), for events and the final answer.
+    cite: Callable[[struct_pb2.Struct], list[knowledge_pb2.Citation]] | None = None
 
 
 def _schema(properties: Mapping[str, object], required: Collection[str]) -> struct_pb2.Struct:
@@ -216,6 +243,11 @@ class ToolBox:
         """What the model is offered."""
         return [self._tools[name].spec for name in sorted(self._allowed)]
 
+    def citations(self, name: str, result: struct_pb2.Struct) -> list[knowledge_pb2.Citation]:
+        """What a result of tool `name` cites (nothing for most tools)."""
+        tool = self._tools.get(name)
+        return tool.cite(result) if tool is not None and tool.cite is not None else []
+
     async def call(
         self, context: ToolCallContext, call: messages_pb2.ToolCall
     ) -> struct_pb2.Struct:
@@ -286,7 +318,10 @@ def memory_tools(store: MemoryToolStore) -> dict[str, Tool]:
         context: ToolCallContext, arguments: struct_pb2.Struct
     ) -> struct_pb2.Struct:
         name = _memory_name(context.agent, context.user, _key(arguments))
-        entry = await store.get_memory(context.tenant, name)
+        try:
+            entry = await store.get_memory(context.tenant, name)
+        except AgentmeshError as error:  # e.g. an inline agent: memory needs a stored agent
+            raise tool_error_of(error) from None
         result = struct_pb2.Struct()
         result.fields["found"].bool_value = entry is not None
         if entry is not None:
@@ -311,7 +346,10 @@ def memory_tools(store: MemoryToolStore) -> dict[str, Tool]:
             name=_memory_name(context.agent, context.user, key), type=_MEMORY_TYPES[kind]
         )
         entry.value.CopyFrom(arguments.fields["value"])
-        await store.put_memory(context.tenant, entry, ttl)
+        try:
+            await store.put_memory(context.tenant, entry, ttl)
+        except AgentmeshError as error:  # e.g. an inline agent: memory needs a stored agent
+            raise tool_error_of(error) from None
         return _result(stored=key)
 
     async def notes_read(

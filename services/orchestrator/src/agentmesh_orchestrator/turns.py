@@ -32,9 +32,13 @@ from agentmesh_common.protobuf import duration
 
 from .agents import SessionAgent
 from .approvals import ApprovalGate, ApprovalRequest
+from .context import ContextAssembler, PreparedContext, retrieval_events
 from .events import EventRecorder
+from .knowledge import CitationLog
+from .messaging import Messenger
 from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
+from .preferences import SessionScope
 from .tools import ToolBox, ToolCallContext, ToolError, struct_to_json_text
 
 DEFAULT_MAX_TOOL_ROUNDS = 8
@@ -125,9 +129,18 @@ class TurnRunner:
         metrics: OrchestratorMetrics | None = None,
         tracer: trace.Tracer | None = None,
         approvals: ApprovalGate | None = None,
+        scope: SessionScope | None = None,
+        context: ContextAssembler | None = None,
+        messenger: Messenger | None = None,
     ) -> None:
         self.approvals = approvals
-        self._user = user
+        self._user = scope.user if scope is not None else user
+        self._scope = scope
+        self._context = context
+        self._messenger = messenger
+        # Passages the session's turns retrieved, each once, in order (the final answer's
+        # citations).
+        self.cited = CitationLog()
         self._metrics = metrics
         self._tracer = tracer or trace.NoOpTracer()
         self._gateway = gateway
@@ -170,11 +183,22 @@ class TurnRunner:
         system = definition.prompts.system
         if definition.prompts.context_instructions:
             system = f"{system}\n\n{definition.prompts.context_instructions}"
+        prepared = await self._prepare(turn)
+        if prepared.system_notes:
+            system = f"{system}\n\n{prepared.system_notes}"
+        prompt = turn.prompt
+        if prepared.prompt_notes:
+            prompt = f"{prompt}\n\n{prepared.prompt_notes}"
         conversation: list[messages_pb2.Message] = [
             messages_pb2.Message(role=messages_pb2.ROLE_SYSTEM, content=system),
             *turn.history,
-            messages_pb2.Message(role=messages_pb2.ROLE_USER, content=turn.prompt),
+            *prepared.messages,
+            messages_pb2.Message(role=messages_pb2.ROLE_USER, content=prompt),
         ]
+        if prepared.retrieval is not None:  # shown as a tool call and its result
+            for event in retrieval_events(turn.agent.name, turn.task_id, prepared.retrieval):
+                await self._recorder.emit(event)
+            self.cited.add(prepared.retrieval.citations)
         new_messages: list[messages_pb2.Message] = []
         usage = UsageMeter()
         specs = turn.tools.specs
@@ -182,7 +206,12 @@ class TurnRunner:
             offer_tools = specs if call_index < self._max_tool_rounds else []
             message_id = uuid.uuid4().hex
             result = await self._call_model(
-                turn, conversation, offer_tools, f"{turn.idempotency_key}/{call_index}", message_id
+                turn,
+                conversation,
+                offer_tools,
+                f"{turn.idempotency_key}/{call_index}",
+                message_id,
+                call_index=call_index,
             )
             finished = result.finished
             usage.add(finished.usage)
@@ -253,6 +282,8 @@ class TurnRunner:
         tools: Sequence[tools_pb2.ToolSpec],
         key: str,
         message_id: str,
+        *,
+        call_index: int = 0,
     ) -> _CallResult:
         agent = turn.agent
         model = agent.definition.model
@@ -299,6 +330,8 @@ class TurnRunner:
         )
         if turn.response_schema is not None:
             request.config.response_schema.CopyFrom(turn.response_schema)
+        if self._scope is not None:
+            request.model_preference = self._scope.preferences.model_preference
         started = time.monotonic()
         first_token: float | None = None
         attempt = 0
@@ -361,6 +394,7 @@ class TurnRunner:
             attempt=attempt,
             idempotency_key=key,
             latency=duration(latency),
+            call_index=call_index,
         )
         if first_token is not None:
             execution.time_to_first_token.CopyFrom(duration(first_token - started))
@@ -389,6 +423,14 @@ class TurnRunner:
         self._recorder.stage_execution(execution)
         return _CallResult(finished=finished_event, reused=False)
 
+    async def _prepare(self, turn: Turn) -> PreparedContext:
+        """The turn's extra context: recalled memories, addressed messages, passages."""
+        if self._context is None or self._scope is None:
+            return PreparedContext()
+        if self._scope.messaging and self._recorder.messages_unstored:
+            await self._recorder.flush()  # the inbox read must see messages sent just now
+        return await self._context.prepare(self._scope, turn.agent, turn.prompt)
+
     async def _run_tool(
         self, turn: Turn, call: messages_pb2.ToolCall, message_id: str, key: str
     ) -> messages_pb2.Message:
@@ -408,12 +450,17 @@ class TurnRunner:
             agent=agent.name,
             tool_call_id=call.id,
             user=self._user,
+            scope=self._scope,
+            messenger=self._messenger,
         )
         try:
             if self.approvals is not None and turn.tools.needs_approval(call.name):
                 await self._approved(turn, call, key)
             result = await turn.tools.call(context, call)
             result_event.result.CopyFrom(result)
+            cited = turn.tools.citations(call.name, result)
+            result_event.citations.extend(cited)
+            self.cited.add(cited)
             content = struct_to_json_text(result)
             if self._metrics is not None:
                 self._metrics.tool_calls.labels(call.name, "ok").inc()

@@ -23,28 +23,31 @@ _sym_db = _symbol_database.Default()
 
 
 from agentmesh.common.v1 import generation_pb2 as agentmesh_dot_common_dot_v1_dot_generation__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentmesh/common/v1/agents.proto\x12\x13\x61gentmesh.common.v1\x1a$agentmesh/common/v1/generation.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"_\n\x0eModelSelection\x12\r\n\x05route\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x1d\n\x15\x63ontext_window_tokens\x18\x04 \x01(\x05\"S\n\x0c\x41gentPrompts\x12\x0e\n\x06system\x18\x01 \x01(\t\x12\x15\n\ruser_template\x18\x02 \x01(\t\x12\x1c\n\x14\x63ontext_instructions\x18\x03 \x01(\t\"{\n\x0cMemoryPolicy\x12\x0c\n\x04read\x18\x01 \x01(\x08\x12\r\n\x05write\x18\x02 \x01(\x08\x12\x1e\n\x16max_entries_in_context\x18\x03 \x01(\x05\x12.\n\x05types\x18\x04 \x03(\x0e\x32\x1f.agentmesh.common.v1.MemoryType\"\x80\x04\n\x0f\x41gentDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12,\n\x04type\x18\x03 \x01(\x0e\x32\x1e.agentmesh.common.v1.AgentType\x12\x32\n\x05model\x18\x04 \x01(\x0b\x32#.agentmesh.common.v1.ModelSelection\x12\x39\n\ngeneration\x18\x05 \x01(\x0b\x32%.agentmesh.common.v1.GenerationConfig\x12\x32\n\x07prompts\x18\x06 \x01(\x0b\x32!.agentmesh.common.v1.AgentPrompts\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\r\n\x05tools\x18\x08 \x03(\t\x12\x38\n\rmemory_policy\x18\t \x01(\x0b\x32!.agentmesh.common.v1.MemoryPolicy\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\rtool_approval\x18\x0c \x01(\x0e\x32!.agentmesh.common.v1.ToolApproval*\xd4\x01\n\tAgentType\x12\x1a\n\x16\x41GENT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41GENT_TYPE_PLANNER\x10\x01\x12\x17\n\x13\x41GENT_TYPE_EXECUTOR\x10\x02\x12\x17\n\x13\x41GENT_TYPE_RESEARCH\x10\x03\x12\x18\n\x14\x41GENT_TYPE_SYNTHESIS\x10\x04\x12\x19\n\x15\x41GENT_TYPE_VALIDATION\x10\x05\x12\x15\n\x11\x41GENT_TYPE_CRITIC\x10\x06\x12\x15\n\x11\x41GENT_TYPE_CUSTOM\x10\x07*z\n\nMemoryType\x12\x1b\n\x17MEMORY_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16MEMORY_TYPE_SHORT_TERM\x10\x01\x12\x19\n\x15MEMORY_TYPE_LONG_TERM\x10\x02\x12\x18\n\x14MEMORY_TYPE_EPISODIC\x10\x03*b\n\x0cToolApproval\x12\x1d\n\x19TOOL_APPROVAL_UNSPECIFIED\x10\x00\x12\x1c\n\x18TOOL_APPROVAL_READ_WRITE\x10\x01\x12\x15\n\x11TOOL_APPROVAL_ALL\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentmesh/common/v1/agents.proto\x12\x13\x61gentmesh.common.v1\x1a$agentmesh/common/v1/generation.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"_\n\x0eModelSelection\x12\r\n\x05route\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x1d\n\x15\x63ontext_window_tokens\x18\x04 \x01(\x05\"S\n\x0c\x41gentPrompts\x12\x0e\n\x06system\x18\x01 \x01(\t\x12\x15\n\ruser_template\x18\x02 \x01(\t\x12\x1c\n\x14\x63ontext_instructions\x18\x03 \x01(\t\"\x81\x01\n\x0fMemoryRetention\x12-\n\x04type\x18\x01 \x01(\x0e\x32\x1f.agentmesh.common.v1.MemoryType\x12\x13\n\x0bmax_entries\x18\x02 \x01(\x05\x12*\n\x07max_age\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb4\x01\n\x0cMemoryPolicy\x12\x0c\n\x04read\x18\x01 \x01(\x08\x12\r\n\x05write\x18\x02 \x01(\x08\x12\x1e\n\x16max_entries_in_context\x18\x03 \x01(\x05\x12.\n\x05types\x18\x04 \x03(\x0e\x32\x1f.agentmesh.common.v1.MemoryType\x12\x37\n\tretention\x18\x05 \x03(\x0b\x32$.agentmesh.common.v1.MemoryRetention\"\x80\x04\n\x0f\x41gentDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12,\n\x04type\x18\x03 \x01(\x0e\x32\x1e.agentmesh.common.v1.AgentType\x12\x32\n\x05model\x18\x04 \x01(\x0b\x32#.agentmesh.common.v1.ModelSelection\x12\x39\n\ngeneration\x18\x05 \x01(\x0b\x32%.agentmesh.common.v1.GenerationConfig\x12\x32\n\x07prompts\x18\x06 \x01(\x0b\x32!.agentmesh.common.v1.AgentPrompts\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12\r\n\x05tools\x18\x08 \x03(\t\x12\x38\n\rmemory_policy\x18\t \x01(\x0b\x32!.agentmesh.common.v1.MemoryPolicy\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\rtool_approval\x18\x0c \x01(\x0e\x32!.agentmesh.common.v1.ToolApproval*\xd4\x01\n\tAgentType\x12\x1a\n\x16\x41GENT_TYPE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41GENT_TYPE_PLANNER\x10\x01\x12\x17\n\x13\x41GENT_TYPE_EXECUTOR\x10\x02\x12\x17\n\x13\x41GENT_TYPE_RESEARCH\x10\x03\x12\x18\n\x14\x41GENT_TYPE_SYNTHESIS\x10\x04\x12\x19\n\x15\x41GENT_TYPE_VALIDATION\x10\x05\x12\x15\n\x11\x41GENT_TYPE_CRITIC\x10\x06\x12\x15\n\x11\x41GENT_TYPE_CUSTOM\x10\x07*z\n\nMemoryType\x12\x1b\n\x17MEMORY_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16MEMORY_TYPE_SHORT_TERM\x10\x01\x12\x19\n\x15MEMORY_TYPE_LONG_TERM\x10\x02\x12\x18\n\x14MEMORY_TYPE_EPISODIC\x10\x03*b\n\x0cToolApproval\x12\x1d\n\x19TOOL_APPROVAL_UNSPECIFIED\x10\x00\x12\x1c\n\x18TOOL_APPROVAL_READ_WRITE\x10\x01\x12\x15\n\x11TOOL_APPROVAL_ALL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.common.v1.agents_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AGENTTYPE']._serialized_start=951
-  _globals['_AGENTTYPE']._serialized_end=1163
-  _globals['_MEMORYTYPE']._serialized_start=1165
-  _globals['_MEMORYTYPE']._serialized_end=1287
-  _globals['_TOOLAPPROVAL']._serialized_start=1289
-  _globals['_TOOLAPPROVAL']._serialized_end=1387
-  _globals['_MODELSELECTION']._serialized_start=128
-  _globals['_MODELSELECTION']._serialized_end=223
-  _globals['_AGENTPROMPTS']._serialized_start=225
-  _globals['_AGENTPROMPTS']._serialized_end=308
-  _globals['_MEMORYPOLICY']._serialized_start=310
-  _globals['_MEMORYPOLICY']._serialized_end=433
-  _globals['_AGENTDEFINITION']._serialized_start=436
-  _globals['_AGENTDEFINITION']._serialized_end=948
+  _globals['_AGENTTYPE']._serialized_start=1173
+  _globals['_AGENTTYPE']._serialized_end=1385
+  _globals['_MEMORYTYPE']._serialized_start=1387
+  _globals['_MEMORYTYPE']._serialized_end=1509
+  _globals['_TOOLAPPROVAL']._serialized_start=1511
+  _globals['_TOOLAPPROVAL']._serialized_end=1609
+  _globals['_MODELSELECTION']._serialized_start=160
+  _globals['_MODELSELECTION']._serialized_end=255
+  _globals['_AGENTPROMPTS']._serialized_start=257
+  _globals['_AGENTPROMPTS']._serialized_end=340
+  _globals['_MEMORYRETENTION']._serialized_start=343
+  _globals['_MEMORYRETENTION']._serialized_end=472
+  _globals['_MEMORYPOLICY']._serialized_start=475
+  _globals['_MEMORYPOLICY']._serialized_end=655
+  _globals['_AGENTDEFINITION']._serialized_start=658
+  _globals['_AGENTDEFINITION']._serialized_end=1170
 # @@protoc_insertion_point(module_scope)

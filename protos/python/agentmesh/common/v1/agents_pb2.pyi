@@ -6,6 +6,7 @@ isort:skip_file
 from agentmesh.common.v1 import generation_pb2 as _generation_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -184,6 +185,40 @@ class AgentPrompts(_message.Message):
 Global___AgentPrompts: _TypeAlias = AgentPrompts  # noqa: Y015
 
 @_typing.final
+class MemoryRetention(_message.Message):
+    """How long an agent keeps memories of one type; enforced by the memory service's sweeper."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    MAX_ENTRIES_FIELD_NUMBER: _builtins.int
+    MAX_AGE_FIELD_NUMBER: _builtins.int
+    type: Global___MemoryType.ValueType
+    """The memory type the rule applies to."""
+    max_entries: _builtins.int
+    """Most entries of this type per user (0: no limit); beyond it, the least recently used
+    (read or written) entries are deleted first.
+    """
+    @_builtins.property
+    def max_age(self) -> _duration_pb2.Duration:
+        """Entries of this type not written for longer than this are deleted (unset: no limit)."""
+
+    def __init__(
+        self,
+        *,
+        type: Global___MemoryType.ValueType = ...,
+        max_entries: _builtins.int = ...,
+        max_age: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_age", b"max_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_age", b"max_age", "max_entries", b"max_entries", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemoryRetention: _TypeAlias = MemoryRetention  # noqa: Y015
+
+@_typing.final
 class MemoryPolicy(_message.Message):
     """How an agent reads and writes its memory."""
 
@@ -193,8 +228,11 @@ class MemoryPolicy(_message.Message):
     WRITE_FIELD_NUMBER: _builtins.int
     MAX_ENTRIES_IN_CONTEXT_FIELD_NUMBER: _builtins.int
     TYPES_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
     read: _builtins.bool
-    """Include relevant memories in the agent's context."""
+    """Include relevant memories in the agent's context: those of the session's user whose keys
+    and values best match the turn's prompt (full-text search), then the most recently used.
+    """
     write: _builtins.bool
     """Offer the memory-write tool to the agent."""
     max_entries_in_context: _builtins.int
@@ -203,6 +241,10 @@ class MemoryPolicy(_message.Message):
     def types(self) -> _containers.RepeatedScalarFieldContainer[Global___MemoryType.ValueType]:
         """Memory types to read; empty means all."""
 
+    @_builtins.property
+    def retention(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemoryRetention]:
+        """Retention rules, at most one per type (agents stored with CreateAgent / UpdateAgent)."""
+
     def __init__(
         self,
         *,
@@ -210,10 +252,11 @@ class MemoryPolicy(_message.Message):
         write: _builtins.bool = ...,
         max_entries_in_context: _builtins.int = ...,
         types: _abc.Iterable[Global___MemoryType.ValueType] | None = ...,
+        retention: _abc.Iterable[Global___MemoryRetention] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_entries_in_context", b"max_entries_in_context", "read", b"read", "types", b"types", "write", b"write"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_entries_in_context", b"max_entries_in_context", "read", b"read", "retention", b"retention", "types", b"types", "write", b"write"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

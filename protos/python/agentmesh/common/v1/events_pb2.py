@@ -25,6 +25,7 @@ _sym_db = _symbol_database.Default()
 from agentmesh.common.v1 import agents_pb2 as agentmesh_dot_common_dot_v1_dot_agents__pb2
 from agentmesh.common.v1 import approvals_pb2 as agentmesh_dot_common_dot_v1_dot_approvals__pb2
 from agentmesh.common.v1 import generation_pb2 as agentmesh_dot_common_dot_v1_dot_generation__pb2
+from agentmesh.common.v1 import knowledge_pb2 as agentmesh_dot_common_dot_v1_dot_knowledge__pb2
 from agentmesh.common.v1 import messages_pb2 as agentmesh_dot_common_dot_v1_dot_messages__pb2
 from agentmesh.common.v1 import sessions_pb2 as agentmesh_dot_common_dot_v1_dot_sessions__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
@@ -32,55 +33,57 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentmesh/common/v1/events.proto\x12\x13\x61gentmesh.common.v1\x1a agentmesh/common/v1/agents.proto\x1a#agentmesh/common/v1/approvals.proto\x1a$agentmesh/common/v1/generation.proto\x1a\"agentmesh/common/v1/messages.proto\x1a\"agentmesh/common/v1/sessions.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xdf\n\n\x0cSessionEvent\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x0f\n\x07task_id\x18\x05 \x01(\t\x12\x10\n\x08trace_id\x18\x06 \x01(\t\x12\x12\n\nmessage_id\x18\x07 \x01(\t\x12>\n\x0fsession_started\x18\n \x01(\x0b\x32#.agentmesh.common.v1.SessionStartedH\x00\x12\x31\n\x08\x61nalysis\x18\x0b \x01(\x0b\x32\x1d.agentmesh.common.v1.AnalysisH\x00\x12\x38\n\x0cplan_created\x18\x0c \x01(\x0b\x32 .agentmesh.common.v1.PlanCreatedH\x00\x12\x38\n\x0ctask_started\x18\r \x01(\x0b\x32 .agentmesh.common.v1.TaskStartedH\x00\x12<\n\x0etask_completed\x18\x0e \x01(\x0b\x32\".agentmesh.common.v1.TaskCompletedH\x00\x12\x36\n\x0btask_failed\x18\x0f \x01(\x0b\x32\x1f.agentmesh.common.v1.TaskFailedH\x00\x12:\n\ragent_spawned\x18\x10 \x01(\x0b\x32!.agentmesh.common.v1.AgentSpawnedH\x00\x12>\n\x0fmessage_started\x18\x11 \x01(\x0b\x32#.agentmesh.common.v1.MessageStartedH\x00\x12:\n\rcontent_delta\x18\x12 \x01(\x0b\x32!.agentmesh.common.v1.ContentDeltaH\x00\x12\x31\n\x08thinking\x18\x13 \x01(\x0b\x32\x1d.agentmesh.common.v1.ThinkingH\x00\x12\x37\n\ttool_call\x18\x14 \x01(\x0b\x32\".agentmesh.common.v1.ToolCallEventH\x00\x12\x36\n\x0btool_result\x18\x15 \x01(\x0b\x32\x1f.agentmesh.common.v1.ToolResultH\x00\x12\x42\n\x11message_completed\x18\x16 \x01(\x0b\x32%.agentmesh.common.v1.MessageCompletedH\x00\x12\x38\n\x0cuser_message\x18\x17 \x01(\x0b\x32 .agentmesh.common.v1.UserMessageH\x00\x12/\n\x07handoff\x18\x18 \x01(\x0b\x32\x1c.agentmesh.common.v1.HandoffH\x00\x12\x44\n\x12\x61pproval_requested\x18\x19 \x01(\x0b\x32&.agentmesh.common.v1.ApprovalRequestedH\x00\x12\x42\n\x11\x61pproval_resolved\x18\x1a \x01(\x0b\x32%.agentmesh.common.v1.ApprovalResolvedH\x00\x12\x42\n\x11session_completed\x18\x1e \x01(\x0b\x32%.agentmesh.common.v1.SessionCompletedH\x00\x12<\n\x0esession_failed\x18\x1f \x01(\x0b\x32\".agentmesh.common.v1.SessionFailedH\x00\x12\x42\n\x11session_cancelled\x18  \x01(\x0b\x32%.agentmesh.common.v1.SessionCancelledH\x00\x42\t\n\x07payload\"p\n\x0eSessionStarted\x12\x0c\n\x04goal\x18\x01 \x01(\t\x12/\n\x08strategy\x18\x02 \x01(\x0e\x32\x1d.agentmesh.common.v1.Strategy\x12\x0e\n\x06\x61gents\x18\x03 \x03(\t\x12\x0f\n\x07resumed\x18\x04 \x01(\x08\"\x97\x01\n\x08\x41nalysis\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.agentmesh.common.v1.GoalKind\x12\x36\n\x0f\x63hosen_strategy\x18\x02 \x01(\x0e\x32\x1d.agentmesh.common.v1.Strategy\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0eselected_agent\x18\x04 \x01(\t\"6\n\x0bPlanCreated\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.agentmesh.common.v1.Plan\"3\n\x0bTaskStarted\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"J\n\rTaskCompleted\x12\x0e\n\x06output\x18\x01 \x01(\t\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\"T\n\nTaskFailed\x12!\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x12\n\nwill_retry\x18\x03 \x01(\x08\"H\n\x0c\x41gentSpawned\x12\x38\n\ndefinition\x18\x01 \x01(\x0b\x32$.agentmesh.common.v1.AgentDefinition\".\n\x0eMessageStarted\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\"\x1c\n\x0c\x43ontentDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x18\n\x08Thinking\x12\x0c\n\x04text\x18\x01 \x01(\t\"<\n\rToolCallEvent\x12+\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x1d.agentmesh.common.v1.ToolCall\"\x81\x01\n\nToolResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\'\n\x06result\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\"\xb8\x01\n\x10MessageCompleted\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x1c.agentmesh.common.v1.Message\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\x12\x38\n\rfinish_reason\x18\x03 \x01(\x0e\x32!.agentmesh.common.v1.FinishReason\x12\x10\n\x08provider\x18\x04 \x01(\t\"L\n\x07Handoff\x12\x12\n\nfrom_agent\x18\x01 \x01(\t\x12\x10\n\x08to_agent\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\"D\n\x11\x41pprovalRequested\x12/\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x1d.agentmesh.common.v1.Approval\"C\n\x10\x41pprovalResolved\x12/\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x1d.agentmesh.common.v1.Approval\"\x1e\n\x0bUserMessage\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\"o\n\x10SessionCompleted\x12\x14\n\x0c\x66inal_answer\x18\x01 \x01(\t\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\x12\x1a\n\x12termination_reason\x18\x03 \x01(\t\"]\n\rSessionFailed\x12!\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\"M\n\x10SessionCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage*f\n\x08GoalKind\x12\x19\n\x15GOAL_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10GOAL_KIND_SIMPLE\x10\x01\x12\x12\n\x0eGOAL_KIND_TOOL\x10\x02\x12\x15\n\x11GOAL_KIND_COMPLEX\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentmesh/common/v1/events.proto\x12\x13\x61gentmesh.common.v1\x1a agentmesh/common/v1/agents.proto\x1a#agentmesh/common/v1/approvals.proto\x1a$agentmesh/common/v1/generation.proto\x1a#agentmesh/common/v1/knowledge.proto\x1a\"agentmesh/common/v1/messages.proto\x1a\"agentmesh/common/v1/sessions.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x9b\x0b\n\x0cSessionEvent\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61gent\x18\x04 \x01(\t\x12\x0f\n\x07task_id\x18\x05 \x01(\t\x12\x10\n\x08trace_id\x18\x06 \x01(\t\x12\x12\n\nmessage_id\x18\x07 \x01(\t\x12>\n\x0fsession_started\x18\n \x01(\x0b\x32#.agentmesh.common.v1.SessionStartedH\x00\x12\x31\n\x08\x61nalysis\x18\x0b \x01(\x0b\x32\x1d.agentmesh.common.v1.AnalysisH\x00\x12\x38\n\x0cplan_created\x18\x0c \x01(\x0b\x32 .agentmesh.common.v1.PlanCreatedH\x00\x12\x38\n\x0ctask_started\x18\r \x01(\x0b\x32 .agentmesh.common.v1.TaskStartedH\x00\x12<\n\x0etask_completed\x18\x0e \x01(\x0b\x32\".agentmesh.common.v1.TaskCompletedH\x00\x12\x36\n\x0btask_failed\x18\x0f \x01(\x0b\x32\x1f.agentmesh.common.v1.TaskFailedH\x00\x12:\n\ragent_spawned\x18\x10 \x01(\x0b\x32!.agentmesh.common.v1.AgentSpawnedH\x00\x12>\n\x0fmessage_started\x18\x11 \x01(\x0b\x32#.agentmesh.common.v1.MessageStartedH\x00\x12:\n\rcontent_delta\x18\x12 \x01(\x0b\x32!.agentmesh.common.v1.ContentDeltaH\x00\x12\x31\n\x08thinking\x18\x13 \x01(\x0b\x32\x1d.agentmesh.common.v1.ThinkingH\x00\x12\x37\n\ttool_call\x18\x14 \x01(\x0b\x32\".agentmesh.common.v1.ToolCallEventH\x00\x12\x36\n\x0btool_result\x18\x15 \x01(\x0b\x32\x1f.agentmesh.common.v1.ToolResultH\x00\x12:\n\ragent_message\x18\x1b \x01(\x0b\x32!.agentmesh.common.v1.AgentMessageH\x00\x12\x42\n\x11message_completed\x18\x16 \x01(\x0b\x32%.agentmesh.common.v1.MessageCompletedH\x00\x12\x38\n\x0cuser_message\x18\x17 \x01(\x0b\x32 .agentmesh.common.v1.UserMessageH\x00\x12/\n\x07handoff\x18\x18 \x01(\x0b\x32\x1c.agentmesh.common.v1.HandoffH\x00\x12\x44\n\x12\x61pproval_requested\x18\x19 \x01(\x0b\x32&.agentmesh.common.v1.ApprovalRequestedH\x00\x12\x42\n\x11\x61pproval_resolved\x18\x1a \x01(\x0b\x32%.agentmesh.common.v1.ApprovalResolvedH\x00\x12\x42\n\x11session_completed\x18\x1e \x01(\x0b\x32%.agentmesh.common.v1.SessionCompletedH\x00\x12<\n\x0esession_failed\x18\x1f \x01(\x0b\x32\".agentmesh.common.v1.SessionFailedH\x00\x12\x42\n\x11session_cancelled\x18  \x01(\x0b\x32%.agentmesh.common.v1.SessionCancelledH\x00\x42\t\n\x07payload\"p\n\x0eSessionStarted\x12\x0c\n\x04goal\x18\x01 \x01(\t\x12/\n\x08strategy\x18\x02 \x01(\x0e\x32\x1d.agentmesh.common.v1.Strategy\x12\x0e\n\x06\x61gents\x18\x03 \x03(\t\x12\x0f\n\x07resumed\x18\x04 \x01(\x08\"\x97\x01\n\x08\x41nalysis\x12+\n\x04kind\x18\x01 \x01(\x0e\x32\x1d.agentmesh.common.v1.GoalKind\x12\x36\n\x0f\x63hosen_strategy\x18\x02 \x01(\x0e\x32\x1d.agentmesh.common.v1.Strategy\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0eselected_agent\x18\x04 \x01(\t\"6\n\x0bPlanCreated\x12\'\n\x04plan\x18\x01 \x01(\x0b\x32\x19.agentmesh.common.v1.Plan\"3\n\x0bTaskStarted\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\"J\n\rTaskCompleted\x12\x0e\n\x06output\x18\x01 \x01(\t\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\"T\n\nTaskFailed\x12!\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\x05\x12\x12\n\nwill_retry\x18\x03 \x01(\x08\"H\n\x0c\x41gentSpawned\x12\x38\n\ndefinition\x18\x01 \x01(\x0b\x32$.agentmesh.common.v1.AgentDefinition\".\n\x0eMessageStarted\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\"\x1c\n\x0c\x43ontentDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\x18\n\x08Thinking\x12\x0c\n\x04text\x18\x01 \x01(\t\"<\n\rToolCallEvent\x12+\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\x1d.agentmesh.common.v1.ToolCall\"\xb3\x01\n\nToolResult\x12\x14\n\x0ctool_call_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\'\n\x06result\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.Status\x12\x30\n\tcitations\x18\x05 \x03(\x0b\x32\x1d.agentmesh.common.v1.Citation\"\xb8\x01\n\x10MessageCompleted\x12-\n\x07message\x18\x01 \x01(\x0b\x32\x1c.agentmesh.common.v1.Message\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\x12\x38\n\rfinish_reason\x18\x03 \x01(\x0e\x32!.agentmesh.common.v1.FinishReason\x12\x10\n\x08provider\x18\x04 \x01(\t\"L\n\x07Handoff\x12\x12\n\nfrom_agent\x18\x01 \x01(\t\x12\x10\n\x08to_agent\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\"D\n\x11\x41pprovalRequested\x12/\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x1d.agentmesh.common.v1.Approval\"C\n\x10\x41pprovalResolved\x12/\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x1d.agentmesh.common.v1.Approval\"\x1e\n\x0bUserMessage\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\"\xa1\x01\n\x10SessionCompleted\x12\x14\n\x0c\x66inal_answer\x18\x01 \x01(\t\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\x12\x1a\n\x12termination_reason\x18\x03 \x01(\t\x12\x30\n\tcitations\x18\x04 \x03(\x0b\x32\x1d.agentmesh.common.v1.Citation\"]\n\rSessionFailed\x12!\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x12.google.rpc.Status\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\"M\n\x10SessionCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.agentmesh.common.v1.Usage\"\x87\x01\n\x0c\x41gentMessage\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x12\n\nfrom_agent\x18\x02 \x01(\t\x12\x11\n\tto_agents\x18\x03 \x03(\t\x12.\n\x04type\x18\x04 \x01(\x0e\x32 .agentmesh.common.v1.MessageType\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t*f\n\x08GoalKind\x12\x19\n\x15GOAL_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10GOAL_KIND_SIMPLE\x10\x01\x12\x12\n\x0eGOAL_KIND_TOOL\x10\x02\x12\x15\n\x11GOAL_KIND_COMPLEX\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.common.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GOALKIND']._serialized_start=3338
-  _globals['_GOALKIND']._serialized_end=3440
-  _globals['_SESSIONEVENT']._serialized_start=327
-  _globals['_SESSIONEVENT']._serialized_end=1702
-  _globals['_SESSIONSTARTED']._serialized_start=1704
-  _globals['_SESSIONSTARTED']._serialized_end=1816
-  _globals['_ANALYSIS']._serialized_start=1819
-  _globals['_ANALYSIS']._serialized_end=1970
-  _globals['_PLANCREATED']._serialized_start=1972
-  _globals['_PLANCREATED']._serialized_end=2026
-  _globals['_TASKSTARTED']._serialized_start=2028
-  _globals['_TASKSTARTED']._serialized_end=2079
-  _globals['_TASKCOMPLETED']._serialized_start=2081
-  _globals['_TASKCOMPLETED']._serialized_end=2155
-  _globals['_TASKFAILED']._serialized_start=2157
-  _globals['_TASKFAILED']._serialized_end=2241
-  _globals['_AGENTSPAWNED']._serialized_start=2243
-  _globals['_AGENTSPAWNED']._serialized_end=2315
-  _globals['_MESSAGESTARTED']._serialized_start=2317
-  _globals['_MESSAGESTARTED']._serialized_end=2363
-  _globals['_CONTENTDELTA']._serialized_start=2365
-  _globals['_CONTENTDELTA']._serialized_end=2393
-  _globals['_THINKING']._serialized_start=2395
-  _globals['_THINKING']._serialized_end=2419
-  _globals['_TOOLCALLEVENT']._serialized_start=2421
-  _globals['_TOOLCALLEVENT']._serialized_end=2481
-  _globals['_TOOLRESULT']._serialized_start=2484
-  _globals['_TOOLRESULT']._serialized_end=2613
-  _globals['_MESSAGECOMPLETED']._serialized_start=2616
-  _globals['_MESSAGECOMPLETED']._serialized_end=2800
-  _globals['_HANDOFF']._serialized_start=2802
-  _globals['_HANDOFF']._serialized_end=2878
-  _globals['_APPROVALREQUESTED']._serialized_start=2880
-  _globals['_APPROVALREQUESTED']._serialized_end=2948
-  _globals['_APPROVALRESOLVED']._serialized_start=2950
-  _globals['_APPROVALRESOLVED']._serialized_end=3017
-  _globals['_USERMESSAGE']._serialized_start=3019
-  _globals['_USERMESSAGE']._serialized_end=3049
-  _globals['_SESSIONCOMPLETED']._serialized_start=3051
-  _globals['_SESSIONCOMPLETED']._serialized_end=3162
-  _globals['_SESSIONFAILED']._serialized_start=3164
-  _globals['_SESSIONFAILED']._serialized_end=3257
-  _globals['_SESSIONCANCELLED']._serialized_start=3259
-  _globals['_SESSIONCANCELLED']._serialized_end=3336
+  _globals['_GOALKIND']._serialized_start=3674
+  _globals['_GOALKIND']._serialized_end=3776
+  _globals['_SESSIONEVENT']._serialized_start=364
+  _globals['_SESSIONEVENT']._serialized_end=1799
+  _globals['_SESSIONSTARTED']._serialized_start=1801
+  _globals['_SESSIONSTARTED']._serialized_end=1913
+  _globals['_ANALYSIS']._serialized_start=1916
+  _globals['_ANALYSIS']._serialized_end=2067
+  _globals['_PLANCREATED']._serialized_start=2069
+  _globals['_PLANCREATED']._serialized_end=2123
+  _globals['_TASKSTARTED']._serialized_start=2125
+  _globals['_TASKSTARTED']._serialized_end=2176
+  _globals['_TASKCOMPLETED']._serialized_start=2178
+  _globals['_TASKCOMPLETED']._serialized_end=2252
+  _globals['_TASKFAILED']._serialized_start=2254
+  _globals['_TASKFAILED']._serialized_end=2338
+  _globals['_AGENTSPAWNED']._serialized_start=2340
+  _globals['_AGENTSPAWNED']._serialized_end=2412
+  _globals['_MESSAGESTARTED']._serialized_start=2414
+  _globals['_MESSAGESTARTED']._serialized_end=2460
+  _globals['_CONTENTDELTA']._serialized_start=2462
+  _globals['_CONTENTDELTA']._serialized_end=2490
+  _globals['_THINKING']._serialized_start=2492
+  _globals['_THINKING']._serialized_end=2516
+  _globals['_TOOLCALLEVENT']._serialized_start=2518
+  _globals['_TOOLCALLEVENT']._serialized_end=2578
+  _globals['_TOOLRESULT']._serialized_start=2581
+  _globals['_TOOLRESULT']._serialized_end=2760
+  _globals['_MESSAGECOMPLETED']._serialized_start=2763
+  _globals['_MESSAGECOMPLETED']._serialized_end=2947
+  _globals['_HANDOFF']._serialized_start=2949
+  _globals['_HANDOFF']._serialized_end=3025
+  _globals['_APPROVALREQUESTED']._serialized_start=3027
+  _globals['_APPROVALREQUESTED']._serialized_end=3095
+  _globals['_APPROVALRESOLVED']._serialized_start=3097
+  _globals['_APPROVALRESOLVED']._serialized_end=3164
+  _globals['_USERMESSAGE']._serialized_start=3166
+  _globals['_USERMESSAGE']._serialized_end=3196
+  _globals['_SESSIONCOMPLETED']._serialized_start=3199
+  _globals['_SESSIONCOMPLETED']._serialized_end=3360
+  _globals['_SESSIONFAILED']._serialized_start=3362
+  _globals['_SESSIONFAILED']._serialized_end=3455
+  _globals['_SESSIONCANCELLED']._serialized_start=3457
+  _globals['_SESSIONCANCELLED']._serialized_end=3534
+  _globals['_AGENTMESSAGE']._serialized_start=3537
+  _globals['_AGENTMESSAGE']._serialized_end=3672
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from agentmesh.common.v1 import agents_pb2 as _agents_pb2
 from agentmesh.common.v1 import approvals_pb2 as _approvals_pb2
 from agentmesh.common.v1 import generation_pb2 as _generation_pb2
+from agentmesh.common.v1 import knowledge_pb2 as _knowledge_pb2
 from agentmesh.common.v1 import messages_pb2 as _messages_pb2
 from agentmesh.common.v1 import sessions_pb2 as _sessions_pb2
 from collections import abc as _abc
@@ -82,6 +83,7 @@ class SessionEvent(_message.Message):
     THINKING_FIELD_NUMBER: _builtins.int
     TOOL_CALL_FIELD_NUMBER: _builtins.int
     TOOL_RESULT_FIELD_NUMBER: _builtins.int
+    AGENT_MESSAGE_FIELD_NUMBER: _builtins.int
     MESSAGE_COMPLETED_FIELD_NUMBER: _builtins.int
     USER_MESSAGE_FIELD_NUMBER: _builtins.int
     HANDOFF_FIELD_NUMBER: _builtins.int
@@ -155,6 +157,10 @@ class SessionEvent(_message.Message):
         """A tool answered."""
 
     @_builtins.property
+    def agent_message(self) -> Global___AgentMessage:
+        """An agent sent a message to other agents (send_message)."""
+
+    @_builtins.property
     def message_completed(self) -> Global___MessageCompleted:
         """An agent finished a message."""
 
@@ -208,6 +214,7 @@ class SessionEvent(_message.Message):
         thinking: Global___Thinking | None = ...,
         tool_call: Global___ToolCallEvent | None = ...,
         tool_result: Global___ToolResult | None = ...,
+        agent_message: Global___AgentMessage | None = ...,
         message_completed: Global___MessageCompleted | None = ...,
         user_message: Global___UserMessage | None = ...,
         handoff: Global___Handoff | None = ...,
@@ -217,11 +224,11 @@ class SessionEvent(_message.Message):
         session_failed: Global___SessionFailed | None = ...,
         session_cancelled: Global___SessionCancelled | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_spawned", b"agent_spawned", "analysis", b"analysis", "approval_requested", b"approval_requested", "approval_resolved", b"approval_resolved", "content_delta", b"content_delta", "handoff", b"handoff", "message_completed", b"message_completed", "message_started", b"message_started", "payload", b"payload", "plan_created", b"plan_created", "session_cancelled", b"session_cancelled", "session_completed", b"session_completed", "session_failed", b"session_failed", "session_started", b"session_started", "task_completed", b"task_completed", "task_failed", b"task_failed", "task_started", b"task_started", "thinking", b"thinking", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_message", b"agent_message", "agent_spawned", b"agent_spawned", "analysis", b"analysis", "approval_requested", b"approval_requested", "approval_resolved", b"approval_resolved", "content_delta", b"content_delta", "handoff", b"handoff", "message_completed", b"message_completed", "message_started", b"message_started", "payload", b"payload", "plan_created", b"plan_created", "session_cancelled", b"session_cancelled", "session_completed", b"session_completed", "session_failed", b"session_failed", "session_started", b"session_started", "task_completed", b"task_completed", "task_failed", b"task_failed", "task_started", b"task_started", "thinking", b"thinking", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_spawned", b"agent_spawned", "analysis", b"analysis", "approval_requested", b"approval_requested", "approval_resolved", b"approval_resolved", "content_delta", b"content_delta", "handoff", b"handoff", "message_completed", b"message_completed", "message_id", b"message_id", "message_started", b"message_started", "payload", b"payload", "plan_created", b"plan_created", "seq", b"seq", "session", b"session", "session_cancelled", b"session_cancelled", "session_completed", b"session_completed", "session_failed", b"session_failed", "session_started", b"session_started", "task_completed", b"task_completed", "task_failed", b"task_failed", "task_id", b"task_id", "task_started", b"task_started", "thinking", b"thinking", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "trace_id", b"trace_id", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_message", b"agent_message", "agent_spawned", b"agent_spawned", "analysis", b"analysis", "approval_requested", b"approval_requested", "approval_resolved", b"approval_resolved", "content_delta", b"content_delta", "handoff", b"handoff", "message_completed", b"message_completed", "message_id", b"message_id", "message_started", b"message_started", "payload", b"payload", "plan_created", b"plan_created", "seq", b"seq", "session", b"session", "session_cancelled", b"session_cancelled", "session_completed", b"session_completed", "session_failed", b"session_failed", "session_started", b"session_started", "task_completed", b"task_completed", "task_failed", b"task_failed", "task_id", b"task_id", "task_started", b"task_started", "thinking", b"thinking", "time", b"time", "tool_call", b"tool_call", "tool_result", b"tool_result", "trace_id", b"trace_id", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["session_started", "analysis", "plan_created", "task_started", "task_completed", "task_failed", "agent_spawned", "message_started", "content_delta", "thinking", "tool_call", "tool_result", "message_completed", "user_message", "handoff", "approval_requested", "approval_resolved", "session_completed", "session_failed", "session_cancelled"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["session_started", "analysis", "plan_created", "task_started", "task_completed", "task_failed", "agent_spawned", "message_started", "content_delta", "thinking", "tool_call", "tool_result", "agent_message", "message_completed", "user_message", "handoff", "approval_requested", "approval_resolved", "session_completed", "session_failed", "session_cancelled"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -537,6 +544,7 @@ class ToolResult(_message.Message):
     TOOL_NAME_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    CITATIONS_FIELD_NUMBER: _builtins.int
     tool_call_id: _builtins.str
     """Id of the ToolCall answered."""
     tool_name: _builtins.str
@@ -549,6 +557,10 @@ class ToolResult(_message.Message):
     def error(self) -> _status_pb2.Status:
         """Set when the tool failed or the call was refused (e.g. PERMISSION_DENIED)."""
 
+    @_builtins.property
+    def citations(self) -> _containers.RepeatedCompositeFieldContainer[_knowledge_pb2.Citation]:
+        """Passages the tool returned (search_documents), with their sources."""
+
     def __init__(
         self,
         *,
@@ -556,10 +568,11 @@ class ToolResult(_message.Message):
         tool_name: _builtins.str = ...,
         result: _struct_pb2.Struct | None = ...,
         error: _status_pb2.Status | None = ...,
+        citations: _abc.Iterable[_knowledge_pb2.Citation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result", "tool_call_id", b"tool_call_id", "tool_name", b"tool_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations", "error", b"error", "result", b"result", "tool_call_id", b"tool_call_id", "tool_name", b"tool_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -716,6 +729,7 @@ class SessionCompleted(_message.Message):
     FINAL_ANSWER_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     TERMINATION_REASON_FIELD_NUMBER: _builtins.int
+    CITATIONS_FIELD_NUMBER: _builtins.int
     final_answer: _builtins.str
     """The final answer."""
     termination_reason: _builtins.str
@@ -724,16 +738,23 @@ class SessionCompleted(_message.Message):
     def usage(self) -> _generation_pb2.Usage:
         """Total usage."""
 
+    @_builtins.property
+    def citations(self) -> _containers.RepeatedCompositeFieldContainer[_knowledge_pb2.Citation]:
+        """Passages the agents retrieved during the session (search_documents), each once, in the
+        order first retrieved: the sources the answer may draw on.
+        """
+
     def __init__(
         self,
         *,
         final_answer: _builtins.str = ...,
         usage: _generation_pb2.Usage | None = ...,
         termination_reason: _builtins.str = ...,
+        citations: _abc.Iterable[_knowledge_pb2.Citation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["final_answer", b"final_answer", "termination_reason", b"termination_reason", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations", "final_answer", b"final_answer", "termination_reason", b"termination_reason", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -796,3 +817,43 @@ class SessionCancelled(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SessionCancelled: _TypeAlias = SessionCancelled  # noqa: Y015
+
+@_typing.final
+class AgentMessage(_message.Message):
+    """A message from one agent to others, delivered into each recipient's next context."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    FROM_AGENT_FIELD_NUMBER: _builtins.int
+    TO_AGENTS_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    message: _builtins.str
+    """The stored message, "sessions/{session_id}/messages/{message_id}"."""
+    from_agent: _builtins.str
+    """Author, "agents/{agent_id}"."""
+    type: _messages_pb2.MessageType.ValueType
+    """What the message is for."""
+    content: _builtins.str
+    """The text."""
+    @_builtins.property
+    def to_agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Recipients, "agents/{agent_id}"; empty means every agent of the session."""
+
+    def __init__(
+        self,
+        *,
+        message: _builtins.str = ...,
+        from_agent: _builtins.str = ...,
+        to_agents: _abc.Iterable[_builtins.str] | None = ...,
+        type: _messages_pb2.MessageType.ValueType = ...,
+        content: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "from_agent", b"from_agent", "message", b"message", "to_agents", b"to_agents", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015

@@ -52,6 +52,34 @@ ROLE_TOOL: Role.ValueType  # 4
 """The result of a tool call, answering the assistant message that requested it."""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _MessageType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MessageTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MESSAGE_TYPE_UNSPECIFIED: _MessageType.ValueType  # 0
+    """Not set: an ordinary conversation message."""
+    MESSAGE_TYPE_REQUEST: _MessageType.ValueType  # 1
+    """Asks the recipients for something."""
+    MESSAGE_TYPE_RESPONSE: _MessageType.ValueType  # 2
+    """Answers a request."""
+    MESSAGE_TYPE_NOTIFICATION: _MessageType.ValueType  # 3
+    """Tells the recipients something; no answer expected."""
+
+class MessageType(_MessageType, metaclass=_MessageTypeEnumTypeWrapper):
+    """What an addressed message between agents is for."""
+
+MESSAGE_TYPE_UNSPECIFIED: MessageType.ValueType  # 0
+"""Not set: an ordinary conversation message."""
+MESSAGE_TYPE_REQUEST: MessageType.ValueType  # 1
+"""Asks the recipients for something."""
+MESSAGE_TYPE_RESPONSE: MessageType.ValueType  # 2
+"""Answers a request."""
+MESSAGE_TYPE_NOTIFICATION: MessageType.ValueType  # 3
+"""Tells the recipients something; no answer expected."""
+Global___MessageType: _TypeAlias = MessageType  # noqa: Y015
+
 @_typing.final
 class Message(_message.Message):
     """One message of a conversation, as sent to and received from models."""

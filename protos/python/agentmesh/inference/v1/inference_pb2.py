@@ -26,43 +26,46 @@ from agentmesh.common.v1 import generation_pb2 as agentmesh_dot_common_dot_v1_do
 from agentmesh.common.v1 import messages_pb2 as agentmesh_dot_common_dot_v1_dot_messages__pb2
 from agentmesh.common.v1 import operations_pb2 as agentmesh_dot_common_dot_v1_dot_operations__pb2
 from agentmesh.common.v1 import tools_pb2 as agentmesh_dot_common_dot_v1_dot_tools__pb2
+from agentmesh.common.v1 import user_settings_pb2 as agentmesh_dot_common_dot_v1_dot_user__settings__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&agentmesh/inference/v1/inference.proto\x12\x16\x61gentmesh.inference.v1\x1a$agentmesh/common/v1/generation.proto\x1a\"agentmesh/common/v1/messages.proto\x1a$agentmesh/common/v1/operations.proto\x1a\x1f\x61gentmesh/common/v1/tools.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xe7\x03\n\x0fGenerateRequest\x12\r\n\x05route\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12.\n\x08messages\x18\x04 \x03(\x0b\x32\x1c.agentmesh.common.v1.Message\x12,\n\x05tools\x18\x05 \x03(\x0b\x32\x1d.agentmesh.common.v1.ToolSpec\x12\x37\n\x0btool_choice\x18\x06 \x01(\x0e\x32\".agentmesh.inference.v1.ToolChoice\x12\x35\n\x06\x63onfig\x18\x07 \x01(\x0b\x32%.agentmesh.common.v1.GenerationConfig\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12J\n\x12mid_stream_failure\x18\t \x01(\x0e\x32..agentmesh.inference.v1.MidStreamFailurePolicy\x12\x1f\n\x17\x66\x61il_fast_on_rate_limit\x18\n \x01(\x08\x12\x0f\n\x07session\x18\x0b \x01(\t\x12\r\n\x05\x61gent\x18\x0c \x01(\t\x12\x30\n\x05\x63\x61\x63he\x18\r \x01(\x0e\x32!.agentmesh.inference.v1.CacheMode\"E\n\x10GenerateResponse\x12\x31\n\x05\x65vent\x18\x01 \x01(\x0b\x32\".agentmesh.common.v1.GenerateEvent\"I\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05route\x18\x03 \x01(\t\"\x9b\x02\n\tModelInfo\x12\r\n\x05route\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x0e\n\x06weight\x18\x06 \x01(\x05\x12\x1d\n\x15\x63ontext_window_tokens\x18\x07 \x01(\x05\x12&\n\x1einput_price_micros_per_million\x18\x08 \x01(\x03\x12\'\n\x1foutput_price_micros_per_million\x18\t \x01(\x03\x12\x16\n\x0esupports_tools\x18\n \x01(\x08\x12 \n\x18supports_response_schema\x18\x0b \x01(\x08\"`\n\x12ListModelsResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32!.agentmesh.inference.v1.ModelInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x18GetProviderStatusRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\"\xa7\x03\n\x10\x44\x65ploymentStatus\x12\x30\n\x05model\x18\x01 \x01(\x0b\x32!.agentmesh.inference.v1.ModelInfo\x12\x35\n\x06health\x18\x02 \x01(\x0e\x32%.agentmesh.common.v1.DeploymentHealth\x12\x38\n\rcircuit_state\x18\x03 \x01(\x0e\x32!.agentmesh.common.v1.CircuitState\x12\x36\n\x12\x63ircuit_open_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63onsecutive_failures\x18\x05 \x01(\x05\x12\x11\n\trpm_limit\x18\x06 \x01(\x05\x12\x15\n\rrpm_remaining\x18\x07 \x01(\x05\x12\x11\n\ttpm_limit\x18\x08 \x01(\x03\x12\x15\n\rtpm_remaining\x18\t \x01(\x03\x12&\n\nlast_error\x18\n \x01(\x0b\x32\x12.google.rpc.Status\x12\x1e\n\x16\x63redentials_configured\x18\x0b \x01(\x08\"Z\n\x19GetProviderStatusResponse\x12=\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32(.agentmesh.inference.v1.DeploymentStatus\"\xa2\x01\n\x12\x43ountTokensRequest\x12\r\n\x05route\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12.\n\x08messages\x18\x04 \x03(\x0b\x32\x1c.agentmesh.common.v1.Message\x12,\n\x05tools\x18\x05 \x03(\x0b\x32\x1d.agentmesh.common.v1.ToolSpec\"W\n\x13\x43ountTokensResponse\x12\x0e\n\x06tokens\x18\x01 \x01(\x03\x12\x11\n\testimated\x18\x02 \x01(\x08\x12\x1d\n\x15\x63ontext_window_tokens\x18\x03 \x01(\x05*\x8f\x01\n\x16MidStreamFailurePolicy\x12)\n%MID_STREAM_FAILURE_POLICY_UNSPECIFIED\x10\x00\x12%\n!MID_STREAM_FAILURE_POLICY_RESTART\x10\x01\x12#\n\x1fMID_STREAM_FAILURE_POLICY_ERROR\x10\x02*o\n\nToolChoice\x12\x1b\n\x17TOOL_CHOICE_UNSPECIFIED\x10\x00\x12\x14\n\x10TOOL_CHOICE_AUTO\x10\x01\x12\x14\n\x10TOOL_CHOICE_NONE\x10\x02\x12\x18\n\x14TOOL_CHOICE_REQUIRED\x10\x03*T\n\tCacheMode\x12\x1a\n\x16\x43\x41\x43HE_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41\x43HE_MODE_SKIP\x10\x01\x12\x16\n\x12\x43\x41\x43HE_MODE_REFRESH\x10\x02\x32\xba\x03\n\x10InferenceService\x12_\n\x08Generate\x12\'.agentmesh.inference.v1.GenerateRequest\x1a(.agentmesh.inference.v1.GenerateResponse0\x01\x12\x63\n\nListModels\x12).agentmesh.inference.v1.ListModelsRequest\x1a*.agentmesh.inference.v1.ListModelsResponse\x12x\n\x11GetProviderStatus\x12\x30.agentmesh.inference.v1.GetProviderStatusRequest\x1a\x31.agentmesh.inference.v1.GetProviderStatusResponse\x12\x66\n\x0b\x43ountTokens\x12*.agentmesh.inference.v1.CountTokensRequest\x1a+.agentmesh.inference.v1.CountTokensResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&agentmesh/inference/v1/inference.proto\x12\x16\x61gentmesh.inference.v1\x1a$agentmesh/common/v1/generation.proto\x1a\"agentmesh/common/v1/messages.proto\x1a$agentmesh/common/v1/operations.proto\x1a\x1f\x61gentmesh/common/v1/tools.proto\x1a\'agentmesh/common/v1/user_settings.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xa7\x04\n\x0fGenerateRequest\x12\r\n\x05route\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12.\n\x08messages\x18\x04 \x03(\x0b\x32\x1c.agentmesh.common.v1.Message\x12,\n\x05tools\x18\x05 \x03(\x0b\x32\x1d.agentmesh.common.v1.ToolSpec\x12\x37\n\x0btool_choice\x18\x06 \x01(\x0e\x32\".agentmesh.inference.v1.ToolChoice\x12\x35\n\x06\x63onfig\x18\x07 \x01(\x0b\x32%.agentmesh.common.v1.GenerationConfig\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12J\n\x12mid_stream_failure\x18\t \x01(\x0e\x32..agentmesh.inference.v1.MidStreamFailurePolicy\x12\x1f\n\x17\x66\x61il_fast_on_rate_limit\x18\n \x01(\x08\x12\x0f\n\x07session\x18\x0b \x01(\t\x12\r\n\x05\x61gent\x18\x0c \x01(\t\x12\x30\n\x05\x63\x61\x63he\x18\r \x01(\x0e\x32!.agentmesh.inference.v1.CacheMode\x12>\n\x10model_preference\x18\x0e \x01(\x0e\x32$.agentmesh.common.v1.ModelPreference\"E\n\x10GenerateResponse\x12\x31\n\x05\x65vent\x18\x01 \x01(\x0b\x32\".agentmesh.common.v1.GenerateEvent\"I\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05route\x18\x03 \x01(\t\"\xcf\x02\n\tModelInfo\x12\r\n\x05route\x18\x01 \x01(\t\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x0e\n\x06weight\x18\x06 \x01(\x05\x12\x1d\n\x15\x63ontext_window_tokens\x18\x07 \x01(\x05\x12&\n\x1einput_price_micros_per_million\x18\x08 \x01(\x03\x12\'\n\x1foutput_price_micros_per_million\x18\t \x01(\x03\x12\x16\n\x0esupports_tools\x18\n \x01(\x08\x12 \n\x18supports_response_schema\x18\x0b \x01(\x08\x12\x32\n\x08locality\x18\x0c \x01(\x0e\x32 .agentmesh.inference.v1.Locality\"`\n\x12ListModelsResponse\x12\x31\n\x06models\x18\x01 \x03(\x0b\x32!.agentmesh.inference.v1.ModelInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x18GetProviderStatusRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\r\n\x05route\x18\x02 \x01(\t\"\xa7\x03\n\x10\x44\x65ploymentStatus\x12\x30\n\x05model\x18\x01 \x01(\x0b\x32!.agentmesh.inference.v1.ModelInfo\x12\x35\n\x06health\x18\x02 \x01(\x0e\x32%.agentmesh.common.v1.DeploymentHealth\x12\x38\n\rcircuit_state\x18\x03 \x01(\x0e\x32!.agentmesh.common.v1.CircuitState\x12\x36\n\x12\x63ircuit_open_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14\x63onsecutive_failures\x18\x05 \x01(\x05\x12\x11\n\trpm_limit\x18\x06 \x01(\x05\x12\x15\n\rrpm_remaining\x18\x07 \x01(\x05\x12\x11\n\ttpm_limit\x18\x08 \x01(\x03\x12\x15\n\rtpm_remaining\x18\t \x01(\x03\x12&\n\nlast_error\x18\n \x01(\x0b\x32\x12.google.rpc.Status\x12\x1e\n\x16\x63redentials_configured\x18\x0b \x01(\x08\"Z\n\x19GetProviderStatusResponse\x12=\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32(.agentmesh.inference.v1.DeploymentStatus\"\xa2\x01\n\x12\x43ountTokensRequest\x12\r\n\x05route\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12.\n\x08messages\x18\x04 \x03(\x0b\x32\x1c.agentmesh.common.v1.Message\x12,\n\x05tools\x18\x05 \x03(\x0b\x32\x1d.agentmesh.common.v1.ToolSpec\"W\n\x13\x43ountTokensResponse\x12\x0e\n\x06tokens\x18\x01 \x01(\x03\x12\x11\n\testimated\x18\x02 \x01(\x08\x12\x1d\n\x15\x63ontext_window_tokens\x18\x03 \x01(\x05*\x8f\x01\n\x16MidStreamFailurePolicy\x12)\n%MID_STREAM_FAILURE_POLICY_UNSPECIFIED\x10\x00\x12%\n!MID_STREAM_FAILURE_POLICY_RESTART\x10\x01\x12#\n\x1fMID_STREAM_FAILURE_POLICY_ERROR\x10\x02*o\n\nToolChoice\x12\x1b\n\x17TOOL_CHOICE_UNSPECIFIED\x10\x00\x12\x14\n\x10TOOL_CHOICE_AUTO\x10\x01\x12\x14\n\x10TOOL_CHOICE_NONE\x10\x02\x12\x18\n\x14TOOL_CHOICE_REQUIRED\x10\x03*T\n\tCacheMode\x12\x1a\n\x16\x43\x41\x43HE_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41\x43HE_MODE_SKIP\x10\x01\x12\x16\n\x12\x43\x41\x43HE_MODE_REFRESH\x10\x02*M\n\x08Locality\x12\x18\n\x14LOCALITY_UNSPECIFIED\x10\x00\x12\x12\n\x0eLOCALITY_LOCAL\x10\x01\x12\x13\n\x0fLOCALITY_ONLINE\x10\x02\x32\xba\x03\n\x10InferenceService\x12_\n\x08Generate\x12\'.agentmesh.inference.v1.GenerateRequest\x1a(.agentmesh.inference.v1.GenerateResponse0\x01\x12\x63\n\nListModels\x12).agentmesh.inference.v1.ListModelsRequest\x1a*.agentmesh.inference.v1.ListModelsResponse\x12x\n\x11GetProviderStatus\x12\x30.agentmesh.inference.v1.GetProviderStatusRequest\x1a\x31.agentmesh.inference.v1.GetProviderStatusResponse\x12\x66\n\x0b\x43ountTokens\x12*.agentmesh.inference.v1.CountTokensRequest\x1a+.agentmesh.inference.v1.CountTokensResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.inference.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MIDSTREAMFAILUREPOLICY']._serialized_start=2123
-  _globals['_MIDSTREAMFAILUREPOLICY']._serialized_end=2266
-  _globals['_TOOLCHOICE']._serialized_start=2268
-  _globals['_TOOLCHOICE']._serialized_end=2379
-  _globals['_CACHEMODE']._serialized_start=2381
-  _globals['_CACHEMODE']._serialized_end=2465
-  _globals['_GENERATEREQUEST']._serialized_start=270
-  _globals['_GENERATEREQUEST']._serialized_end=757
-  _globals['_GENERATERESPONSE']._serialized_start=759
-  _globals['_GENERATERESPONSE']._serialized_end=828
-  _globals['_LISTMODELSREQUEST']._serialized_start=830
-  _globals['_LISTMODELSREQUEST']._serialized_end=903
-  _globals['_MODELINFO']._serialized_start=906
-  _globals['_MODELINFO']._serialized_end=1189
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1191
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1287
-  _globals['_GETPROVIDERSTATUSREQUEST']._serialized_start=1289
-  _globals['_GETPROVIDERSTATUSREQUEST']._serialized_end=1348
-  _globals['_DEPLOYMENTSTATUS']._serialized_start=1351
-  _globals['_DEPLOYMENTSTATUS']._serialized_end=1774
-  _globals['_GETPROVIDERSTATUSRESPONSE']._serialized_start=1776
-  _globals['_GETPROVIDERSTATUSRESPONSE']._serialized_end=1866
-  _globals['_COUNTTOKENSREQUEST']._serialized_start=1869
-  _globals['_COUNTTOKENSREQUEST']._serialized_end=2031
-  _globals['_COUNTTOKENSRESPONSE']._serialized_start=2033
-  _globals['_COUNTTOKENSRESPONSE']._serialized_end=2120
-  _globals['_INFERENCESERVICE']._serialized_start=2468
-  _globals['_INFERENCESERVICE']._serialized_end=2910
+  _globals['_MIDSTREAMFAILUREPOLICY']._serialized_start=2280
+  _globals['_MIDSTREAMFAILUREPOLICY']._serialized_end=2423
+  _globals['_TOOLCHOICE']._serialized_start=2425
+  _globals['_TOOLCHOICE']._serialized_end=2536
+  _globals['_CACHEMODE']._serialized_start=2538
+  _globals['_CACHEMODE']._serialized_end=2622
+  _globals['_LOCALITY']._serialized_start=2624
+  _globals['_LOCALITY']._serialized_end=2701
+  _globals['_GENERATEREQUEST']._serialized_start=311
+  _globals['_GENERATEREQUEST']._serialized_end=862
+  _globals['_GENERATERESPONSE']._serialized_start=864
+  _globals['_GENERATERESPONSE']._serialized_end=933
+  _globals['_LISTMODELSREQUEST']._serialized_start=935
+  _globals['_LISTMODELSREQUEST']._serialized_end=1008
+  _globals['_MODELINFO']._serialized_start=1011
+  _globals['_MODELINFO']._serialized_end=1346
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1348
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1444
+  _globals['_GETPROVIDERSTATUSREQUEST']._serialized_start=1446
+  _globals['_GETPROVIDERSTATUSREQUEST']._serialized_end=1505
+  _globals['_DEPLOYMENTSTATUS']._serialized_start=1508
+  _globals['_DEPLOYMENTSTATUS']._serialized_end=1931
+  _globals['_GETPROVIDERSTATUSRESPONSE']._serialized_start=1933
+  _globals['_GETPROVIDERSTATUSRESPONSE']._serialized_end=2023
+  _globals['_COUNTTOKENSREQUEST']._serialized_start=2026
+  _globals['_COUNTTOKENSREQUEST']._serialized_end=2188
+  _globals['_COUNTTOKENSRESPONSE']._serialized_start=2190
+  _globals['_COUNTTOKENSRESPONSE']._serialized_end=2277
+  _globals['_INFERENCESERVICE']._serialized_start=2704
+  _globals['_INFERENCESERVICE']._serialized_end=3146
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from agentmesh.common.v1 import generation_pb2 as _generation_pb2
 from agentmesh.common.v1 import messages_pb2 as _messages_pb2
 from agentmesh.common.v1 import operations_pb2 as _operations_pb2
 from agentmesh.common.v1 import tools_pb2 as _tools_pb2
+from agentmesh.common.v1 import user_settings_pb2 as _user_settings_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -101,6 +102,30 @@ CACHE_MODE_REFRESH: CacheMode.ValueType  # 2
 """Do not read, but store the fresh answer (replacing a stored one)."""
 Global___CacheMode: _TypeAlias = CacheMode  # noqa: Y015
 
+class _Locality:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LocalityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Locality.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LOCALITY_UNSPECIFIED: _Locality.ValueType  # 0
+    """Not set."""
+    LOCALITY_LOCAL: _Locality.ValueType  # 1
+    """On hardware the operator runs (the local runner, Ollama, a self-hosted server)."""
+    LOCALITY_ONLINE: _Locality.ValueType  # 2
+    """At a hosted provider."""
+
+class Locality(_Locality, metaclass=_LocalityEnumTypeWrapper):
+    """Where a deployment's model runs."""
+
+LOCALITY_UNSPECIFIED: Locality.ValueType  # 0
+"""Not set."""
+LOCALITY_LOCAL: Locality.ValueType  # 1
+"""On hardware the operator runs (the local runner, Ollama, a self-hosted server)."""
+LOCALITY_ONLINE: Locality.ValueType  # 2
+"""At a hosted provider."""
+Global___Locality: _TypeAlias = Locality  # noqa: Y015
+
 @_typing.final
 class GenerateRequest(_message.Message):
     """A generation request."""
@@ -120,6 +145,7 @@ class GenerateRequest(_message.Message):
     SESSION_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    MODEL_PREFERENCE_FIELD_NUMBER: _builtins.int
     route: _builtins.str
     """Route name from the routes file. Either route, or provider and model, is required."""
     provider: _builtins.str
@@ -140,6 +166,10 @@ class GenerateRequest(_message.Message):
     """Agent this call serves, for the usage ledger."""
     cache: Global___CacheMode.ValueType
     """How this request uses the route's response cache."""
+    model_preference: _user_settings_pb2.ModelPreference.ValueType
+    """The user's local or online preference: deployments of the preferred locality are tried
+    first (by priority among them), the others after them as fallback.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_messages_pb2.Message]:
         """The conversation, at least one message."""
@@ -168,10 +198,11 @@ class GenerateRequest(_message.Message):
         session: _builtins.str = ...,
         agent: _builtins.str = ...,
         cache: Global___CacheMode.ValueType = ...,
+        model_preference: _user_settings_pb2.ModelPreference.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "cache", b"cache", "config", b"config", "fail_fast_on_rate_limit", b"fail_fast_on_rate_limit", "idempotency_key", b"idempotency_key", "messages", b"messages", "mid_stream_failure", b"mid_stream_failure", "model", b"model", "provider", b"provider", "route", b"route", "session", b"session", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "cache", b"cache", "config", b"config", "fail_fast_on_rate_limit", b"fail_fast_on_rate_limit", "idempotency_key", b"idempotency_key", "messages", b"messages", "mid_stream_failure", b"mid_stream_failure", "model", b"model", "model_preference", b"model_preference", "provider", b"provider", "route", b"route", "session", b"session", "tool_choice", b"tool_choice", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -248,6 +279,7 @@ class ModelInfo(_message.Message):
     OUTPUT_PRICE_MICROS_PER_MILLION_FIELD_NUMBER: _builtins.int
     SUPPORTS_TOOLS_FIELD_NUMBER: _builtins.int
     SUPPORTS_RESPONSE_SCHEMA_FIELD_NUMBER: _builtins.int
+    LOCALITY_FIELD_NUMBER: _builtins.int
     route: _builtins.str
     """Route the deployment belongs to."""
     deployment: _builtins.str
@@ -270,6 +302,8 @@ class ModelInfo(_message.Message):
     """Whether the deployment supports tool calls."""
     supports_response_schema: _builtins.bool
     """Whether a response JSON schema is enforced natively."""
+    locality: Global___Locality.ValueType
+    """Where the model runs (the routes file's `locality`, by default from the provider)."""
     def __init__(
         self,
         *,
@@ -284,10 +318,11 @@ class ModelInfo(_message.Message):
         output_price_micros_per_million: _builtins.int = ...,
         supports_tools: _builtins.bool = ...,
         supports_response_schema: _builtins.bool = ...,
+        locality: Global___Locality.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_window_tokens", b"context_window_tokens", "deployment", b"deployment", "input_price_micros_per_million", b"input_price_micros_per_million", "model", b"model", "output_price_micros_per_million", b"output_price_micros_per_million", "priority", b"priority", "provider", b"provider", "route", b"route", "supports_response_schema", b"supports_response_schema", "supports_tools", b"supports_tools", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_window_tokens", b"context_window_tokens", "deployment", b"deployment", "input_price_micros_per_million", b"input_price_micros_per_million", "locality", b"locality", "model", b"model", "output_price_micros_per_million", b"output_price_micros_per_million", "priority", b"priority", "provider", b"provider", "route", b"route", "supports_response_schema", b"supports_response_schema", "supports_tools", b"supports_tools", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

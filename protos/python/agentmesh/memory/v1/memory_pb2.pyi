@@ -33,6 +33,30 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _MessageAudience:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MessageAudienceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageAudience.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MESSAGE_AUDIENCE_UNSPECIFIED: _MessageAudience.ValueType  # 0
+    """Not set: every message."""
+    MESSAGE_AUDIENCE_SHARED: _MessageAudience.ValueType  # 1
+    """The shared conversation: messages addressed to nobody in particular."""
+    MESSAGE_AUDIENCE_ADDRESSED: _MessageAudience.ValueType  # 2
+    """Messages with recipients (see ListMessagesRequest.participant)."""
+
+class MessageAudience(_MessageAudience, metaclass=_MessageAudienceEnumTypeWrapper):
+    """Which messages of a session a listing returns."""
+
+MESSAGE_AUDIENCE_UNSPECIFIED: MessageAudience.ValueType  # 0
+"""Not set: every message."""
+MESSAGE_AUDIENCE_SHARED: MessageAudience.ValueType  # 1
+"""The shared conversation: messages addressed to nobody in particular."""
+MESSAGE_AUDIENCE_ADDRESSED: MessageAudience.ValueType  # 2
+"""Messages with recipients (see ListMessagesRequest.participant)."""
+Global___MessageAudience: _TypeAlias = MessageAudience  # noqa: Y015
+
 class _ExecutionOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -564,6 +588,8 @@ class StoredMessage(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, "sessions/{session_id}/messages/{message_id}"."""
     agent: _builtins.str
@@ -576,6 +602,8 @@ class StoredMessage(_message.Message):
     """Tokens of the prompt that produced it."""
     completion_tokens: _builtins.int
     """Tokens of the message itself."""
+    type: _messages_pb2.MessageType.ValueType
+    """What an addressed message is for."""
     @_builtins.property
     def message(self) -> _messages_pb2.Message:
         """The message."""
@@ -583,6 +611,12 @@ class StoredMessage(_message.Message):
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When it was stored."""
+
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Agents the message is addressed to, "agents/{agent_id}"; empty means the shared
+        conversation (every agent sees it).
+        """
 
     def __init__(
         self,
@@ -595,10 +629,12 @@ class StoredMessage(_message.Message):
         prompt_tokens: _builtins.int = ...,
         completion_tokens: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        recipients: _abc.Iterable[_builtins.str] | None = ...,
+        type: _messages_pb2.MessageType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "completion_tokens", b"completion_tokens", "create_time", b"create_time", "message", b"message", "name", b"name", "prompt_tokens", b"prompt_tokens", "round", b"round", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "completion_tokens", b"completion_tokens", "create_time", b"create_time", "message", b"message", "name", b"name", "prompt_tokens", b"prompt_tokens", "recipients", b"recipients", "round", b"round", "task_id", b"task_id", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -670,6 +706,8 @@ class ListMessagesRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     NEWEST_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    PARTICIPANT_FIELD_NUMBER: _builtins.int
     parent: _builtins.str
     """"sessions/{session_id}"."""
     page_size: _builtins.int
@@ -678,6 +716,10 @@ class ListMessagesRequest(_message.Message):
     """Token from a previous response."""
     newest: _builtins.int
     """When set, only the newest N messages (still oldest first), ignoring paging."""
+    audience: Global___MessageAudience.ValueType
+    """Which messages."""
+    participant: _builtins.str
+    """With audience ADDRESSED: only messages this agent ("agents/{agent_id}") sent or receives."""
     def __init__(
         self,
         *,
@@ -685,10 +727,12 @@ class ListMessagesRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         newest: _builtins.int = ...,
+        audience: Global___MessageAudience.ValueType = ...,
+        participant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["newest", b"newest", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "newest", b"newest", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent", "participant", b"participant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1146,6 +1190,7 @@ class Execution(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     RESPONSE_FIELD_NUMBER: _builtins.int
+    CALL_INDEX_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, "executions/{execution_id}"."""
     session: _builtins.str
@@ -1166,6 +1211,10 @@ class Execution(_message.Message):
     """How the call ended."""
     idempotency_key: _builtins.str
     """Idempotency key; a second record with the same key returns the first."""
+    call_index: _builtins.int
+    """Index of the call within its agent turn: 0 for the turn's first call, then one per tool
+    round (agent statistics count a turn by its call 0).
+    """
     @_builtins.property
     def latency(self) -> _duration_pb2.Duration:
         """Wall time of the call."""
@@ -1209,10 +1258,11 @@ class Execution(_message.Message):
         idempotency_key: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         response: _messages_pb2.Message | None = ...,
+        call_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error", b"error", "latency", b"latency", "response", b"response", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "create_time", b"create_time", "error", b"error", "idempotency_key", b"idempotency_key", "latency", b"latency", "model", b"model", "name", b"name", "outcome", b"outcome", "provider", b"provider", "response", b"response", "route", b"route", "session", b"session", "task_id", b"task_id", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "call_index", b"call_index", "create_time", b"create_time", "error", b"error", "idempotency_key", b"idempotency_key", "latency", b"latency", "model", b"model", "name", b"name", "outcome", b"outcome", "provider", b"provider", "response", b"response", "route", b"route", "session", b"session", "task_id", b"task_id", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from agentmesh.memory.v1 import knowledge_pb2 as agentmesh_dot_memory_dot_v1_dot_knowledge__pb2
 from agentmesh.memory.v1 import memory_pb2 as agentmesh_dot_memory_dot_v1_dot_memory__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -141,6 +142,11 @@ class MemoryServiceStub:
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.GetAgentStats = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/GetAgentStats',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetAgentStatsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetAgentStatsResponse.FromString,
+                _registered_method=True)
         self.PutMemory = channel.unary_unary(
                 '/agentmesh.memory.v1.MemoryService/PutMemory',
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.PutMemoryRequest.SerializeToString,
@@ -161,6 +167,16 @@ class MemoryServiceStub:
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryResponse.FromString,
                 _registered_method=True)
+        self.SearchMemories = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/SearchMemories',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.SearchMemoriesRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.SearchMemoriesResponse.FromString,
+                _registered_method=True)
+        self.GetMemoryStats = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/GetMemoryStats',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetMemoryStatsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetMemoryStatsResponse.FromString,
+                _registered_method=True)
         self.GetUserSettings = channel.unary_unary(
                 '/agentmesh.memory.v1.MemoryService/GetUserSettings',
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetUserSettingsRequest.SerializeToString,
@@ -170,6 +186,51 @@ class MemoryServiceStub:
                 '/agentmesh.memory.v1.MemoryService/UpdateUserSettings',
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.UpdateUserSettingsRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.UpdateUserSettingsResponse.FromString,
+                _registered_method=True)
+        self.CreateCollection = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/CreateCollection',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.CreateCollectionRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.CreateCollectionResponse.FromString,
+                _registered_method=True)
+        self.GetCollection = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/GetCollection',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetCollectionRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetCollectionResponse.FromString,
+                _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/ListCollections',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.ListCollectionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteCollection = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/DeleteCollection',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.DeleteCollectionRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.DeleteCollectionResponse.FromString,
+                _registered_method=True)
+        self.UploadDocument = channel.stream_unary(
+                '/agentmesh.memory.v1.MemoryService/UploadDocument',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.UploadDocumentRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.UploadDocumentResponse.FromString,
+                _registered_method=True)
+        self.GetDocument = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/GetDocument',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetDocumentRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetDocumentResponse.FromString,
+                _registered_method=True)
+        self.ListDocuments = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/ListDocuments',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDocument = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/DeleteDocument',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.DeleteDocumentRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.DeleteDocumentResponse.FromString,
+                _registered_method=True)
+        self.SearchDocuments = channel.unary_unary(
+                '/agentmesh.memory.v1.MemoryService/SearchDocuments',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.SearchDocumentsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.SearchDocumentsResponse.FromString,
                 _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/agentmesh.memory.v1.MemoryService/CreateApiKey',
@@ -404,6 +465,14 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAgentStats(self, request, context):
+        """One agent's sessions, turns, tokens, cost, latency percentiles, errors and last activity
+        over a time window, from the ledger. NOT_FOUND for an agent with no definition and no calls.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PutMemory(self, request, context):
         """Writes an agent memory entry (insert or replace by agent, user and key).
         """
@@ -432,6 +501,20 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchMemories(self, request, context):
+        """Finds an agent's memories for a user by full-text search over keys and values.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMemoryStats(self, request, context):
+        """Memory usage per agent and user: entries and bytes by type, reads, last access.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUserSettings(self, request, context):
         """Gets a user's settings (the defaults when none are stored).
         """
@@ -441,6 +524,73 @@ class MemoryServiceServicer:
 
     def UpdateUserSettings(self, request, context):
         """Updates the settings fields named by the update mask.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCollection(self, request, context):
+        """Creates a collection of documents (a RAG archive).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCollection(self, request, context):
+        """Gets a collection with its counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCollections(self, request, context):
+        """Lists collections.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCollection(self, request, context):
+        """Deletes a collection with its documents and their passages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadDocument(self, request_iterator, context):
+        """Ingests a document streamed in parts (the header, then its bytes): extracts its text
+        (plain text, Markdown, HTML, PDF), splits it into overlapping passages and indexes them,
+        in one transaction. INVALID_ARGUMENT naming the document when it is too large, of
+        another format than said, or has no text; nothing is stored then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDocument(self, request, context):
+        """Gets a document.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDocuments(self, request, context):
+        """Lists a collection's documents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDocument(self, request, context):
+        """Deletes a document and its passages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchDocuments(self, request, context):
+        """Full-text search over passages (SQLite FTS5 bm25, PostgreSQL tsvector ts_rank_cd), with
+        filters by collection, document and metadata, highlights and pages.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -662,6 +812,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetUsageRequest.FromString,
                     response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetUsageResponse.SerializeToString,
             ),
+            'GetAgentStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgentStats,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetAgentStatsRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetAgentStatsResponse.SerializeToString,
+            ),
             'PutMemory': grpc.unary_unary_rpc_method_handler(
                     servicer.PutMemory,
                     request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.PutMemoryRequest.FromString,
@@ -682,6 +837,16 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryRequest.FromString,
                     response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.DeleteMemoryResponse.SerializeToString,
             ),
+            'SearchMemories': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMemories,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.SearchMemoriesRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.SearchMemoriesResponse.SerializeToString,
+            ),
+            'GetMemoryStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemoryStats,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetMemoryStatsRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetMemoryStatsResponse.SerializeToString,
+            ),
             'GetUserSettings': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUserSettings,
                     request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.GetUserSettingsRequest.FromString,
@@ -691,6 +856,51 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.UpdateUserSettings,
                     request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.UpdateUserSettingsRequest.FromString,
                     response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.UpdateUserSettingsResponse.SerializeToString,
+            ),
+            'CreateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCollection,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.CreateCollectionRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.CreateCollectionResponse.SerializeToString,
+            ),
+            'GetCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCollection,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetCollectionRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetCollectionResponse.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'DeleteCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCollection,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.DeleteCollectionRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.DeleteCollectionResponse.SerializeToString,
+            ),
+            'UploadDocument': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadDocument,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.UploadDocumentRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.UploadDocumentResponse.SerializeToString,
+            ),
+            'GetDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocument,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetDocumentRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetDocumentResponse.SerializeToString,
+            ),
+            'ListDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDocuments,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.SerializeToString,
+            ),
+            'DeleteDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDocument,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.DeleteDocumentRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.DeleteDocumentResponse.SerializeToString,
+            ),
+            'SearchDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchDocuments,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.SearchDocumentsRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.SearchDocumentsResponse.SerializeToString,
             ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
@@ -1348,6 +1558,33 @@ class MemoryService:
             _registered_method=True)
 
     @staticmethod
+    def GetAgentStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/GetAgentStats',
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetAgentStatsRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetAgentStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def PutMemory(request,
             target,
             options=(),
@@ -1456,6 +1693,60 @@ class MemoryService:
             _registered_method=True)
 
     @staticmethod
+    def SearchMemories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/SearchMemories',
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.SearchMemoriesRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.SearchMemoriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemoryStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/GetMemoryStats',
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetMemoryStatsRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetMemoryStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetUserSettings(request,
             target,
             options=(),
@@ -1499,6 +1790,249 @@ class MemoryService:
             '/agentmesh.memory.v1.MemoryService/UpdateUserSettings',
             agentmesh_dot_memory_dot_v1_dot_memory__pb2.UpdateUserSettingsRequest.SerializeToString,
             agentmesh_dot_memory_dot_v1_dot_memory__pb2.UpdateUserSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/CreateCollection',
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.CreateCollectionRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.CreateCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/GetCollection',
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetCollectionRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/ListCollections',
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.ListCollectionsRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/DeleteCollection',
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.DeleteCollectionRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.DeleteCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadDocument(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/agentmesh.memory.v1.MemoryService/UploadDocument',
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.UploadDocumentRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.UploadDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/GetDocument',
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetDocumentRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.GetDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/ListDocuments',
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/DeleteDocument',
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.DeleteDocumentRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.DeleteDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/SearchDocuments',
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.SearchDocumentsRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_knowledge__pb2.SearchDocumentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from agentmesh.memory.v1 import knowledge_pb2 as _knowledge_pb2
 from agentmesh.memory.v1 import memory_pb2 as _memory_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
@@ -84,6 +85,10 @@ class MemoryServiceStub:
     """Lists recorded calls of a session, or the call with an idempotency key."""
     GetUsage: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetUsageRequest, _memory_pb2.GetUsageResponse]
     """Rolls up tokens and cost by session, agent, tenant, provider or model over a time window."""
+    GetAgentStats: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.GetAgentStatsRequest, _knowledge_pb2.GetAgentStatsResponse]
+    """One agent's sessions, turns, tokens, cost, latency percentiles, errors and last activity
+    over a time window, from the ledger. NOT_FOUND for an agent with no definition and no calls.
+    """
     PutMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.PutMemoryRequest, _memory_pb2.PutMemoryResponse]
     """Writes an agent memory entry (insert or replace by agent, user and key)."""
     GetMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryRequest, _memory_pb2.GetMemoryResponse]
@@ -92,10 +97,38 @@ class MemoryServiceStub:
     """Lists an agent's memory entries for a user, or for all its users with the user "-"."""
     DeleteMemory: _grpc.UnaryUnaryMultiCallable[_memory_pb2.DeleteMemoryRequest, _memory_pb2.DeleteMemoryResponse]
     """Deletes a memory entry."""
+    SearchMemories: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.SearchMemoriesRequest, _knowledge_pb2.SearchMemoriesResponse]
+    """Finds an agent's memories for a user by full-text search over keys and values."""
+    GetMemoryStats: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.GetMemoryStatsRequest, _knowledge_pb2.GetMemoryStatsResponse]
+    """Memory usage per agent and user: entries and bytes by type, reads, last access."""
     GetUserSettings: _grpc.UnaryUnaryMultiCallable[_memory_pb2.GetUserSettingsRequest, _memory_pb2.GetUserSettingsResponse]
     """Gets a user's settings (the defaults when none are stored)."""
     UpdateUserSettings: _grpc.UnaryUnaryMultiCallable[_memory_pb2.UpdateUserSettingsRequest, _memory_pb2.UpdateUserSettingsResponse]
     """Updates the settings fields named by the update mask."""
+    CreateCollection: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.CreateCollectionRequest, _knowledge_pb2.CreateCollectionResponse]
+    """Creates a collection of documents (a RAG archive)."""
+    GetCollection: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.GetCollectionRequest, _knowledge_pb2.GetCollectionResponse]
+    """Gets a collection with its counts."""
+    ListCollections: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.ListCollectionsRequest, _knowledge_pb2.ListCollectionsResponse]
+    """Lists collections."""
+    DeleteCollection: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteCollectionRequest, _knowledge_pb2.DeleteCollectionResponse]
+    """Deletes a collection with its documents and their passages."""
+    UploadDocument: _grpc.StreamUnaryMultiCallable[_knowledge_pb2.UploadDocumentRequest, _knowledge_pb2.UploadDocumentResponse]
+    """Ingests a document streamed in parts (the header, then its bytes): extracts its text
+    (plain text, Markdown, HTML, PDF), splits it into overlapping passages and indexes them,
+    in one transaction. INVALID_ARGUMENT naming the document when it is too large, of
+    another format than said, or has no text; nothing is stored then.
+    """
+    GetDocument: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.GetDocumentRequest, _knowledge_pb2.GetDocumentResponse]
+    """Gets a document."""
+    ListDocuments: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.ListDocumentsRequest, _knowledge_pb2.ListDocumentsResponse]
+    """Lists a collection's documents."""
+    DeleteDocument: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteDocumentRequest, _knowledge_pb2.DeleteDocumentResponse]
+    """Deletes a document and its passages."""
+    SearchDocuments: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.SearchDocumentsRequest, _knowledge_pb2.SearchDocumentsResponse]
+    """Full-text search over passages (SQLite FTS5 bm25, PostgreSQL tsvector ts_rank_cd), with
+    filters by collection, document and metadata, highlights and pages.
+    """
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_memory_pb2.CreateApiKeyRequest, _memory_pb2.CreateApiKeyResponse]
     """Creates an API key for the tenant in metadata; the secret is returned only here."""
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_memory_pb2.ListApiKeysRequest, _memory_pb2.ListApiKeysResponse]
@@ -188,6 +221,10 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Lists recorded calls of a session, or the call with an idempotency key."""
     GetUsage: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetUsageRequest, _memory_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Rolls up tokens and cost by session, agent, tenant, provider or model over a time window."""
+    GetAgentStats: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.GetAgentStatsRequest, _knowledge_pb2.GetAgentStatsResponse]  # type: ignore[assignment]
+    """One agent's sessions, turns, tokens, cost, latency percentiles, errors and last activity
+    over a time window, from the ledger. NOT_FOUND for an agent with no definition and no calls.
+    """
     PutMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.PutMemoryRequest, _memory_pb2.PutMemoryResponse]  # type: ignore[assignment]
     """Writes an agent memory entry (insert or replace by agent, user and key)."""
     GetMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetMemoryRequest, _memory_pb2.GetMemoryResponse]  # type: ignore[assignment]
@@ -196,10 +233,38 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Lists an agent's memory entries for a user, or for all its users with the user "-"."""
     DeleteMemory: _aio.UnaryUnaryMultiCallable[_memory_pb2.DeleteMemoryRequest, _memory_pb2.DeleteMemoryResponse]  # type: ignore[assignment]
     """Deletes a memory entry."""
+    SearchMemories: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.SearchMemoriesRequest, _knowledge_pb2.SearchMemoriesResponse]  # type: ignore[assignment]
+    """Finds an agent's memories for a user by full-text search over keys and values."""
+    GetMemoryStats: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.GetMemoryStatsRequest, _knowledge_pb2.GetMemoryStatsResponse]  # type: ignore[assignment]
+    """Memory usage per agent and user: entries and bytes by type, reads, last access."""
     GetUserSettings: _aio.UnaryUnaryMultiCallable[_memory_pb2.GetUserSettingsRequest, _memory_pb2.GetUserSettingsResponse]  # type: ignore[assignment]
     """Gets a user's settings (the defaults when none are stored)."""
     UpdateUserSettings: _aio.UnaryUnaryMultiCallable[_memory_pb2.UpdateUserSettingsRequest, _memory_pb2.UpdateUserSettingsResponse]  # type: ignore[assignment]
     """Updates the settings fields named by the update mask."""
+    CreateCollection: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.CreateCollectionRequest, _knowledge_pb2.CreateCollectionResponse]  # type: ignore[assignment]
+    """Creates a collection of documents (a RAG archive)."""
+    GetCollection: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.GetCollectionRequest, _knowledge_pb2.GetCollectionResponse]  # type: ignore[assignment]
+    """Gets a collection with its counts."""
+    ListCollections: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.ListCollectionsRequest, _knowledge_pb2.ListCollectionsResponse]  # type: ignore[assignment]
+    """Lists collections."""
+    DeleteCollection: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteCollectionRequest, _knowledge_pb2.DeleteCollectionResponse]  # type: ignore[assignment]
+    """Deletes a collection with its documents and their passages."""
+    UploadDocument: _aio.StreamUnaryMultiCallable[_knowledge_pb2.UploadDocumentRequest, _knowledge_pb2.UploadDocumentResponse]  # type: ignore[assignment]
+    """Ingests a document streamed in parts (the header, then its bytes): extracts its text
+    (plain text, Markdown, HTML, PDF), splits it into overlapping passages and indexes them,
+    in one transaction. INVALID_ARGUMENT naming the document when it is too large, of
+    another format than said, or has no text; nothing is stored then.
+    """
+    GetDocument: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.GetDocumentRequest, _knowledge_pb2.GetDocumentResponse]  # type: ignore[assignment]
+    """Gets a document."""
+    ListDocuments: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.ListDocumentsRequest, _knowledge_pb2.ListDocumentsResponse]  # type: ignore[assignment]
+    """Lists a collection's documents."""
+    DeleteDocument: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteDocumentRequest, _knowledge_pb2.DeleteDocumentResponse]  # type: ignore[assignment]
+    """Deletes a document and its passages."""
+    SearchDocuments: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.SearchDocumentsRequest, _knowledge_pb2.SearchDocumentsResponse]  # type: ignore[assignment]
+    """Full-text search over passages (SQLite FTS5 bm25, PostgreSQL tsvector ts_rank_cd), with
+    filters by collection, document and metadata, highlights and pages.
+    """
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_memory_pb2.CreateApiKeyRequest, _memory_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
     """Creates an API key for the tenant in metadata; the secret is returned only here."""
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_memory_pb2.ListApiKeysRequest, _memory_pb2.ListApiKeysResponse]  # type: ignore[assignment]
@@ -395,6 +460,15 @@ class MemoryServiceServicer:
     ) -> _typing.Union[_memory_pb2.GetUsageResponse, _abc.Awaitable[_memory_pb2.GetUsageResponse]]:
         """Rolls up tokens and cost by session, agent, tenant, provider or model over a time window."""
 
+    def GetAgentStats(
+        self,
+        request: _knowledge_pb2.GetAgentStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.GetAgentStatsResponse, _abc.Awaitable[_knowledge_pb2.GetAgentStatsResponse]]:
+        """One agent's sessions, turns, tokens, cost, latency percentiles, errors and last activity
+        over a time window, from the ledger. NOT_FOUND for an agent with no definition and no calls.
+        """
+
     def PutMemory(
         self,
         request: _memory_pb2.PutMemoryRequest,
@@ -423,6 +497,20 @@ class MemoryServiceServicer:
     ) -> _typing.Union[_memory_pb2.DeleteMemoryResponse, _abc.Awaitable[_memory_pb2.DeleteMemoryResponse]]:
         """Deletes a memory entry."""
 
+    def SearchMemories(
+        self,
+        request: _knowledge_pb2.SearchMemoriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.SearchMemoriesResponse, _abc.Awaitable[_knowledge_pb2.SearchMemoriesResponse]]:
+        """Finds an agent's memories for a user by full-text search over keys and values."""
+
+    def GetMemoryStats(
+        self,
+        request: _knowledge_pb2.GetMemoryStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.GetMemoryStatsResponse, _abc.Awaitable[_knowledge_pb2.GetMemoryStatsResponse]]:
+        """Memory usage per agent and user: entries and bytes by type, reads, last access."""
+
     def GetUserSettings(
         self,
         request: _memory_pb2.GetUserSettingsRequest,
@@ -436,6 +524,75 @@ class MemoryServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.UpdateUserSettingsResponse, _abc.Awaitable[_memory_pb2.UpdateUserSettingsResponse]]:
         """Updates the settings fields named by the update mask."""
+
+    def CreateCollection(
+        self,
+        request: _knowledge_pb2.CreateCollectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.CreateCollectionResponse, _abc.Awaitable[_knowledge_pb2.CreateCollectionResponse]]:
+        """Creates a collection of documents (a RAG archive)."""
+
+    def GetCollection(
+        self,
+        request: _knowledge_pb2.GetCollectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.GetCollectionResponse, _abc.Awaitable[_knowledge_pb2.GetCollectionResponse]]:
+        """Gets a collection with its counts."""
+
+    def ListCollections(
+        self,
+        request: _knowledge_pb2.ListCollectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.ListCollectionsResponse, _abc.Awaitable[_knowledge_pb2.ListCollectionsResponse]]:
+        """Lists collections."""
+
+    def DeleteCollection(
+        self,
+        request: _knowledge_pb2.DeleteCollectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.DeleteCollectionResponse, _abc.Awaitable[_knowledge_pb2.DeleteCollectionResponse]]:
+        """Deletes a collection with its documents and their passages."""
+
+    def UploadDocument(
+        self,
+        request_iterator: _MaybeAsyncIterator[_knowledge_pb2.UploadDocumentRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.UploadDocumentResponse, _abc.Awaitable[_knowledge_pb2.UploadDocumentResponse]]:
+        """Ingests a document streamed in parts (the header, then its bytes): extracts its text
+        (plain text, Markdown, HTML, PDF), splits it into overlapping passages and indexes them,
+        in one transaction. INVALID_ARGUMENT naming the document when it is too large, of
+        another format than said, or has no text; nothing is stored then.
+        """
+
+    def GetDocument(
+        self,
+        request: _knowledge_pb2.GetDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.GetDocumentResponse, _abc.Awaitable[_knowledge_pb2.GetDocumentResponse]]:
+        """Gets a document."""
+
+    def ListDocuments(
+        self,
+        request: _knowledge_pb2.ListDocumentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.ListDocumentsResponse, _abc.Awaitable[_knowledge_pb2.ListDocumentsResponse]]:
+        """Lists a collection's documents."""
+
+    def DeleteDocument(
+        self,
+        request: _knowledge_pb2.DeleteDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.DeleteDocumentResponse, _abc.Awaitable[_knowledge_pb2.DeleteDocumentResponse]]:
+        """Deletes a document and its passages."""
+
+    def SearchDocuments(
+        self,
+        request: _knowledge_pb2.SearchDocumentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.SearchDocumentsResponse, _abc.Awaitable[_knowledge_pb2.SearchDocumentsResponse]]:
+        """Full-text search over passages (SQLite FTS5 bm25, PostgreSQL tsvector ts_rank_cd), with
+        filters by collection, document and metadata, highlights and pages.
+        """
 
     def CreateApiKey(
         self,

@@ -958,6 +958,7 @@ class GetSessionResponse(_message.Message):
     SESSION_FIELD_NUMBER: _builtins.int
     AGENTS_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
+    AGENT_MESSAGES_FIELD_NUMBER: _builtins.int
     CHILDREN_FIELD_NUMBER: _builtins.int
     PENDING_APPROVALS_FIELD_NUMBER: _builtins.int
     @_builtins.property
@@ -973,6 +974,12 @@ class GetSessionResponse(_message.Message):
         """Its tasks with status and timings."""
 
     @_builtins.property
+    def agent_messages(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.AgentMessage]:
+        """Messages its agents addressed to each other (send_message), from whom to whom, oldest
+        first (the newest 200).
+        """
+
+    @_builtins.property
     def children(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Child sessions, "sessions/{session_id}"."""
 
@@ -986,12 +993,13 @@ class GetSessionResponse(_message.Message):
         session: _sessions_pb2.Session | None = ...,
         agents: _abc.Iterable[_agents_pb2.AgentDefinition] | None = ...,
         tasks: _abc.Iterable[_sessions_pb2.Task] | None = ...,
+        agent_messages: _abc.Iterable[_events_pb2.AgentMessage] | None = ...,
         children: _abc.Iterable[_builtins.str] | None = ...,
         pending_approvals: _abc.Iterable[_approvals_pb2.Approval] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "children", b"children", "pending_approvals", b"pending_approvals", "session", b"session", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_messages", b"agent_messages", "agents", b"agents", "children", b"children", "pending_approvals", b"pending_approvals", "session", b"session", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from agentmesh.orchestrator.v1 import knowledge_pb2 as agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2 as agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -27,7 +28,7 @@ if _version_not_supported:
 
 class OrchestratorServiceStub:
     """The public agentmesh API: agents, sessions of cooperating agents and their typed, resumable
-    event streams, agent memory, user settings and tools. Every call needs an API key in the
+    event streams, agent memory, user settings, tools, and collections of documents to search. Every call needs an API key in the
     `authorization` metadata ("Bearer <key>"); everything is scoped to the key's tenant.
     """
 
@@ -147,6 +148,71 @@ class OrchestratorServiceStub:
                 request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteMemoryRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteMemoryResponse.FromString,
                 _registered_method=True)
+        self.SearchMemories = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/SearchMemories',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.SearchMemoriesRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.SearchMemoriesResponse.FromString,
+                _registered_method=True)
+        self.GetMemoryStats = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/GetMemoryStats',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetMemoryStatsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetMemoryStatsResponse.FromString,
+                _registered_method=True)
+        self.GetAgentStats = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/GetAgentStats',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetAgentStatsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetAgentStatsResponse.FromString,
+                _registered_method=True)
+        self.CreateCollection = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/CreateCollection',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.CreateCollectionRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.CreateCollectionResponse.FromString,
+                _registered_method=True)
+        self.GetCollection = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/GetCollection',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetCollectionRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetCollectionResponse.FromString,
+                _registered_method=True)
+        self.ListCollections = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/ListCollections',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ListCollectionsResponse.FromString,
+                _registered_method=True)
+        self.DeleteCollection = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/DeleteCollection',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.DeleteCollectionRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.DeleteCollectionResponse.FromString,
+                _registered_method=True)
+        self.UploadDocument = channel.stream_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/UploadDocument',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.UploadDocumentRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.UploadDocumentResponse.FromString,
+                _registered_method=True)
+        self.ImportDocument = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/ImportDocument',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ImportDocumentRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ImportDocumentResponse.FromString,
+                _registered_method=True)
+        self.GetDocument = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/GetDocument',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetDocumentRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetDocumentResponse.FromString,
+                _registered_method=True)
+        self.ListDocuments = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/ListDocuments',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDocument = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/DeleteDocument',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.DeleteDocumentRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.DeleteDocumentResponse.FromString,
+                _registered_method=True)
+        self.SearchDocuments = channel.unary_unary(
+                '/agentmesh.orchestrator.v1.OrchestratorService/SearchDocuments',
+                request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.SearchDocumentsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.SearchDocumentsResponse.FromString,
+                _registered_method=True)
         self.GetUserSettings = channel.unary_unary(
                 '/agentmesh.orchestrator.v1.OrchestratorService/GetUserSettings',
                 request_serializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetUserSettingsRequest.SerializeToString,
@@ -206,7 +272,7 @@ class OrchestratorServiceStub:
 
 class OrchestratorServiceServicer:
     """The public agentmesh API: agents, sessions of cooperating agents and their typed, resumable
-    event streams, agent memory, user settings and tools. Every call needs an API key in the
+    event streams, agent memory, user settings, tools, and collections of documents to search. Every call needs an API key in the
     `authorization` metadata ("Bearer <key>"); everything is scoped to the key's tenant.
     """
 
@@ -361,6 +427,100 @@ class OrchestratorServiceServicer:
 
     def DeleteMemory(self, request, context):
         """Deletes an agent memory entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchMemories(self, request, context):
+        """Finds an agent's memories for a user by full-text search over keys and values.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMemoryStats(self, request, context):
+        """Memory usage per agent and user: entries and bytes by type, reads, last access.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAgentStats(self, request, context):
+        """An agent's sessions, turns, tokens, cost, latency p50 / p95, errors and last activity
+        over a time window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCollection(self, request, context):
+        """Creates a collection: an archive of documents agents can search.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCollection(self, request, context):
+        """Gets a collection with its counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCollections(self, request, context):
+        """Lists collections.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCollection(self, request, context):
+        """Deletes a collection with its documents and their passages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadDocument(self, request_iterator, context):
+        """Ingests a document streamed in parts (the header, then its bytes): plain text, Markdown,
+        HTML or PDF, split into overlapping passages and indexed for search, all or nothing.
+        A client stream has no HTTP form: over HTTP use ImportDocument.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportDocument(self, request, context):
+        """Ingests a document sent in one message, as UploadDocument does (the HTTP form).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDocument(self, request, context):
+        """Gets a document.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDocuments(self, request, context):
+        """Lists a collection's documents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDocument(self, request, context):
+        """Deletes a document and its passages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchDocuments(self, request, context):
+        """Full-text search over the passages of documents, with filters, highlights and pages.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -558,6 +718,71 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
                     request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteMemoryRequest.FromString,
                     response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteMemoryResponse.SerializeToString,
             ),
+            'SearchMemories': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMemories,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.SearchMemoriesRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.SearchMemoriesResponse.SerializeToString,
+            ),
+            'GetMemoryStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMemoryStats,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetMemoryStatsRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetMemoryStatsResponse.SerializeToString,
+            ),
+            'GetAgentStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgentStats,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetAgentStatsRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetAgentStatsResponse.SerializeToString,
+            ),
+            'CreateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCollection,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.CreateCollectionRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.CreateCollectionResponse.SerializeToString,
+            ),
+            'GetCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCollection,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetCollectionRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetCollectionResponse.SerializeToString,
+            ),
+            'ListCollections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollections,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ListCollectionsRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ListCollectionsResponse.SerializeToString,
+            ),
+            'DeleteCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCollection,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.DeleteCollectionRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.DeleteCollectionResponse.SerializeToString,
+            ),
+            'UploadDocument': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadDocument,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.UploadDocumentRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.UploadDocumentResponse.SerializeToString,
+            ),
+            'ImportDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportDocument,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ImportDocumentRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ImportDocumentResponse.SerializeToString,
+            ),
+            'GetDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocument,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetDocumentRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetDocumentResponse.SerializeToString,
+            ),
+            'ListDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDocuments,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.SerializeToString,
+            ),
+            'DeleteDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDocument,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.DeleteDocumentRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.DeleteDocumentResponse.SerializeToString,
+            ),
+            'SearchDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchDocuments,
+                    request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.SearchDocumentsRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.SearchDocumentsResponse.SerializeToString,
+            ),
             'GetUserSettings': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUserSettings,
                     request_deserializer=agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.GetUserSettingsRequest.FromString,
@@ -623,7 +848,7 @@ def add_OrchestratorServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class OrchestratorService:
     """The public agentmesh API: agents, sessions of cooperating agents and their typed, resumable
-    event streams, agent memory, user settings and tools. Every call needs an API key in the
+    event streams, agent memory, user settings, tools, and collections of documents to search. Every call needs an API key in the
     `authorization` metadata ("Bearer <key>"); everything is scoped to the key's tenant.
     """
 
@@ -1211,6 +1436,357 @@ class OrchestratorService:
             '/agentmesh.orchestrator.v1.OrchestratorService/DeleteMemory',
             agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteMemoryRequest.SerializeToString,
             agentmesh_dot_orchestrator_dot_v1_dot_orchestrator__pb2.DeleteMemoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchMemories(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/SearchMemories',
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.SearchMemoriesRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.SearchMemoriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMemoryStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/GetMemoryStats',
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetMemoryStatsRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetMemoryStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAgentStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/GetAgentStats',
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetAgentStatsRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetAgentStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/CreateCollection',
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.CreateCollectionRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.CreateCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/GetCollection',
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetCollectionRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/ListCollections',
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ListCollectionsRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ListCollectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/DeleteCollection',
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.DeleteCollectionRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.DeleteCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadDocument(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/UploadDocument',
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.UploadDocumentRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.UploadDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/ImportDocument',
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ImportDocumentRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ImportDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/GetDocument',
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetDocumentRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.GetDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/ListDocuments',
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/DeleteDocument',
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.DeleteDocumentRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.DeleteDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestrator.v1.OrchestratorService/SearchDocuments',
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.SearchDocumentsRequest.SerializeToString,
+            agentmesh_dot_orchestrator_dot_v1_dot_knowledge__pb2.SearchDocumentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

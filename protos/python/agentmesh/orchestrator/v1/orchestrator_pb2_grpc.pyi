@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from agentmesh.orchestrator.v1 import knowledge_pb2 as _knowledge_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2 as _orchestrator_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
@@ -28,7 +29,7 @@ GRPC_VERSION: str
 
 class OrchestratorServiceStub:
     """The public agentmesh API: agents, sessions of cooperating agents and their typed, resumable
-    event streams, agent memory, user settings and tools. Every call needs an API key in the
+    event streams, agent memory, user settings, tools, and collections of documents to search. Every call needs an API key in the
     `authorization` metadata ("Bearer <key>"); everything is scoped to the key's tenant.
     """
 
@@ -84,6 +85,37 @@ class OrchestratorServiceStub:
     """Lists an agent's memory entries for a user, or for all its users with the user "-"."""
     DeleteMemory: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.DeleteMemoryRequest, _orchestrator_pb2.DeleteMemoryResponse]
     """Deletes an agent memory entry."""
+    SearchMemories: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.SearchMemoriesRequest, _knowledge_pb2.SearchMemoriesResponse]
+    """Finds an agent's memories for a user by full-text search over keys and values."""
+    GetMemoryStats: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.GetMemoryStatsRequest, _knowledge_pb2.GetMemoryStatsResponse]
+    """Memory usage per agent and user: entries and bytes by type, reads, last access."""
+    GetAgentStats: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.GetAgentStatsRequest, _knowledge_pb2.GetAgentStatsResponse]
+    """An agent's sessions, turns, tokens, cost, latency p50 / p95, errors and last activity
+    over a time window.
+    """
+    CreateCollection: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.CreateCollectionRequest, _knowledge_pb2.CreateCollectionResponse]
+    """Creates a collection: an archive of documents agents can search."""
+    GetCollection: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.GetCollectionRequest, _knowledge_pb2.GetCollectionResponse]
+    """Gets a collection with its counts."""
+    ListCollections: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.ListCollectionsRequest, _knowledge_pb2.ListCollectionsResponse]
+    """Lists collections."""
+    DeleteCollection: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteCollectionRequest, _knowledge_pb2.DeleteCollectionResponse]
+    """Deletes a collection with its documents and their passages."""
+    UploadDocument: _grpc.StreamUnaryMultiCallable[_knowledge_pb2.UploadDocumentRequest, _knowledge_pb2.UploadDocumentResponse]
+    """Ingests a document streamed in parts (the header, then its bytes): plain text, Markdown,
+    HTML or PDF, split into overlapping passages and indexed for search, all or nothing.
+    A client stream has no HTTP form: over HTTP use ImportDocument.
+    """
+    ImportDocument: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.ImportDocumentRequest, _knowledge_pb2.ImportDocumentResponse]
+    """Ingests a document sent in one message, as UploadDocument does (the HTTP form)."""
+    GetDocument: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.GetDocumentRequest, _knowledge_pb2.GetDocumentResponse]
+    """Gets a document."""
+    ListDocuments: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.ListDocumentsRequest, _knowledge_pb2.ListDocumentsResponse]
+    """Lists a collection's documents."""
+    DeleteDocument: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteDocumentRequest, _knowledge_pb2.DeleteDocumentResponse]
+    """Deletes a document and its passages."""
+    SearchDocuments: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.SearchDocumentsRequest, _knowledge_pb2.SearchDocumentsResponse]
+    """Full-text search over the passages of documents, with filters, highlights and pages."""
     GetUserSettings: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.GetUserSettingsRequest, _orchestrator_pb2.GetUserSettingsResponse]
     """Gets a user's settings."""
     UpdateUserSettings: _grpc.UnaryUnaryMultiCallable[_orchestrator_pb2.UpdateUserSettingsRequest, _orchestrator_pb2.UpdateUserSettingsResponse]
@@ -113,7 +145,7 @@ class OrchestratorServiceStub:
 @_typing.type_check_only
 class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """The public agentmesh API: agents, sessions of cooperating agents and their typed, resumable
-    event streams, agent memory, user settings and tools. Every call needs an API key in the
+    event streams, agent memory, user settings, tools, and collections of documents to search. Every call needs an API key in the
     `authorization` metadata ("Bearer <key>"); everything is scoped to the key's tenant.
     """
 
@@ -166,6 +198,37 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
     """Lists an agent's memory entries for a user, or for all its users with the user "-"."""
     DeleteMemory: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.DeleteMemoryRequest, _orchestrator_pb2.DeleteMemoryResponse]  # type: ignore[assignment]
     """Deletes an agent memory entry."""
+    SearchMemories: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.SearchMemoriesRequest, _knowledge_pb2.SearchMemoriesResponse]  # type: ignore[assignment]
+    """Finds an agent's memories for a user by full-text search over keys and values."""
+    GetMemoryStats: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.GetMemoryStatsRequest, _knowledge_pb2.GetMemoryStatsResponse]  # type: ignore[assignment]
+    """Memory usage per agent and user: entries and bytes by type, reads, last access."""
+    GetAgentStats: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.GetAgentStatsRequest, _knowledge_pb2.GetAgentStatsResponse]  # type: ignore[assignment]
+    """An agent's sessions, turns, tokens, cost, latency p50 / p95, errors and last activity
+    over a time window.
+    """
+    CreateCollection: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.CreateCollectionRequest, _knowledge_pb2.CreateCollectionResponse]  # type: ignore[assignment]
+    """Creates a collection: an archive of documents agents can search."""
+    GetCollection: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.GetCollectionRequest, _knowledge_pb2.GetCollectionResponse]  # type: ignore[assignment]
+    """Gets a collection with its counts."""
+    ListCollections: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.ListCollectionsRequest, _knowledge_pb2.ListCollectionsResponse]  # type: ignore[assignment]
+    """Lists collections."""
+    DeleteCollection: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteCollectionRequest, _knowledge_pb2.DeleteCollectionResponse]  # type: ignore[assignment]
+    """Deletes a collection with its documents and their passages."""
+    UploadDocument: _aio.StreamUnaryMultiCallable[_knowledge_pb2.UploadDocumentRequest, _knowledge_pb2.UploadDocumentResponse]  # type: ignore[assignment]
+    """Ingests a document streamed in parts (the header, then its bytes): plain text, Markdown,
+    HTML or PDF, split into overlapping passages and indexed for search, all or nothing.
+    A client stream has no HTTP form: over HTTP use ImportDocument.
+    """
+    ImportDocument: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.ImportDocumentRequest, _knowledge_pb2.ImportDocumentResponse]  # type: ignore[assignment]
+    """Ingests a document sent in one message, as UploadDocument does (the HTTP form)."""
+    GetDocument: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.GetDocumentRequest, _knowledge_pb2.GetDocumentResponse]  # type: ignore[assignment]
+    """Gets a document."""
+    ListDocuments: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.ListDocumentsRequest, _knowledge_pb2.ListDocumentsResponse]  # type: ignore[assignment]
+    """Lists a collection's documents."""
+    DeleteDocument: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteDocumentRequest, _knowledge_pb2.DeleteDocumentResponse]  # type: ignore[assignment]
+    """Deletes a document and its passages."""
+    SearchDocuments: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.SearchDocumentsRequest, _knowledge_pb2.SearchDocumentsResponse]  # type: ignore[assignment]
+    """Full-text search over the passages of documents, with filters, highlights and pages."""
     GetUserSettings: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.GetUserSettingsRequest, _orchestrator_pb2.GetUserSettingsResponse]  # type: ignore[assignment]
     """Gets a user's settings."""
     UpdateUserSettings: _aio.UnaryUnaryMultiCallable[_orchestrator_pb2.UpdateUserSettingsRequest, _orchestrator_pb2.UpdateUserSettingsResponse]  # type: ignore[assignment]
@@ -194,7 +257,7 @@ class OrchestratorServiceAsyncStub(OrchestratorServiceStub):
 
 class OrchestratorServiceServicer:
     """The public agentmesh API: agents, sessions of cooperating agents and their typed, resumable
-    event streams, agent memory, user settings and tools. Every call needs an API key in the
+    event streams, agent memory, user settings, tools, and collections of documents to search. Every call needs an API key in the
     `authorization` metadata ("Bearer <key>"); everything is scoped to the key's tenant.
     """
 
@@ -355,6 +418,102 @@ class OrchestratorServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_orchestrator_pb2.DeleteMemoryResponse, _abc.Awaitable[_orchestrator_pb2.DeleteMemoryResponse]]:
         """Deletes an agent memory entry."""
+
+    def SearchMemories(
+        self,
+        request: _knowledge_pb2.SearchMemoriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.SearchMemoriesResponse, _abc.Awaitable[_knowledge_pb2.SearchMemoriesResponse]]:
+        """Finds an agent's memories for a user by full-text search over keys and values."""
+
+    def GetMemoryStats(
+        self,
+        request: _knowledge_pb2.GetMemoryStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.GetMemoryStatsResponse, _abc.Awaitable[_knowledge_pb2.GetMemoryStatsResponse]]:
+        """Memory usage per agent and user: entries and bytes by type, reads, last access."""
+
+    def GetAgentStats(
+        self,
+        request: _knowledge_pb2.GetAgentStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.GetAgentStatsResponse, _abc.Awaitable[_knowledge_pb2.GetAgentStatsResponse]]:
+        """An agent's sessions, turns, tokens, cost, latency p50 / p95, errors and last activity
+        over a time window.
+        """
+
+    def CreateCollection(
+        self,
+        request: _knowledge_pb2.CreateCollectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.CreateCollectionResponse, _abc.Awaitable[_knowledge_pb2.CreateCollectionResponse]]:
+        """Creates a collection: an archive of documents agents can search."""
+
+    def GetCollection(
+        self,
+        request: _knowledge_pb2.GetCollectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.GetCollectionResponse, _abc.Awaitable[_knowledge_pb2.GetCollectionResponse]]:
+        """Gets a collection with its counts."""
+
+    def ListCollections(
+        self,
+        request: _knowledge_pb2.ListCollectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.ListCollectionsResponse, _abc.Awaitable[_knowledge_pb2.ListCollectionsResponse]]:
+        """Lists collections."""
+
+    def DeleteCollection(
+        self,
+        request: _knowledge_pb2.DeleteCollectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.DeleteCollectionResponse, _abc.Awaitable[_knowledge_pb2.DeleteCollectionResponse]]:
+        """Deletes a collection with its documents and their passages."""
+
+    def UploadDocument(
+        self,
+        request_iterator: _MaybeAsyncIterator[_knowledge_pb2.UploadDocumentRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.UploadDocumentResponse, _abc.Awaitable[_knowledge_pb2.UploadDocumentResponse]]:
+        """Ingests a document streamed in parts (the header, then its bytes): plain text, Markdown,
+        HTML or PDF, split into overlapping passages and indexed for search, all or nothing.
+        A client stream has no HTTP form: over HTTP use ImportDocument.
+        """
+
+    def ImportDocument(
+        self,
+        request: _knowledge_pb2.ImportDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.ImportDocumentResponse, _abc.Awaitable[_knowledge_pb2.ImportDocumentResponse]]:
+        """Ingests a document sent in one message, as UploadDocument does (the HTTP form)."""
+
+    def GetDocument(
+        self,
+        request: _knowledge_pb2.GetDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.GetDocumentResponse, _abc.Awaitable[_knowledge_pb2.GetDocumentResponse]]:
+        """Gets a document."""
+
+    def ListDocuments(
+        self,
+        request: _knowledge_pb2.ListDocumentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.ListDocumentsResponse, _abc.Awaitable[_knowledge_pb2.ListDocumentsResponse]]:
+        """Lists a collection's documents."""
+
+    def DeleteDocument(
+        self,
+        request: _knowledge_pb2.DeleteDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.DeleteDocumentResponse, _abc.Awaitable[_knowledge_pb2.DeleteDocumentResponse]]:
+        """Deletes a document and its passages."""
+
+    def SearchDocuments(
+        self,
+        request: _knowledge_pb2.SearchDocumentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.SearchDocumentsResponse, _abc.Awaitable[_knowledge_pb2.SearchDocumentsResponse]]:
+        """Full-text search over the passages of documents, with filters, highlights and pages."""
 
     def GetUserSettings(
         self,

@@ -18,13 +18,19 @@ from sqlalchemy.engine import Dialect
 __all__ = [
     "JSON_VALUE",
     "METADATA",
+    "SEARCH_INDEX_OBJECTS",
     "UtcDateTime",
     "agent_memory",
     "agents",
     "api_keys",
     "approvals",
+    "chunks",
+    "collections",
+    "documents",
     "events",
     "executions",
+    "include_in_schema_comparison",
+    "message_recipients",
     "messages",
     "request_log",
     "sessions",
@@ -84,6 +90,9 @@ agents = sa.Table(
     sa.Column("document", sa.LargeBinary, nullable=False),  # AgentDefinition
     sa.Column("create_time", UtcDateTime, nullable=False),
     sa.Column("update_time", UtcDateTime, nullable=False),
+    # The retention rules of its memory policy, for the sweeper: [{type, max_entries,
+    # max_age_seconds}]; NULL when it has none.
+    sa.Column("memory_retention", JSON_VALUE, nullable=True),
     sa.UniqueConstraint("tenant_id", "agent_id"),
     sa.Index(None, "tenant_id", "type", "agent_id"),
 )
@@ -134,8 +143,27 @@ messages = sa.Table(
     sa.Column("completion_tokens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("document", sa.LargeBinary, nullable=False),  # Message (content, tool calls)
     sa.Column("create_time", UtcDateTime, nullable=False),
+    # Addressed messages (send_message): their MessageType, and whether they have recipients
+    # (in message_recipients); the shared conversation is the messages without.
+    sa.Column("type", sa.SmallInteger, nullable=False, server_default="0"),
+    sa.Column("addressed", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.UniqueConstraint("session_pk", "message_id"),
     sa.Index(None, "session_pk", "id"),
+)
+
+message_recipients = sa.Table(
+    "message_recipients",
+    METADATA,
+    sa.Column(
+        "message_pk",
+        sa.BigInteger,
+        sa.ForeignKey("messages.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("recipient", sa.String(255), primary_key=True),
+    sa.Column("session_pk", sa.BigInteger, nullable=False),
+    _tenant(),
+    sa.Index(None, "session_pk", "recipient", "message_pk"),
 )
 
 tasks = sa.Table(
@@ -208,10 +236,12 @@ executions = sa.Table(
     sa.Column("idempotency_key", sa.String(255), nullable=True),
     sa.Column("document", sa.LargeBinary, nullable=False),  # Execution (error, response)
     sa.Column("create_time", UtcDateTime, nullable=False),
+    sa.Column("call_index", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("tenant_id", "execution_id"),
     sa.UniqueConstraint("tenant_id", "idempotency_key"),
     sa.Index(None, "tenant_id", "session_id", "id"),
     sa.Index(None, "tenant_id", "create_time"),
+    sa.Index(None, "tenant_id", "agent", "create_time"),
 )
 
 agent_memory = sa.Table(
@@ -229,6 +259,8 @@ agent_memory = sa.Table(
     sa.Column("update_time", UtcDateTime, nullable=False),
     sa.Column("access_time", UtcDateTime, nullable=True),
     sa.Column("access_count", sa.BigInteger, nullable=False, server_default="0"),
+    # Size of the value as JSON, for memory statistics.
+    sa.Column("value_bytes", sa.BigInteger, nullable=False, server_default="0"),
     sa.UniqueConstraint("tenant_id", "agent_id", "user_id", "key"),
     sa.Index(None, "expire_time"),
 )
@@ -269,6 +301,91 @@ tool_servers = sa.Table(
     sa.Column("create_time", UtcDateTime, nullable=False),
     sa.UniqueConstraint("tenant_id", "tool_server_id"),
 )
+
+collections = sa.Table(
+    "collections",
+    METADATA,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("collection_id", sa.String(63), nullable=False),
+    sa.Column("display_name", sa.String(255), nullable=False, server_default=""),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("create_time", UtcDateTime, nullable=False),
+    sa.Column("update_time", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("tenant_id", "collection_id"),
+)
+
+documents = sa.Table(
+    "documents",
+    METADATA,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column(
+        "collection_pk",
+        sa.BigInteger,
+        sa.ForeignKey("collections.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("document_id", sa.String(63), nullable=False),
+    sa.Column("display_name", sa.String(255), nullable=False, server_default=""),
+    sa.Column("title", sa.Text, nullable=False, server_default=""),
+    sa.Column("format", sa.SmallInteger, nullable=False),
+    sa.Column("metadata", JSON_VALUE, nullable=False),  # {key: value} strings
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("text_chars", sa.BigInteger, nullable=False),
+    sa.Column("chunk_count", sa.Integer, nullable=False),
+    sa.Column("page_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("create_time", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("collection_pk", "document_id"),
+    sa.Index(None, "tenant_id", "document_id"),
+)
+
+# A document's passages. The full-text index over `content` is the database's own and lives
+# outside this metadata (see SEARCH_INDEX_OBJECTS): an FTS5 table kept by triggers on SQLite,
+# a generated tsvector column with a GIN index on PostgreSQL (migration 0004).
+chunks = sa.Table(
+    "chunks",
+    METADATA,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    _tenant(),
+    sa.Column("collection_pk", sa.BigInteger, nullable=False),
+    sa.Column(
+        "document_pk",
+        sa.BigInteger,
+        sa.ForeignKey("documents.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("chunk_index", sa.Integer, nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("start_offset", sa.BigInteger, nullable=False),
+    sa.Column("end_offset", sa.BigInteger, nullable=False),
+    sa.Column("page", sa.Integer, nullable=False, server_default="0"),
+    sa.UniqueConstraint("document_pk", "chunk_index"),
+)
+
+#: Full-text search objects the migrations create per engine and this metadata leaves out:
+#: SQLite FTS5 tables (with their shadow tables) and triggers, PostgreSQL tsvector columns and
+#: GIN indexes. Schema comparisons (autogenerate, the schema test) skip them.
+SEARCH_INDEX_OBJECTS = frozenset(
+    {
+        "chunks_fts",
+        "agent_memory_fts",
+        "search_vector",
+        "ix_chunks_search_vector",
+        "ix_agent_memory_search",
+    }
+)
+
+
+def include_in_schema_comparison(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Alembic's ``include_object``: leave the engine-specific search index objects alone."""
+    if not reflected or compare_to is not None or name is None:
+        return True
+    return not any(name == n or name.startswith(f"{n}_") for n in SEARCH_INDEX_OBJECTS)
+
 
 # Idempotency: the response of a mutating call, by (tenant, method, request_id).
 request_log = sa.Table(

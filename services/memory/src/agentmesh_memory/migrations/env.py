@@ -14,7 +14,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from agentmesh_memory.db.tables import METADATA
+from agentmesh_memory.db.tables import METADATA, include_in_schema_comparison
 
 DEFAULT_URL = "sqlite+aiosqlite:///.data/agentmesh.db"
 
@@ -30,6 +30,7 @@ def _configure(connection: Connection) -> None:
         target_metadata=METADATA,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite ALTERs via table copies
         compare_type=True,
+        include_object=include_in_schema_comparison,
     )
     with context.begin_transaction():
         context.run_migrations()

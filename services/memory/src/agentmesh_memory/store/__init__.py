@@ -7,25 +7,33 @@ from dataclasses import dataclass
 from agentmesh_memory.db.database import Database
 from agentmesh_memory.db.notifier import EventNotifier
 
+from .agent_stats import AgentStatsStore
 from .agents import AgentStore
 from .approvals import ApprovalStore
 from .base import Clock, StoreContext, system_clock
 from .events import EventStore
+from .knowledge import KnowledgeStore
 from .ledger import LedgerStore
 from .memories import ApiKeyStore, MemoryStore, SettingsStore
+from .recall import MemoryInsights
+from .search import SearchStore
 from .sessions import SessionStore
 from .steps import StepStore
 from .tools import ToolServerStore
 from .work import MessageStore, TaskStore
 
 __all__ = [
+    "AgentStatsStore",
     "AgentStore",
     "ApiKeyStore",
     "ApprovalStore",
     "EventStore",
+    "KnowledgeStore",
     "LedgerStore",
+    "MemoryInsights",
     "MemoryStore",
     "MessageStore",
+    "SearchStore",
     "SessionStore",
     "SettingsStore",
     "StepStore",
@@ -52,6 +60,10 @@ class Stores:
     api_keys: ApiKeyStore
     tool_servers: ToolServerStore
     approvals: ApprovalStore
+    knowledge: KnowledgeStore
+    search: SearchStore
+    insights: MemoryInsights
+    agent_stats: AgentStatsStore
 
     @classmethod
     def build(
@@ -61,6 +73,7 @@ class Stores:
         *,
         clock: Clock = system_clock,
         watch_poll_seconds: float = 2.0,
+        max_document_bytes: int = 20 * 1024 * 1024,
     ) -> Stores:
         context = StoreContext(db, clock)
         sessions = SessionStore(context)
@@ -88,4 +101,8 @@ class Stores:
             api_keys=ApiKeyStore(context),
             tool_servers=ToolServerStore(context),
             approvals=approvals,
+            knowledge=KnowledgeStore(context, max_document_bytes=max_document_bytes),
+            search=SearchStore(context),
+            insights=MemoryInsights(context),
+            agent_stats=AgentStatsStore(context),
         )

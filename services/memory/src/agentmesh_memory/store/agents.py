@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from agentmesh.common.v1 import agents_pb2, generation_pb2
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common import AlreadyExists, FieldViolation, NotFound
-from agentmesh_memory.db.tables import agents
+from agentmesh_memory.db.tables import agent_memory, agents
 from agentmesh_memory.names import (
     PageToken,
     invalid,
@@ -22,7 +22,7 @@ from agentmesh_memory.names import (
 
 from .base import StoreContext, insert_ignore, parse_stored, set_time
 
-__all__ = ["AgentNotFound", "AgentStore", "validate_agent"]
+__all__ = ["AgentNotFound", "AgentStore", "retention_rules", "validate_agent"]
 
 MAX_AGENT_BYTES = 256 * 1024
 MUTABLE_FIELDS = (
@@ -100,10 +100,51 @@ def validate_agent(agent: agents_pb2.AgentDefinition, prefix: str = "agent") -> 
         found.append(
             FieldViolation(f"{prefix}.memory_policy.max_entries_in_context", "must be >= 0")
         )
+    found.extend(_retention_violations(agent.memory_policy, f"{prefix}.memory_policy.retention"))
     if agent.ByteSize() > MAX_AGENT_BYTES:
         found.append(FieldViolation(prefix, f"at most {MAX_AGENT_BYTES} bytes"))
     if found:
         raise invalid_many(found)
+
+
+MAX_RETAINED_ENTRIES = 1_000_000
+
+
+def _retention_violations(policy: agents_pb2.MemoryPolicy, prefix: str) -> list[FieldViolation]:
+    found: list[FieldViolation] = []
+    seen: set[int] = set()
+    for index, rule in enumerate(policy.retention):
+        where = f"{prefix}[{index}]"
+        if rule.type == agents_pb2.MEMORY_TYPE_UNSPECIFIED:
+            found.append(FieldViolation(f"{where}.type", "must be set"))
+        elif rule.type not in agents_pb2.MemoryType.values():
+            found.append(FieldViolation(f"{where}.type", "unknown memory type"))
+        elif rule.type in seen:
+            found.append(FieldViolation(f"{where}.type", "one rule per memory type"))
+        seen.add(rule.type)
+        if not 0 <= rule.max_entries <= MAX_RETAINED_ENTRIES:
+            found.append(
+                FieldViolation(f"{where}.max_entries", f"must be 0 to {MAX_RETAINED_ENTRIES}")
+            )
+        if rule.HasField("max_age") and rule.max_age.ToTimedelta().total_seconds() < 1:
+            found.append(FieldViolation(f"{where}.max_age", "must be at least 1 second"))
+    return found
+
+
+def retention_rules(agent: agents_pb2.AgentDefinition) -> list[dict[str, int]] | None:
+    """The agent's retention rules as stored for the sweeper; None when it has none."""
+    rules = [
+        {
+            "type": int(rule.type),
+            "max_entries": int(rule.max_entries),
+            "max_age_seconds": int(rule.max_age.ToTimedelta().total_seconds())
+            if rule.HasField("max_age")
+            else 0,
+        }
+        for rule in agent.memory_policy.retention
+        if rule.max_entries or rule.HasField("max_age")
+    ]
+    return rules or None
 
 
 def _to_proto(row: sa.Row[tuple[object, ...]]) -> agents_pb2.AgentDefinition:
@@ -144,6 +185,7 @@ class AgentStore:
                     agent_id=agent_id,
                     type=request.agent.type,
                     document=_document(request.agent),
+                    memory_retention=retention_rules(request.agent),
                     create_time=now,
                     update_time=now,
                 )
@@ -234,7 +276,12 @@ class AgentStore:
             result = await conn.execute(
                 sa.update(agents)
                 .where(agents.c.id == row.id)
-                .values(type=agent.type, document=_document(agent), update_time=now)
+                .values(
+                    type=agent.type,
+                    document=_document(agent),
+                    memory_retention=retention_rules(agent),
+                    update_time=now,
+                )
                 .returning(*agents.c)
             )
             return memory_pb2.UpdateAgentResponse(agent=_to_proto(result.one()))
@@ -263,6 +310,12 @@ class AgentStore:
                 raise AgentNotFound(
                     f"agent 'agents/{agent_id}' not found", metadata={"agent": f"agents/{agent_id}"}
                 )
+            # Memory belongs to an agent: it goes with it (none may exist without one).
+            await conn.execute(
+                sa.delete(agent_memory).where(
+                    agent_memory.c.tenant_id == tenant, agent_memory.c.agent_id == agent_id
+                )
+            )
             return memory_pb2.DeleteAgentResponse()
 
         return await self._context.idempotent(

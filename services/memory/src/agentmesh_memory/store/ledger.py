@@ -52,6 +52,7 @@ COLUMN_FIELDS = (
     "outcome",
     "idempotency_key",
     "create_time",
+    "call_index",
 )
 
 
@@ -81,6 +82,7 @@ def _to_proto(row: Any) -> memory_pb2.Execution:
     )
     execution.outcome = row.outcome
     execution.idempotency_key = row.idempotency_key or ""
+    execution.call_index = row.call_index
     set_time(execution.create_time, row.create_time)
     return execution
 
@@ -105,6 +107,8 @@ def _validate(execution: memory_pb2.Execution, field: str) -> None:
         found.append(FieldViolation(f"{field}.outcome", "unknown outcome"))
     if execution.attempt < 0:
         found.append(FieldViolation(f"{field}.attempt", "must not be negative"))
+    if execution.call_index < 0:
+        found.append(FieldViolation(f"{field}.call_index", "must not be negative"))
     for name in ("latency", "time_to_first_token"):
         if duration_us(getattr(execution, name)) < 0:
             found.append(FieldViolation(f"{field}.{name}", "must not be negative"))
@@ -203,6 +207,7 @@ class LedgerStore:
                         estimated=usage.estimated,
                         outcome=execution.outcome,
                         idempotency_key=key,
+                        call_index=execution.call_index,
                         document=document.SerializeToString(),
                         create_time=self._context.now(),
                     )

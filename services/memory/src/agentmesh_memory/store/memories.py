@@ -14,7 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from agentmesh.common.v1 import agents_pb2, memory_entries_pb2, user_settings_pb2
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common import NotFound, Unauthenticated
-from agentmesh_memory.db.tables import agent_memory, api_keys, request_log, user_settings
+from agentmesh_memory.db.tables import (
+    agent_memory,
+    api_keys,
+    request_log,
+    user_settings,
+)
 from agentmesh_memory.names import (
     MemoryName,
     PageToken,
@@ -39,8 +44,19 @@ from .base import (
     to_datetime,
     upsert,
 )
+from .owners import RESERVED_MEMORY_AGENTS, require_agent, value_size
 
-__all__ = ["ApiKeyStore", "MemoryNotFound", "MemoryStore", "SettingsStore"]
+__all__ = [
+    "RESERVED_MEMORY_AGENTS",
+    "ApiKeyStore",
+    "MemoryNotFound",
+    "MemoryStore",
+    "SettingsStore",
+    "live",
+    "memory_to_proto",
+    "require_agent",
+    "value_size",
+]
 
 MAX_VALUE_BYTES = 256 * 1024
 MAX_TTL = timedelta(days=3650)
@@ -52,7 +68,7 @@ class MemoryNotFound(NotFound):
     default_reason = "MEMORY_NOT_FOUND"
 
 
-def _memory_to_proto(row: Any) -> memory_entries_pb2.MemoryEntry:
+def memory_to_proto(row: Any) -> memory_entries_pb2.MemoryEntry:
     entry = memory_entries_pb2.MemoryEntry(
         name=MemoryName(row.agent_id, row.user_id, row.key).render(),
         type=row.type,
@@ -66,7 +82,7 @@ def _memory_to_proto(row: Any) -> memory_entries_pb2.MemoryEntry:
     return entry
 
 
-def _live(now: Any) -> Any:
+def live(now: Any) -> Any:
     return sa.or_(agent_memory.c.expire_time.is_(None), agent_memory.c.expire_time > now)
 
 
@@ -110,6 +126,7 @@ class MemoryStore:
         fixed_expiry = to_datetime(entry.expire_time) if entry.HasField("expire_time") else None
 
         async def put(conn: AsyncConnection) -> memory_pb2.PutMemoryResponse:
+            await require_agent(conn, tenant, name.agent_id)
             now = self._context.now()
             expires = now + ttl if ttl is not None else fixed_expiry
             if expires is not None and expires <= now:
@@ -131,6 +148,7 @@ class MemoryStore:
                 create_time=now,
                 update_time=now,
                 access_count=0,
+                value_bytes=value_size(value),
             )
             statement = statement.on_conflict_do_update(
                 index_elements=["tenant_id", "agent_id", "user_id", "key"],
@@ -139,10 +157,11 @@ class MemoryStore:
                     "value": statement.excluded.value,
                     "expire_time": statement.excluded.expire_time,
                     "update_time": statement.excluded.update_time,
+                    "value_bytes": statement.excluded.value_bytes,
                 },
             ).returning(*agent_memory.c)
             row = (await conn.execute(statement)).one()
-            return memory_pb2.PutMemoryResponse(entry=_memory_to_proto(row))
+            return memory_pb2.PutMemoryResponse(entry=memory_to_proto(row))
 
         return await self._context.idempotent(
             tenant, "PutMemory", request.request_id, request, memory_pb2.PutMemoryResponse, put
@@ -153,18 +172,19 @@ class MemoryStore:
     ) -> memory_pb2.GetMemoryResponse:
         name = parse_memory_name(request.name)
         async with self._db.write("GetMemory") as conn:
+            await require_agent(conn, tenant, name.agent_id)
             now = self._context.now()
             row = (
                 await conn.execute(
                     sa.update(agent_memory)
-                    .where(*self._where(tenant, name), _live(now))
+                    .where(*self._where(tenant, name), live(now))
                     .values(access_time=now, access_count=agent_memory.c.access_count + 1)
                     .returning(*agent_memory.c)
                 )
             ).first()
         if row is None:
             raise self._not_found(name)
-        return memory_pb2.GetMemoryResponse(entry=_memory_to_proto(row))
+        return memory_pb2.GetMemoryResponse(entry=memory_to_proto(row))
 
     async def list(
         self, tenant: str, request: memory_pb2.ListMemoriesRequest
@@ -179,7 +199,7 @@ class MemoryStore:
         token = PageToken.decode(request.page_token, query_key)
         now = self._context.now()
         query = sa.select(agent_memory).where(
-            agent_memory.c.tenant_id == tenant, agent_memory.c.agent_id == agent_id, _live(now)
+            agent_memory.c.tenant_id == tenant, agent_memory.c.agent_id == agent_id, live(now)
         )
         if user_id is not None:
             query = query.where(agent_memory.c.user_id == user_id)
@@ -193,9 +213,10 @@ class MemoryStore:
         )
         query = query.order_by(*order).limit(size + 1)
         async with self._db.read("ListMemories") as conn:
+            await require_agent(conn, tenant, agent_id)
             rows = (await conn.execute(query)).all()
         response = memory_pb2.ListMemoriesResponse(
-            entries=[_memory_to_proto(r) for r in rows[:size]]
+            entries=[memory_to_proto(r) for r in rows[:size]]
         )
         if len(rows) > size:
             last = rows[size - 1]
@@ -224,10 +245,11 @@ class MemoryStore:
         name = parse_memory_name(request.name)
 
         async def delete(conn: AsyncConnection) -> memory_pb2.DeleteMemoryResponse:
+            await require_agent(conn, tenant, name.agent_id)
             now = self._context.now()
             result = await conn.execute(
                 sa.delete(agent_memory)
-                .where(*self._where(tenant, name), _live(now))
+                .where(*self._where(tenant, name), live(now))
                 .returning(agent_memory.c.id)
             )
             if result.first() is None:

@@ -1,31 +1,29 @@
-"""A session's conversation (messages) and plan (tasks)."""
+"""A session's plan (tasks); its conversation (messages) is in ``messages.py``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from google.protobuf import field_mask_pb2
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agentmesh.common.v1 import agents_pb2, messages_pb2, sessions_pb2
+from agentmesh.common.v1 import agents_pb2, sessions_pb2
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common import AlreadyExists, FailedPrecondition, FieldViolation, NotFound
-from agentmesh_memory.db.tables import messages, tasks
+from agentmesh_memory.db.tables import tasks
 from agentmesh_memory.names import (
-    MAX_PAGE_SIZE,
     PageToken,
     invalid,
     invalid_many,
-    new_id,
     page_size,
     parse_loose_id,
     parse_session_name,
     parse_task_name,
 )
 
-from .base import StoreContext, Write, parse_stored, set_time
+from .base import StoreContext, parse_stored, set_time
+from .messages import MessageStore
 from .sessions import load_session_pk
 
 __all__ = ["MessageStore", "TaskNotFound", "TaskStore", "task_to_proto"]
@@ -87,165 +85,6 @@ TASK_COLUMN_FIELDS = (
 
 class TaskNotFound(NotFound):
     default_reason = "TASK_NOT_FOUND"
-
-
-# Messages -----------------------------------------------------------------------------------
-
-
-def _message_to_proto(row: Any, session_id: str) -> memory_pb2.StoredMessage:
-    stored = memory_pb2.StoredMessage(
-        name=f"sessions/{session_id}/messages/{row.message_id}",
-        message=parse_stored(messages_pb2.Message, row.document),
-        agent=row.agent,
-        task_id=row.task_id,
-        round=row.round,
-        prompt_tokens=row.prompt_tokens,
-        completion_tokens=row.completion_tokens,
-    )
-    set_time(stored.create_time, row.create_time)
-    return stored
-
-
-def _message_id(name: str, session_id: str, field: str) -> str:
-    prefix = f"sessions/{session_id}/messages/"
-    if not name.startswith(prefix):
-        raise invalid(field, f"must be '{prefix}{{message_id}}' or empty")
-    return parse_loose_id(name.removeprefix(prefix), field, "message id")
-
-
-class MessageStore:
-    def __init__(self, context: StoreContext) -> None:
-        self._context = context
-        self._db = context.db
-
-    async def append(
-        self, tenant: str, request: memory_pb2.AppendMessagesRequest
-    ) -> memory_pb2.AppendMessagesResponse:
-        session_id = parse_session_name(request.parent, "parent")
-        write = self.prepare_append(tenant, session_id, request.messages)
-        return await self._context.idempotent(
-            tenant,
-            "AppendMessages",
-            request.request_id,
-            request,
-            memory_pb2.AppendMessagesResponse,
-            write.run,
-        )
-
-    def prepare_append(
-        self, tenant: str, session_id: str, batch: Sequence[memory_pb2.StoredMessage]
-    ) -> Write[memory_pb2.AppendMessagesResponse]:
-        """Validate messages for the session; the write adds them and returns them as stored.
-
-        Violations name ``messages[i]``, the field of both requests that carry messages.
-        """
-        if not batch:
-            raise invalid("messages", "must not be empty")
-        if len(batch) > MAX_BATCH:
-            raise invalid("messages", f"at most {MAX_BATCH} per call")
-        found: list[FieldViolation] = []
-        ids: list[str] = []
-        for index, item in enumerate(batch):
-            prefix = f"messages[{index}]"
-            message = item.message
-            if message.role == messages_pb2.ROLE_UNSPECIFIED:
-                found.append(FieldViolation(f"{prefix}.message.role", "must be set"))
-            elif message.role not in messages_pb2.Role.values():
-                found.append(FieldViolation(f"{prefix}.message.role", "unknown role"))
-            if len(message.content) > MAX_CONTENT:
-                found.append(
-                    FieldViolation(f"{prefix}.message.content", f"at most {MAX_CONTENT} characters")
-                )
-            for name in ("prompt_tokens", "completion_tokens", "round"):
-                if getattr(item, name) < 0:
-                    found.append(FieldViolation(f"{prefix}.{name}", "must not be negative"))
-            if len(item.agent) > 255 or len(item.task_id) > 63:
-                found.append(FieldViolation(prefix, "agent or task_id too long"))
-            ids.append(
-                _message_id(item.name, session_id, f"{prefix}.name") if item.name else new_id()
-            )
-        if len(set(ids)) != len(ids):
-            found.append(FieldViolation("messages", "message ids must be unique"))
-        if found:
-            raise invalid_many(found)
-
-        chosen = [message_id for message_id, item in zip(ids, batch, strict=True) if item.name]
-
-        async def append(conn: AsyncConnection) -> memory_pb2.AppendMessagesResponse:
-            session_pk = await load_session_pk(conn, tenant, session_id)
-            if chosen:  # ids the service makes up are new; a caller's may be taken
-                clash = (
-                    await conn.execute(
-                        sa.select(messages.c.message_id).where(
-                            messages.c.session_pk == session_pk, messages.c.message_id.in_(chosen)
-                        )
-                    )
-                ).scalar()
-                if clash is not None:
-                    raise AlreadyExists(
-                        f"message 'sessions/{session_id}/messages/{clash}' already exists",
-                        reason="MESSAGE_EXISTS",
-                    )
-            now = self._context.now()
-            await conn.execute(
-                sa.insert(messages),
-                [
-                    {
-                        "tenant_id": tenant,
-                        "session_pk": session_pk,
-                        "message_id": message_id,
-                        "role": item.message.role,
-                        "agent": item.agent,
-                        "task_id": item.task_id,
-                        "round": item.round,
-                        "prompt_tokens": item.prompt_tokens,
-                        "completion_tokens": item.completion_tokens,
-                        "document": item.message.SerializeToString(),
-                        "create_time": now,
-                    }
-                    for message_id, item in zip(ids, batch, strict=True)
-                ],
-            )
-            response = memory_pb2.AppendMessagesResponse()
-            for message_id, item in zip(ids, batch, strict=True):
-                stored = response.messages.add()
-                stored.CopyFrom(item)
-                stored.name = f"sessions/{session_id}/messages/{message_id}"
-                stored.create_time.FromDatetime(now)
-            return response
-
-        return Write(append)
-
-    async def list(
-        self, tenant: str, request: memory_pb2.ListMessagesRequest
-    ) -> memory_pb2.ListMessagesResponse:
-        session_id = parse_session_name(request.parent, "parent")
-        if request.newest < 0 or request.newest > MAX_PAGE_SIZE:
-            raise invalid("newest", f"must be between 0 and {MAX_PAGE_SIZE}")
-        size = page_size(request.page_size)
-        query_key = ("messages", session_id)
-        token = None if request.newest else PageToken.decode(request.page_token, query_key)
-        async with self._db.read("ListMessages") as conn:
-            session_pk = await load_session_pk(conn, tenant, session_id)
-            query = sa.select(messages).where(messages.c.session_pk == session_pk)
-            if request.newest:
-                newest = (
-                    await conn.execute(query.order_by(messages.c.id.desc()).limit(request.newest))
-                ).all()
-                return memory_pb2.ListMessagesResponse(
-                    messages=[_message_to_proto(r, session_id) for r in reversed(newest)]
-                )
-            if token is not None:
-                if not isinstance(token.after, int):
-                    raise invalid("page_token", "is not a token returned by this list")
-                query = query.where(messages.c.id > token.after)
-            rows = (await conn.execute(query.order_by(messages.c.id).limit(size + 1))).all()
-        response = memory_pb2.ListMessagesResponse(
-            messages=[_message_to_proto(r, session_id) for r in rows[:size]]
-        )
-        if len(rows) > size:
-            response.next_page_token = PageToken(int(rows[size - 1].id)).encode(query_key)
-        return response
 
 
 # Tasks --------------------------------------------------------------------------------------

@@ -14,7 +14,16 @@ from typing import TypeVar
 import grpc
 from google.protobuf import field_mask_pb2
 
-from agentmesh.common.v1 import approvals_pb2, events_pb2, memory_entries_pb2, sessions_pb2
+from agentmesh.common.v1 import (
+    agents_pb2,
+    approvals_pb2,
+    events_pb2,
+    knowledge_pb2,
+    memory_entries_pb2,
+    sessions_pb2,
+    user_settings_pb2,
+)
+from agentmesh.memory.v1 import knowledge_pb2 as kpb
 from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from agentmesh_common import TENANT_METADATA_KEY, NotFound, from_rpc_error
 from agentmesh_common.protobuf import duration
@@ -31,11 +40,21 @@ class MemoryClient:
         self.stub = memory_pb2_grpc.MemoryServiceStub(channel)
         self._timeout = timeout
 
-    async def call(self, tenant: str, method: Callable[..., Awaitable[T]], request: object) -> T:
-        """Invoke a unary method for `tenant`; map failures to domain errors."""
+    async def call(
+        self,
+        tenant: str,
+        method: Callable[..., Awaitable[T]],
+        request: object,
+        *,
+        deadline_seconds: float | None = None,
+    ) -> T:
+        """Invoke a unary (or client-streaming) method for `tenant`; map failures to domain
+        errors. `deadline_seconds` overrides the client's deadline."""
         try:
             return await method(
-                request, metadata=((TENANT_METADATA_KEY, tenant),), timeout=self._timeout
+                request,
+                metadata=((TENANT_METADATA_KEY, tenant),),
+                timeout=deadline_seconds or self._timeout,
             )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
@@ -182,8 +201,10 @@ class MemoryClient:
             reply = await self.call(
                 tenant, self.stub.GetMemory, memory_pb2.GetMemoryRequest(name=name)
             )
-        except NotFound:
-            return None
+        except NotFound as missing:
+            if missing.reason == "MEMORY_NOT_FOUND":
+                return None
+            raise  # the agent itself does not exist: memory needs a stored agent
         return reply.entry
 
     async def put_memory(
@@ -194,6 +215,77 @@ class MemoryClient:
             request.ttl.CopyFrom(duration(ttl_seconds))
         reply = await self.call(tenant, self.stub.PutMemory, request)
         return reply.entry
+
+    # -- what agents know: settings, memory recall, documents, addressed messages -------------
+
+    async def get_user_settings(self, tenant: str, user: str) -> user_settings_pb2.UserSettings:
+        reply = await self.call(
+            tenant,
+            self.stub.GetUserSettings,
+            memory_pb2.GetUserSettingsRequest(name=f"users/{user}/settings"),
+        )
+        return reply.settings
+
+    async def recall_memories(
+        self,
+        tenant: str,
+        parent: str,
+        query: str,
+        *,
+        types: Sequence[agents_pb2.MemoryType.ValueType],
+        limit: int,
+    ) -> list[memory_entries_pb2.MemoryEntry]:
+        reply = await self.call(
+            tenant,
+            self.stub.SearchMemories,
+            kpb.SearchMemoriesRequest(
+                parent=parent,
+                query=query[:4000],
+                types=types,
+                page_size=min(limit, 100),
+                fill_with_recent=True,
+                record_access=True,
+            ),
+        )
+        return list(reply.entries)
+
+    async def search_passages(
+        self,
+        tenant: str,
+        query: str,
+        *,
+        collections: Sequence[str],
+        documents: Sequence[str],
+        limit: int,
+    ) -> list[knowledge_pb2.Citation]:
+        reply = await self.call(
+            tenant,
+            self.stub.SearchDocuments,
+            kpb.SearchDocumentsRequest(
+                parent="collections/-",
+                query=query[:1000],
+                collections=collections,
+                documents=documents,
+                mode=knowledge_pb2.SEARCH_MODE_ANY_TERM,
+                page_size=limit,
+            ),
+        )
+        return [result.citation for result in reply.results]
+
+    async def addressed_messages(
+        self, tenant: str, session: str, participant: str, newest: int
+    ) -> list[memory_pb2.StoredMessage]:
+        reply = await self.call(
+            tenant,
+            self.stub.ListMessages,
+            memory_pb2.ListMessagesRequest(
+                parent=session,
+                newest=newest,
+                audience=memory_pb2.MESSAGE_AUDIENCE_ADDRESSED,
+                participant=participant,
+            ),
+        )
+        return list(reply.messages)
 
     # -- sessions, events and leases ---------------------------------------------------------
 

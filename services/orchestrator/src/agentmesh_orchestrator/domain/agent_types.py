@@ -33,6 +33,8 @@ class DefaultPrompts:
     # Answer length when the agent's generation config leaves max_tokens unset: sized so a
     # small local model (SmolLM2-135M, ~30 tokens/s on 2 CPU cores) answers in seconds.
     max_tokens: int = 400
+    # Built-in tools agents of the type get unless their definition lists them already.
+    tools: tuple[str, ...] = ()
 
 
 _CONTEXT = (
@@ -66,11 +68,14 @@ DEFAULT_PROMPTS: dict[AgentKind, DefaultPrompts] = {
     AgentKind.RESEARCH: DefaultPrompts(
         system=(
             "You are a researcher. Gather the facts the task needs, note where each comes "
-            "from, separate what is known from what is assumed, and summarize briefly."
+            "from, separate what is known from what is assumed, and summarize briefly. When "
+            "you are given numbered sources, answer from them and cite them as [1], [2]."
         ),
         user_template="Research: {input}\n\nOverall goal: {goal}\n\nContext:\n{context}",
         context_instructions=_CONTEXT,
         max_tokens=250,
+        # The user's documents: searched before each turn, and on demand (knowledge.py).
+        tools=("search_documents",),
     ),
     AgentKind.SYNTHESIS: DefaultPrompts(
         system=(
@@ -118,4 +123,5 @@ def with_defaults(
         user_template=user_template or defaults.user_template,
         context_instructions=context_instructions or defaults.context_instructions,
         max_tokens=defaults.max_tokens,
+        tools=defaults.tools,
     )
