@@ -234,22 +234,33 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
 
 
 KEEPER = """\
-limits: {max_rounds: 1}
-agents:
-  - id: keeper
-    type: custom
-    model: default
-    system: You keep notes.
-    tools: [memory_write]
-    tool_approval: read-write
+- id: keeper
+  type: custom
+  model: default
+  system: You keep notes.
+  tools: [memory_write]
+  tool_approval: read-write
 """
+KEEPER_TEAM = """\
+limits: {max_rounds: 1}
+agents: [keeper]  # the stored agent: memory belongs to agents created with CreateAgent
+"""
+
+
+def keeper_team(mesh: MeshUp, tmp_path: Path) -> Path:
+    """A team of the stored agent `keeper` (created once per mesh)."""
+    (tmp_path / "keeper-agent.yaml").write_text(KEEPER)
+    created = mesh.cli("agents", "create", str(tmp_path / "keeper-agent.yaml"))
+    assert created.returncode == 0 or "ALREADY_EXISTS" in created.stderr, created.stderr
+    team = tmp_path / "keeper.yaml"
+    team.write_text(KEEPER_TEAM)
+    return team
 
 
 def test_run_without_a_terminal_stops_at_an_approval_saying_how_to_answer(
     mesh: MeshUp, tmp_path: Path
 ) -> None:
-    team = tmp_path / "keeper.yaml"
-    team.write_text(KEEPER)
+    team = keeper_team(mesh, tmp_path)
     stopped = mesh.cli("run", "Remember the budget", "--agents", str(team), "--json")
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr
     (line,) = stopped.stderr.strip().splitlines()
@@ -273,10 +284,16 @@ def test_run_without_a_terminal_stops_at_an_approval_saying_how_to_answer(
     assert again.returncode == 1
     assert "FAILED_PRECONDITION APPROVAL_RESOLVED" in again.stderr
 
+    inline = tmp_path / "inline-keeper.yaml"  # the same agent defined inline has no memory
+    inline.write_text(KEEPER)
+    refused = mesh.cli("run", "Remember the budget", "--agents", str(inline))
+    assert refused.returncode == 1, refused.stdout
+    assert "session.inline_agents[0].tools[0]" in refused.stderr
+    assert "memory_write keeps memory for agents created with CreateAgent" in refused.stderr
+
 
 def test_run_on_a_terminal_asks_y_n_and_the_call_runs(mesh: MeshUp, tmp_path: Path) -> None:
-    team = tmp_path / "keeper.yaml"
-    team.write_text(KEEPER)
+    team = keeper_team(mesh, tmp_path)
     controller, terminal = pty.openpty()
     try:
         process = subprocess.Popen(

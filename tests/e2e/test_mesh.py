@@ -104,7 +104,7 @@ async def test_planner_executor_with_tools_through_the_real_gateway(mesh_factory
         name="worker",
         type=agents_pb2.AGENT_TYPE_EXECUTOR,
         model=agents_pb2.ModelSelection(route="default"),
-        tools=["calculator", "memory_write"],
+        tools=["calculator", "session_notes_write"],
     )
     async with mesh.client() as client:
         session = await client.create_session(
@@ -270,9 +270,10 @@ async def test_an_approval_asked_by_a_killed_replica_is_answered_on_another(
     keeper.tool_approval = agents_pb2.TOOL_APPROVAL_READ_WRITE
     try:
         async with mesh.client() as client_a, mesh.client(replica_b) as client_b:
+            await client_a.create_agent("keeper", keeper)  # memory needs a stored agent
             session = await client_a.create_session(
                 goal="Remember the budget",
-                inline_agents=[keeper],
+                agents=["agents/keeper"],
                 limits=sessions_pb2.SessionLimits(max_rounds=1),
             )
             seen: list[events_pb2.SessionEvent] = []

@@ -380,9 +380,10 @@ async def test_a_tool_call_waits_for_approve_or_reject_over_the_api(
 ) -> None:
     team.script(writes_memory)
     async with team.client() as client:
+        await client.create_agent("keeper", careful())  # memory needs a stored agent
         session = await client.create_session(
             goal="Remember the plan",
-            inline_agents=[careful()],
+            agents=["agents/keeper"],
             limits=sessions_pb2.SessionLimits(max_rounds=1),
         )
         run = client.run(session.name)
@@ -421,9 +422,10 @@ async def test_a_tool_call_waits_for_approve_or_reject_over_the_api(
 async def test_an_unanswered_call_times_out_and_bad_answers_are_refused(team: Team) -> None:
     team.script(writes_memory)
     async with team.client() as client:
+        await client.create_agent("keeper", careful())
         session = await client.create_session(
             goal="Remember the plan",
-            inline_agents=[careful()],
+            agents=["agents/keeper"],
             limits=sessions_pb2.SessionLimits(
                 max_rounds=1, approval_timeout=duration_pb2.Duration(seconds=1)
             ),

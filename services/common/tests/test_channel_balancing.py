@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -52,3 +53,38 @@ async def test_calls_are_spread_over_every_replica() -> None:
         for server in servers:
             await server.stop(None)
     assert set(answers) == {"a", "b"}, f"a pick_first channel would answer from one: {answers}"
+
+
+async def _call_while_the_peer_starts(*, retry_unavailable: bool) -> str:
+    """Call a peer whose port is known but whose server starts 0.4 s later (as services
+    started side by side do); the channel already failed to connect once."""
+    probe = _server_named("early")
+    port = probe.add_insecure_port("127.0.0.1:0")  # reserve a free port, then free it
+    channel = create_channel(
+        f"127.0.0.1:{port}", tracer_provider=TracerProvider(), retry_unavailable=retry_unavailable
+    )
+    channel.get_state(try_to_connect=True)  # a first attempt, refused: the channel backs off
+    await asyncio.sleep(0.05)
+    server = _server_named("late")
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    starting = asyncio.get_running_loop().call_later(
+        0.4, lambda: asyncio.ensure_future(server.start())
+    )
+    call = channel.unary_unary(
+        "/test.v1.Who/Name",
+        request_serializer=StringValue.SerializeToString,
+        response_deserializer=StringValue.FromString,
+    )
+    try:
+        return (await call(StringValue(), timeout=10)).value
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name
+    finally:
+        starting.cancel()
+        await channel.close()
+        await server.stop(None)
+
+
+async def test_a_peer_that_is_still_starting_is_waited_for_where_calls_may_be_repeated() -> None:
+    assert await _call_while_the_peer_starts(retry_unavailable=False) == "UNAVAILABLE"
+    assert await _call_while_the_peer_starts(retry_unavailable=True) == "late"

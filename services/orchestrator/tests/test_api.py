@@ -219,9 +219,10 @@ async def test_a_tool_the_agent_may_not_use_is_refused_over_the_api(database_url
     mesh, shutdown = await start_mesh(database_url, script)
     try:
         async with mesh.client() as client:
+            await client.create_agent("alice", agent("alice", tools=["memory_read"]))
             session = await client.create_session(
                 goal="Remember",
-                inline_agents=[agent("alice", tools=["memory_read"])],
+                agents=["agents/alice"],
                 limits=sessions_pb2.SessionLimits(max_rounds=1),
             )
             events = await collect(client.run(session.name))
@@ -257,17 +258,19 @@ async def test_memory_tools_store_through_the_memory_service(database_url: str) 
             await collect(client.run(session.name))
             entry = await client.get_memory("agents/alice/users/u7/memories/color")
             assert entry.value.string_value == "teal"
-            # An inline agent is no stored agent: it has no memory, and its model is told so.
-            inline = await client.create_session(
-                goal="Remember",
-                inline_agents=[agent("bob", tools=["memory_write"])],
-                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            # An inline agent is no stored agent: it has no memory, so it may not ask for any.
+            with pytest.raises(InvalidArgument) as refused:
+                await client.create_session(
+                    goal="Remember",
+                    inline_agents=[agent("bob", tools=["calculator", "memory_write"])],
+                )
+            (violation,) = refused.value.violations
+            assert violation.field == "session.inline_agents[0].tools[1]"
+            assert "memory_write keeps memory for agents created with CreateAgent" in (
+                violation.description
             )
-            events = await collect(client.run(inline.name))
-            result = next(e.tool_result for e in events if e.HasField("tool_result"))
-            assert result.error.code == code_pb2.NOT_FOUND
-            assert "agents/bob" in result.error.message
-            assert kinds(events)[-1] == "session_completed"
+            stored = [s.name async for s in client.list_sessions()]
+            assert stored == [session.name], "nothing was stored"
     finally:
         await shutdown()
 

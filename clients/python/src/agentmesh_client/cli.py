@@ -365,6 +365,15 @@ def _openai_base_url(running: list[ServiceProcess]) -> str | None:
 
 def load_agents(path: Path) -> list[agents_pb2.AgentDefinition]:
     """Agent definitions from a YAML file: a list, or a mapping with an `agents` list."""
+    stored, definitions = load_team(path)
+    if stored:
+        raise CliError(f"{path}: {stored[0]} names a stored agent; a definition has an `id`")
+    return definitions
+
+
+def load_team(path: Path) -> tuple[list[str], list[agents_pb2.AgentDefinition]]:
+    """A team file's members: names of stored agents (a plain string, `keeper` or
+    `agents/keeper`: they have memory) and inline definitions (a mapping with an `id`)."""
     try:
         document = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -372,7 +381,17 @@ def load_agents(path: Path) -> list[agents_pb2.AgentDefinition]:
     items = document.get("agents", []) if isinstance(document, dict) else document
     if not isinstance(items, list):
         raise CliError(f"{path}: expected a list of agents")
-    return [_agent_from_yaml(item, f"{path}: agents[{i}]") for i, item in enumerate(items)]
+    stored = [
+        item if item.startswith("agents/") else f"agents/{item}"
+        for item in items
+        if isinstance(item, str)
+    ]
+    definitions = [
+        _agent_from_yaml(item, f"{path}: agents[{i}]")
+        for i, item in enumerate(items)
+        if not isinstance(item, str)
+    ]
+    return stored, definitions
 
 
 def load_session_spec(path: Path) -> sessions_pb2.Session:
@@ -453,16 +472,17 @@ def run(
     metadata = parse_pairs(context, "--context")
 
     async def go(client: AgentmeshClient) -> None:
-        team = load_agents(agents) if agents is not None else []
+        stored, team = load_team(agents) if agents is not None else ([], [])
         spec = load_session_spec(agents) if agents is not None else sessions_pb2.Session()
         strategy = chosen or spec.strategy
-        if not team and strategy == sessions_pb2.STRATEGY_UNSPECIFIED:
+        if not (team or stored) and strategy == sessions_pb2.STRATEGY_UNSPECIFIED:
             strategy = sessions_pb2.STRATEGY_ROUTER
         limits = spec.limits
         if max_rounds:
             limits.max_rounds = max_rounds
         session = await client.create_session(
             goal=goal,
+            agents=stored,
             inline_agents=team,
             strategy=strategy,
             limits=limits,

@@ -8,6 +8,7 @@ span joins the same trace), and a default deadline for unary calls that set none
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
     "CHANNEL_OPTIONS",
     "DEFAULT_UNARY_TIMEOUT",
     "MAX_MESSAGE_BYTES",
+    "RETRY_UNAVAILABLE",
     "TENANT_METADATA_KEY",
     "ClientTLS",
     "ClientTracer",
@@ -50,6 +52,32 @@ CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Services start side by side and connect lazily: a peer that is not up yet is tried
+    # again within 100 ms, not after gRPC's default second (growing to at most 5 s).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+)
+
+# For channels to a service whose calls are safe to repeat when they never arrived (the memory
+# service: writes carry request ids, appends expected sequence numbers): a call answered
+# UNAVAILABLE (the peer is starting, restarting or its connection dropped) is tried again by
+# gRPC itself, up to 4 times within about 3 s, before the caller sees the error.
+RETRY_UNAVAILABLE = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "1.6s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
 )
 
 Metadata = Sequence[tuple[str, str | bytes]]
@@ -256,13 +284,19 @@ def create_channel(
     tls: ClientTLS | None = None,
     default_timeout: float | None = DEFAULT_UNARY_TIMEOUT,
     options: Iterable[tuple[str, Any]] = (),
+    retry_unavailable: bool = False,
 ) -> grpc.aio.Channel:
     """An aio channel to ``target`` (``host:port``) with the shared options and interceptors.
 
     ``default_timeout`` (seconds) applies to unary-unary calls made without a timeout;
     ``None`` disables it. ``options`` override :data:`CHANNEL_OPTIONS` by name.
+    ``retry_unavailable`` lets gRPC repeat calls answered UNAVAILABLE
+    (:data:`RETRY_UNAVAILABLE`): only for a peer whose calls are safe to repeat.
     """
     merged: dict[str, Any] = dict(CHANNEL_OPTIONS)
+    if retry_unavailable:
+        merged["grpc.service_config"] = RETRY_UNAVAILABLE
+        merged["grpc.enable_retries"] = 1
     merged.update(options)
     if tls is not None and tls.server_name_override:
         merged["grpc.ssl_target_name_override"] = tls.server_name_override

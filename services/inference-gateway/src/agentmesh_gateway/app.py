@@ -128,7 +128,11 @@ async def start_http(
     keys: TenantKeys | None = None
     tenancy: MemoryTenancy | None = None
     if settings.memory_target:
-        channel = create_channel(settings.memory_target, tracer_provider=telemetry.tracer_provider)
+        channel = create_channel(
+            settings.memory_target,
+            tracer_provider=telemetry.tracer_provider,
+            retry_unavailable=True,
+        )
         stack.push_async_callback(channel.close, None)
         tenancy = MemoryTenancy(channel)
     if settings.http_auth == "api_key":

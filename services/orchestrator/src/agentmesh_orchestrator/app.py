@@ -43,7 +43,7 @@ async def build(
 ) -> Sequence[Registration]:
     """Open the channels to memory and the gateway, then compose the service."""
     memory_channel = create_channel(
-        settings.memory_target, tracer_provider=telemetry.tracer_provider
+        settings.memory_target, tracer_provider=telemetry.tracer_provider, retry_unavailable=True
     )
     stack.push_async_callback(memory_channel.close, None)
     gateway_channel = create_channel(

@@ -39,6 +39,7 @@ from .agents import AGENT_ID, SessionAgent, prepare_agent
 from .sessions import TERMINAL_EVENTS, SessionManager
 from .strategies import validate_session
 from .stream_tokens import DEFAULT_TTL, MAX_TTL, MIN_TTL, StreamTokens
+from .tools import MEMORY_TOOLS
 
 SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 APPROVAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
@@ -187,6 +188,7 @@ class OrchestratorApp:
         elif request.WhichOneof("agent") == "inline_agent":
             definition = request.inline_agent
             field = "inline_agent"
+            _refuse_memory_tools(definition, field)
         else:
             raise invalid("agent", "set agent_name or inline_agent")
         agent = prepare_agent(definition, field=field, metadata=session.metadata)
@@ -460,6 +462,7 @@ class OrchestratorApp:
             field = f"session.inline_agents[{i}]"
             if definition.name and not definition.name.startswith("agents/"):
                 definition.name = f"agents/{definition.name}"
+            _refuse_memory_tools(definition, field)
             agents.append(prepare_agent(definition, field=field, metadata=session.metadata))
         names = [a.name for a in agents]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -507,6 +510,20 @@ class OrchestratorApp:
             return await self._memory.update_session(tenant, session, ["status", "final_answer"])
         finally:
             await self._memory.release_lease(tenant, session.name, lease.lease.owner)
+
+
+def _refuse_memory_tools(definition: agents_pb2.AgentDefinition, field: str) -> None:
+    """Memory belongs to agents created with CreateAgent (it outlives the session); an inline
+    agent asking for it would only ever see NOT_FOUND, so say so when the session is made."""
+    for j, tool in enumerate(definition.tools):
+        if tool in MEMORY_TOOLS:
+            agent = definition.name.removeprefix("agents/") or "the agent"
+            raise invalid(
+                f"{field}.tools[{j}]",
+                f"{tool} keeps memory for agents created with CreateAgent: create {agent} "
+                "and name it in session.agents, or share session notes "
+                "(session_notes_read / session_notes_write)",
+            )
 
 
 async def resolve_agents(tenant: str, session: sessions_pb2.Session) -> list[SessionAgent]:

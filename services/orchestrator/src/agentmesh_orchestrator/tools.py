@@ -291,6 +291,8 @@ class MemoryToolStore(Protocol):
 
 
 NOTES_AGENT = "session-notes"
+# Tools whose memory belongs to a stored agent (inline agents may not use them).
+MEMORY_TOOLS = frozenset({"memory_read", "memory_write"})
 _KEY_SCHEMA = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$", "description": "the key"}
 _MEMORY_TYPES = {
     "short_term": agents_pb2.MEMORY_TYPE_SHORT_TERM,

@@ -168,6 +168,12 @@ export class SessionModel {
         if (content && !message.text) message.text = content;
       }
       if (!event.taskId && event.agent) this.lastCompletedWithoutTask = event.agent;
+    } else if (event.agentMessage) {
+      const sent = event.agentMessage;
+      const from = sent.fromAgent ?? event.agent ?? "";
+      const to = sent.toAgents?.length ? sent.toAgents : [...this.agents.keys()];
+      for (const recipient of to) this.edge(from, recipient, "message");
+      this.note(seq, "agent_message", event);
     } else if (event.planCreated) {
       this.plan(event);
       this.note(seq, "plan_created", event);

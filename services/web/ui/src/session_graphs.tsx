@@ -9,10 +9,11 @@ const EDGE_WORDS: Record<string, string> = {
   plan: "assigns",
   result: "reports to",
   call: "calls",
+  message: "writes to",
   then: "then",
 };
 
-/** Agents and tools; edges: spoke after, called, planner → executors → synthesis. */
+/** Agents and tools; edges: spoke after, called, wrote to (send_message), planner → executors → synthesis. */
 export function CommunicationGraph(props: {
   model: SessionModel;
   selected: string;
@@ -45,8 +46,8 @@ export function CommunicationGraph(props: {
   const edges: GraphEdge[] = [...model.edges.values()].map((edge) => {
     const kinds = [...edge.kinds];
     // The most telling word: a plan's structure before mere order of speaking.
-    const main = ["plan", "result", "call", "then"].find((k) => edge.kinds.has(k)) ?? "then";
-    const times = edge.kinds.has("call") && edge.count > 1 ? ` ×${edge.count}` : "";
+    const main = ["plan", "result", "message", "call", "then"].find((k) => edge.kinds.has(k)) ?? "then";
+    const times = (edge.kinds.has("call") || edge.kinds.has("message")) && edge.count > 1 ? ` ×${edge.count}` : "";
     return {
       from: edge.from,
       to: edge.to,

@@ -27,6 +27,7 @@ export const EVENT_KINDS = [
   "thinking",
   "tool_call",
   "tool_result",
+  "agent_message",
   "message_completed",
   "user_message",
   "handoff",

@@ -51,6 +51,12 @@ export function describe(kind: string, event: SessionEvent): string {
     }
     case "tool_result":
       return `${event.toolResult?.toolName ?? "tool"} answered: ${json(event.toolResult?.result)}`;
+    case "agent_message": {
+      const sent = event.agentMessage ?? {};
+      const to = (sent.toAgents ?? []).map(shortName).join(", ") || "everyone";
+      const type = enumLabel(sent.type, "MESSAGE_TYPE_");
+      return `${shortName(sent.fromAgent) || agent} → ${to} (${type}): ${sent.content ?? ""}`;
+    }
     case "user_message":
       return `User: ${event.userMessage?.content ?? ""}`;
     case "session_completed":

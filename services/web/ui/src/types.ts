@@ -120,6 +120,13 @@ export interface SessionEvent {
     finishReason?: string;
     provider?: string;
   };
+  agentMessage?: {
+    message?: string;
+    fromAgent?: string;
+    toAgents?: string[];
+    type?: string;
+    content?: string;
+  };
   userMessage?: { content?: string };
   approvalRequested?: { approval?: Approval };
   approvalResolved?: { approval?: Approval };
