@@ -12,7 +12,7 @@ TYPED_SOURCES := services/common/src services/memory/src services/inference-gate
 
 UI := services/web/ui
 
-.PHONY: help setup run test lint fmt typecheck protos protos-check breaking docs docs-check deploy-check bench clean ui ui-check
+.PHONY: help setup run test lint fmt typecheck protos protos-check clients breaking docs docs-check deploy-check bench clean ui ui-check
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -54,12 +54,19 @@ fmt: ## Format and autofix Python code
 	$(RUN) ruff format $(PYTHON_SOURCES)
 	$(RUN) ruff check --fix $(PYTHON_SOURCES)
 
-protos: ## Regenerate protos/python from protos/ (after buf lint)
+protos: ## Regenerate protos/python from protos/ (after buf lint), with every file's language options
+	$(RUN) python tools/proto_options.py
 	cd protos && ../$(BUF) lint
 	$(RUN) python tools/gen_protos.py
 
-protos-check: ## Fail if protos/python is not what the protos generate
+protos-check: ## Fail if protos/python is not what the protos generate, or a file's options drift
+	$(RUN) python tools/proto_options.py --check
 	$(RUN) python tools/gen_protos.py --check
+
+clients: ## Generate client code for Python, Go, TypeScript, Java and C# (buf.gen.yaml)
+	$(RUN) python tools/proto_options.py --check
+	$(BUF) generate
+	@echo "generated gen/python gen/java gen/csharp clients/go/gen clients/typescript/src/gen"
 
 breaking: ## buf breaking against the previous commit (skipped with a reason when it has no protos)
 	@if git cat-file -e HEAD~1:protos/agentmesh 2>/dev/null; then \

@@ -115,6 +115,21 @@ REASON_GUIDANCE: dict[str, str] = {
     "NO_SUCH_ENDPOINT": "The gateway's HTTP API has no such path; see its README.",
     # local runner
     "MODEL_NOT_FOUND": "No such model in the runner's models directory or cache.",
+    # Upstream failures of a model call (the gateway's ErrorKind), after its retries and
+    # fallback; a session's failed turn carries the same reason.
+    "RATE_LIMITED": "The provider rate-limited every deployment; wait for RetryInfo.",
+    "QUOTA_EXHAUSTED": "The provider account is out of quota or credit; top it up or reroute.",
+    "OVERLOADED": "The provider is overloaded (e.g. 529); retry later or add a fallback.",
+    "SERVER_ERROR": "The provider answered 5xx on every attempt; retry later.",
+    "TIMEOUT": "The provider did not answer in time; retry, or raise the route's timeout.",
+    "CONNECT_ERROR": "The provider could not be reached (DNS, TCP, TLS); check base_url.",
+    "STREAM_ERROR": "The provider sent an error inside its stream; retry.",
+    "STREAM_TRUNCATED": "The provider's stream ended without its terminator; retry.",
+    "MALFORMED_RESPONSE": "The provider sent something that is not its wire format; retry.",
+    "PROVIDER_AUTH_FAILED": "The provider refused the gateway's key; fix the route's api_key.",
+    "PROVIDER_REJECTED_REQUEST": "The provider refused the request as invalid; see the message.",
+    "CONTEXT_LENGTH_EXCEEDED": "The prompt is longer than the model's context; shorten it.",
+    "STRUCTURED_OUTPUT_INVALID": "The model's output did not match the schema after retries.",
     "MODEL_INVALID": "The model directory is not a usable model; the message says why.",
     "MODEL_FILE_MISSING": "The model directory lacks a file; the message names it.",
     "CONSTRAINT_FAILED": "Constrained decoding lost its grammar: a runner bug to report.",
@@ -194,6 +209,11 @@ def _reasons() -> dict[str, list[str]]:
             continue
         for reason in _REASON.findall(path.read_text(encoding="utf-8")):
             found.setdefault(reason, []).append(str(path.relative_to(ROOT)).split("/")[1])
+    # The gateway raises its upstream failures with `reason=error.kind.value`.
+    from agentmesh_gateway.errors import ErrorKind
+
+    for kind in ErrorKind:
+        found.setdefault(kind.value, []).append("inference-gateway")
     return found
 
 

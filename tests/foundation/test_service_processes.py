@@ -12,8 +12,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
@@ -125,6 +129,18 @@ async def service(
         await process.stop(grace=10)
 
 
+def _methods_by_reflection(address: str, service: str) -> list[str]:
+    """Every method of `service` with its request and response types, resolved by a
+    reflection client alone (as grpcurl does): their full names."""
+    with grpc.insecure_channel(address) as channel:
+        pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
+        found = pool.FindServiceByName(service)
+        for method in found.methods:
+            assert pool.FindMessageTypeByName(method.input_type.full_name).fields is not None
+            assert pool.FindMessageTypeByName(method.output_type.full_name) is not None
+        return [f"{service}.{method.name}" for method in found.methods]
+
+
 async def test_service_serves_health_reflection_metrics_and_clear_statuses(
     service: tuple[ServiceProcess, str, str, Probe],
 ) -> None:
@@ -143,6 +159,27 @@ async def test_service_serves_health_reflection_metrics_and_clear_statuses(
         listed = [s.name async for r in responses for s in r.list_services_response.service]
         assert grpc_service in listed
         assert "grpc.health.v1.Health" in listed
+        assert set(listed) >= {
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        }
+        everything = await health.List(health_pb2.HealthListRequest(), timeout=5)
+        assert everything.statuses[grpc_service].status == health_pb2.HealthCheckResponse.SERVING
+
+        # What `grpcurl describe pkg.Service.Method` asks, over reflection v1 (same messages
+        # on the wire as v1alpha), for every method of the service.
+        v1 = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        methods = await asyncio.to_thread(_methods_by_reflection, process.address, grpc_service)
+        assert f"{grpc_service}.{method}" in methods
+        asked = [reflection_pb2.ServerReflectionRequest(file_containing_symbol=m) for m in methods]
+        answers = [r async for r in v1(iter(asked))]
+        assert len(answers) == len(methods)
+        for name, answer in zip(methods, answers, strict=True):
+            assert answer.file_descriptor_response.file_descriptor_proto, (name, answer)
 
         code = await probe(channel)
 

@@ -17,14 +17,13 @@ from typing import Any
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer  # the aio servicer (grpc_health.v1.health.aio)
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from .channel import MAX_MESSAGE_BYTES
 from .interceptors import server_interceptors
 from .metrics import RpcMetrics
+from .reflection import Health, enable_reflection
 from .settings import ServiceSettings
 
 __all__ = ["HEALTH_SERVICE_NAME", "SERVER_OPTIONS", "Registration", "ServiceServer", "build_server"]
@@ -186,14 +185,12 @@ def build_server(
         ),
         options=list(merged.items()),
     )
-    health = HealthServicer()
+    health = Health()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     for registration in registrations:
         registration.add_to_server(server)
     service_names = [registration.service_name for registration in registrations]
-    reflection.enable_server_reflection(
-        [*service_names, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    enable_reflection([*service_names, HEALTH_SERVICE_NAME], server)
     host = settings.host
     address = f"[{host}]:{settings.port}" if ":" in host else f"{host}:{settings.port}"
     return ServiceServer(

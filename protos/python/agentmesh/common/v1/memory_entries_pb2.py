@@ -27,13 +27,14 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(agentmesh/common/v1/memory_entries.proto\x12\x13\x61gentmesh.common.v1\x1a agentmesh/common/v1/agents.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x02\n\x0bMemoryEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x04type\x18\x02 \x01(\x0e\x32\x1f.agentmesh.common.v1.MemoryType\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61\x63\x63\x65ss_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61\x63\x63\x65ss_count\x18\x08 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(agentmesh/common/v1/memory_entries.proto\x12\x13\x61gentmesh.common.v1\x1a agentmesh/common/v1/agents.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x02\n\x0bMemoryEntry\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x04type\x18\x02 \x01(\x0e\x32\x1f.agentmesh.common.v1.MemoryType\x12%\n\x05value\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61\x63\x63\x65ss_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61\x63\x63\x65ss_count\x18\x08 \x01(\x03\x42\xbd\x01\n\x17\x63om.agentmesh.common.v1B\x12MemoryEntriesProtoP\x01ZBgithub.com/agentmesh/agentmesh/gen/go/agentmesh/common/v1;commonv1\xa2\x02\x03\x41\x43X\xaa\x02\x13\x41gentmesh.Common.V1\xca\x02\x13\x41gentmesh\\Common\\V1\xea\x02\x15\x41gentmesh::Common::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.common.v1.memory_entries_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\027com.agentmesh.common.v1B\022MemoryEntriesProtoP\001ZBgithub.com/agentmesh/agentmesh/gen/go/agentmesh/common/v1;commonv1\242\002\003ACX\252\002\023Agentmesh.Common.V1\312\002\023Agentmesh\\Common\\V1\352\002\025Agentmesh::Common::V1'
   _globals['_MEMORYENTRY']._serialized_start=163
   _globals['_MEMORYENTRY']._serialized_end=494
 # @@protoc_insertion_point(module_scope)

@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"agentmesh/common/v1/messages.proto\x12\x13\x61gentmesh.common.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x9a\x01\n\x07Message\x12\'\n\x04role\x18\x01 \x01(\x0e\x32\x19.agentmesh.common.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x31\n\ntool_calls\x18\x04 \x03(\x0b\x32\x1d.agentmesh.common.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x05 \x01(\t\"P\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\x7f\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14MESSAGE_TYPE_REQUEST\x10\x01\x12\x19\n\x15MESSAGE_TYPE_RESPONSE\x10\x02\x12\x1d\n\x19MESSAGE_TYPE_NOTIFICATION\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"agentmesh/common/v1/messages.proto\x12\x13\x61gentmesh.common.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x9a\x01\n\x07Message\x12\'\n\x04role\x18\x01 \x01(\x0e\x32\x19.agentmesh.common.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x31\n\ntool_calls\x18\x04 \x03(\x0b\x32\x1d.agentmesh.common.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x05 \x01(\t\"P\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04*\x7f\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14MESSAGE_TYPE_REQUEST\x10\x01\x12\x19\n\x15MESSAGE_TYPE_RESPONSE\x10\x02\x12\x1d\n\x19MESSAGE_TYPE_NOTIFICATION\x10\x03\x42\xb8\x01\n\x17\x63om.agentmesh.common.v1B\rMessagesProtoP\x01ZBgithub.com/agentmesh/agentmesh/gen/go/agentmesh/common/v1;commonv1\xa2\x02\x03\x41\x43X\xaa\x02\x13\x41gentmesh.Common.V1\xca\x02\x13\x41gentmesh\\Common\\V1\xea\x02\x15\x41gentmesh::Common::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.common.v1.messages_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\027com.agentmesh.common.v1B\rMessagesProtoP\001ZBgithub.com/agentmesh/agentmesh/gen/go/agentmesh/common/v1;commonv1\242\002\003ACX\252\002\023Agentmesh.Common.V1\312\002\023Agentmesh\\Common\\V1\352\002\025Agentmesh::Common::V1'
   _globals['_ROLE']._serialized_start=328
   _globals['_ROLE']._serialized_end=423
   _globals['_MESSAGETYPE']._serialized_start=425

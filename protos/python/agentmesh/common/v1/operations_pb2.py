@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agentmesh/common/v1/operations.proto\x12\x13\x61gentmesh.common.v1*\x95\x01\n\x10\x44\x65ploymentHealth\x12!\n\x1d\x44\x45PLOYMENT_HEALTH_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44\x45PLOYMENT_HEALTH_HEALTHY\x10\x01\x12\x1e\n\x1a\x44\x45PLOYMENT_HEALTH_DEGRADED\x10\x02\x12\x1f\n\x1b\x44\x45PLOYMENT_HEALTH_UNHEALTHY\x10\x03*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03*\xb7\x01\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x1a\n\x16USAGE_GROUPING_SESSION\x10\x01\x12\x18\n\x14USAGE_GROUPING_AGENT\x10\x02\x12\x19\n\x15USAGE_GROUPING_TENANT\x10\x03\x12\x1b\n\x17USAGE_GROUPING_PROVIDER\x10\x04\x12\x18\n\x14USAGE_GROUPING_MODEL\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agentmesh/common/v1/operations.proto\x12\x13\x61gentmesh.common.v1*\x95\x01\n\x10\x44\x65ploymentHealth\x12!\n\x1d\x44\x45PLOYMENT_HEALTH_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44\x45PLOYMENT_HEALTH_HEALTHY\x10\x01\x12\x1e\n\x1a\x44\x45PLOYMENT_HEALTH_DEGRADED\x10\x02\x12\x1f\n\x1b\x44\x45PLOYMENT_HEALTH_UNHEALTHY\x10\x03*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03*\xb7\x01\n\rUsageGrouping\x12\x1e\n\x1aUSAGE_GROUPING_UNSPECIFIED\x10\x00\x12\x1a\n\x16USAGE_GROUPING_SESSION\x10\x01\x12\x18\n\x14USAGE_GROUPING_AGENT\x10\x02\x12\x19\n\x15USAGE_GROUPING_TENANT\x10\x03\x12\x1b\n\x17USAGE_GROUPING_PROVIDER\x10\x04\x12\x18\n\x14USAGE_GROUPING_MODEL\x10\x05\x42\xba\x01\n\x17\x63om.agentmesh.common.v1B\x0fOperationsProtoP\x01ZBgithub.com/agentmesh/agentmesh/gen/go/agentmesh/common/v1;commonv1\xa2\x02\x03\x41\x43X\xaa\x02\x13\x41gentmesh.Common.V1\xca\x02\x13\x41gentmesh\\Common\\V1\xea\x02\x15\x41gentmesh::Common::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.common.v1.operations_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\027com.agentmesh.common.v1B\017OperationsProtoP\001ZBgithub.com/agentmesh/agentmesh/gen/go/agentmesh/common/v1;commonv1\242\002\003ACX\252\002\023Agentmesh.Common.V1\312\002\023Agentmesh\\Common\\V1\352\002\025Agentmesh::Common::V1'
   _globals['_DEPLOYMENTHEALTH']._serialized_start=62
   _globals['_DEPLOYMENTHEALTH']._serialized_end=211
   _globals['_CIRCUITSTATE']._serialized_start=213

@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61gentmesh/common/v1/tools.proto\x12\x13\x61gentmesh.common.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xb5\x01\n\x08ToolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x32\n\x11parameters_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x37\n\npermission\x18\x04 \x01(\x0e\x32#.agentmesh.common.v1.ToolPermission\x12\x19\n\x11requires_approval\x18\x05 \x01(\x08*p\n\x0eToolPermission\x12\x1f\n\x1bTOOL_PERMISSION_UNSPECIFIED\x10\x00\x12\x1d\n\x19TOOL_PERMISSION_READ_ONLY\x10\x01\x12\x1e\n\x1aTOOL_PERMISSION_READ_WRITE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61gentmesh/common/v1/tools.proto\x12\x13\x61gentmesh.common.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xb5\x01\n\x08ToolSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x32\n\x11parameters_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x37\n\npermission\x18\x04 \x01(\x0e\x32#.agentmesh.common.v1.ToolPermission\x12\x19\n\x11requires_approval\x18\x05 \x01(\x08*p\n\x0eToolPermission\x12\x1f\n\x1bTOOL_PERMISSION_UNSPECIFIED\x10\x00\x12\x1d\n\x19TOOL_PERMISSION_READ_ONLY\x10\x01\x12\x1e\n\x1aTOOL_PERMISSION_READ_WRITE\x10\x02\x42\xb5\x01\n\x17\x63om.agentmesh.common.v1B\nToolsProtoP\x01ZBgithub.com/agentmesh/agentmesh/gen/go/agentmesh/common/v1;commonv1\xa2\x02\x03\x41\x43X\xaa\x02\x13\x41gentmesh.Common.V1\xca\x02\x13\x41gentmesh\\Common\\V1\xea\x02\x15\x41gentmesh::Common::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.common.v1.tools_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\027com.agentmesh.common.v1B\nToolsProtoP\001ZBgithub.com/agentmesh/agentmesh/gen/go/agentmesh/common/v1;commonv1\242\002\003ACX\252\002\023Agentmesh.Common.V1\312\002\023Agentmesh\\Common\\V1\352\002\025Agentmesh::Common::V1'
   _globals['_TOOLPERMISSION']._serialized_start=270
   _globals['_TOOLPERMISSION']._serialized_end=382
   _globals['_TOOLSPEC']._serialized_start=87

@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'agentmesh/common/v1/user_settings.proto\x12\x13\x61gentmesh.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x02\n\x0cUserSettings\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rdefault_route\x18\x02 \x01(\t\x12L\n\x0e\x64\x65\x66\x61ult_models\x18\x03 \x03(\x0b\x32\x34.agentmesh.common.v1.UserSettings.DefaultModelsEntry\x12>\n\x10model_preference\x18\x04 \x01(\x0e\x32$.agentmesh.common.v1.ModelPreference\x12\x14\n\x0crag_archives\x18\x05 \x03(\t\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x34\n\x12\x44\x65\x66\x61ultModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*l\n\x0fModelPreference\x12 \n\x1cMODEL_PREFERENCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16MODEL_PREFERENCE_LOCAL\x10\x01\x12\x1b\n\x17MODEL_PREFERENCE_ONLINE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'agentmesh/common/v1/user_settings.proto\x12\x13\x61gentmesh.common.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x02\n\x0cUserSettings\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rdefault_route\x18\x02 \x01(\t\x12L\n\x0e\x64\x65\x66\x61ult_models\x18\x03 \x03(\x0b\x32\x34.agentmesh.common.v1.UserSettings.DefaultModelsEntry\x12>\n\x10model_preference\x18\x04 \x01(\x0e\x32$.agentmesh.common.v1.ModelPreference\x12\x14\n\x0crag_archives\x18\x05 \x03(\t\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x34\n\x12\x44\x65\x66\x61ultModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*l\n\x0fModelPreference\x12 \n\x1cMODEL_PREFERENCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16MODEL_PREFERENCE_LOCAL\x10\x01\x12\x1b\n\x17MODEL_PREFERENCE_ONLINE\x10\x02\x42\xbc\x01\n\x17\x63om.agentmesh.common.v1B\x11UserSettingsProtoP\x01ZBgithub.com/agentmesh/agentmesh/gen/go/agentmesh/common/v1;commonv1\xa2\x02\x03\x41\x43X\xaa\x02\x13\x41gentmesh.Common.V1\xca\x02\x13\x41gentmesh\\Common\\V1\xea\x02\x15\x41gentmesh::Common::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.common.v1.user_settings_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\027com.agentmesh.common.v1B\021UserSettingsProtoP\001ZBgithub.com/agentmesh/agentmesh/gen/go/agentmesh/common/v1;commonv1\242\002\003ACX\252\002\023Agentmesh.Common.V1\312\002\023Agentmesh\\Common\\V1\352\002\025Agentmesh::Common::V1'
   _globals['_USERSETTINGS_DEFAULTMODELSENTRY']._loaded_options = None
   _globals['_USERSETTINGS_DEFAULTMODELSENTRY']._serialized_options = b'8\001'
   _globals['_MODELPREFERENCE']._serialized_start=418
