@@ -56,31 +56,31 @@ async def test_calls_are_spread_over_every_replica() -> None:
 
 
 async def _call_while_the_peer_starts(*, retry_unavailable: bool) -> str:
-    """Call a peer whose port is known but whose server starts 0.4 s later (as services
-    started side by side do); the channel already failed to connect once."""
+    """Call a peer whose port is known but whose server is not listening yet (as services
+    started side by side are); the server starts once the call's first attempt has failed."""
     probe = _server_named("early")
     port = probe.add_insecure_port("127.0.0.1:0")  # reserve a free port, then free it
     channel = create_channel(
         f"127.0.0.1:{port}", tracer_provider=TracerProvider(), retry_unavailable=retry_unavailable
     )
-    channel.get_state(try_to_connect=True)  # a first attempt, refused: the channel backs off
-    await asyncio.sleep(0.05)
     server = _server_named("late")
     server.add_insecure_port(f"127.0.0.1:{port}")
-    starting = asyncio.get_running_loop().call_later(
-        0.4, lambda: asyncio.ensure_future(server.start())
-    )
     call = channel.unary_unary(
         "/test.v1.Who/Name",
         request_serializer=StringValue.SerializeToString,
         response_deserializer=StringValue.FromString,
     )
+    answer = asyncio.ensure_future(call(StringValue(), timeout=20))
     try:
-        return (await call(StringValue(), timeout=10)).value
+        state = channel.get_state(try_to_connect=True)
+        while state != grpc.ChannelConnectivity.TRANSIENT_FAILURE and not answer.done():
+            await asyncio.wait_for(channel.wait_for_state_change(state), 10)
+            state = channel.get_state()
+        await server.start()
+        return (await answer).value
     except grpc.aio.AioRpcError as exc:
         return exc.code().name
     finally:
-        starting.cancel()
         await channel.close()
         await server.stop(None)
 

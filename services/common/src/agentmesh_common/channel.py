@@ -62,7 +62,8 @@ CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
 # For channels to a service whose calls are safe to repeat when they never arrived (the memory
 # service: writes carry request ids, appends expected sequence numbers): a call answered
 # UNAVAILABLE (the peer is starting, restarting or its connection dropped) is tried again by
-# gRPC itself, up to 4 times within about 3 s, before the caller sees the error.
+# gRPC itself, up to 4 times (gRPC's random backoff: within 7.5 s, about 4 s on average)
+# before the caller sees the error.
 RETRY_UNAVAILABLE = json.dumps(
     {
         "methodConfig": [
@@ -70,8 +71,8 @@ RETRY_UNAVAILABLE = json.dumps(
                 "name": [{}],
                 "retryPolicy": {
                     "maxAttempts": 5,
-                    "initialBackoff": "0.2s",
-                    "maxBackoff": "1.6s",
+                    "initialBackoff": "0.5s",
+                    "maxBackoff": "4s",
                     "backoffMultiplier": 2,
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },

@@ -25,15 +25,17 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
+from google.protobuf.message import Message
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .errors import AgentmeshError
+from .errors import AgentmeshError, InvalidArgument
 from .metrics import RpcMetrics
 from .status import to_grpc_status
 from .telemetry import current_trace_id
+from .wellformed import check_well_formed
 
 __all__ = [
     "QUIET_SERVICES",
@@ -103,6 +105,46 @@ def _normalize(fn: Callable[..., Any], response_streaming: bool) -> Behavior:
     return behavior
 
 
+class Undecodable:
+    """What a request that does not parse (corrupt bytes, invalid UTF-8, nesting too deep)
+    becomes, so the handler chain can answer INVALID_ARGUMENT instead of grpc's UNKNOWN."""
+
+    def __init__(self, message_type: str, error: Exception) -> None:
+        self.message_type = message_type
+        self.error = error
+
+    def as_error(self) -> InvalidArgument:
+        what = f"not a valid {self.message_type}" if self.message_type else "not decodable"
+        return InvalidArgument.for_field("request", f"the request is {what}: {self.error}")
+
+
+def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None or getattr(deserializer, "_agentmesh_safe", False):
+        return deserializer
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    message_type = str(getattr(descriptor, "full_name", ""))
+
+    def safe(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, RecursionError, ...
+            return Undecodable(message_type, exc)
+
+    safe._agentmesh_safe = True  # type: ignore[attr-defined]
+    return safe
+
+
+async def _checked(requests: Any) -> Any:
+    """A client stream whose undecodable message raises INVALID_ARGUMENT where it is read."""
+    async for request in requests:
+        if isinstance(request, Undecodable):
+            raise request.as_error()
+        if isinstance(request, Message):
+            check_well_formed(request)
+        yield request
+
+
 def _rewrap(
     handler: grpc.RpcMethodHandler[Any, Any], wrap: Callable[[Behavior], Behavior]
 ) -> grpc.RpcMethodHandler[Any, Any]:
@@ -119,7 +161,7 @@ def _rewrap(
         return handler
     return factory(
         wrap(_normalize(fn, handler.response_streaming)),
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_safe(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
 
@@ -286,6 +328,12 @@ class ErrorMappingInterceptor(_BehaviorInterceptor):
     def wrap(self, behavior: Behavior, method: str, streaming: bool) -> Behavior:
         async def guarded(request: Any, context: Context) -> Any:
             try:
+                if isinstance(request, Undecodable):
+                    raise request.as_error()
+                if isinstance(request, Message):
+                    check_well_formed(request)
+                if hasattr(request, "__aiter__"):  # a client stream
+                    request = _checked(request)
                 return await behavior(request, context)
             except grpc.aio.AbortError:
                 raise

@@ -45,6 +45,7 @@ SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 APPROVAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 MAX_COMMENT_CHARS = 4000
 MAX_APPROVAL_TIMEOUT = dt.timedelta(days=7)
+MAX_EXECUTE_TIMEOUT = dt.timedelta(days=30)
 ENDED = frozenset(
     {
         sessions_pb2.SESSION_STATUS_COMPLETED,
@@ -107,10 +108,18 @@ class OrchestratorApp:
         current = await self.get_agent(tenant, request.agent.name)
         merged = agents_pb2.AgentDefinition()
         merged.CopyFrom(current)
-        if request.update_mask.paths:
+        paths = list(request.update_mask.paths)
+        if paths and paths != ["*"]:  # AIP-134: "*" (like no mask) replaces the whole agent
+            for i, path in enumerate(paths):
+                single = field_mask_pb2.FieldMask(paths=[path])
+                if not single.IsValidForDescriptor(agents_pb2.AgentDefinition.DESCRIPTOR):
+                    raise invalid(
+                        f"update_mask.paths[{i}]",
+                        f"{path!r} is not a field of AgentDefinition (or use '*' alone)",
+                    )
             try:
                 request.update_mask.MergeMessage(request.agent, merged, replace_repeated_field=True)
-            except ValueError as exc:
+            except (ValueError, KeyError) as exc:
                 raise invalid("update_mask", str(exc)) from None
         else:
             merged.CopyFrom(request.agent)
@@ -242,8 +251,8 @@ class OrchestratorApp:
             else:
                 session.strategy = sessions_pb2.STRATEGY_ROUTER
         if request.HasField("timeout"):
-            if request.timeout.ToTimedelta() <= dt.timedelta(0):
-                raise invalid("timeout", "must be positive")
+            if not dt.timedelta(0) < request.timeout.ToTimedelta() <= MAX_EXECUTE_TIMEOUT:
+                raise invalid("timeout", "must be positive and at most 30 days")
             deadline = dt.datetime.now(dt.UTC) + request.timeout.ToTimedelta()
             session.limits.deadline.FromDatetime(deadline)
         created = await self.create_session(

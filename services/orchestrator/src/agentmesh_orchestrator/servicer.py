@@ -21,8 +21,10 @@ from agentmesh.memory.v1 import memory_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from agentmesh_common import from_rpc_error
 
+from . import pages
 from .adapters.memory_client import MemoryClient
 from .edge import Authenticator, RateLimiter
+from .pages import page
 from .service import OrchestratorApp
 from .servicer_knowledge import KnowledgeRpcs
 from .sessions import TERMINAL_EVENTS, SessionManager
@@ -403,12 +405,16 @@ class OrchestratorServicer(KnowledgeRpcs, orchestrator_pb2_grpc.OrchestratorServ
                 orchestrator_pb2.AvailableTool(spec=spec, source=record.name)
                 for spec in record.tools
             )
-        return orchestrator_pb2.ListToolsResponse(tools=tools)
+        chosen, token = page(
+            tools, lambda t: f"{t.source}\x00{t.spec.name}", request.page_size, request.page_token
+        )
+        return orchestrator_pb2.ListToolsResponse(tools=chosen, next_page_token=token)
 
     async def ListModels(
         self, request: orchestrator_pb2.ListModelsRequest, context: Context
     ) -> orchestrator_pb2.ListModelsResponse:
         await self._tenant(context)
+        pages.check(request.page_size, request.page_token)  # bad input before any call
         try:
             reply = await self._catalog.ListModels(
                 inference_pb2.ListModelsRequest(page_size=1000), timeout=10
@@ -426,7 +432,10 @@ class OrchestratorServicer(KnowledgeRpcs, orchestrator_pb2_grpc.OrchestratorServ
                     context_window_tokens=info.context_window_tokens,
                 )
             model.deployments.append(f"{info.provider}/{info.model}")
-        return orchestrator_pb2.ListModelsResponse(models=list(routes.values()))
+        chosen, token = page(
+            list(routes.values()), lambda m: m.route, request.page_size, request.page_token
+        )
+        return orchestrator_pb2.ListModelsResponse(models=chosen, next_page_token=token)
 
     async def GetProviderStatus(
         self, request: orchestrator_pb2.GetProviderStatusRequest, context: Context
