@@ -63,10 +63,10 @@ protos-check: ## Fail if protos/python is not what the protos generate, or a fil
 	$(RUN) python tools/proto_options.py --check
 	$(RUN) python tools/gen_protos.py --check
 
-clients: ## Generate client code for Python, Go, TypeScript, Java and C# (buf.gen.yaml)
+clients: ## Generate client code for Python, Go, Java and C# (buf.gen.yaml)
 	$(RUN) python tools/proto_options.py --check
 	$(BUF) generate
-	@echo "generated gen/python gen/java gen/csharp clients/go/gen clients/typescript/src/gen"
+	@echo "generated gen/python gen/java gen/csharp clients/go/gen"
 
 breaking: ## buf breaking against the previous commit (skipped with a reason when it has no protos)
 	@if git cat-file -e HEAD~1:protos/agentmesh 2>/dev/null; then \
