@@ -27,9 +27,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agentmesh_client.cli import create_api_key
-from agentmesh_client.client import AgentmeshClient
-from agentmesh_client.mesh import (
+from agentmesh_cli.cli import create_api_key
+from agentmesh_cli.mesh import (
     GATEWAY,
     MEMORY,
     ORCHESTRATOR,
@@ -39,6 +38,7 @@ from agentmesh_client.mesh import (
     start_mesh,
     stop_mesh,
 )
+from agentmesh_client.client import AgentmeshClient
 
 Chat = dict[str, Any]
 

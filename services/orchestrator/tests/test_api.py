@@ -21,8 +21,8 @@ from rich.console import Console
 from agentmesh.common.v1 import agents_pb2, events_pb2, messages_pb2, sessions_pb2, tools_pb2
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2, tool_service_pb2, tool_service_pb2_grpc
+from agentmesh_cli.demo import run_demo
 from agentmesh_client.client import AgentmeshClient
-from agentmesh_client.demo import run_demo
 from agentmesh_common import (
     FailedPrecondition,
     InvalidArgument,

@@ -45,6 +45,8 @@ from agentmesh.common.v1 import (
     user_settings_pb2,
 )
 from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
+from agentmesh_client.client import AgentmeshClient
+from agentmesh_client.knowledge import MEMORY_TYPES
 from agentmesh_common import TENANT_METADATA_KEY
 from agentmesh_common.errors import AgentmeshError, InvalidArgument
 from agentmesh_common.status import status_code_for
@@ -58,9 +60,7 @@ from .cli_knowledge import (
     parse_pairs,
     search,
 )
-from .client import AgentmeshClient
 from .demo import run_demo
-from .knowledge import MEMORY_TYPES
 from .mesh import (
     GATEWAY,
     MEMORY,

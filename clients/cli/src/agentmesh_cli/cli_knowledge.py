@@ -22,8 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentmesh.common.v1 import agents_pb2
-
-from .client import AgentmeshClient
+from agentmesh_client.client import AgentmeshClient
 
 __all__ = [
     "agents_stats",
