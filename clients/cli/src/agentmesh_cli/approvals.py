@@ -16,7 +16,7 @@ from google.protobuf.json_format import MessageToDict
 
 from agentmesh.common.v1 import approvals_pb2
 from agentmesh_client.client import AgentmeshClient
-from agentmesh_common.errors import FailedPrecondition
+from agentmesh_client.errors import FailedPrecondition
 
 Prompt = Callable[[str], Awaitable[str]]
 

@@ -46,10 +46,10 @@ from agentmesh.common.v1 import (
 )
 from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from agentmesh_client.client import AgentmeshClient
+from agentmesh_client.errors import AgentmeshError, InvalidArgument
 from agentmesh_client.knowledge import MEMORY_TYPES
+from agentmesh_client.status import status_code_for
 from agentmesh_common import TENANT_METADATA_KEY
-from agentmesh_common.errors import AgentmeshError, InvalidArgument
-from agentmesh_common.status import status_code_for
 
 from .approvals import ApprovalNeeded, answer
 from .cli_knowledge import (
