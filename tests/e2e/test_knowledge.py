@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from agentmesh.common.v1 import agents_pb2, sessions_pb2, user_settings_pb2
-from agentmesh_cli.cli import create_api_key
-from agentmesh_cli.mesh import GATEWAY, MEMORY, ORCHESTRATOR, start_mesh, stop_mesh
+from agentmesh_cli.mesh import GATEWAY, MEMORY, ORCHESTRATOR, create_api_key, start_mesh, stop_mesh
 from agentmesh_client.client import AgentmeshClient
 
 from .conftest import ORCHESTRATOR_ENV, Answer, Chat, MeshUp, ScriptedProvider

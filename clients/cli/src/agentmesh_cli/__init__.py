@@ -1,5 +1,5 @@
-"""The agentmesh Python client (`client`), the `agentmesh` command line (`cli`) and the
-embedded mesh launcher (`mesh`)."""
+"""The `agentmesh` command line (`cli`, one module per command group) and the embedded mesh
+launcher (`mesh`) that `agentmesh up` and the test suite use."""
 
 import os
 
