@@ -8,7 +8,8 @@ RUN := $(UV) run --frozen --all-packages
 BUF := tools/buf/node_modules/.bin/buf
 PYTHON_SOURCES := services clients tests bench tools
 TYPED_SOURCES := services/common/src services/memory/src services/inference-gateway/src \
-	services/local-runner/src services/orchestrator/src services/web/src clients/python/src
+	services/local-runner/src services/orchestrator/src services/web/src clients/python/src \
+	clients/cli/src
 
 UI := services/web/ui
 

@@ -214,6 +214,17 @@ def _reasons() -> dict[str, list[str]]:
 
     for kind in ErrorKind:
         found.setdefault(kind.value, []).append("inference-gateway")
+
+    # The shared hierarchy and its status mapping live in the slim client (services re-export
+    # them through agentmesh_common): their base reasons are every service's ("common"); the
+    # client's classes per reason name reasons the services above raise.
+    from agentmesh_client.errors import REASON_TYPES
+
+    shared = ROOT / "clients" / "python" / "src" / "agentmesh_client"
+    for module in ("errors.py", "status.py"):
+        for reason in _REASON.findall((shared / module).read_text(encoding="utf-8")):
+            if reason not in REASON_TYPES:
+                found.setdefault(reason, []).append("common")
     return found
 
 

@@ -36,8 +36,7 @@ import psutil
 
 from agentmesh.common.v1 import messages_pb2
 from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
-from agentmesh_client.cli import create_api_key
-from agentmesh_client.mesh import GATEWAY, MEMORY, ServiceProcess
+from agentmesh_cli.mesh import GATEWAY, MEMORY, ServiceProcess, create_api_key
 
 sys.path.insert(0, str(Path(__file__).parent))
 from litellm_proxy import MASTER_KEY, VERSION, LiteLLMProxy

@@ -43,7 +43,7 @@ import grpc.aio
 from agentmesh.common.v1 import agents_pb2, knowledge_pb2, sessions_pb2
 from agentmesh.memory.v1 import knowledge_pb2 as kpb
 from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
-from agentmesh_client.mesh import MEMORY, ServiceProcess
+from agentmesh_cli.mesh import MEMORY, ServiceProcess
 from agentmesh_memory.testing import (
     PostgresServer,
     create_database,

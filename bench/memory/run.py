@@ -38,7 +38,7 @@ import grpc.aio
 
 from agentmesh.common.v1 import events_pb2, sessions_pb2
 from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
-from agentmesh_client.mesh import MEMORY, ServiceProcess
+from agentmesh_cli.mesh import MEMORY, ServiceProcess
 from agentmesh_memory.testing import PostgresServer, create_database, drop_database, postgres_server
 
 HERE = Path(__file__).resolve().parent

@@ -48,9 +48,8 @@ import httpx
 import psutil
 
 from agentmesh.common.v1 import agents_pb2, generation_pb2, sessions_pb2
-from agentmesh_client.cli import create_api_key
+from agentmesh_cli.mesh import GATEWAY, MEMORY, ORCHESTRATOR, create_api_key, start_mesh, stop_mesh
 from agentmesh_client.client import AgentmeshClient
-from agentmesh_client.mesh import GATEWAY, MEMORY, ORCHESTRATOR, start_mesh, stop_mesh
 from agentmesh_memory.testing import create_database, drop_database, postgres_server
 
 HERE = Path(__file__).parent

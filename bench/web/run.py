@@ -42,9 +42,16 @@ import psutil
 
 from agentmesh.common.v1 import agents_pb2, events_pb2, sessions_pb2
 from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
-from agentmesh_client.cli import create_api_key
+from agentmesh_cli.mesh import (
+    MEMORY,
+    ORCHESTRATOR,
+    WEB,
+    ServiceProcess,
+    create_api_key,
+    start_mesh,
+    stop_mesh,
+)
 from agentmesh_client.client import AgentmeshClient
-from agentmesh_client.mesh import MEMORY, ORCHESTRATOR, WEB, ServiceProcess, start_mesh, stop_mesh
 from agentmesh_common import TENANT_METADATA_KEY
 from agentmesh_memory.testing import create_database, drop_database, postgres_server
 

@@ -17,6 +17,7 @@ COPY pyproject.toml uv.lock ./
 COPY protos/python protos/python
 COPY services services
 COPY clients/python clients/python
+COPY clients/cli clients/cli
 RUN uv sync --frozen --no-dev --no-editable --package agentmesh-gateway
 
 FROM python:3.11-slim

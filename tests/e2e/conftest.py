@@ -13,12 +13,13 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,18 +28,18 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agentmesh_client.cli import create_api_key
-from agentmesh_client.client import AgentmeshClient
-from agentmesh_client.mesh import (
+from agentmesh_cli.mesh import (
     GATEWAY,
     MEMORY,
     ORCHESTRATOR,
     RUNNER,
     WEB,
     ServiceProcess,
+    create_api_key,
     start_mesh,
     stop_mesh,
 )
+from agentmesh_client.client import AgentmeshClient
 
 Chat = dict[str, Any]
 
@@ -377,12 +378,19 @@ class MeshUp:
         return self.process.returncode, out
 
 
-def start_up(data_dir: Path, *args: str, within_seconds: float = 90) -> MeshUp:
-    """`agentmesh up --data-dir DIR --port-base 0 ARGS`; returns once mesh.json is written."""
+def start_up(
+    data_dir: Path,
+    *args: str,
+    within_seconds: float = 90,
+    port_base: int = 0,
+    env: Mapping[str, str] = UP_ENV,
+) -> MeshUp:
+    """`agentmesh up --data-dir DIR --port-base N ARGS`; returns once mesh.json is written.
+    `env` is given to the services (by default: no per-tenant rate limits)."""
     state_file = data_dir / "mesh.json"
     process = subprocess.Popen(
-        [AGENTMESH, "up", "--data-dir", str(data_dir), "--port-base", "0", *args],
-        env={**os.environ, **CLI_ENV, **UP_ENV},
+        [AGENTMESH, "up", "--data-dir", str(data_dir), "--port-base", str(port_base), *args],
+        env={**os.environ, **CLI_ENV, **env},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -398,6 +406,24 @@ def start_up(data_dir: Path, *args: str, within_seconds: float = 90) -> MeshUp:
     state = json.loads(state_file.read_text())
     api_key = Path(state["api_key_file"]).read_text().strip()
     return MeshUp(process, data_dir, state, api_key)
+
+
+def free_port_block(size: int) -> int:
+    """The first port of `size` consecutive free ports (for `up --port-base`)."""
+    for base in range(41000, 60000, 97):
+        sockets = []
+        try:
+            for port in range(base, base + size):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise AssertionError("no free port block")
 
 
 def processes_using(data_dir: Path) -> list[int]:

@@ -29,6 +29,7 @@ from .conftest import (
     MeshUp,
     ScriptedProvider,
     alive,
+    free_port_block,
     last_user,
     processes_using,
     start_up,
@@ -365,8 +366,8 @@ def test_agents_create_list_show_delete(mesh: MeshUp, tmp_path: Path) -> None:
     assert "synthesis" in row
     assert "calculator" in row
     shown = mesh.cli("agents", "show", "smoke-writer")
-    assert "type: AGENT_TYPE_SYNTHESIS" in shown.stdout
-    assert "route: default" in shown.stdout
+    assert "type: synthesis" in shown.stdout
+    assert "model: default" in shown.stdout
     deleted = mesh.cli("agents", "delete", "smoke-writer")
     assert deleted.stdout.strip() == "deleted agents/smoke-writer"
     assert "smoke-writer" not in mesh.cli("agents", "list").stdout
@@ -414,11 +415,17 @@ def test_models_providers_tools(mesh: MeshUp) -> None:
     models, providers, tools = (
         r.stdout for r in mesh.cli_all((["models"], {}), (["providers"], {}), (["tools"], {}))
     )
-    assert re.search(r"│ default\s+│ openai_compatible/scripted-1", models), models
-    assert re.search(r"│ tiny\s+│ local/tiny", models), models
+    # Piped: a header, then tab-separated rows.
+    assert models.splitlines()[0].split("\t") == [
+        "route",
+        "deployments (fallback order)",
+        "context",
+    ]
+    assert "default\topenai_compatible/scripted-1\t" in models, models
+    assert "tiny\tlocal/tiny\t" in models, models
     row = next(line for line in providers.splitlines() if "openai_compatible/scripted-1" in line)
-    assert "closed" in row
-    assert re.search(r"│ calculator\s+│ read-only", tools), tools
+    assert "\tclosed\t" in row
+    assert "calculator\tread-only\t" in tools, tools
 
 
 def test_keys_create_gives_a_working_key_for_a_new_tenant(mesh: MeshUp) -> None:
@@ -561,27 +568,10 @@ def test_up_from_a_fresh_data_dir_stops_cleanly_and_a_restart_keeps_the_sessions
     assert processes_using(data_dir) == []
 
 
-def _free_port_block(size: int) -> int:
-    for base in range(41000, 60000, 97):
-        sockets = []
-        try:
-            for port in range(base, base + size):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise AssertionError("no free port block")
-
-
 def test_an_occupied_port_is_reported_with_the_services_error_and_nothing_is_left(
     tmp_path: Path,
 ) -> None:
-    base = _free_port_block(6)  # gRPC N..N+4 and the web edge's HTTP N+5
+    base = free_port_block(15)  # gRPC N..N+4, HTTP N+5, N+6, metrics N+10..N+14
     data_dir = tmp_path / "busy"
     # The runner's port (base + 2): memory starts first and must be stopped.
     with socket.socket() as squatter:

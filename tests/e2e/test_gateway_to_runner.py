@@ -13,7 +13,7 @@ import pytest
 from agentmesh.common.v1 import generation_pb2, messages_pb2
 from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from agentmesh.runner.v1 import runner_pb2, runner_pb2_grpc
-from agentmesh_client.mesh import GATEWAY, RUNNER, ServiceProcess
+from agentmesh_cli.mesh import GATEWAY, RUNNER, ServiceProcess
 
 pytestmark = pytest.mark.slow
 

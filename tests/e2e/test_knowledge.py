@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 
 from agentmesh.common.v1 import agents_pb2, sessions_pb2, user_settings_pb2
-from agentmesh_client.cli import create_api_key
+from agentmesh_cli.mesh import GATEWAY, MEMORY, ORCHESTRATOR, create_api_key, start_mesh, stop_mesh
 from agentmesh_client.client import AgentmeshClient
-from agentmesh_client.mesh import GATEWAY, MEMORY, ORCHESTRATOR, start_mesh, stop_mesh
 
 from .conftest import ORCHESTRATOR_ENV, Answer, Chat, MeshUp, ScriptedProvider
 

@@ -23,7 +23,7 @@ from agentmesh.common.v1 import (
     generation_pb2,
     sessions_pb2,
 )
-from agentmesh_client.mesh import ORCHESTRATOR, ServiceProcess
+from agentmesh_cli.mesh import ORCHESTRATOR, ServiceProcess
 
 from .conftest import ORCHESTRATOR_ENV, Answer, Chat, Mesh, last_user, system_of
 

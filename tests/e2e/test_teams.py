@@ -28,7 +28,8 @@ from agentmesh.common.v1 import (
     sessions_pb2,
 )
 from agentmesh.orchestrator.v1 import orchestrator_pb2
-from agentmesh_client.cli import create_api_key, load_agents, load_session_spec
+from agentmesh_cli.mesh import create_api_key
+from agentmesh_cli.teams import load_agents, load_session_spec
 from agentmesh_client.client import AgentmeshClient
 from agentmesh_common import (
     FailedPrecondition,

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from agentmesh_client.mesh import WEB, ServiceProcess
+from agentmesh_cli.mesh import WEB, ServiceProcess
 
 from .web import SseEvent, WebMesh, read_sse, start_web_mesh, stop_web_mesh
 

@@ -30,8 +30,7 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from agentmesh.common.v1 import events_pb2
-from agentmesh_client.cli import create_api_key
-from agentmesh_client.mesh import MEMORY
+from agentmesh_cli.mesh import MEMORY, create_api_key
 
 from .conftest import Answer, Chat, Mesh, last_user, start_e2e_mesh, stop_e2e_mesh, system_of
 from .web import SseEvent, read_sse

@@ -12,8 +12,7 @@ from typing import Any
 
 import aiohttp
 
-from agentmesh_client.cli import create_api_key
-from agentmesh_client.mesh import MEMORY
+from agentmesh_cli.mesh import MEMORY, create_api_key
 
 from .conftest import Answer, Chat, Mesh, start_e2e_mesh, stop_e2e_mesh, system_of
 

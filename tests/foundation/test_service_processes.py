@@ -23,7 +23,7 @@ from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
 from agentmesh.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from agentmesh.runner.v1 import runner_pb2, runner_pb2_grpc
-from agentmesh_client.mesh import (
+from agentmesh_cli.mesh import (
     GATEWAY,
     MEMORY,
     ORCHESTRATOR,

@@ -30,7 +30,7 @@ from google.protobuf import struct_pb2
 
 from agentmesh.common.v1 import generation_pb2, messages_pb2
 from agentmesh.runner.v1 import runner_pb2, runner_pb2_grpc
-from agentmesh_client.mesh import RUNNER, ServiceProcess, ServiceStartError
+from agentmesh_cli.mesh import RUNNER, ServiceProcess, ServiceStartError
 
 from .workload import Message, Stream
 

@@ -52,7 +52,7 @@ def test_service_specific_subclass_maps_by_nearest_ancestor() -> None:
 @pytest.mark.parametrize(
     "exc",
     [
-        NotFound("gone", reason="AGENT_NOT_FOUND", metadata={"agent": "a"}),
+        NotFound("gone", reason="MEMORY_GONE", metadata={"agent": "a"}),
         InvalidArgument("bad", violations=[FieldViolation("a.b", "must be set")]),
         ResourceExhausted("later", retry_after=1.5),
         Unavailable("down", retry_after=0.25),
@@ -73,6 +73,16 @@ def test_status_round_trip_in_process(exc: AgentmeshError) -> None:
     assert back.domain == "agentmesh.test"
     assert getattr(back, "violations", None) == getattr(exc, "violations", None)
     assert getattr(back, "retry_after", None) == getattr(exc, "retry_after", None)
+
+
+def test_the_services_errors_are_the_slim_clients_classes() -> None:
+    import agentmesh_client.errors
+    import agentmesh_common.errors
+
+    for name in agentmesh_client.errors.__all__:
+        assert getattr(agentmesh_common.errors, name) is getattr(agentmesh_client.errors, name)
+    with pytest.raises(agentmesh_client.errors.InvalidArgument):
+        raise InvalidArgument.for_field("a", "b")
 
 
 def _rich_status(err: grpc.aio.AioRpcError) -> status_pb2.Status:

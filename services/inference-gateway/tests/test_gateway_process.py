@@ -14,7 +14,7 @@ from agentmesh_gateway_fakes.server import FakeProvider, Stream
 
 from agentmesh.common.v1 import messages_pb2
 from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
-from agentmesh_client.mesh import GATEWAY, ServiceProcess
+from agentmesh_cli.mesh import GATEWAY, ServiceProcess
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 
 from agentmesh.common.v1 import events_pb2, sessions_pb2
 from agentmesh.memory.v1 import memory_pb2
-from agentmesh_client.mesh import MEMORY, ServiceProcess
+from agentmesh_cli.mesh import MEMORY, ServiceProcess
 from agentmesh_memory.testing import Api, PostgresServer, fresh_database
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from agentmesh.common.v1 import agents_pb2, events_pb2
 from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
-from agentmesh_client.cli import create_api_key
+from agentmesh_cli.mesh import create_api_key
 from agentmesh_client.client import AgentmeshClient
 from agentmesh_common import (
     Registration,

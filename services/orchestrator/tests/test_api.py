@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -21,8 +22,9 @@ from rich.console import Console
 from agentmesh.common.v1 import agents_pb2, events_pb2, messages_pb2, sessions_pb2, tools_pb2
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2, tool_service_pb2, tool_service_pb2_grpc
+from agentmesh_cli.demo import run_demo
+from agentmesh_cli.mesh import create_api_key
 from agentmesh_client.client import AgentmeshClient
-from agentmesh_client.demo import run_demo
 from agentmesh_common import (
     FailedPrecondition,
     InvalidArgument,
@@ -314,7 +316,10 @@ async def test_tenants_cannot_see_or_touch_each_others_sessions(mesh: Mesh) -> N
 async def test_tenant_request_limit_answers_resource_exhausted_with_retry_info(
     database_url: str,
 ) -> None:
-    mesh, shutdown = await start_mesh(database_url, echo_script, requests_per_minute="3")
+    local = f"local-{uuid.uuid4().hex[:6]}"
+    mesh, shutdown = await start_mesh(
+        database_url, echo_script, requests_per_minute="3", unthrottled_tenants=local
+    )
     try:
         async with mesh.client() as client:
             for _ in range(3):
@@ -326,6 +331,10 @@ async def test_tenant_request_limit_answers_resource_exhausted_with_retry_info(
             assert 0 < caught.value.retry_after <= 20
         async with mesh.client("globex") as other:
             await other.list_tools()  # another tenant has its own budget
+        key = await create_api_key(mesh.memory.address, local, "agentmesh up")
+        async with mesh.raw_client(key) as unthrottled:
+            for _ in range(10):  # an unthrottled tenant (up's local one) has no limit
+                await unthrottled.list_tools()
     finally:
         await shutdown()
 

@@ -1,9 +1,13 @@
-"""The agentmesh Python client (`client`), the `agentmesh` command line (`cli`) and the
-embedded mesh launcher (`mesh`)."""
+"""The agentmesh Python client: `AgentmeshClient` (async), `SyncAgentmeshClient` (blocking, for
+scripts and notebooks) and the typed errors of `agentmesh_client.errors`.
 
-import os
+Depends only on grpcio, protobuf, googleapis-common-protos and the generated `agentmesh`
+package; the command line is the separate `agentmesh-cli` package.
+"""
 
-# gRPC's C core logs transport events such as "Got goaway ... Server shutdown" to stderr at
-# INFO; for a command line that promises one readable line per error, only its errors count.
-# Set before `grpc` is first imported; an explicit GRPC_VERBOSITY wins.
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+from . import errors
+from .client import AgentmeshClient
+from .errors import AgentmeshError
+from .sync import SyncAgentmeshClient
+
+__all__ = ["AgentmeshClient", "AgentmeshError", "SyncAgentmeshClient", "errors"]

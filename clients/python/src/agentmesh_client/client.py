@@ -6,8 +6,9 @@
             print(event.seq, event.WhichOneof("payload"))
 
 Every call sends the API key and has a deadline. Failures raise the typed errors of
-`agentmesh_common.errors` (`InvalidArgument` with its field violations, `NotFound`,
-`ResourceExhausted` with `retry_after`, ...). Event streams (`run`, `step`, `execute`,
+`agentmesh_client.errors` (`InvalidArgument` with its field violations, `NotFound`,
+`ResourceExhausted` with `retry_after`, a class per common reason such as `SessionNotFound`;
+`err.reason` always names the reason). Event streams (`run`, `step`, `execute`,
 `events`) survive a dropped connection: they reconnect with `StreamSession(after_seq=<last
 seq seen>)`, so the caller sees every event exactly once, in order, until the terminal one.
 """
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import field_mask_pb2, struct_pb2
+from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2
 from google.protobuf.json_format import ParseDict
 
 from agentmesh.common.v1 import (
@@ -34,14 +35,20 @@ from agentmesh.common.v1 import (
     user_settings_pb2,
 )
 from agentmesh.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
-from agentmesh_common.protobuf import duration
-from agentmesh_common.status import from_rpc_error
 
 from .knowledge import KnowledgeCalls
+from .status import from_rpc_error
 
 T = TypeVar("T")
 TERMINAL = frozenset({"session_completed", "session_failed", "session_cancelled"})
 RECONNECTABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL})
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """A `google.protobuf.Duration` of `seconds` (nanosecond precision)."""
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value
 
 
 class AgentmeshClient(KnowledgeCalls):

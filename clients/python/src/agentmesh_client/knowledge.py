@@ -13,7 +13,8 @@ import grpc
 from agentmesh.common.v1 import agents_pb2, knowledge_pb2, memory_entries_pb2, stats_pb2
 from agentmesh.orchestrator.v1 import knowledge_pb2 as kpb
 from agentmesh.orchestrator.v1 import orchestrator_pb2_grpc
-from agentmesh_common.status import from_rpc_error
+
+from .status import from_rpc_error
 
 __all__ = ["KnowledgeCalls"]
 

@@ -134,6 +134,7 @@ def compose(
         limiter=RateLimiter(
             requests_per_minute=settings.requests_per_minute,
             tokens_per_minute=settings.tokens_per_minute,
+            unthrottled=settings.unthrottled_tenants,
         ),
         catalog_tools=catalog_tools,
     )

@@ -10,7 +10,7 @@ continuously); an empty bucket answers RESOURCE_EXHAUSTED with the time until it
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from agentmesh_common import ResourceExhausted, Unauthenticated
@@ -93,24 +93,27 @@ class _Bucket:
 
 
 class RateLimiter:
-    """Per-tenant requests-per-minute and tokens-per-minute limits (0 disables one)."""
+    """Per-tenant requests-per-minute and tokens-per-minute limits (0 disables one); the
+    `unthrottled` tenants have none (the embedded default's own local tenant)."""
 
     def __init__(
         self,
         *,
         requests_per_minute: int,
         tokens_per_minute: int,
+        unthrottled: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._rpm = requests_per_minute
         self._tpm = tokens_per_minute
+        self._unthrottled = frozenset(unthrottled)
         self._clock = clock
         self._requests: dict[str, _Bucket] = {}
         self._tokens: dict[str, _Bucket] = {}
 
     def admit_request(self, tenant: str) -> None:
         """Take one request from the tenant's budget or raise `ResourceExhausted`."""
-        if self._rpm <= 0:
+        if self._rpm <= 0 or tenant in self._unthrottled:
             return
         bucket = self._bucket(self._requests, tenant, self._rpm)
         if bucket.tokens < 1:
@@ -124,7 +127,7 @@ class RateLimiter:
 
     def admit_tokens(self, tenant: str) -> None:
         """Refuse new work while the tenant's token budget is spent."""
-        if self._tpm <= 0:
+        if self._tpm <= 0 or tenant in self._unthrottled:
             return
         bucket = self._bucket(self._tokens, tenant, self._tpm)
         if bucket.tokens <= 0:
@@ -137,7 +140,7 @@ class RateLimiter:
 
     def charge_tokens(self, tenant: str, tokens: int) -> None:
         """Spend tokens a session used (the budget may go negative: it is paid back first)."""
-        if self._tpm <= 0 or tokens <= 0:
+        if self._tpm <= 0 or tokens <= 0 or tenant in self._unthrottled:
             return
         self._bucket(self._tokens, tenant, self._tpm).tokens -= tokens
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
-from pydantic_settings import SettingsConfigDict
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from agentmesh_common import ServiceSettings
 
@@ -34,6 +36,14 @@ class OrchestratorSettings(ServiceSettings):
     )
     tokens_per_minute: int = Field(
         default=30_000, ge=0, description="Per-tenant model tokens per minute; 0 disables it."
+    )
+    unthrottled_tenants: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description=(
+            "Tenants (comma-separated) without the per-minute request and token limits:"
+            " `agentmesh up` names its own local tenant, whose one user scripts the command"
+            " line; every other tenant keeps the limits."
+        ),
     )
     lease_ttl_seconds: float = Field(
         default=15.0, gt=0, description="Session lease time to live; renewed every third of it."
@@ -91,3 +101,10 @@ class OrchestratorSettings(ServiceSettings):
             " the replica that issued it. Secret: never logged."
         ),
     )
+
+    @field_validator("unthrottled_tenants", mode="before")
+    @classmethod
+    def _split_tenants(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value

@@ -23,13 +23,16 @@ import signal
 import socket
 import sys
 from collections import deque
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
+from agentmesh_common import TENANT_METADATA_KEY
 
 
 @dataclass(frozen=True)
@@ -265,6 +268,7 @@ async def start_mesh(
     ports: Mapping[str, int] | None = None,
     specs: Sequence[ServiceSpec] = SERVICES,
     extra_env: Mapping[str, Mapping[str, str]] | None = None,
+    on_ready: Callable[[ServiceProcess, float], None] | None = None,
 ) -> list[ServiceProcess]:
     """Start the services side by side, each wired to the others' ports, and wait until every
     one reports SERVING.
@@ -272,8 +276,9 @@ async def start_mesh(
     `ports` maps service names to ports (0: a free one, picked here so that every service knows
     the others' addresses from the start; default: the service's own); `extra_env` adds
     variables per service name. The services connect to each other lazily, so none waits for
-    another to start: start-up takes as long as the slowest, not the sum. On any failure, what
-    started is stopped.
+    another to start: start-up takes as long as the slowest, not the sum. `on_ready(service,
+    seconds)` hears of each service as it answers SERVING, with the time since the start. On any
+    failure, what started is stopped.
     """
     planned = {
         spec.name: (ports or {}).get(spec.name, spec.default_port) or free_port() for spec in specs
@@ -285,9 +290,16 @@ async def start_mesh(
         env.update((extra_env or {}).get(spec.name, {}))
         log = data_dir / "logs" / f"{spec.name}.log"
         services.append(ServiceProcess(spec, env, log_path=log))
+    started = asyncio.get_running_loop().time()
+
+    async def bring_up(service: ServiceProcess) -> None:
+        await service.start()
+        await service.wait_healthy()
+        if on_ready is not None:
+            on_ready(service, asyncio.get_running_loop().time() - started)
+
     try:
-        await _all(service.start() for service in services)
-        await _all(service.wait_healthy() for service in services)
+        await _all(bring_up(service) for service in services)
     except BaseException:
         await stop_mesh(services)
         raise
@@ -303,6 +315,17 @@ async def _all(steps: Iterable[Awaitable[None]]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def create_api_key(memory_target: str, tenant: str, name: str) -> str:
+    """Create an API key for `tenant` through the memory service; returns the secret."""
+    async with grpc.aio.insecure_channel(memory_target) as channel:
+        reply = await memory_pb2_grpc.MemoryServiceStub(channel).CreateApiKey(
+            memory_pb2.CreateApiKeyRequest(display_name=name),
+            metadata=((TENANT_METADATA_KEY, tenant),),
+            timeout=10,
+        )
+    return reply.secret
 
 
 async def stop_mesh(running: Sequence[ServiceProcess]) -> None:

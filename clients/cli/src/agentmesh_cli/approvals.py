@@ -15,9 +15,8 @@ from collections.abc import Awaitable, Callable
 from google.protobuf.json_format import MessageToDict
 
 from agentmesh.common.v1 import approvals_pb2
-from agentmesh_common.errors import FailedPrecondition
-
-from .client import AgentmeshClient
+from agentmesh_client.client import AgentmeshClient
+from agentmesh_client.errors import FailedPrecondition
 
 Prompt = Callable[[str], Awaitable[str]]
 

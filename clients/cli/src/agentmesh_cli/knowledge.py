@@ -7,7 +7,7 @@
     agentmesh memory stats AGENT [--user U]      (AGENT "-" for every agent)
     agentmesh agents stats AGENT [--since 24h]
 
-The commands are registered on the main app by `cli.py`.
+The commands are registered on the main app by `cli.py`. Every list and show takes `--json`.
 """
 
 from __future__ import annotations
@@ -18,55 +18,42 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from agentmesh.common.v1 import agents_pb2
+from agentmesh_client.client import AgentmeshClient
 
-from .client import AgentmeshClient
+from .shared import (
+    ApiKey,
+    AsJson,
+    CliError,
+    Target,
+    as_dict,
+    console,
+    fail,
+    full_name,
+    go,
+    parse_pairs,
+    print_json,
+    print_rows,
+)
 
 __all__ = [
     "agents_stats",
     "collections_app",
     "documents_app",
     "memory_stats",
-    "parse_pairs",
     "search",
 ]
 
 collections_app = typer.Typer(no_args_is_help=True, help="Collections of documents to search.")
 documents_app = typer.Typer(no_args_is_help=True, help="Documents of a collection.")
 
-Target = Annotated[str, typer.Option(envvar="AGENTMESH_TARGET", help="orchestrator address")]
-ApiKey = Annotated[str, typer.Option(envvar="AGENTMESH_API_KEY", help="API key")]
 Pairs = Annotated[list[str] | None, typer.Option("--meta", help="KEY=VALUE (repeatable)")]
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
-# Markup off, as in cli.py: names and passages are data and print as they are.
-console = Console(markup=False)
-
-
-def parse_pairs(pairs: list[str] | None, option: str = "--meta") -> dict[str, str]:
-    """KEY=VALUE options as a dict; a malformed one exits with usage."""
-    found: dict[str, str] = {}
-    for pair in pairs or []:
-        key, equals, value = pair.partition("=")
-        if not equals or not key:
-            from .cli import errors
-
-            errors.print(f"[red]error:[/red] {option} takes KEY=VALUE, not {pair!r}")
-            raise typer.Exit(2)
-        found[key] = value
-    return found
 
 
 def _collection(name: str) -> str:
-    return name if name.startswith("collections/") else f"collections/{name}"
-
-
-def _go(target: str, api_key: str, work: object) -> None:
-    from .cli import _run, _with_client
-
-    _run(_with_client(target, api_key, work))  # type: ignore[arg-type]
+    return full_name("collections", name)
 
 
 # -- collections -------------------------------------------------------------------------------
@@ -82,42 +69,54 @@ def collections_create(
 ) -> None:
     """Create a collection."""
 
-    async def go(client: AgentmeshClient) -> None:
+    async def use(client: AgentmeshClient) -> None:
         created = await client.create_collection(
             collection_id, display_name=name, description=description
         )
         console.print(f"created {created.name}")
 
-    _go(target, api_key, go)
+    go(target, api_key, use)
 
 
 @collections_app.command("list")
-def collections_list(target: Target = "", api_key: ApiKey = "") -> None:
+def collections_list(as_json: AsJson = False, target: Target = "", api_key: ApiKey = "") -> None:
     """Collections with their documents, passages and size."""
 
-    async def go(client: AgentmeshClient) -> None:
-        table = Table()
-        for column in ("collection", "name", "documents", "passages", "bytes"):
-            table.add_column(column)
-        for c in await client.list_collections():
-            table.add_row(
-                c.name,
-                c.display_name,
-                str(c.document_count),
-                str(c.chunk_count),
-                str(c.size_bytes),
-            )
-        console.print(table)
+    async def use(client: AgentmeshClient) -> None:
+        found = await client.list_collections()
+        if as_json:
+            print_json(found)
+            return
+        print_rows(
+            ("collection", "name", "documents", "passages", "bytes"),
+            [
+                (
+                    c.name,
+                    c.display_name,
+                    str(c.document_count),
+                    str(c.chunk_count),
+                    str(c.size_bytes),
+                )
+                for c in found
+            ],
+            keep_whole=("collection",),
+        )
 
-    _go(target, api_key, go)
+    go(target, api_key, use)
 
 
 @collections_app.command("show")
-def collections_show(collection: str, target: Target = "", api_key: ApiKey = "") -> None:
+def collections_show(
+    collection: str, as_json: AsJson = False, target: Target = "", api_key: ApiKey = ""
+) -> None:
     """A collection and its documents."""
 
-    async def go(client: AgentmeshClient) -> None:
+    async def use(client: AgentmeshClient) -> None:
         found = await client.get_collection(_collection(collection))
+        if as_json:
+            documents = await client.list_documents(found.name)
+            print_json({"collection": as_dict(found), "documents": [as_dict(d) for d in documents]})
+            return
         console.print(
             f"{found.name} {found.display_name!r}: {found.document_count} documents, "
             f"{found.chunk_count} passages, {found.size_bytes} bytes"
@@ -125,18 +124,18 @@ def collections_show(collection: str, target: Target = "", api_key: ApiKey = "")
         for document in await client.list_documents(found.name):
             console.print(f"  {document.name}  {document.title}")
 
-    _go(target, api_key, go)
+    go(target, api_key, use)
 
 
 @collections_app.command("delete")
 def collections_delete(collection: str, target: Target = "", api_key: ApiKey = "") -> None:
     """Delete a collection with its documents."""
 
-    async def go(client: AgentmeshClient) -> None:
+    async def use(client: AgentmeshClient) -> None:
         await client.delete_collection(_collection(collection))
         console.print(f"deleted {_collection(collection)}")
 
-    _go(target, api_key, go)
+    go(target, api_key, use)
 
 
 # -- documents ---------------------------------------------------------------------------------
@@ -154,13 +153,11 @@ def documents_upload(
     """Upload files into a collection (each is one document, named by its file)."""
     metadata = parse_pairs(meta)
 
-    async def go(client: AgentmeshClient) -> None:
+    async def use(client: AgentmeshClient) -> None:
         for path in files:
             try:
                 data = path.read_bytes()
             except OSError as exc:
-                from .cli import CliError
-
                 raise CliError(f"cannot read {path}: {exc.strerror}") from None
             document = await client.upload_document(
                 _collection(collection),
@@ -173,33 +170,41 @@ def documents_upload(
                 f"{document.name}: {document.chunk_count} passages, {document.size_bytes} bytes"
             )
 
-    _go(target, api_key, go)
+    go(target, api_key, use)
 
 
 @documents_app.command("list")
-def documents_list(collection: str, target: Target = "", api_key: ApiKey = "") -> None:
+def documents_list(
+    collection: str, as_json: AsJson = False, target: Target = "", api_key: ApiKey = ""
+) -> None:
     """Documents of a collection."""
 
-    async def go(client: AgentmeshClient) -> None:
-        table = Table()
-        for column in ("document", "title", "passages", "pages", "bytes"):
-            table.add_column(column)
-        for d in await client.list_documents(_collection(collection)):
-            table.add_row(d.name, d.title, str(d.chunk_count), str(d.page_count), str(d.size_bytes))
-        console.print(table)
+    async def use(client: AgentmeshClient) -> None:
+        found = await client.list_documents(_collection(collection))
+        if as_json:
+            print_json(found)
+            return
+        print_rows(
+            ("document", "title", "passages", "pages", "bytes"),
+            [
+                (d.name, d.title, str(d.chunk_count), str(d.page_count), str(d.size_bytes))
+                for d in found
+            ],
+            keep_whole=("document",),
+        )
 
-    _go(target, api_key, go)
+    go(target, api_key, use)
 
 
 @documents_app.command("delete")
 def documents_delete(name: str, target: Target = "", api_key: ApiKey = "") -> None:
     """Delete a document and its passages."""
 
-    async def go(client: AgentmeshClient) -> None:
+    async def use(client: AgentmeshClient) -> None:
         await client.delete_document(name)
         console.print(f"deleted {name}")
 
-    _go(target, api_key, go)
+    go(target, api_key, use)
 
 
 # -- search and statistics ---------------------------------------------------------------------
@@ -214,13 +219,14 @@ def search(
     meta: Pairs = None,
     any_term: Annotated[bool, typer.Option("--any", help="any word may match")] = False,
     limit: Annotated[int, typer.Option(help="results (1-100)")] = 10,
+    as_json: AsJson = False,
     target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """Search the passages of your documents; shows each with its source."""
     metadata = parse_pairs(meta)
 
-    async def go(client: AgentmeshClient) -> None:
+    async def use(client: AgentmeshClient) -> None:
         reply = await client.search_documents(
             query,
             collections=[_collection(c) for c in collection or []],
@@ -229,6 +235,9 @@ def search(
             any_term=any_term,
             page_size=limit,
         )
+        if as_json:
+            print_json(reply)
+            return
         if not reply.results:
             console.print("no passages found")
         for rank, result in enumerate(reply.results, start=1):
@@ -239,23 +248,25 @@ def search(
             )
             console.print(f"    {' '.join(result.snippet.split())}")
 
-    _go(target, api_key, go)
+    go(target, api_key, use)
 
 
 def memory_stats(
     agent: Annotated[str, typer.Argument(help='agent id, or "-" for every agent')],
     user: Annotated[str, typer.Option(help='user id, or "-" for every user')] = "-",
+    as_json: AsJson = False,
     target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
     """Memory usage per agent and user: entries and bytes by type, reads, last access."""
     types = {v: k.removeprefix("MEMORY_TYPE_").lower() for k, v in agents_pb2.MemoryType.items()}
 
-    async def go(client: AgentmeshClient) -> None:
+    async def use(client: AgentmeshClient) -> None:
         reply = await client.memory_stats(f"agents/{agent}/users/{user}")
-        table = Table()
-        for column in ("agent", "user", "entries", "bytes", "reads", "by type", "last access"):
-            table.add_column(column)
+        if as_json:
+            print_json(reply)
+            return
+        table: list[tuple[str, ...]] = []
         rows = [(row.agent.removeprefix("agents/"), row.user, row) for row in reply.stats]
         for agent_name, user_id, row in [*rows, ("(total)", "", reply.total)]:
             by_type = ", ".join(f"{types[t.type]} {t.entries}" for t in row.by_type)
@@ -264,23 +275,26 @@ def memory_stats(
                 if row.HasField("last_access_time")
                 else "-"
             )
-            table.add_row(
-                agent_name,
-                user_id,
-                str(row.entries),
-                str(row.bytes),
-                str(row.reads),
-                by_type,
-                last,
+            table.append(
+                (
+                    agent_name,
+                    user_id,
+                    str(row.entries),
+                    str(row.bytes),
+                    str(row.reads),
+                    by_type,
+                    last,
+                )
             )
-        console.print(table)
+        print_rows(("agent", "user", "entries", "bytes", "reads", "by type", "last access"), table)
 
-    _go(target, api_key, go)
+    go(target, api_key, use)
 
 
 def agents_stats(
     agent: Annotated[str, typer.Argument(help="agent id")],
     since: Annotated[str, typer.Option(help="window, e.g. 30m, 24h, 7d (default: all)")] = "",
+    as_json: AsJson = False,
     target: Target = "",
     api_key: ApiKey = "",
 ) -> None:
@@ -289,16 +303,16 @@ def agents_stats(
     if since:
         found = _DURATION.fullmatch(since)
         if found is None:
-            from .cli import errors
-
-            errors.print("[red]error:[/red] --since takes a number and s, m, h or d, e.g. 24h")
-            raise typer.Exit(2)
+            raise fail("--since takes a number and s, m, h or d, e.g. 24h")
         seconds = float(found.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[found.group(2)]
         start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
 
-    async def go(client: AgentmeshClient) -> None:
+    async def use(client: AgentmeshClient) -> None:
         name = agent if agent.startswith("agents/") else f"agents/{agent}"
         stats = await client.agent_stats(name, since=start)
+        if as_json:
+            print_json(stats)
+            return
         last = (
             stats.last_active_time.ToDatetime().isoformat(timespec="seconds")
             if stats.HasField("last_active_time")
@@ -318,4 +332,4 @@ def agents_stats(
         ):
             console.print(f"{label:>12}: {value}")
 
-    _go(target, api_key, go)
+    go(target, api_key, use)

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.live import Live
 
 from agentmesh.common.v1 import agents_pb2, events_pb2, generation_pb2, sessions_pb2
+from agentmesh_client.client import AgentmeshClient
 
-from .client import AgentmeshClient
 from .render import SessionView
 
 DEMO_QUESTION = "What is the capital of France?"
