@@ -12,18 +12,20 @@ TYPED_SOURCES := services/common/src services/memory/src services/inference-gate
 	clients/cli/src
 
 UI := services/web/ui
+TS_CLIENT := clients/typescript
 
-.PHONY: help setup run test lint fmt typecheck protos protos-check clients breaking docs docs-check deploy-check bench clean ui ui-check
+.PHONY: help setup run test lint fmt typecheck protos protos-check clients breaking docs docs-check deploy-check bench clean ui ui-check ts-client ts-client-check
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-setup: ## Install uv (if missing), the locked Python packages, buf, the Node client, the UI toolchain (npm), chromium and redis-server (apt, as root)
+setup: ## Install uv (if missing), the locked Python packages, buf, the TypeScript client (built), the UI toolchain (npm), chromium and redis-server (apt, as root)
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
 		python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	$(UV) sync --frozen --all-packages
 	npm ci --prefix tools/buf --no-audit --no-fund --loglevel=error
-	npm ci --prefix clients/node --no-audit --no-fund --loglevel=error
+	npm ci --prefix $(TS_CLIENT) --no-audit --no-fund --loglevel=error
+	npm run --prefix $(TS_CLIENT) --silent build
 	npm ci --prefix deploy/tools --no-audit --no-fund --loglevel=error
 	npm ci --prefix $(UI) --no-audit --no-fund --loglevel=error
 	@bash tools/install_system_packages.sh
@@ -35,18 +37,30 @@ run: ## Start the mesh on localhost (embedded default) and run an example sessio
 test: ## Run the whole test suite
 	$(RUN) pytest
 
-lint: ## ruff, mypy --strict on service code, buf lint, tsc on the UI
+lint: ## ruff, mypy --strict on service code, buf lint, tsc on the UI and the TypeScript client
 	$(RUN) ruff check $(PYTHON_SOURCES)
 	$(RUN) ruff format --check $(PYTHON_SOURCES)
 	$(RUN) mypy $(TYPED_SOURCES)
 	cd protos && ../$(BUF) lint
 	cd $(UI) && node_modules/.bin/tsc --noEmit -p .
+	cd $(TS_CLIENT) && node_modules/.bin/tsc --noEmit -p . && node_modules/.bin/tsc --noEmit -p test
 
 ui: ## Build the monitoring UI (services/web/ui) into the web edge's static/ (commit the result)
 	node $(UI)/build.mjs
 
 ui-check: ## Fail if the committed UI build is not what services/web/ui builds
 	node $(UI)/build.mjs --check
+
+ts-client: ## Regenerate the TypeScript client's src/gen from protos/ (commit it) and build its dist/
+	cd protos && ../$(BUF) generate --template ../$(TS_CLIENT)/buf.gen.yaml
+	npm run --prefix $(TS_CLIENT) --silent build
+
+ts-client-check: ## Fail if clients/typescript/src/gen is not what the protos generate
+	@out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \
+	sed 's|out: ../clients/typescript/src/gen|out: '"$$out"'|' $(TS_CLIENT)/buf.gen.yaml > "$$out.yaml" && \
+	(cd protos && ../$(BUF) generate --template "$$out.yaml") && rm -f "$$out.yaml" && \
+	if diff -r "$$out" $(TS_CLIENT)/src/gen; then echo "ts-client-check: src/gen is up to date"; \
+	else echo "ts-client-check: src/gen differs from the protos; run make ts-client and commit"; exit 1; fi
 
 typecheck: ## mypy --strict only
 	$(RUN) mypy $(TYPED_SOURCES)
@@ -64,10 +78,10 @@ protos-check: ## Fail if protos/python is not what the protos generate, or a fil
 	$(RUN) python tools/proto_options.py --check
 	$(RUN) python tools/gen_protos.py --check
 
-clients: ## Generate client code for Python, Go, Java and C# (buf.gen.yaml)
+clients: ## Generate client code for Python, Go, TypeScript, Java and C# (buf.gen.yaml)
 	$(RUN) python tools/proto_options.py --check
 	$(BUF) generate
-	@echo "generated gen/python gen/java gen/csharp clients/go/gen"
+	@echo "generated gen/python gen/typescript gen/java gen/csharp clients/go/gen"
 
 breaking: ## buf breaking against the previous commit (skipped with a reason when it has no protos)
 	@if git cat-file -e HEAD~1:protos/agentmesh 2>/dev/null; then \

@@ -472,7 +472,7 @@ def scripted_routes(path: Path, provider_port: int) -> Path:
     return path
 
 
-# -- one `agentmesh up` for the CLI and Node client tests --------------------------------------
+# -- one `agentmesh up` for the CLI and TypeScript client tests --------------------------------
 
 PLAN = {
     "rationale": "two steps",
