@@ -172,6 +172,8 @@ async def test_answers_are_text_or_a_reported_call_never_call_text(
                 assert [(c.index, c.name) for c in calls] == [(0, "weather")]
                 assert calls[0].id.startswith("call_")
                 jsonschema.validate(json.loads(calls[0].arguments_fragment), WEATHER)
+                layout = set(calls[0].arguments_fragment) & set("\t\r\n")
+                assert not layout, "calls are written compactly (no tokens spent on indentation)"
                 assert texts == []
                 assert finished.text == ""
             else:

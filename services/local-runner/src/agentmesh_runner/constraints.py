@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import llguidance
 import llguidance.numpy as llg_numpy
@@ -25,22 +25,14 @@ import numpy.typing as npt
 
 from agentmesh_common import Internal
 from agentmesh_runner.domain import GenerationRequest
-from agentmesh_runner.tool_calls import supports_tool_calls, tool_call_grammar
+from agentmesh_runner.tool_calls import JSON_LAYOUT, supports_tool_calls, tool_call_grammar
 
 if TYPE_CHECKING:  # declared by llguidance's stub only, not at run time
     from llguidance._lib import JsonCompileOptions
 
 __all__ = ["ConstraintCompiler", "JsonConstraint", "compile_options", "schema_problem"]
 
-# JSON written the way models saw it in training: ", " and ": ", no other whitespace, so a
-# small model cannot wander off into endless indentation. Lenient: keywords llguidance does
-# not enforce (uniqueItems, …) are left to the gateway's validation of the whole answer.
-_OPTIONS: JsonCompileOptions = {
-    "item_separator": ", ",
-    "key_separator": ": ",
-    "whitespace_flexible": False,
-    "lenient": True,
-}
+_OPTIONS = cast("JsonCompileOptions", JSON_LAYOUT)
 
 
 def compile_options() -> JsonCompileOptions:

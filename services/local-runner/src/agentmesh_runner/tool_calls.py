@@ -30,6 +30,17 @@ def supports_tool_calls(chat_template: Any) -> bool:
     return isinstance(chat_template, str) and "tools" in chat_template and TAG in chat_template
 
 
+# JSON written the way models saw it in training: ", " and ": ", no other whitespace, so a
+# small model cannot wander off into endless indentation. Lenient: keywords llguidance does
+# not enforce (uniqueItems, ...) are left to the gateway's validation of the whole answer.
+JSON_LAYOUT: dict[str, Any] = {
+    "item_separator": ", ",
+    "key_separator": ": ",
+    "whitespace_flexible": False,
+    "lenient": True,
+}
+
+
 def tool_call_grammar(tools: Sequence[ToolDefinition]) -> str:
     """A Lark grammar for llguidance: free text, or one call of one of ``tools``."""
     calls = [
@@ -44,7 +55,11 @@ def tool_call_grammar(tools: Sequence[ToolDefinition]) -> str:
         }
         for tool in tools
     ]
-    schema = json.dumps(calls[0] if len(calls) == 1 else {"anyOf": calls})
+    # The same JSON layout as constrained answers (", " and ": ", no other whitespace): a
+    # small model must not spend its max_tokens on indentation inside a call.
+    document = {**(calls[0] if len(calls) == 1 else {"anyOf": calls})}
+    document["x-guidance"] = dict(JSON_LAYOUT)
+    schema = json.dumps(document)
     return "\n".join(
         (
             "start: text | call",
