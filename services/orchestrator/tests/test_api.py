@@ -797,3 +797,36 @@ async def test_a_failed_model_call_fails_the_session_with_its_real_cause(databas
         assert failed.error.message == "provider down"
     finally:
         await shutdown()
+
+
+async def test_after_a_restart_the_answer_completes_under_the_id_it_streamed_under(
+    database_url: str,
+) -> None:
+    """The gateway fell back mid-stream: the abandoned text's id never completes, and
+    `message_completed` carries the id of the deltas of the answer (issue 16, finding 2)."""
+
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        return Reply(text="the real answer", abandoned="half an ans")
+
+    mesh, shutdown = await start_mesh(database_url, script)
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Answer",
+                inline_agents=[agent("alice")],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            events = await collect(client.run(session.name))
+    finally:
+        await shutdown()
+    text_by_id: dict[str, str] = {}
+    for event in events:
+        if event.HasField("content_delta"):
+            text_by_id[event.message_id] = text_by_id.get(event.message_id, "") + (
+                event.content_delta.text
+            )
+    (completed,) = [e for e in events if e.HasField("message_completed")]
+    assert sorted(text_by_id.values()) == ["half an ans", "the real answer"]
+    assert text_by_id[completed.message_id] == "the real answer"
+    started = [e.message_id for e in events if e.HasField("message_started")]
+    assert started == list(text_by_id), "each attempt's deltas follow their own start"

@@ -253,6 +253,8 @@ class Reply:
     delay_seconds: float = 0.0
     structured: struct_pb2.Struct | None = None
     error: status_pb2.Status | None = None
+    # Streamed first, then abandoned with a `restart` (as the gateway falls back mid-stream).
+    abandoned: str = ""
 
 
 Script = Callable[[inference_pb2.GenerateRequest], Reply]
@@ -284,6 +286,12 @@ class ScriptedGateway:
                 )
             )
             return
+        if reply.abandoned:
+            for piece in _split(reply.abandoned, reply.chunks):
+                yield generation_pb2.GenerateEvent(delta=generation_pb2.Delta(text=piece))
+            yield generation_pb2.GenerateEvent(
+                restart=generation_pb2.Restart(reason="scripted fallback", next_attempt=2)
+            )
         pieces = _split(reply.text, reply.chunks)
         for piece in pieces:
             if reply.delay_seconds:

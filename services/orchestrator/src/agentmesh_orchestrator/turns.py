@@ -110,6 +110,7 @@ class TurnOutcome:
 class _CallResult:
     finished: generation_pb2.Finished
     reused: bool
+    message_id: str  # the id the answer streamed under (a new one after a `restart`)
 
 
 class TurnRunner:
@@ -214,6 +215,7 @@ class TurnRunner:
                 call_index=call_index,
             )
             finished = result.finished
+            message_id = result.message_id
             usage.add(finished.usage)
             self._meter.add(finished.usage)
             reply = messages_pb2.Message(
@@ -306,7 +308,7 @@ class TurnRunner:
                 tool_calls=recorded.response.tool_calls,
                 text=recorded.response.content,
             )
-            return _CallResult(finished=finished, reused=True)
+            return _CallResult(finished=finished, reused=True, message_id=message_id)
         self._recorder.buffer(
             events_pb2.SessionEvent(
                 agent=agent.name,
@@ -421,7 +423,7 @@ class TurnRunner:
             )
         )
         self._recorder.stage_execution(execution)
-        return _CallResult(finished=finished_event, reused=False)
+        return _CallResult(finished=finished_event, reused=False, message_id=message_id)
 
     async def _prepare(self, turn: Turn) -> PreparedContext:
         """The turn's extra context: recalled memories, addressed messages, passages."""
