@@ -830,3 +830,17 @@ async def test_after_a_restart_the_answer_completes_under_the_id_it_streamed_und
     assert text_by_id[completed.message_id] == "the real answer"
     started = [e.message_id for e in events if e.HasField("message_started")]
     assert started == list(text_by_id), "each attempt's deltas follow their own start"
+
+
+async def test_an_inline_agent_added_later_is_named_like_one_given_at_creation(
+    mesh: Mesh,
+) -> None:
+    """AddAgent with `inline_agent.name="bob"` gives `agents/bob`, as CreateSession does
+    (issue 16, finding 12)."""
+    async with mesh.client() as client:
+        session = await client.create_session(goal="Talk", inline_agents=[agent("alice")])
+        added = await client.add_agent(session.name, inline=agent("bob"))
+        assert list(added.agents) == ["agents/alice", "agents/bob"]
+        assert [a.name for a in added.inline_agents] == ["agents/alice", "agents/bob"]
+        with pytest.raises(InvalidArgument):  # the same agent, named either way, is refused
+            await client.add_agent(session.name, inline=agent("agents/bob"))

@@ -195,7 +195,10 @@ class OrchestratorApp:
             definition = await self.get_agent(tenant, request.agent_name)
             field = "agent_name"
         elif request.WhichOneof("agent") == "inline_agent":
-            definition = request.inline_agent
+            definition = agents_pb2.AgentDefinition()
+            definition.CopyFrom(request.inline_agent)
+            if definition.name and not definition.name.startswith("agents/"):
+                definition.name = f"agents/{definition.name}"  # as CreateSession names them
             field = "inline_agent"
             _refuse_memory_tools(definition, field)
         else:
