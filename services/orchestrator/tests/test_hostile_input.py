@@ -11,11 +11,10 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2, timestamp_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
 
 from agentmesh.common.v1 import agents_pb2, memory_entries_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2
-from agentmesh_common import InvalidArgument
+from agentmesh_common import InvalidArgument, from_rpc_error
 
 from .api_mesh import Mesh, agent
 
@@ -29,16 +28,8 @@ async def _raw(mesh: Mesh, method: str, body: bytes) -> tuple[grpc.StatusCode, l
         call: Callable[..., Any] = channel.unary_unary(SERVICE + method)
         await call(body, metadata=(("authorization", f"Bearer {mesh.keys['acme']}"),), timeout=10)
     except grpc.aio.AioRpcError as exc:
-        fields: list[str] = []
-        for key, value in exc.trailing_metadata() or ():
-            if key == "grpc-status-details-bin":
-                status = status_pb2.Status.FromString(value)
-                for detail in status.details:
-                    if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                        bad = error_details_pb2.BadRequest()
-                        detail.Unpack(bad)
-                        fields += [v.field for v in bad.field_violations]
-        return exc.code(), fields
+        error = from_rpc_error(exc)  # the client's decoding of grpc-status-details-bin
+        return exc.code(), [v.field for v in getattr(error, "violations", ())]
     finally:
         await channel.close()
     return grpc.StatusCode.OK, []

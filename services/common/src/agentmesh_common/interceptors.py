@@ -135,13 +135,18 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
     return safe
 
 
+def _admit(request: Any) -> None:
+    """INVALID_ARGUMENT for a request that did not parse or holds an unusable value."""
+    if isinstance(request, Undecodable):
+        raise request.as_error()
+    if isinstance(request, Message):
+        check_well_formed(request)
+
+
 async def _checked(requests: Any) -> Any:
-    """A client stream whose undecodable message raises INVALID_ARGUMENT where it is read."""
+    """A client stream whose messages are admitted one by one, where each is read."""
     async for request in requests:
-        if isinstance(request, Undecodable):
-            raise request.as_error()
-        if isinstance(request, Message):
-            check_well_formed(request)
+        _admit(request)
         yield request
 
 
@@ -328,10 +333,7 @@ class ErrorMappingInterceptor(_BehaviorInterceptor):
     def wrap(self, behavior: Behavior, method: str, streaming: bool) -> Behavior:
         async def guarded(request: Any, context: Context) -> Any:
             try:
-                if isinstance(request, Undecodable):
-                    raise request.as_error()
-                if isinstance(request, Message):
-                    check_well_formed(request)
+                _admit(request)
                 if hasattr(request, "__aiter__"):  # a client stream
                     request = _checked(request)
                 return await behavior(request, context)

@@ -51,7 +51,7 @@ def first_problem(message: Message, path: str = "") -> tuple[str, str] | None:
         return None
     if name == "google.protobuf.Struct":  # a JSON object: its keys are the path
         for key, item in message.fields.items():  # type: ignore[attr-defined]
-            found = first_problem(item, f"{path}.{key}" if _plain(key) else f"{path}[{key!r}]")
+            found = first_problem(item, _keyed(path, key))
             if found is not None:
                 return found
         return None
@@ -84,7 +84,7 @@ def _field_problem(field: FieldDescriptor, value: object, where: str) -> tuple[s
         if value_field.message_type is None:
             return None
         for key, item in value.items():  # type: ignore[attr-defined]
-            found = first_problem(item, f"{where}.{key}" if _plain(key) else f"{where}[{key!r}]")
+            found = first_problem(item, _keyed(where, key))
             if found is not None:
                 return found
         return None
@@ -97,5 +97,6 @@ def _field_problem(field: FieldDescriptor, value: object, where: str) -> tuple[s
     return first_problem(value, where)  # type: ignore[arg-type]
 
 
-def _plain(key: object) -> bool:
-    return isinstance(key, str) and key.isidentifier()
+def _keyed(path: str, key: object) -> str:
+    """`path.key` for a key that reads as a name, else `path['key']`."""
+    return f"{path}.{key}" if isinstance(key, str) and key.isidentifier() else f"{path}[{key!r}]"

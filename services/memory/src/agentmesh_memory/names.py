@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agentmesh_common import FieldViolation, InvalidArgument
+from agentmesh_common.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, page_size
 
 __all__ = [
     "ANY_USER",
@@ -39,8 +40,6 @@ __all__ = [
     "parse_task_name",
 ]
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 
 ID_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,62}")
 # Session, message, task and execution ids may also be uuids/hex and use underscores.
@@ -202,15 +201,6 @@ def parse_document_name(value: str, field: str = "name") -> tuple[str, str]:
         _segment(parts[1], ID_PATTERN, field, "collection id"),
         parse_loose_id(parts[3], field, "document id"),
     )
-
-
-def page_size(value: int, field: str = "page_size") -> int:
-    """0 means the default; otherwise 1 to :data:`MAX_PAGE_SIZE`."""
-    if value == 0:
-        return DEFAULT_PAGE_SIZE
-    if value < 0 or value > MAX_PAGE_SIZE:
-        raise invalid(field, f"must be between 1 and {MAX_PAGE_SIZE} (0 for {DEFAULT_PAGE_SIZE})")
-    return value
 
 
 def check_request_id(value: str, field: str = "request_id") -> str:

@@ -1,6 +1,6 @@
-"""Pages of lists the orchestrator assembles itself (tools, models), by the same rule as every
-list the memory service pages: `page_size` 0 means 100, otherwise 1 to 1,000, anything else is
-INVALID_ARGUMENT; `page_token` is opaque, only ever one this list returned."""
+"""Pages of lists the orchestrator assembles itself (tools, models), by the page-size rule every
+list follows (agentmesh_common.paging); `page_token` is opaque, only ever one this list
+returned."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from agentmesh_common import InvalidArgument
+from agentmesh_common.paging import page_size as checked_page_size
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 _PREFIX = "k1:"
 
 T = TypeVar("T")
@@ -37,11 +36,7 @@ def page(
 
 def check(page_size: int, page_token: str) -> tuple[int, str | None]:
     """The page size to use and the key to start after; INVALID_ARGUMENT for either."""
-    if page_size < 0 or page_size > MAX_PAGE_SIZE:
-        raise InvalidArgument.for_field(
-            "page_size", f"must be between 1 and {MAX_PAGE_SIZE} (0 for {DEFAULT_PAGE_SIZE})"
-        )
-    return page_size or DEFAULT_PAGE_SIZE, _decode(page_token) if page_token else None
+    return checked_page_size(page_size), _decode(page_token) if page_token else None
 
 
 def _encode(last_key: str) -> str:

@@ -195,12 +195,8 @@ class OrchestratorApp:
             definition = await self.get_agent(tenant, request.agent_name)
             field = "agent_name"
         elif request.WhichOneof("agent") == "inline_agent":
-            definition = agents_pb2.AgentDefinition()
-            definition.CopyFrom(request.inline_agent)
-            if definition.name and not definition.name.startswith("agents/"):
-                definition.name = f"agents/{definition.name}"  # as CreateSession names them
             field = "inline_agent"
-            _refuse_memory_tools(definition, field)
+            definition = _inline_agent(request.inline_agent, field)
         else:
             raise invalid("agent", "set agent_name or inline_agent")
         agent = prepare_agent(definition, field=field, metadata=session.metadata)
@@ -470,11 +466,9 @@ class OrchestratorApp:
             except NotFound:
                 raise invalid(field, f"no agent named {name}") from None
             agents.append(prepare_agent(definition, field=field, metadata=session.metadata))
-        for i, definition in enumerate(session.inline_agents):
+        for i, given in enumerate(session.inline_agents):
             field = f"session.inline_agents[{i}]"
-            if definition.name and not definition.name.startswith("agents/"):
-                definition.name = f"agents/{definition.name}"
-            _refuse_memory_tools(definition, field)
+            definition = _inline_agent(given, field)
             agents.append(prepare_agent(definition, field=field, metadata=session.metadata))
         names = [a.name for a in agents]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -524,9 +518,15 @@ class OrchestratorApp:
             await self._memory.release_lease(tenant, session.name, lease.lease.owner)
 
 
-def _refuse_memory_tools(definition: agents_pb2.AgentDefinition, field: str) -> None:
-    """Memory belongs to agents created with CreateAgent (it outlives the session); an inline
-    agent asking for it would only ever see NOT_FOUND, so say so when the session is made."""
+def _inline_agent(given: agents_pb2.AgentDefinition, field: str) -> agents_pb2.AgentDefinition:
+    """An agent defined in a session (CreateSession or AddAgent): named `agents/{id}` like a
+    stored one, and without memory tools. Memory belongs to agents created with CreateAgent
+    (it outlives the session); an inline agent asking for it would only ever see NOT_FOUND, so
+    say so when the session is made."""
+    definition = agents_pb2.AgentDefinition()
+    definition.CopyFrom(given)
+    if definition.name and not definition.name.startswith("agents/"):
+        definition.name = f"agents/{definition.name}"
     for j, tool in enumerate(definition.tools):
         if tool in MEMORY_TOOLS:
             agent = definition.name.removeprefix("agents/") or "the agent"
@@ -536,6 +536,7 @@ def _refuse_memory_tools(definition: agents_pb2.AgentDefinition, field: str) -> 
                 "and name it in session.agents, or share session notes "
                 "(session_notes_read / session_notes_write)",
             )
+    return definition
 
 
 async def resolve_agents(tenant: str, session: sessions_pb2.Session) -> list[SessionAgent]:
