@@ -76,7 +76,11 @@ async def test_runs_over_the_bound_are_refused_at_once_and_admitted_once_there_i
                 outcomes[name] = (refused, time.monotonic())
 
         runs = [asyncio.create_task(run(name)) for name in names]
-        await until(lambda: sum(isinstance(o, ResourceExhausted) for o, _ in outcomes.values()) == 2)
+
+        def refusals() -> int:
+            return sum(isinstance(o, ResourceExhausted) for o, _ in outcomes.values())
+
+        await until(lambda: refusals() == 2)
         # Refused while the admitted ones are still in their (3 s) turn: before any work.
         assert not any(isinstance(o, str) for o, _ in outcomes.values())
         refused_names = [n for n, (o, _) in outcomes.items() if isinstance(o, ResourceExhausted)]
@@ -84,7 +88,8 @@ async def test_runs_over_the_bound_are_refused_at_once_and_admitted_once_there_i
             error = outcomes[name][0]
             assert isinstance(error, ResourceExhausted)
             assert error.reason == "REPLICA_AT_CAPACITY"
-            assert error.retry_after is not None and 0 < error.retry_after <= 1.0
+            assert error.retry_after is not None
+            assert 0 < error.retry_after <= 1.0
         assert len(small_mesh.gateway.requests) <= 2
 
         # An Execute is refused the same way, and before it stores a session.
@@ -114,12 +119,8 @@ async def run_with_retries(client: AgentmeshClient, name: str, attempts: int = 5
     return [str(e.WhichOneof("payload")) async for e in client.run(name)][-1]
 
 
-async def test_a_gate_queues_up_to_its_bound_hands_slots_on_in_order_and_refuses_the_rest() -> (
-    None
-):
-    gate = Gate(
-        "things", limit=1, queue=1, wait_seconds=5, retry_after_seconds=1, jitter=lambda: 0
-    )
+async def test_a_gate_queues_up_to_its_bound_hands_slots_on_in_order_and_refuses_the_rest() -> None:
+    gate = Gate("things", limit=1, queue=1, wait_seconds=5, retry_after_seconds=1, jitter=lambda: 0)
     first = await gate.acquire()
     queued = asyncio.create_task(gate.acquire())
     await until(lambda: gate.waiting == 1)

@@ -225,7 +225,7 @@ async def test_no_task_of_the_manager_is_left_pending_after_shutdown(
 async def test_a_full_replica_takes_over_only_what_it_has_room_for(
     memory: MemoryClient,
 ) -> None:
-    manager, gateway = replica(
+    manager, _ = replica(
         memory,
         lambda _: Reply(text="slow", delay_seconds=60),
         max_running_sessions=1,
