@@ -15,13 +15,15 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from agentmesh.common.v1 import agents_pb2, events_pb2, sessions_pb2
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh.memory.v1 import memory_pb2
-from agentmesh_common import AgentmeshError, Unavailable, create_channel
+from agentmesh.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from agentmesh_common import AgentmeshError, Unavailable, create_channel, from_rpc_error
 from agentmesh_memory.testing import RunningMemory, memory_settings, start_memory
 from agentmesh_orchestrator.adapters.memory_client import MemoryClient
 from agentmesh_orchestrator.admission import Admission, AdmissionSettings
@@ -31,6 +33,8 @@ from agentmesh_orchestrator.lifecycle import ReplicaState
 from agentmesh_orchestrator.sessions import LeaseSettings, SessionManager
 from agentmesh_orchestrator.testing import Reply, ScriptedGateway
 from agentmesh_orchestrator.tools import builtin_tools
+
+from .api_mesh import agent, start_mesh
 
 TENANT = "acme"
 TERMINAL = {"session_completed", "session_failed", "session_cancelled"}
@@ -249,3 +253,65 @@ async def _log(
         yield event
         if event.seq >= last_seq:
             return
+
+
+async def test_stopping_the_server_drains_sessions_instead_of_cancelling_them(
+    tmp_path: Path,
+) -> None:
+    """The path SIGTERM takes (`serve` sees its stop event): an Execute in a turn (cancel on
+    disconnect, the default) is not cancelled by the shutdown; its turn completes and is
+    stored, its stream ends UNAVAILABLE (REPLICA_DRAINING), and the session is left RUNNING
+    with its lease released for another replica."""
+    mesh, shutdown = await start_mesh(
+        f"sqlite+aiosqlite:///{tmp_path / 'memory.db'}",
+        lambda _: Reply(text="alice agrees", delay_seconds=1.0),
+        grace_seconds="10",
+        drain_grace_seconds="5",
+    )
+    try:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{mesh.orchestrator.port}")
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+        call = stub.Execute(
+            orchestrator_pb2.ExecuteRequest(
+                task="Talk it over",
+                inline_agents=[agent("alice"), agent("bob")],
+                strategy=sessions_pb2.STRATEGY_ROUND_ROBIN,
+                limits=sessions_pb2.SessionLimits(max_rounds=3),
+            ),
+            metadata=(("authorization", f"Bearer {mesh.keys['acme']}"),),
+        )
+        kinds: list[str] = []
+        name = ""
+        async for reply in call:
+            name = name or reply.event.session
+            kinds.append(str(reply.event.WhichOneof("payload")))
+            if kinds[-1] == "message_started":
+                break  # the first turn's model call is under way
+        stopping = asyncio.create_task(mesh.stop_orchestrator())
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await _read_rest(call, kinds)
+        await asyncio.wait_for(stopping, 30)
+        await channel.close(None)
+
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert from_rpc_error(ended.value).reason == "REPLICA_DRAINING"
+        assert kinds.count("message_completed") == 1
+        assert not TERMINAL & set(kinds)
+        memory_channel = create_channel(mesh.memory.address, tracer_provider=TracerProvider())
+        try:  # left for another replica to take over: RUNNING, its lease released
+            orphans = {s.name: s for _, s in await MemoryClient(memory_channel).list_orphaned()}
+        finally:
+            await memory_channel.close(None)
+        assert name in orphans, "the session was ended (or kept leased) by the shutdown"
+        assert orphans[name].status == sessions_pb2.SESSION_STATUS_RUNNING
+        assert orphans[name].lease_owner == ""
+        assert len(mesh.gateway.requests) == 1
+    finally:
+        await shutdown()
+
+
+async def _read_rest(
+    call: AsyncIterator[orchestrator_pb2.ExecuteResponse], kinds: list[str]
+) -> None:
+    async for reply in call:
+        kinds.append(str(reply.event.WhichOneof("payload")))
