@@ -91,6 +91,10 @@ async def test_runs_over_the_bound_are_refused_at_once_and_admitted_once_there_i
             assert error.retry_after is not None
             assert 0 < error.retry_after <= 1.0
         assert len(small_mesh.gateway.requests) <= 2
+        refused_sessions = small_mesh.telemetry.registry.get_sample_value(
+            "agentmesh_orchestrator_admission_refused_total", {"limit": "sessions"}
+        )
+        assert refused_sessions == 2
 
         # An Execute is refused the same way, and before it stores a session.
         before = len([s async for s in client.list_sessions()])

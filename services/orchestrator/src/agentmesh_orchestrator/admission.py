@@ -27,6 +27,8 @@ from typing import Any
 
 from agentmesh_common import ResourceExhausted
 
+from .observability import OrchestratorMetrics
+
 # Margin kept between the end of a queued wait and the caller's own deadline, so a refusal
 # reaches the caller before its deadline does.
 DEADLINE_MARGIN_SECONDS = 0.25
@@ -69,8 +71,10 @@ class Gate:
         wait_seconds: float,
         retry_after_seconds: float,
         jitter: Callable[[], float] = random.random,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self.what = what
+        self._on_refused = on_refused
         self.limit = limit
         self.queue = queue
         self.wait_seconds = wait_seconds
@@ -129,6 +133,8 @@ class Gate:
 
     def _refusal(self) -> ResourceExhausted:
         self.refused += 1
+        if self._on_refused is not None:
+            self._on_refused()
         # Jitter spreads the retries of a crowd refused together.
         retry_after = round(self.retry_after_seconds * (1 + 0.5 * self._jitter()), 3)
         return ResourceExhausted(
@@ -143,14 +149,23 @@ class Gate:
 class Admission:
     """The replica's two gates (see the module docstring)."""
 
-    def __init__(self, settings: AdmissionSettings | None = None) -> None:
+    def __init__(
+        self, settings: AdmissionSettings | None = None, metrics: OrchestratorMetrics | None = None
+    ) -> None:
         self.settings = settings = settings or AdmissionSettings()
+
+        def counted(limit: str) -> Callable[[], None] | None:
+            if metrics is None:
+                return None
+            return metrics.admission_refused.labels(limit).inc
+
         self.sessions = Gate(
             "running sessions",
             limit=settings.max_running_sessions,
             queue=settings.max_queued_sessions,
             wait_seconds=settings.queue_seconds,
             retry_after_seconds=settings.retry_after_seconds,
+            on_refused=counted("sessions"),
         )
         self.requests = Gate(
             "concurrent requests",
@@ -158,6 +173,7 @@ class Admission:
             queue=settings.max_queued_requests,
             wait_seconds=settings.queue_seconds,
             retry_after_seconds=min(settings.retry_after_seconds, 0.5),
+            on_refused=counted("requests"),
         )
 
 

@@ -84,7 +84,8 @@ def compose(
             max_queued_requests=settings.max_queued_requests,
             queue_seconds=settings.admission_queue_seconds,
             retry_after_seconds=settings.admission_retry_after_seconds,
-        )
+        ),
+        metrics,
     )
     engine = SessionEngine(
         store=memory,
