@@ -64,6 +64,8 @@ REASON_GUIDANCE: dict[str, str] = {
     "SESSION_ENDED": "The session has ended; start a new one.",
     "SESSION_BUSY": "The session is running; follow it with StreamSession or retry later.",
     "SESSION_RUNNING_ELSEWHERE": "Another replica runs the session; send the call there.",
+    "REPLICA_AT_CAPACITY": "The replica is at its session or request bound; retry after RetryInfo.",
+    "REPLICA_DRAINING": "The replica is shutting down; retry, another replica serves the call.",
     "STREAM_TOKEN_EXPIRED": "The stream token expired; ask CreateStreamToken for a new one.",
     "STREAM_TOKEN_INVALID": "The stream token is malformed or signed with another key; get one.",
     "STREAM_TOKEN_SCOPE": "A stream token only streams its own session; use an API key for more.",

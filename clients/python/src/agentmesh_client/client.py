@@ -290,6 +290,7 @@ class AgentmeshClient(KnowledgeCalls):
         last = after_seq
         attempts = 0
         opener = first_call
+        seen_any = False
         while True:
             call = (
                 opener()
@@ -307,6 +308,7 @@ class AgentmeshClient(KnowledgeCalls):
                         continue  # already delivered before a reconnect
                     last = event.seq
                     attempts = 0
+                    seen_any = True
                     yield event
                     if event.WhichOneof("payload") in TERMINAL:
                         return
@@ -315,6 +317,10 @@ class AgentmeshClient(KnowledgeCalls):
                 attempts += 1
                 if exc.code() not in RECONNECTABLE or attempts > self._reconnect_attempts:
                     raise from_rpc_error(exc) from None
+                if first_call is not None and not seen_any:
+                    error = from_rpc_error(exc)
+                    if error.reason == "REPLICA_DRAINING":  # refused before it started: ask
+                        opener = first_call  # again, and another replica runs it
                 await asyncio.sleep(min(0.1 * 2**attempts, 5.0))
             finally:
                 call.cancel()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import Sequence
@@ -16,6 +15,8 @@ from agentmesh_common import NotFound, Registration, Telemetry, Unauthenticated,
 
 from .adapters.gateway_client import GatewayClient
 from .adapters.memory_client import MemoryClient
+from .admission import Admission, AdmissionSettings, admitted_unary
+from .agents import resolve_agents
 from .context import ContextAssembler
 from .edge import Authenticator, RateLimiter
 from .engine import EngineSettings, SessionEngine
@@ -24,7 +25,7 @@ from .messaging import messaging_tools
 from .observability import OrchestratorMetrics
 from .ports import ModelGateway
 from .preferences import SessionScope
-from .service import OrchestratorApp, resolve_agents
+from .service import OrchestratorApp
 from .servicer import OrchestratorServicer
 from .sessions import LeaseSettings, SessionManager
 from .settings import OrchestratorSettings
@@ -75,6 +76,17 @@ def compose(
     catalog_tools = ToolCatalog(memory, tools)
     stack.push_async_callback(catalog_tools.close)
     metrics = OrchestratorMetrics.create(telemetry.registry)
+    admission = Admission(
+        AdmissionSettings(
+            max_running_sessions=settings.max_running_sessions,
+            max_queued_sessions=settings.max_queued_sessions,
+            max_concurrent_requests=settings.max_concurrent_requests,
+            max_queued_requests=settings.max_queued_requests,
+            queue_seconds=settings.admission_queue_seconds,
+            retry_after_seconds=settings.admission_retry_after_seconds,
+        ),
+        metrics,
+    )
     engine = SessionEngine(
         store=memory,
         gateway=models,
@@ -103,12 +115,13 @@ def compose(
         metrics=metrics,
         tools_for=catalog_tools.tools_for,
         scope_for=partial(SessionScope.load, memory),
+        admission=admission,
     )
-    stack.push_async_callback(manager.shutdown)
-    takeover = asyncio.create_task(
-        manager.watch_for_orphans(memory.list_orphaned, settings.takeover_interval_seconds)
-    )
-    stack.callback(takeover.cancel)
+    # SIGTERM drains the manager while the server drains its RPCs (`on_stopping`), so runs
+    # stop at a turn boundary and their streams end before the server's grace runs out.
+    drain_grace = min(settings.drain_grace_seconds, settings.grace_seconds / 2)
+    stack.push_async_callback(manager.shutdown, drain_grace)
+    manager.start_takeover(memory.list_orphaned, settings.takeover_interval_seconds)
 
     async def resolve_key(secret: str) -> str | None:
         try:
@@ -141,7 +154,11 @@ def compose(
     return [
         Registration(
             GRPC_SERVICE,
-            partial(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, servicer),
+            partial(
+                orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
+                admitted_unary(servicer, admission.requests),
+            ),
+            on_stopping=partial(manager.drain, drain_grace),
         )
     ]
 
