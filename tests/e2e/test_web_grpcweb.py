@@ -4,9 +4,12 @@ grpc-web transport sends and must get back (frames, trailers, rich error details
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+import socket
 import struct
+import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from agentmesh.common.v1 import agents_pb2, sessions_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2
 
+from .test_web_streams import _dechunk, _read_all
 from .web import WebMesh, start_web_mesh, stop_web_mesh
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
@@ -138,7 +142,9 @@ def greeter(system: str = "Greeter. Be brief.") -> agents_pb2.AgentDefinition:
     )
 
 
-async def new_session(http: httpx.AsyncClient, key: str, system: str = "Greeter.") -> str:
+async def new_session(
+    http: httpx.AsyncClient, key: str, system: str = "Greeter.", rounds: int = 1
+) -> str:
     created = await call(
         http,
         "CreateSession",
@@ -146,7 +152,7 @@ async def new_session(http: httpx.AsyncClient, key: str, system: str = "Greeter.
             session=sessions_pb2.Session(
                 goal="Say hello",
                 strategy=sessions_pb2.STRATEGY_ROUND_ROBIN,
-                limits=sessions_pb2.SessionLimits(max_rounds=1),
+                limits=sessions_pb2.SessionLimits(max_rounds=rounds),
                 inline_agents=[greeter(system)],
             )
         ),
@@ -336,3 +342,42 @@ async def test_other_content_types_are_refused_and_cors_exposes_the_trailers(
     assert reply.http.headers["access-control-allow-origin"] == ORIGIN
     exposed = {h.strip() for h in reply.http.headers["access-control-expose-headers"].split(",")}
     assert {"grpc-status", "grpc-message", "grpc-status-details-bin"} <= exposed
+
+
+async def test_a_slow_reader_is_cut_off_with_trailers_naming_the_seq_to_resume_after(
+    web: WebMesh, http: httpx.AsyncClient
+) -> None:
+    key = await web.tenant()
+    # 60 turns of about 100 KB: more than the socket buffers and the edge's 64 KB hold.
+    name = await new_session(http, key, system="Long. Write a lot.", rounds=60)
+    ran = await call(http, "Run", orchestrator_pb2.RunRequest(session=name), key=key)
+    total = len(ran.messages)
+    assert ran.code == code_pb2.OK
+    cut_before = await web.metric("agentmesh_web_slow_consumers_total")
+    body = frame(orchestrator_pb2.StreamSessionRequest(session=name).SerializeToString())
+    host, port = web.url.removeprefix("http://").split(":")
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, unread
+    reader.connect((host, int(port)))
+    reader.sendall(
+        f"POST {SERVICE}/StreamSession HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: {GRPC_WEB}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    deadline = time.monotonic() + 60
+    while await web.metric("agentmesh_web_slow_consumers_total") <= cut_before:
+        assert time.monotonic() < deadline, "the edge never cut the slow client off"
+        await asyncio.sleep(0.2)
+    raw = await asyncio.to_thread(_read_all, reader)
+    head, _, chunked = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    cut = parse(httpx.Response(200, headers={"content-type": GRPC_WEB}, content=_dechunk(chunked)))
+    assert cut.code == code_pb2.RESOURCE_EXHAUSTED
+    assert cut.reason == "SLOW_CONSUMER"
+    info = error_details_pb2.ErrorInfo()
+    assert any(detail.Unpack(info) for detail in cut.status.details)
+    after = int(info.metadata["after_seq"])
+    seqs = [reply.event.seq for reply in cut.replies(orchestrator_pb2.StreamSessionResponse)]
+    assert seqs == list(range(1, after + 1)), "everything queued was delivered, in order"
+    assert after < total, "the stream was cut before its end"
