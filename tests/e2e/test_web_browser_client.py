@@ -8,11 +8,13 @@ The page is served from its own origin (a small server on port 0), so every call
 cross-origin request: CORS preflights, exposed grpc-status headers. In the page: a session is
 created, run to its end and seen whole once; replayed after a seq; bogus and bad requests are
 typed errors with their reasons and field violations; a deadline and an AbortSignal end a
-stream as DeadlineExceeded and Cancelled.
+stream as DeadlineExceeded and Cancelled; a connection cut mid-run (a TCP proxy resets it) is
+resumed with StreamSession after the last seq, every event once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 from collections.abc import AsyncIterator
@@ -47,12 +49,12 @@ PAGE = """<!doctype html>
 HELPERS = """
 window.t = {
   client: (baseUrl, apiKey) => agentmesh.createBrowserClient({ baseUrl, apiKey }),
-  async session(mesh, system) {
+  async session(mesh, system, maxRounds = 1) {
     const { session } = await mesh.createSession({
       session: {
         goal: "Say hello",
         strategy: agentmesh.Strategy.ROUND_ROBIN,
-        limits: { maxRounds: 1 },
+        limits: { maxRounds },
         inlineAgents: [{ name: "greeter", type: agentmesh.AgentType.CUSTOM,
                          model: { route: "default" }, prompts: { system } }],
       },
@@ -263,3 +265,90 @@ async def test_a_deadline_and_an_abort_signal_end_streams(page: Page, web_mesh: 
     assert result["deadlineMs"] < 10_000
     assert result["aborted"]["code"] == "CANCELLED", result
     assert result["seen"] == [1]
+
+
+class CuttingProxy:
+    """A TCP proxy to the web edge that can cut every open connection at once, as a network
+    drop would (the browser's own offline switch leaves open streams alone)."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.removeprefix("http://").split(":")
+        self._target = (host, int(port))
+        self._open: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._open |= {writer, up_writer}
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._open -= {writer, up_writer}
+
+    def cut(self) -> int:
+        """Reset every open connection; returns how many there were."""
+        count = len(self._open)
+        for writer in list(self._open):
+            writer.transport.abort()
+        return count
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_a_dropped_connection_is_resumed_after_the_last_seq(
+    page: Page, web_mesh: WebMesh
+) -> None:
+    key = await web_mesh.tenant()
+    proxy = CuttingProxy(web_mesh.url)
+    await proxy.start()
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url.rsplit("/", 1)[-1]))
+    try:
+        await in_page(
+            page,
+            """async (agentmesh, t, url, key) => {
+              const mesh = t.client(url, key);
+              const name = await t.session(mesh, "Slow talker.", 3);
+              window.drop = { seen: [] };
+              (async () => {
+                for await (const event of mesh.run(name)) {
+                  window.drop.seen.push({ seq: Number(event.seq), kind: event.payload.case });
+                }
+              })().then(() => { window.drop.done = true; },
+                        (e) => { window.drop.error = t.error(e); });
+            }""",
+            proxy.url,
+            key,
+        )
+        await page.wait_for_function("window.drop.seen.length >= 2", timeout=30_000)
+        assert proxy.cut() >= 2, "the stream's connection (both sides) was open"
+        await page.wait_for_function(
+            "window.drop.done === true || window.drop.error !== undefined", timeout=60_000
+        )
+    finally:
+        await proxy.close()
+    result = await page.evaluate("window.drop")
+    assert "error" not in result, result
+    seqs = [event["seq"] for event in result["seen"]]
+    assert seqs == list(range(1, len(seqs) + 1)), "every event once, in order"
+    assert result["seen"][-1]["kind"] == "sessionCompleted"
+    assert sent.count("Run") == 1
+    assert "StreamSession" in sent, "the client resumed with StreamSession"

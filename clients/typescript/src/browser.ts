@@ -14,7 +14,7 @@
  * dependencies as one ES module, `dist/agentmesh-client.browser.js`, for pages without a bundler.
  */
 
-import type { Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { BaseClient, type BaseClientOptions } from "./base.js";
 
@@ -36,9 +36,10 @@ export class AgentmeshBrowserClient extends BaseClient {
   readonly baseUrl: string;
 
   constructor(options: BrowserClientOptions) {
+    const fetch = options.fetch ?? ((input, init) => globalThis.fetch(input, init));
     const transport = createGrpcWebTransport({
       baseUrl: options.baseUrl,
-      ...(options.fetch ? { fetch: options.fetch } : {}),
+      fetch: dropsAsUnavailable(fetch),
       ...(options.interceptors ? { interceptors: options.interceptors } : {}),
     });
     super(transport, options);
@@ -49,4 +50,52 @@ export class AgentmeshBrowserClient extends BaseClient {
 /** A client that calls the web edge at `options.baseUrl` over gRPC-web. */
 export function createBrowserClient(options: BrowserClientOptions): AgentmeshBrowserClient {
   return new AgentmeshBrowserClient(options);
+}
+
+/**
+ * A fetch whose network failures are `Unavailable`, so streams resume and idempotent calls
+ * retry after them: a browser reports a dropped connection only as a `TypeError` ("Failed to
+ * fetch", "network error"), before the response or while reading its body, which connect
+ * would call `Unknown`. Aborts (a `DOMException`) are left as they are.
+ */
+function dropsAsUnavailable(fetch: typeof globalThis.fetch): typeof globalThis.fetch {
+  return async (input, init) => {
+    let response: Response;
+    try {
+      response = await fetch(input, init);
+    } catch (error) {
+      throw asDrop(error);
+    }
+    const source = response.body;
+    if (source === null) return response;
+    const reader = source.getReader();
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        try {
+          const { done, value } = await reader.read();
+          if (done) controller.close();
+          else controller.enqueue(value);
+        } catch (error) {
+          controller.error(asDrop(error));
+        }
+      },
+      cancel: (reason) => reader.cancel(reason),
+    });
+    return new Response(body, {
+      status: response.status,
+      statusText: response.statusText,
+      headers: response.headers,
+    });
+  };
+}
+
+function asDrop(error: unknown): unknown {
+  if (!(error instanceof TypeError)) return error;
+  return new ConnectError(
+    `the connection to the web edge failed: ${error.message}`,
+    Code.Unavailable,
+    undefined,
+    undefined,
+    error,
+  );
 }
