@@ -77,6 +77,9 @@ REASON_GUIDANCE: dict[str, str] = {
     "SLOW_CONSUMER": "The stream was cut off; reconnect after the seq in `after_seq`.",
     "DRAINING": "This edge replica is stopping; retry, and another replica answers.",
     "HTTP_ERROR": "The HTTP request itself was malformed; check the method and headers.",
+    "UNKNOWN_METHOD": "gRPC-web serves only OrchestratorService's methods; check the path.",
+    "CLIENT_STREAMING_NOT_SUPPORTED": "gRPC-web cannot stream requests; call it over gRPC.",
+    "UNSUPPORTED_MEDIA_TYPE": "gRPC-web paths take application/grpc-web(+proto) or -text.",
     # memory
     "AGENT_EXISTS": "An agent with that id exists; pick another id or update it.",
     "COLLECTION_EXISTS": "A collection with that id exists; choose another id or use it.",
@@ -282,7 +285,10 @@ def api_markdown() -> str:
         "Server-Sent Events (`id:` the seq, `event:` the payload kind, `data:` the event;",
         "`Accept: application/x-ndjson` for one JSON per line) or a WebSocket on upgrade;",
         "StreamSession resumes after `Last-Event-ID` or `?after_seq=`. Browsers stream with a",
-        "token from CreateStreamToken as `?stream_token=`. See `services/web/README.md`.",
+        "token from CreateStreamToken as `?stream_token=`. The edge also speaks gRPC-web",
+        "(`POST /agentmesh.orchestrator.v1.OrchestratorService/<Method>`, unary and",
+        "server-streaming, errors in `grpc-status-details-bin`) for generated browser stubs such",
+        "as `@agentmesh/client/browser`. See `services/web/README.md`.",
         "",
     ]
     descriptor_set = _descriptors()
