@@ -59,11 +59,13 @@ def speaker_script(request: inference_pb2.GenerateRequest) -> Reply:
     return Reply(text=f"{speaker} says a few words", chunks=3)
 
 
-async def until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
-    assert predicate(), what
+async def until(predicate: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    """Poll `predicate` until it holds; fail after `within` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not reached in time: {what}")
+        await asyncio.sleep(0.005)
 
 
 async def kill(run: Runtime, task: asyncio.Task[sessions_pb2.Session]) -> None:
