@@ -9,6 +9,7 @@ engine resumes the session from what the store holds, as the new owner of the le
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
@@ -191,3 +192,30 @@ async def test_a_finished_call_is_not_bought_again_when_its_stream_end_never_cam
         ("agents/a", "a says a few words"),
         ("agents/b", "b says a few words"),
     ]
+
+
+async def test_killed_anywhere_and_resumed_every_message_completes_once() -> None:
+    """Kills at 30 seeded random moments of a three-round session (in a turn, between turns,
+    while a commit is queued): whatever the new owner resumes from, the log stays clean."""
+    clean = 0
+    for seed in range(30):
+        rng = random.Random(seed)
+        harness = Harness(lambda r: Reply(text=speaker_script(r).text, delay_seconds=0.02))
+        agents = [make_agent("a", system="a"), make_agent("b", system="b")]
+        session = make_session(
+            sessions_pb2.STRATEGY_ROUND_ROBIN, limits=sessions_pb2.SessionLimits(max_rounds=3)
+        )
+        first = harness.engine.open_run(TENANT, session, agents)
+        task = asyncio.create_task(harness.engine.run(first))
+        await asyncio.sleep(rng.uniform(0.0, 0.15))  # the moment of the kill, not a wait
+        if task.done() or (TENANT, NAME) not in harness.store.sessions:
+            await asyncio.gather(task, return_exceptions=True)
+            continue
+        await kill(first, task)
+        final = await resume(harness, harness.engine, agents)
+        assert final.status == sessions_pb2.SESSION_STATUS_COMPLETED, seed
+        events = harness.events()
+        assert_clean_log(events)
+        assert len(completions(events)) == 6, f"seed {seed}: every turn completed once"
+        clean += 1
+    assert clean >= 15, "most kills landed mid-session"
