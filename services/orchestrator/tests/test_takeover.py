@@ -9,6 +9,7 @@ engine resumes the session from what the store holds, as the new owner of the le
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -106,6 +107,11 @@ def assert_clean_log(events: list[events_pb2.SessionEvent]) -> None:
     kinds = [str(e.WhichOneof("payload")) for e in events]
     assert sum(kind in TERMINAL for kind in kinds) == 1
     assert kinds[-1] in TERMINAL
+
+
+def ledger_tokens(harness: Harness) -> int:
+    """Tokens of every call the usage ledger holds (each call once)."""
+    return sum(e.usage.total_tokens for e in harness.store.executions.values())
 
 
 def completions(events: list[events_pb2.SessionEvent]) -> list[tuple[str, str]]:
@@ -212,10 +218,51 @@ async def test_killed_anywhere_and_resumed_every_message_completes_once() -> Non
             await asyncio.gather(task, return_exceptions=True)
             continue
         await kill(first, task)
+        if harness.store.sessions[(TENANT, NAME)].status != sessions_pb2.SESSION_STATUS_RUNNING:
+            continue  # the kill came after the session's end was stored: nothing to resume
         final = await resume(harness, harness.engine, agents)
         assert final.status == sessions_pb2.SESSION_STATUS_COMPLETED, seed
         events = harness.events()
         assert_clean_log(events)
         assert len(completions(events)) == 6, f"seed {seed}: every turn completed once"
+        assert final.usage.total_tokens == ledger_tokens(harness), f"seed {seed}: billed once"
         clean += 1
     assert clean >= 15, "most kills landed mid-session"
+
+
+async def test_a_resumed_planner_session_bills_each_call_once() -> None:
+    """The session's stored usage counts exactly the calls in the ledger (it is staged with
+    each row), so the new owner does not add the reused calls' tokens a second time."""
+    plan = {
+        "rationale": "two steps",
+        "tasks": [
+            {"id": "t1", "description": "one"},
+            {"id": "t2", "description": "two", "depends_on": ["t1"]},
+        ],
+    }
+
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        if "You are a planner" in system_prompt(request):
+            return Reply(text=json.dumps(plan))
+        return Reply(text="done with it")
+
+    harness = Harness(script)
+    gateway = HeldGateway(harness.gateway)
+    engine = SessionEngine(store=harness.store, gateway=gateway, tools={})
+    held = f"{NAME}/task-t2-a1/0"
+    gateway.hold_before.add(held)
+    first = engine.open_run(TENANT, make_session(sessions_pb2.STRATEGY_PLANNER_EXECUTOR), [])
+    task = asyncio.create_task(engine.run(first))
+    await asyncio.wait_for(gateway.point(held).wait(), 10)
+    await first.recorder.flush()  # the plan and task t1 are stored, with their rows
+    await kill(first, task)
+    release(gateway)
+
+    final = await resume(harness, engine, [])
+
+    assert final.status == sessions_pb2.SESSION_STATUS_COMPLETED, final.error
+    assert gateway.calls[f"{NAME}/plan-r1-a1/0"] == 1
+    assert gateway.calls[f"{NAME}/task-t1-a1/0"] == 1
+    billed = ledger_tokens(harness)
+    assert final.usage.total_tokens == billed, "each call billed once"
+    assert harness.events()[-1].session_completed.usage.total_tokens == billed

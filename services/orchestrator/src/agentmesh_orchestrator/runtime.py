@@ -393,7 +393,9 @@ class Runtime:
         if any(known.name == agent.name for known in self.session.builtin_agents):
             return
         self.session.builtin_agents.append(agent.definition)
-        self.save(["builtin_agents"])
+        # Not `save`: the session's usage is stored only where it already was (a snapshot
+        # taken mid-round would be counted again when a resumed run reuses the round's calls).
+        self.recorder.stage_update(self.session, ["builtin_agents"])
 
 
 def as_seen_by(item: memory_pb2.StoredMessage, agent: SessionAgent) -> messages_pb2.Message:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import struct_pb2
@@ -127,6 +127,8 @@ class TurnRunner:
         self._tenant = tenant
         self._session = session
         self._max_tool_rounds = max_tool_rounds
+        # Stages the session's usage (set by the engine: `Runtime.save`).
+        self.on_billed: Callable[[], None] | None = None
         self._calls = ModelCaller(
             gateway=gateway,
             store=store,
@@ -135,6 +137,13 @@ class TurnRunner:
             session=session,
             scope=scope,
         )
+
+    def _bill(self, usage: generation_pb2.Usage) -> None:
+        """Add a call's usage to the session's, staged with the call's ledger row (no await in
+        between: one commit), so the stored usage always counts exactly the stored calls."""
+        self._meter.add(usage)
+        if self.on_billed is not None:
+            self.on_billed()
 
     @property
     def reuse_recorded_calls(self) -> bool:
@@ -208,12 +217,13 @@ class TurnRunner:
                     self._request(turn, conversation, offer_tools),
                 )
             except TurnFailed as failed:
-                self._meter.add(failed.usage)  # a failed call's tokens are billed all the same
+                self._bill(failed.usage)  # a failed call's tokens are billed all the same
                 raise
             finished = result.finished
             message_id = result.message_id
             usage.add(finished.usage)
-            self._meter.add(finished.usage)
+            if not result.reused:  # a reused call's usage is in the stored session's already
+                self._bill(finished.usage)
             reply = messages_pb2.Message(
                 role=messages_pb2.ROLE_ASSISTANT,
                 content=finished.text,
