@@ -75,7 +75,13 @@ def compose(
     catalog_tools = ToolCatalog(memory, tools)
     stack.push_async_callback(catalog_tools.close)
     metrics = OrchestratorMetrics.create(telemetry.registry)
+    limiter = RateLimiter(
+        requests_per_minute=settings.requests_per_minute,
+        tokens_per_minute=settings.tokens_per_minute,
+        unthrottled=settings.unthrottled_tenants,
+    )
     engine = SessionEngine(
+        tenant_tokens=limiter,
         store=memory,
         gateway=models,
         tools=tools,
@@ -131,11 +137,7 @@ def compose(
             stream_tokens=_stream_tokens(settings),
             cache_seconds=settings.api_key_cache_seconds,
         ),
-        limiter=RateLimiter(
-            requests_per_minute=settings.requests_per_minute,
-            tokens_per_minute=settings.tokens_per_minute,
-            unthrottled=settings.unthrottled_tenants,
-        ),
+        limiter=limiter,
         catalog_tools=catalog_tools,
     )
     return [

@@ -9,6 +9,7 @@ continuously); an empty bucket answers RESOURCE_EXHAUSTED with the time until it
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -103,7 +104,9 @@ class RateLimiter:
         tokens_per_minute: int,
         unthrottled: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        self._sleep = sleep
         self._rpm = requests_per_minute
         self._tpm = tokens_per_minute
         self._unthrottled = frozenset(unthrottled)
@@ -137,6 +140,29 @@ class RateLimiter:
                 reason="TENANT_TOKENS_EXHAUSTED",
                 retry_after=round(wait, 3),
             )
+
+    async def reserve_tokens(self, tenant: str, tokens: int) -> int:
+        """Wait until the tenant's bucket holds `tokens` (at most its capacity), take them and
+        return them: each model call reserves its prompt and max_tokens before it starts, so
+        a running session is throttled to the tenant's rate. The bucket may go negative when
+        a call reserves more than the whole budget; later calls then wait to pay it back."""
+        if self._tpm <= 0 or tokens <= 0 or tenant in self._unthrottled:
+            return 0
+        per_second = self._tpm / 60
+        while True:
+            bucket = self._bucket(self._tokens, tenant, self._tpm)
+            needed = min(tokens, bucket.capacity)
+            if bucket.tokens >= needed:
+                bucket.tokens -= tokens
+                return tokens
+            await self._sleep((needed - bucket.tokens) / per_second)
+
+    def settle_tokens(self, tenant: str, reserved: int, used: int) -> None:
+        """A call ended: give back what it reserved and did not use (or charge the excess)."""
+        if self._tpm <= 0 or reserved <= 0 or tenant in self._unthrottled:
+            return
+        bucket = self._bucket(self._tokens, tenant, self._tpm)
+        bucket.tokens = min(bucket.capacity, bucket.tokens + reserved - max(used, 0))
 
     def charge_tokens(self, tenant: str, tokens: int) -> None:
         """Spend tokens a session used (the budget may go negative: it is paid back first)."""

@@ -24,6 +24,7 @@ from agentmesh.common.v1 import events_pb2, sessions_pb2
 
 from .agents import SessionAgent
 from .approvals import ApprovalGate
+from .budget import CallBudget, TenantTokens
 from .context import ContextAssembler
 from .events import EventRecorder
 from .messaging import SEND_TOOL, Messenger
@@ -52,8 +53,10 @@ class SessionEngine:
         metrics: OrchestratorMetrics | None = None,
         tracer: trace.Tracer | None = None,
         context: ContextAssembler | None = None,
+        tenant_tokens: TenantTokens | None = None,
     ) -> None:
         self._context = context
+        self._tenant_tokens = tenant_tokens
         self._store = store
         self._gateway = gateway
         self._tools = tools
@@ -124,6 +127,13 @@ class SessionEngine:
                 if session.status == sessions_pb2.SESSION_STATUS_PENDING and last_seq == 0
                 else None
             ),
+        )
+        turns.budget = CallBudget(
+            tenant=tenant,
+            meter=meter,
+            max_total_tokens=run.limits.max_total_tokens,
+            tenant_tokens=self._tenant_tokens,
+            min_call_tokens=self._settings.min_call_tokens,
         )
         turns.approvals = ApprovalGate(
             store=self._store,

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
@@ -40,6 +41,9 @@ from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
 from .preferences import SessionScope
 from .tools import ToolBox, ToolCallContext, ToolError, struct_to_json_text
+
+if TYPE_CHECKING:
+    from .budget import CallBudget
 
 DEFAULT_MAX_TOOL_ROUNDS = 8
 
@@ -154,6 +158,8 @@ class TurnRunner:
         # Only a resumed session can meet a model call already answered (before a takeover):
         # otherwise every idempotency key is new, and asking the ledger is a wasted round trip.
         self.reuse_recorded_calls = False
+        # Reserves each model call's tokens against the session's and the tenant's budgets.
+        self.budget: CallBudget | None = None
 
     async def run(self, turn: Turn) -> TurnOutcome:
         """Run the turn to its final message; raise `TurnFailed` if a model call fails."""
@@ -309,16 +315,6 @@ class TurnRunner:
                 text=recorded.response.content,
             )
             return _CallResult(finished=finished, reused=True, message_id=message_id)
-        self._recorder.buffer(
-            events_pb2.SessionEvent(
-                agent=agent.name,
-                task_id=turn.task_id,
-                message_id=message_id,
-                message_started=events_pb2.MessageStarted(
-                    model=model.route or f"{model.provider}/{model.model}", round=turn.round
-                ),
-            )
-        )
         request = inference_pb2.GenerateRequest(
             route=model.route,
             provider=model.provider,
@@ -334,13 +330,29 @@ class TurnRunner:
             request.config.response_schema.CopyFrom(turn.response_schema)
         if self._scope is not None:
             request.model_preference = self._scope.preferences.model_preference
+        # Reserved before the call starts: may cap max_tokens, wait for the tenant's tokens,
+        # or end the session (`Terminated`) before anything of the call is recorded.
+        reservation = await self.budget.reserve(request) if self.budget is not None else None
+        self._recorder.buffer(
+            events_pb2.SessionEvent(
+                agent=agent.name,
+                task_id=turn.task_id,
+                message_id=message_id,
+                message_started=events_pb2.MessageStarted(
+                    model=model.route or f"{model.provider}/{model.model}", round=turn.round
+                ),
+            )
+        )
         started = time.monotonic()
         first_token: float | None = None
         attempt = 0
         attempted_provider, attempted_model = model.provider or "unknown", model.model
         finished_event: generation_pb2.Finished | None = None
         failure: status_pb2.Status | None = None
-        async for event in self._gateway.generate(self._tenant, request):
+        stream = self._gateway.generate(self._tenant, request)
+        if self.budget is not None and reservation is not None:
+            stream = self.budget.metered(stream, reservation)
+        async for event in stream:
             kind = event.WhichOneof("event")
             if kind == "delta":
                 if first_token is None:
