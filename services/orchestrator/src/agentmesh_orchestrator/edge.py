@@ -1,8 +1,9 @@
 """The public edge: API keys to tenants, per-tenant rate limits, and input bounds.
 
 Every public RPC presents an API key (`authorization: Bearer <key>`, or `x-api-key`). Keys are
-resolved by the memory service (which stores only their hashes) and cached briefly here. A
-stream token (`stream_tokens`) may stand in for a key, for one session's stream only.
+resolved by the memory service (which stores only their hashes) and cached here
+(`agentmesh_common.api_keys`), each dropped as soon as the memory service says it was revoked.
+A stream token (`stream_tokens`) may stand in for a key, for one session's stream only.
 Each tenant has a requests-per-minute and a tokens-per-minute budget (token buckets refilled
 continuously); an empty bucket answers RESOURCE_EXHAUSTED with the time until it refills.
 """
@@ -15,11 +16,11 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from agentmesh_common import ResourceExhausted, Unauthenticated
+from agentmesh_common.api_keys import ApiKeyCache, KeyLookup
 
 from .stream_tokens import StreamTokens, is_stream_token
 
 Metadata = Sequence[tuple[str, str | bytes]]
-KeyResolver = Callable[[str], Awaitable[str | None]]
 
 
 def presented_key(metadata: Metadata) -> str | None:
@@ -36,21 +37,19 @@ def presented_key(metadata: Metadata) -> str | None:
 
 
 class Authenticator:
-    """Resolves API keys to tenants, caching answers for `cache_seconds`."""
+    """Resolves API keys to tenants, caching answers for `cache_seconds` (see `keys`)."""
 
     def __init__(
         self,
-        resolve: KeyResolver,
+        resolve: KeyLookup,
         *,
         stream_tokens: StreamTokens,
         cache_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._resolve = resolve
         self.stream_tokens = stream_tokens
-        self._cache_seconds = cache_seconds
-        self._clock = clock
-        self._cache: dict[str, tuple[float, str | None]] = {}
+        # Follow the memory service's key watch (`keys.follow`) to drop revoked keys at once.
+        self.keys = ApiKeyCache(resolve, cache_seconds=cache_seconds, clock=clock)
 
     async def tenant_for(self, metadata: Metadata, *, session: str | None = None) -> str:
         """The caller's tenant; `Unauthenticated` without a valid key.
@@ -68,18 +67,10 @@ class Authenticator:
             grant = self.stream_tokens.verify(key)
             grant.check_scope(session or "")
             return grant.tenant
-        now = self._clock()
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > now:
-            tenant = cached[1]
-        else:
-            tenant = await self._resolve(key)
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = (now + self._cache_seconds, tenant)
-        if tenant is None:
+        owner = await self.keys.owner(key)
+        if owner is None:
             raise Unauthenticated("the API key is not valid", reason="API_KEY_INVALID")
-        return tenant
+        return owner.tenant
 
 
 @dataclass

@@ -98,7 +98,7 @@ class Stores:
             ),
             memories=MemoryStore(context),
             settings=SettingsStore(context),
-            api_keys=ApiKeyStore(context),
+            api_keys=ApiKeyStore(context, notifier),
             tool_servers=ToolServerStore(context),
             approvals=approvals,
             knowledge=KnowledgeStore(context, max_document_bytes=max_document_bytes),

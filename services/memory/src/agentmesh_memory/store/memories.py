@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import AsyncGenerator
 from datetime import timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from agentmesh.common.v1 import agents_pb2, memory_entries_pb2, user_settings_pb2
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common import NotFound, Unauthenticated
+from agentmesh_memory.db.notifier import RESET, EventNotifier, LocalNotifier
 from agentmesh_memory.db.tables import (
     agent_memory,
     api_keys,
@@ -370,9 +372,10 @@ def _hash(secret: str) -> str:
 
 
 class ApiKeyStore:
-    def __init__(self, context: StoreContext) -> None:
+    def __init__(self, context: StoreContext, notifier: EventNotifier | None = None) -> None:
         self._context = context
         self._db = context.db
+        self._notifier = notifier or LocalNotifier()
 
     @staticmethod
     def _to_proto(row: Any) -> memory_pb2.ApiKey:
@@ -454,7 +457,23 @@ class ApiKeyStore:
             )
             if result.first() is None:
                 raise NotFound(f"API key 'apiKeys/{key_id}' not found", reason="API_KEY_NOT_FOUND")
+            # Every replica's key watchers hear of it once this commits (PostgreSQL NOTIFY).
+            notify = self._notifier.key_revocation(f"apiKeys/{key_id}")
+            if notify is not None:
+                await conn.execute(notify)
+        self._notifier.key_revoked(f"apiKeys/{key_id}")
         return memory_pb2.DeleteApiKeyResponse()
+
+    async def watch(self) -> AsyncGenerator[memory_pb2.WatchApiKeysResponse, None]:
+        """Revoked keys as they are revoked, after a first `reset` once the watch is set."""
+        with self._notifier.watch_keys() as changes:
+            yield memory_pb2.WatchApiKeysResponse(reset=True)
+            while True:
+                names = [await changes.get()]
+                while not changes.empty():
+                    names.append(changes.get_nowait())
+                revoked = [name for name in dict.fromkeys(names) if name != RESET]
+                yield memory_pb2.WatchApiKeysResponse(revoked=revoked, reset=RESET in names)
 
     async def authenticate(
         self, request: memory_pb2.AuthenticateApiKeyRequest
