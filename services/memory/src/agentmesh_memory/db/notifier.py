@@ -40,7 +40,8 @@ __all__ = [
 
 CHANNEL = "agentmesh_events"
 KEY_CHANNEL = "agentmesh_api_keys"
-# What a key watcher receives: a revoked key's name, or RESET (drop every cached key).
+# What a key watcher receives: a revoked key's name, RESET (drop every cached key), or None
+# (the service is stopping: end the watch, the client re-opens it elsewhere).
 RESET = ""
 
 _logger = logging.getLogger("agentmesh.memory.notify")
@@ -91,8 +92,12 @@ class EventNotifier(Protocol):
     def key_revoked(self, name: str) -> None:
         """Called after the revoking transaction committed."""
 
-    def watch_keys(self) -> contextlib.AbstractContextManager[asyncio.Queue[str]]:
-        """Register a key watcher: revoked key names (or `RESET`) arrive on the queue."""
+    def watch_keys(self) -> contextlib.AbstractContextManager[asyncio.Queue[str | None]]:
+        """Register a key watcher: revoked key names (or `RESET`) arrive on the queue, and
+        None once `end_key_watches` was called."""
+
+    def end_key_watches(self) -> None:
+        """End every key watch, now and from now on (the service is stopping)."""
 
     async def start(self) -> None: ...
 
@@ -104,7 +109,8 @@ class LocalNotifier:
 
     def __init__(self) -> None:
         self._subscribers: dict[int, set[Subscription]] = {}
-        self._key_watchers: set[asyncio.Queue[str]] = set()
+        self._key_watchers: set[asyncio.Queue[str | None]] = set()
+        self._key_watches_ended = False
 
     def key_revocation(self, name: str) -> sa.Executable | None:
         return None
@@ -117,9 +123,16 @@ class LocalNotifier:
         for queue in tuple(self._key_watchers):
             queue.put_nowait(RESET)
 
+    def end_key_watches(self) -> None:
+        self._key_watches_ended = True
+        for queue in tuple(self._key_watchers):
+            queue.put_nowait(None)
+
     @contextlib.contextmanager
-    def watch_keys(self) -> Iterator[asyncio.Queue[str]]:
-        queue: asyncio.Queue[str] = asyncio.Queue()
+    def watch_keys(self) -> Iterator[asyncio.Queue[str | None]]:
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        if self._key_watches_ended:
+            queue.put_nowait(None)
         self._key_watchers.add(queue)
         try:
             yield queue

@@ -9,12 +9,13 @@ from agentmesh_memory.db.notifier import EventNotifier
 
 from .agent_stats import AgentStatsStore
 from .agents import AgentStore
+from .api_keys import ApiKeyStore
 from .approvals import ApprovalStore
 from .base import Clock, StoreContext, system_clock
 from .events import EventStore
 from .knowledge import KnowledgeStore
 from .ledger import LedgerStore
-from .memories import ApiKeyStore, MemoryStore, SettingsStore
+from .memories import MemoryStore, SettingsStore
 from .recall import MemoryInsights
 from .search import SearchStore
 from .sessions import SessionStore
