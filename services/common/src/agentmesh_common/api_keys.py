@@ -109,9 +109,13 @@ class ApiKeyCache:
         watch: Callable[[], AsyncIterable[KeyChanges]],
         *,
         retry_seconds: float = 0.5,
+        max_retry_seconds: float = 5.0,
     ) -> None:
-        """Apply the key watch's changes until cancelled, re-opening it after any failure."""
+        """Apply the key watch's changes until cancelled, re-opening it after any failure
+        (`retry_seconds` after a watch that worked, then backing off up to
+        `max_retry_seconds` while it keeps failing)."""
         self._following = True
+        delay = retry_seconds
         try:
             while True:
                 try:
@@ -119,14 +123,17 @@ class ApiKeyCache:
                         if change.reset:
                             self.clear()
                             self._watching = True
+                            delay = retry_seconds
                         self.revoke(change.revoked)
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:
-                    _logger.warning("API key watch failed: %s", type(error).__name__)
+                    if delay == retry_seconds:  # once per streak of failures
+                        _logger.warning("API key watch failed: %s", type(error).__name__)
                 finally:
                     self._watching = False
                     self.clear()
-                await asyncio.sleep(retry_seconds)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_retry_seconds)
         finally:
             self._following = False
