@@ -88,9 +88,8 @@ async def test_every_replica_refuses_a_revoked_key_within_a_second(mesh_factory:
             assert await orchestrator_accepts(client_b)
             assert await gateway_accepts(http, http_gateway.http_url, secret)
 
-            await memory.DeleteApiKey(
-                memory_pb2.DeleteApiKeyRequest(name=created.api_key.name), metadata=tenant, timeout=10
-            )
+            revoke = memory_pb2.DeleteApiKeyRequest(name=created.api_key.name)
+            await memory.DeleteApiKey(revoke, metadata=tenant, timeout=10)
             revoked = time.monotonic()
             refused: dict[str, float] = {}
             while len(refused) < 3:
