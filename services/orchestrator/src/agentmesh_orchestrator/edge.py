@@ -6,6 +6,8 @@ resolved by the memory service (which stores only their hashes) and cached here
 A stream token (`stream_tokens`) may stand in for a key, for one session's stream only.
 Each tenant has a requests-per-minute and a tokens-per-minute budget (token buckets refilled
 continuously); an empty bucket answers RESOURCE_EXHAUSTED with the time until it refills.
+Tokens are charged per model call (`reserve_tokens` before it starts, `settle_tokens` after), so
+a running session's calls wait for the tenant's bucket instead of running past it.
 """
 
 from __future__ import annotations
@@ -154,12 +156,6 @@ class RateLimiter:
             return
         bucket = self._bucket(self._tokens, tenant, self._tpm)
         bucket.tokens = min(bucket.capacity, bucket.tokens + reserved - max(used, 0))
-
-    def charge_tokens(self, tenant: str, tokens: int) -> None:
-        """Spend tokens a session used (the budget may go negative: it is paid back first)."""
-        if self._tpm <= 0 or tokens <= 0 or tenant in self._unthrottled:
-            return
-        self._bucket(self._tokens, tenant, self._tpm).tokens -= tokens
 
     def _bucket(self, buckets: dict[str, _Bucket], tenant: str, per_minute: int) -> _Bucket:
         now = self._clock()
