@@ -51,6 +51,7 @@ async def test_a_session_never_spends_more_than_its_max_total_tokens(
     # The usage the events report is the usage billed, and it stays within the budget.
     assert sum(per_call) == completed.usage.total_tokens == final.usage.total_tokens
     assert completed.usage.total_tokens <= 600
+    print(f"max_total_tokens=600: {per_call} = {completed.usage.total_tokens} tokens")
     # The last call was cut to what the budget left (a provider stops at max_tokens).
     last = [e.message_completed for e in events if e.HasField("message_completed")][-1]
     assert last.finish_reason == generation_pb2.FINISH_REASON_LENGTH
@@ -110,5 +111,6 @@ async def test_one_long_session_is_throttled_to_the_tenants_tokens_per_minute(
         # A token bucket of `per_minute` refilled continuously: never more than the bucket
         # plus what refilled while the run went on (each call reserved before it started).
         assert total <= per_minute + per_minute / 60 * window, (total, window, spent)
+        print(f"{total} tokens in {len(spent)} calls over {window:.1f} s at {per_minute}/min")
     finally:
         await shutdown()
