@@ -225,10 +225,12 @@ async def start_e2e_mesh(
     runner: bool = True,
     web: dict[str, str] | None = None,
     orchestrator: dict[str, str] | None = None,
+    provider: ScriptedProvider | None = None,
 ) -> Mesh:
     """The services as processes: memory, the runner (unless ``runner=False``), gateway,
-    orchestrator, and the web edge with the environment ``web`` when that is given."""
-    provider = await ScriptedProvider(script).start()
+    orchestrator, and the web edge with the environment ``web`` when that is given. The model
+    provider is a `ScriptedProvider` of ``script``, or ``provider`` (not yet started)."""
+    provider = await (provider or ScriptedProvider(script)).start()
     specs = (MEMORY, RUNNER, GATEWAY, ORCHESTRATOR, WEB)
     ports = {spec.name: 0 for spec in specs}
     metrics = {spec.name: {f"{spec.env_prefix}METRICS_PORT": "0"} for spec in specs}
