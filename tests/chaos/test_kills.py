@@ -78,6 +78,23 @@ class Chaos:
         )
         return str(reply.session.name)
 
+    async def settled(self, channel: grpc.aio.Channel) -> None:
+        """Wait until the replica reaches memory and the gateway again after a restart (its
+        channels reconnect within a second), so each kill starts from a working mesh."""
+        deadline = asyncio.get_running_loop().time() + scaled(15)
+        while True:
+            try:
+                await self.stub(channel).ListModels(
+                    orchestrator_pb2.ListModelsRequest(), metadata=self.metadata, timeout=2
+                )
+                await self.stub(channel).ListAgents(
+                    orchestrator_pb2.ListAgentsRequest(), metadata=self.metadata, timeout=2
+                )
+                return
+            except grpc.aio.AioRpcError:
+                assert asyncio.get_running_loop().time() < deadline, "the mesh never settled"
+                await asyncio.sleep(0.1)
+
     async def raw_log(self, address: str, session: str) -> list[events_pb2.SessionEvent]:
         """The session's whole log as StreamSession sends it, once it has ended."""
         deadline = asyncio.get_running_loop().time() + scaled(30)
@@ -196,6 +213,7 @@ async def _kill_and_restart(chaos: Chaos, which: str, kills: int) -> None:
     for i in range(kills):
         address = chaos.replicas[0].address
         async with grpc.aio.insecure_channel(address) as channel:
+            await chaos.settled(channel)
             goal = f"{which} kill {i} {uuid.uuid4().hex[:6]}"
             session = await chaos.create(channel, goal)
             run = asyncio.create_task(run_until(chaos, channel, session, completions=99))
@@ -206,7 +224,10 @@ async def _kill_and_restart(chaos: Chaos, which: str, kills: int) -> None:
             await service.process.wait()
             await service.stop()
             FIGURES[f"{which} kills"] += 1
-            chaos.mesh.services[which] = await restart(service, f"{which}-restart-{i}.log")
+            again = await restart(service, f"{which}-restart-{i}.log")
+            chaos.mesh.services[which] = again
+            assert again.port == service.port, "restarted on its port"
+            await again.wait_healthy(scaled(10))
             # The stream may break with the service; the log read below is what counts.
             with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
                 await asyncio.wait_for(run, scaled(20))
