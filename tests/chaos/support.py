@@ -139,18 +139,22 @@ class CountingProvider(ScriptedProvider):
         super().__init__(script)
         self.started: Counter[tuple[str, str]] = Counter()
         self.finished: Counter[tuple[str, str]] = Counter()
+        self.repeated: Counter[tuple[str, str]] = Counter()
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         chat: Chat = await request.json()
         key = call_key(chat)
         self.started[key] += 1
+        if self.finished[key]:
+            self.repeated[key] += 1
         response = await super()._chat(request)  # aiohttp keeps the body: it reads it again
         self.finished[key] += 1
         return response
 
     def repeated_finished(self) -> int:
-        """Calls made again after one with the same key had been answered to the end."""
-        return sum(max(0, self.started[key] - 1) for key in self.finished)
+        """Calls made again after one with the same key had been answered to the end (a call
+        cut off by a kill and made again is not one: it was never finished)."""
+        return sum(self.repeated.values())
 
 
 def call_key(chat: Chat) -> tuple[str, str]:
