@@ -110,7 +110,8 @@ def _logs(data_dir: Path) -> dict[str, float]:
             first = moment if first is None else first
             if record.get("message") == "service started":
                 spans[log.stem] = round(moment - first, 2)
-                first = None
+            if record.get("message") in ("service started", "service stopped"):
+                first = None  # the next record is of the next start
     return spans
 
 

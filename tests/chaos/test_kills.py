@@ -101,9 +101,12 @@ class Chaos:
         async with grpc.aio.insecure_channel(address) as channel:
             while True:
                 events: list[events_pb2.SessionEvent] = []
+                # A stream that never brings the terminal event ends at the deadline too.
+                left = max(1.0, deadline - asyncio.get_running_loop().time())
                 call = self.stub(channel).StreamSession(
                     orchestrator_pb2.StreamSessionRequest(session=session, after_seq=0),
                     metadata=self.metadata,
+                    timeout=left,
                 )
                 try:
                     async for reply in call:
