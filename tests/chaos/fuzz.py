@@ -31,11 +31,17 @@ class Method:
     path: str
     input: descriptor.Descriptor
     server_streaming: bool
+    client_streaming: bool
 
 
 def public_methods() -> list[Method]:
     return [
-        Method(f"/{service.full_name}/{method.name}", method.input_type, method.server_streaming)
+        Method(
+            f"/{service.full_name}/{method.name}",
+            method.input_type,
+            method.server_streaming,
+            method.client_streaming,
+        )
         for service in SERVICES
         for method in service.methods
     ]
