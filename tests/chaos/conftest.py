@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from .support import FIGURES, OUTCOMES, PENDING, REPORT_VAR, scale, strict
 
 
@@ -40,8 +38,3 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     }
     path.write_text(json.dumps(report, indent=2) + "\n")
     write(f"  written to {path}")
-
-
-@pytest.fixture(autouse=True)
-def _slow(request: pytest.FixtureRequest) -> None:
-    request.node.add_marker(pytest.mark.slow)
