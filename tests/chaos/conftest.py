@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .support import FIGURES, OUTCOMES, PENDING, REPORT_VAR, scale, strict
+from .support import FIGURES, OUTCOMES, PENDING, REPORT_VAR, scale
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
@@ -23,7 +23,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     width = max(len(name) for name, _ in rows)
     write = terminalreporter.write_line
     write("")
-    write(f"chaos figures (AGENTMESH_CHAOS_SCALE={scale()}, strict={strict()})")
+    write(f"chaos figures (AGENTMESH_CHAOS_SCALE={scale()})")
     for name, value in rows:
         write(f"  {name.ljust(width)}  {value}")
     path = Path(os.environ.get(REPORT_VAR) or Path(tempfile.gettempdir()) / "agentmesh-chaos.json")
@@ -31,7 +31,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     report = {
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "scale": scale(),
-        "strict": strict(),
         "figures": dict(FIGURES),
         "outcomes": {kind: dict(outcomes) for kind, outcomes in OUTCOMES.items()},
         "pending": PENDING,

@@ -3,8 +3,7 @@ a session's event log, a provider that counts finished calls, and restarting a s
 
 Counts: `AGENTMESH_CHAOS_SCALE` scales every loop's full count (1: the counts of the issue's
 targets, as `make chaos` runs them; default 0.1, the reduced run of `make test` and CI; each
-loop runs at least once). `AGENTMESH_CHAOS_STRICT=1` (set by `make chaos`) turns the checks that
-wait for another finding's fix from an expected failure into a failure (see `pending`).
+loop runs at least once). Every check is strict: a failed one fails its test.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from agentmesh.common.v1 import events_pb2
@@ -24,7 +22,6 @@ from agentmesh_cli.mesh import ServiceProcess
 from tests.e2e.conftest import Answer, Chat, ScriptedProvider, last_user, system_of
 
 SCALE_VAR = "AGENTMESH_CHAOS_SCALE"
-STRICT_VAR = "AGENTMESH_CHAOS_STRICT"
 REPORT_VAR = "AGENTMESH_CHAOS_REPORT"
 DEFAULT_SCALE = 0.1
 
@@ -45,23 +42,19 @@ def count(full: int) -> int:
     return max(1, round(full * scale()))
 
 
-def strict() -> bool:
-    return os.environ.get(STRICT_VAR) == "1"
+def full_counts() -> bool:
+    """True for `make chaos` (the issue's counts), False for the reduced run of `make test`."""
+    return scale() >= 1
 
 
 def pending(*checks: tuple[str, bool, str]) -> None:
-    """Checks (finding, ok, detail) that hold once `finding` (another branch's fix) is merged.
-    Strict (make chaos): a failed one fails the test. Otherwise each failed one is recorded
-    and the test ends as XFAIL naming them, so the reduced CI run stays green before those
-    merges but never hides them."""
+    """Checks (finding, ok, detail), each named by the finding whose fix it proves; every one
+    that failed is recorded for the report, and the test fails naming them."""
     failed = [(finding, detail) for finding, ok, detail in checks if not ok]
     if not failed:
         return
     PENDING.update(failed)
-    summary = "; ".join(f"{finding}: {detail}" for finding, detail in failed)
-    if strict():
-        raise AssertionError(summary)
-    pytest.xfail(f"pending {summary}")
+    raise AssertionError("; ".join(f"{finding}: {detail}" for finding, detail in failed))
 
 
 # -- a session's event log ---------------------------------------------------------------------

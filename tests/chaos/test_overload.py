@@ -24,7 +24,7 @@ from tests.e2e.conftest import Answer, Chat, start_e2e_mesh, stop_e2e_mesh
 from tests.e2e.test_mesh import member
 from tests.timing import scaled
 
-from .support import FIGURES, OUTCOMES, TERMINAL, pending, strict
+from .support import FIGURES, OUTCOMES, TERMINAL, full_counts, pending
 
 pytestmark = pytest.mark.slow
 #: One message per failure kind, for the report.
@@ -32,7 +32,7 @@ EXAMPLES: dict[str, str] = {}
 
 
 def limit() -> int:
-    default = "50" if strict() else "4"
+    default = "50" if full_counts() else "4"
     return int(os.environ.get("AGENTMESH_CHAOS_ADMISSION_LIMIT") or default)
 
 
@@ -54,6 +54,9 @@ async def test_overload_is_served_or_refused_never_timed_out(tmp_path: Path) -> 
     lease = {
         "AGENTMESH_ORCHESTRATOR_LEASE_TTL_SECONDS": "15",
         "AGENTMESH_ORCHESTRATOR_TAKEOVER_INTERVAL_SECONDS": "5",
+        # The admission bound the load is 4 times: running sessions and unary calls.
+        "AGENTMESH_ORCHESTRATOR_MAX_RUNNING_SESSIONS": str(limit()),
+        "AGENTMESH_ORCHESTRATOR_MAX_CONCURRENT_REQUESTS": str(limit()),
     }
     mesh = await start_e2e_mesh(
         tmp_path, steady, runner=False, orchestrator={**lease, **orchestrator_env()}
