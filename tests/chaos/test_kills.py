@@ -95,6 +95,14 @@ class Chaos:
                 assert asyncio.get_running_loop().time() < deadline, "the mesh never settled"
                 await asyncio.sleep(0.1)
 
+    async def status(
+        self, channel: grpc.aio.Channel, session: str
+    ) -> sessions_pb2.SessionStatus.ValueType:
+        reply = await self.stub(channel).GetSession(
+            orchestrator_pb2.GetSessionRequest(name=session), metadata=self.metadata, timeout=10
+        )
+        return reply.session.status
+
     async def raw_log(self, address: str, session: str) -> list[events_pb2.SessionEvent]:
         """The session's whole log as StreamSession sends it, once it has ended."""
         deadline = asyncio.get_running_loop().time() + scaled(30)
@@ -234,6 +242,15 @@ async def _kill_and_restart(chaos: Chaos, which: str, kills: int) -> None:
             # The stream may break with the service; the log read below is what counts.
             with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
                 await asyncio.wait_for(run, scaled(20))
+            # A session whose start was not stored yet when the memory service died is still
+            # PENDING, and its Run failed (a client sees the error): a client runs it again.
+            status = await chaos.status(channel, session)
+            if status == sessions_pb2.SESSION_STATUS_PENDING:
+                FIGURES[f"sessions run again after a {which} kill (start not stored)"] += 1
+                with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+                    await asyncio.wait_for(
+                        run_until(chaos, channel, session, completions=99), scaled(20)
+                    )
         events = await chaos.raw_log(address, session)
         check = check_log(events)
         record_log(check)

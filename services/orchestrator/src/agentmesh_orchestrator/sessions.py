@@ -418,6 +418,11 @@ class SessionManager:
             await (recorder.abandon() if active.run.abandoned else recorder.close())
         except Exception:
             _logger.warning("could not store the last writes of %s", key[1], exc_info=True)
+        failure = recorder.failure
+        if isinstance(failure, FailedPrecondition) and failure.reason == "LEASE_LOST":
+            # A commit was refused: the lease ran out (the memory service was away longer than
+            # its time to live). Releasing it would hide the session from every takeover.
+            active.lease_lost = True
         if not active.lease_lost:  # a drained or abandoned run hands its lease on at once
             with contextlib.suppress(Exception):
                 await self._store.release_lease(active.tenant, key[1], self.owner)
