@@ -12,6 +12,7 @@ from functools import partial
 from agentmesh.inference.v1 import inference_pb2_grpc
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2_grpc
+from agentmesh.workflow.v1 import schedule_pb2_grpc, workflow_service_pb2_grpc
 from agentmesh_common import NotFound, Registration, Telemetry, Unauthenticated, create_channel
 
 from .adapters.gateway_client import GatewayClient
@@ -26,14 +27,18 @@ from .ports import ModelGateway
 from .preferences import SessionScope
 from .service import OrchestratorApp, resolve_agents
 from .servicer import OrchestratorServicer
+from .servicer_workflows import ScheduleServicer, TenantOf, WorkflowServicer
 from .sessions import LeaseSettings, SessionManager
 from .settings import OrchestratorSettings
 from .stream_tokens import StreamTokens
 from .tool_servers import ToolCatalog
 from .tools import builtin_tools, memory_tools
+from .workflows.work import start_workflows
 
 SERVICE_NAME = "orchestrator"
 GRPC_SERVICE = "agentmesh.orchestrator.v1.OrchestratorService"
+WORKFLOW_SERVICE = "agentmesh.workflow.v1.WorkflowService"
+SCHEDULE_SERVICE = "agentmesh.workflow.v1.ScheduleService"
 
 _logger = logging.getLogger("agentmesh.orchestrator")
 
@@ -121,28 +126,47 @@ def compose(
             return None
         return reply.api_key.tenant
 
+    app = OrchestratorApp(memory=memory, manager=manager)
+    auth = Authenticator(
+        resolve_key,
+        stream_tokens=_stream_tokens(settings),
+        cache_seconds=settings.api_key_cache_seconds,
+    )
+    limiter = RateLimiter(
+        requests_per_minute=settings.requests_per_minute,
+        tokens_per_minute=settings.tokens_per_minute,
+        unthrottled=settings.unthrottled_tenants,
+    )
     servicer = OrchestratorServicer(
-        app=OrchestratorApp(memory=memory, manager=manager),
+        app=app,
         memory=memory,
         catalog=catalog,
         manager=manager,
-        auth=Authenticator(
-            resolve_key,
-            stream_tokens=_stream_tokens(settings),
-            cache_seconds=settings.api_key_cache_seconds,
-        ),
-        limiter=RateLimiter(
-            requests_per_minute=settings.requests_per_minute,
-            tokens_per_minute=settings.tokens_per_minute,
-            unthrottled=settings.unthrottled_tenants,
-        ),
+        auth=auth,
+        limiter=limiter,
         catalog_tools=catalog_tools,
     )
+    workflows = start_workflows(stack, settings, memory=memory, app=app)
+    tenant_of = TenantOf(auth, limiter)
     return [
         Registration(
             GRPC_SERVICE,
             partial(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, servicer),
-        )
+        ),
+        Registration(
+            WORKFLOW_SERVICE,
+            partial(
+                workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server,
+                WorkflowServicer(workflows, tenant_of),
+            ),
+        ),
+        Registration(
+            SCHEDULE_SERVICE,
+            partial(
+                schedule_pb2_grpc.add_ScheduleServiceServicer_to_server,
+                ScheduleServicer(workflows, tenant_of),
+            ),
+        ),
     ]
 
 

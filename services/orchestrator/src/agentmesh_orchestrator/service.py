@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from google.protobuf import field_mask_pb2
@@ -23,6 +23,7 @@ from agentmesh.common.v1 import (
     agents_pb2,
     approvals_pb2,
     events_pb2,
+    generation_pb2,
     messages_pb2,
     sessions_pb2,
 )
@@ -145,8 +146,14 @@ class OrchestratorApp:
     # -- sessions ----------------------------------------------------------------------------
 
     async def create_session(
-        self, tenant: str, request: orchestrator_pb2.CreateSessionRequest
+        self,
+        tenant: str,
+        request: orchestrator_pb2.CreateSessionRequest,
+        *,
+        generation: Mapping[str, generation_pb2.GenerationConfig] | None = None,
     ) -> sessions_pb2.Session:
+        """Check and store a session. `generation` overrides settings of named members in the
+        session's snapshot (a workflow's place agent); a field set there wins."""
         draft = request.session
         bounds = self._bounds
         if not draft.goal.strip():
@@ -166,6 +173,9 @@ class OrchestratorApp:
         if session.strategy == sessions_pb2.STRATEGY_UNSPECIFIED:
             session.strategy = sessions_pb2.STRATEGY_ROUND_ROBIN
         agents = await self._snapshot_agents(tenant, session)
+        for agent in agents:
+            if generation and agent.name in generation:
+                agent.definition.generation.MergeFrom(generation[agent.name])
         validate_session(session, agents)
         del session.agents[:]
         session.agents.extend(a.name for a in agents)
@@ -258,6 +268,14 @@ class OrchestratorApp:
             tenant,
             orchestrator_pb2.CreateSessionRequest(session=session, request_id=request.request_id),
         )
+        async for event in self.run_to_end(tenant, created):
+            yield event
+
+    async def run_to_end(
+        self, tenant: str, created: sessions_pb2.Session
+    ) -> AsyncIterator[events_pb2.SessionEvent]:
+        """Run a just-created session, or, when a repeated request found it created already,
+        show that first run instead of running again."""
         if created.status == sessions_pb2.SESSION_STATUS_PENDING and not self._manager.is_running(
             tenant, created.name
         ):

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from agentmesh.common.v1 import generation_pb2
 from agentmesh.workflow.v1 import workflow_pb2
 from agentmesh_common import FieldViolation, InvalidArgument
 
@@ -84,6 +85,7 @@ class CompiledPlaceAgent:
     initial_delay: timedelta
     interval: timedelta | None
     max_executions: int
+    generation: generation_pb2.GenerationConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,7 @@ def _place_agent(
         initial_delay=initial_delay,
         interval=interval,
         max_executions=max_executions,
+        generation=agent.generation if agent.HasField("generation") else None,
     )
 
 
@@ -309,21 +312,23 @@ def render_goal(goal: str, variables: Mapping[str, str]) -> str:
 
 
 def _check_goal(check: _Checker, goal: str, mapped: set[str], at: str) -> None:
+    for fault in goal_faults(goal, mapped | set(BUILT_IN_VARIABLES)):
+        check.add(at, fault)
+
+
+def goal_faults(goal: str, known: set[str]) -> list[str]:
+    """What is wrong with a goal template whose variables must be among `known`."""
     if len(goal) > MAX_GOAL_CHARS:
-        check.add(at, f"at most {MAX_GOAL_CHARS} characters")
-        return
-    known = mapped | set(BUILT_IN_VARIABLES)
+        return [f"at most {MAX_GOAL_CHARS} characters"]
     try:
         pieces = list(string.Formatter().parse(goal))
     except ValueError as error:
-        check.add(at, f"malformed template: {error}")
-        return
-    for _, name, spec, conversion in pieces:
-        if name is None:
-            continue
-        if name not in known or spec or conversion:
-            choices = ", ".join(sorted(known))
-            check.add(at, f"unknown variable {{{name}}}; the run has {choices}")
+        return [f"malformed template: {error}"]
+    return [
+        f"unknown variable {{{name}}}; the run has {', '.join(sorted(known))}"
+        for _, name, spec, conversion in pieces
+        if name is not None and (name not in known or spec or conversion)
+    ]
 
 
 def _unreachable(
