@@ -100,6 +100,13 @@ REASON_GUIDANCE: dict[str, str] = {
     "SCHEMA_OUTDATED": "Run the migrations (alembic upgrade head) before starting memory.",
     "TOOL_SERVER_EXISTS": "A tool server with that id exists; pick another id or delete it.",
     "TOOL_SERVER_NOT_FOUND": "No such tool server for your tenant; list tool servers.",
+    "TRANSITION_NOT_ENABLED": (
+        "The token is not in a place the transition fires from; GetToken shows where it is."
+    ),
+    "TRANSITION_RULES_NOT_MET": (
+        "A rule of the transition does not hold for the token (the message names it); change"
+        " the token's data (FireTransition `data`) or fire another transition."
+    ),
     "TOOL_SERVER_UNREACHABLE": "The address did not answer ToolService.ListTools; check it.",
     "TOOL_SERVER_INVALID": "The server lists a tool with an invalid name; fix the server.",
     "TOOL_NAME_TAKEN": "A built-in or registered tool has that name; rename the tool.",
