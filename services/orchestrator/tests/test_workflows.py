@@ -378,8 +378,8 @@ async def test_the_seed_place_agent_classifies_and_moves_the_token_on_its_own(
                 "token_created",
                 "schedule_fired",
                 "place_agent_triggered",
-                "transition_started",
                 "agent_run",
+                "transition_started",
                 "transition_completed",
                 "token_moved",
             ]

@@ -59,7 +59,6 @@ class PlaceAgentRun:
         if not all(rule.matches(view.scope()) for rule in agent.trigger_rules):
             await self._complete(next_run=self._next_execution(agent, work.execution))
             return
-        await self._triggered(token, agent, work.execution)
         await self._run_agent(token, compiled, agent, view)
 
     async def _run_agent(
@@ -82,64 +81,74 @@ class PlaceAgentRun:
         )
         changes, attempt = apply_attempt(agent.execution.output_mapping, attempt, view)
         will_retry = attempt.retryable(agent.execution, number)
-        run_event = agent_run_event(
-            attempt, agent.execution.agent, number, will_retry, place_agent=agent.id
-        )
-        if not attempt.ok:
-            await self.engine.append(self.tenant, token, run_event)
-            if will_retry:
-                delay = agent.execution.retry.delay_before(number + 1)
-                await self._complete(due_again=self.engine.now() + delay, attempt=number + 1)
-            else:
-                await self._complete(next_run=self._next_execution(agent, work.execution))
-            return
-        next_run = self._next_execution(agent, work.execution)
-        transition = compiled.transitions.get(agent.auto_transition)
-        if transition is not None:
-            moved = TokenView(
-                workflow_id=view.workflow_id,
-                token_id=view.token_id,
-                place=view.place,
-                data=changes.data,
-                metadata=changes.metadata,
-                history_count=view.history_count,
+        events = self._trigger_events(agent, work.execution)
+        events.append(
+            agent_run_event(
+                attempt, agent.execution.agent, number, will_retry, place_agent=agent.id
             )
-            if all(rule.matches(moved.scope()) for rule in transition.rules):
-                await self.engine.append(
-                    self.tenant,
-                    token,
-                    started_event(transition.id, workflow_pb2.FIRED_BY_PLACE_AGENT),
-                )
-                fire_key = run_key(key, "auto")
-                changes, transition_attempt, failure = await self.engine.run_transition_agent(
-                    self.tenant, token, moved, transition, fire_key
-                )
-                await self.engine.commit_transition(
-                    self.tenant,
-                    token,
-                    compiled,
-                    transition,
-                    changes=changes if failure is None else _as_changes(moved),
-                    session=transition_attempt.session if transition_attempt else "",
-                    failure=failure,
-                    fired_by=workflow_pb2.FIRED_BY_PLACE_AGENT,
-                    extra_events=[run_event],
-                    complete=self.claim,
-                    schedule=[next_run] if next_run is not None and failure is not None else [],
-                )
-                return
-        request = store_pb2.CommitTokenRequest(
-            token=token.name,
-            expected_revision=token.revision,
-            data=to_struct(changes.data),
-            metadata=to_struct(changes.metadata),
-            events=[run_event],
-            complete=self.claim,
         )
-        if next_run is not None:
-            request.schedule.append(next_run)
+        next_run = self._next_execution(agent, work.execution)
+        if not attempt.ok:
+            if will_retry:
+                next_run = self._retry(agent, number + 1)
+            await self._commit(token, None, events, next_run)
+            return
+        transition = compiled.transitions.get(agent.auto_transition)
+        moved = TokenView(
+            workflow_id=view.workflow_id,
+            token_id=view.token_id,
+            place=view.place,
+            data=changes.data,
+            metadata=changes.metadata,
+            history_count=view.history_count,
+        )
+        if transition is None or not all(rule.matches(moved.scope()) for rule in transition.rules):
+            await self._commit(token, changes, events, next_run)
+            return
+        events.append(started_event(transition.id, workflow_pb2.FIRED_BY_PLACE_AGENT))
+        fire_key = run_key(key, "auto")
+        changes, transition_attempt, failure = await self.engine.run_transition_agent(
+            self.tenant, token, moved, transition, fire_key
+        )
+        await self.engine.commit_transition(
+            self.tenant,
+            token,
+            compiled,
+            transition,
+            changes=changes if failure is None else _as_changes(moved),
+            session=transition_attempt.session if transition_attempt else "",
+            failure=failure,
+            fired_by=workflow_pb2.FIRED_BY_PLACE_AGENT,
+            extra_events=events,
+            complete=self.claim,
+            schedule=[next_run] if next_run is not None and failure is not None else [],
+        )
+
+    async def _commit(
+        self,
+        token: workflow_pb2.Token,
+        changes: TokenChanges | None,
+        events: list[workflow_pb2.WorkflowEvent],
+        following: store_pb2.DueWork | None,
+    ) -> None:
+        """The run's events, its output (if any) and its next item, completing the claim: one
+        transaction, refused (and nothing written) if the claim was lost meanwhile."""
+        request = store_pb2.CommitTokenRequest(
+            token=token.name, expected_revision=token.revision, events=events, complete=self.claim
+        )
+        if changes is not None:
+            request.data.CopyFrom(to_struct(changes.data))
+            request.metadata.CopyFrom(to_struct(changes.metadata))
+        if following is not None:
+            request.schedule.append(following)
         await self.engine.memory.call(self.tenant, self.engine.store.CommitToken, request)
         self.engine.wake_for(request.schedule)
+
+    def _retry(self, agent: CompiledPlaceAgent, attempt: int) -> store_pb2.DueWork:
+        item = store_pb2.DueWork(place_agent=self.item.place_agent, attempt=attempt)
+        delay = agent.execution.retry.delay_before(attempt)
+        item.due_time.FromDatetime(self.engine.now() + delay)
+        return item
 
     def _next_execution(
         self, agent: CompiledPlaceAgent, execution: int
@@ -162,46 +171,36 @@ class PlaceAgentRun:
         item.due_time.FromDatetime(self.engine.now() + agent.interval)
         return item
 
-    async def _triggered(
-        self, token: workflow_pb2.Token, agent: CompiledPlaceAgent, execution: int
-    ) -> None:
+    def _trigger_events(
+        self, agent: CompiledPlaceAgent, execution: int
+    ) -> list[workflow_pb2.WorkflowEvent]:
+        if (self.item.attempt or 1) > 1:
+            return []  # a retry: the first attempt said so
+        events = []
         if agent.interval is not None or agent.initial_delay:
-            await self.engine.append(
-                self.tenant,
-                token,
+            events.append(
                 workflow_pb2.WorkflowEvent(
                     schedule_fired=workflow_pb2.ScheduleFired(
                         schedule=agent.id, due_time=self.item.due_time
                     )
-                ),
+                )
             )
-        if (self.item.attempt or 1) == 1:
-            await self.engine.append(
-                self.tenant,
-                token,
-                workflow_pb2.WorkflowEvent(
-                    place_agent_triggered=workflow_pb2.PlaceAgentTriggered(
-                        place_agent=agent.id, execution=execution
-                    )
-                ),
+        events.append(
+            workflow_pb2.WorkflowEvent(
+                place_agent_triggered=workflow_pb2.PlaceAgentTriggered(
+                    place_agent=agent.id, execution=execution
+                )
             )
+        )
+        return events
 
-    async def _complete(
-        self,
-        *,
-        next_run: store_pb2.DueWork | None = None,
-        due_again: dt.datetime | None = None,
-        attempt: int = 0,
-    ) -> None:
-        request = store_pb2.CompleteDueWorkRequest(claim=self.claim, attempt=attempt)
-        if due_again is not None:
-            request.due_again.CopyFrom(_timestamp(due_again))
+    async def _complete(self, *, next_run: store_pb2.DueWork | None = None) -> None:
+        """End the claimed item without touching the token (nothing ran)."""
+        request = store_pb2.CompleteDueWorkRequest(claim=self.claim)
         if next_run is not None:
             request.schedule.append(next_run)
         await self.engine.memory.call(self.tenant, self.engine.store.CompleteDueWork, request)
         self.engine.wake_for(request.schedule)
-        if due_again is not None:
-            self.engine.wake_for([store_pb2.DueWork(due_time=request.due_again)])
 
 
 def _as_changes(view: TokenView) -> TokenChanges:
