@@ -221,8 +221,19 @@ async def test_a_killed_replica_s_due_work_fires_exactly_once_on_the_other(
                 (await client_a.create_token(workflow.name, data={"content": f"text {i}"})).name
                 for i in range(6)
             ]
-            template = sessions_pb2.Session(
-                goal="Digest, run {run_number}", agents=["agents/content-reviewer"]
+            template = ParseDict(
+                {
+                    "goal": "Digest, run {run_number}",
+                    "inlineAgents": [
+                        {
+                            "name": "digest-writer",
+                            "type": "AGENT_TYPE_CUSTOM",
+                            "model": {"route": "default"},
+                            "prompts": {"system": "You write digests."},
+                        }
+                    ],
+                },
+                sessions_pb2.Session(),
             )
             template.limits.max_rounds = 1
             schedule = schedule_pb2.Schedule(

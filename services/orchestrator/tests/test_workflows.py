@@ -434,7 +434,15 @@ async def test_definitions_are_checked_before_anything_is_stored(database_url: s
                 "workflow.transitions[0].agent_execution.agent"
             )
             assert "no agent named agents/content-reviewer" in str(missing.value)
-            await client.create_agent("content-reviewer", reviewer())
+            picky = reviewer()
+            picky.prompts.user_template = "{metadata.author}: {goal}"
+            await client.create_agent("content-reviewer", picky)
+            with pytest.raises(InvalidArgument) as template:
+                await client.create_workflow(review_workflow(), workflow_id="review")
+            assert "metadata author" in str(template.value), "no run has that variable"
+            fixed = reviewer()
+            fixed.name = "agents/content-reviewer"
+            await client.update_agent(fixed, fields=["prompts"])
             bad = review_workflow()
             bad.transitions[0].rules.append("data.x >")
             with pytest.raises(InvalidArgument) as rule:

@@ -18,10 +18,12 @@ from agentmesh.workflow.v1 import (
     workflow_service_pb2,
 )
 from agentmesh_common import TENANT_METADATA_KEY, InvalidArgument, NotFound, from_rpc_error
+from agentmesh_orchestrator.agents import prepare_agent
 
 from .definition import compile_workflow
 from .engine import Outcome, WorkflowEngine
-from .schedules import compile_schedule
+from .mapping import BUILT_IN_VARIABLES
+from .schedules import RUN_VARIABLES, compile_schedule
 
 GetAgent = Callable[[str, str], Awaitable[agents_pb2.AgentDefinition]]
 DEFINITION_FIELDS = (
@@ -124,12 +126,18 @@ class WorkflowApp:
         workflow.token_counts.clear()
         compiled = compile_workflow(workflow)
         workflow.warnings.extend(compiled.warnings)
-        for field, agent in _agent_fields(workflow):
-            try:
-                await self._get_agent(tenant, agent)
-            except NotFound:
-                raise InvalidArgument.for_field(field, f"no agent named {agent}") from None
+        for field, execution in _executions(workflow):
+            variables = {*BUILT_IN_VARIABLES, *execution.input_mapping}
+            await self._check_agent(tenant, execution.agent, field, variables)
         return workflow
+
+    async def _check_agent(self, tenant: str, name: str, field: str, variables: set[str]) -> None:
+        """The agent exists and its templates need no metadata a run will not have."""
+        try:
+            definition = await self._get_agent(tenant, name)
+        except NotFound:
+            raise InvalidArgument.for_field(field, f"no agent named {name}") from None
+        prepare_agent(definition, field=field, metadata=dict.fromkeys(variables, ""))
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -195,13 +203,14 @@ class WorkflowApp:
             schedule.ClearField(field)
         del schedule.recent_sessions[:]
         compiled = compile_schedule(schedule)
-        for index, agent in enumerate(schedule.session_template.agents):
-            try:
-                await self._get_agent(tenant, agent)
-            except NotFound:
-                raise InvalidArgument.for_field(
-                    f"schedule.session_template.agents[{index}]", f"no agent named {agent}"
-                ) from None
+        template = schedule.session_template
+        variables = {*template.metadata, *RUN_VARIABLES}
+        for index, agent in enumerate(template.agents):
+            field = f"schedule.session_template.agents[{index}]"
+            await self._check_agent(tenant, agent, field, variables)
+        for index, inline in enumerate(template.inline_agents):
+            field = f"schedule.session_template.inline_agents[{index}]"
+            prepare_agent(inline, field=field, metadata=dict.fromkeys(variables, ""))
         first = compiled.first_due(schedule, self._engine.now())
         request_record = store_pb2.CreateScheduleRecordRequest(
             schedule=schedule, schedule_id=request.schedule_id, request_id=request.request_id
@@ -253,14 +262,14 @@ class WorkflowApp:
         )
 
 
-def _agent_fields(workflow: workflow_pb2.Workflow) -> list[tuple[str, str]]:
-    fields = [
-        (f"workflow.transitions[{i}].agent_execution.agent", t.agent_execution.agent)
+def _executions(workflow: workflow_pb2.Workflow) -> list[tuple[str, workflow_pb2.AgentExecution]]:
+    found = [
+        (f"workflow.transitions[{i}].agent_execution.agent", t.agent_execution)
         for i, t in enumerate(workflow.transitions)
         if t.HasField("agent_execution")
     ]
-    fields += [
-        (f"workflow.place_agents[{i}].execution.agent", a.execution.agent)
+    found += [
+        (f"workflow.place_agents[{i}].execution.agent", a.execution)
         for i, a in enumerate(workflow.place_agents)
     ]
-    return fields
+    return found
