@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import importlib.util
 import json
 import os
 import platform
@@ -32,14 +33,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import psutil
 from google.protobuf.json_format import ParseDict
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "orchestrator"))
-
-from run import fake_provider, routes_file, rss_mb
 
 from agentmesh.common.v1 import agents_pb2, generation_pb2, sessions_pb2
 from agentmesh.workflow.v1 import schedule_pb2, workflow_pb2
@@ -55,6 +53,21 @@ from agentmesh_client.client import AgentmeshClient
 from agentmesh_memory.testing import create_database, drop_database, postgres_server
 
 HERE = Path(__file__).parent
+
+
+def _orchestrator_bench() -> ModuleType:
+    """bench/orchestrator/run.py: its fake provider, routes file and RSS reading."""
+    spec = importlib.util.spec_from_file_location(
+        "orchestrator_bench", HERE.parent / "orchestrator" / "run.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_BENCH = _orchestrator_bench()
+fake_provider, routes_file, rss_mb = _BENCH.fake_provider, _BENCH.routes_file, _BENCH.rss_mb
 
 
 @dataclass(frozen=True)
