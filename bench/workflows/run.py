@@ -60,7 +60,8 @@ def _orchestrator_bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "orchestrator_bench", HERE.parent / "orchestrator" / "run.py"
     )
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
