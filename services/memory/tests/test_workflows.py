@@ -13,10 +13,17 @@ import sqlalchemy as sa
 from google.protobuf import struct_pb2, timestamp_pb2
 
 from agentmesh.memory.v1 import workflows_pb2 as wpb
+from agentmesh.memory.v1 import workflows_pb2_grpc
 from agentmesh.workflow.v1 import workflow_pb2 as W
 from agentmesh_memory.db import Database
 from agentmesh_memory.db.workflow_tables import due_work
-from agentmesh_memory.testing import Api, rpc_error, violation_fields
+from agentmesh_memory.testing import (
+    Api,
+    memory_settings,
+    rpc_error,
+    start_memory,
+    violation_fields,
+)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -535,9 +542,18 @@ async def test_watch_replays_then_tails_and_ends_with_the_workflow(flows: Api) -
                 ],
             )
         )
-    assert await collect(everything, 3) == [3, 4, 5]
+    # A retried append (same request_id) appends nothing and answers the first seqs.
+    retried = wpb.AppendWorkflowEventsRequest(
+        workflow=workflow,
+        request_id="append-1",
+        events=[W.WorkflowEvent(agent_run=W.AgentRun(transition="go", attempt=1))],
+    )
+    first = await flows.AppendWorkflowEvents(retried)
+    second = await flows.AppendWorkflowEvents(retried)
+    assert (first.first_seq, first.last_seq) == (second.first_seq, second.last_seq) == (6, 6)
+    assert await collect(everything, 4) == [3, 4, 5, 6]
     assert await collect(only_t1, 2) == [3, 5]
-    assert await collect(resumed, 3) == [3, 4, 5]
+    assert await collect(resumed, 4) == [3, 4, 5, 6]
     await flows.DeleteWorkflowRecord(wpb.DeleteWorkflowRecordRequest(name=workflow, force=True))
     for call in (everything, only_t1, resumed):
         async with asyncio.timeout(20):
@@ -615,3 +631,39 @@ async def test_bad_commits_name_their_field(
 ) -> None:
     await new_workflow(flows, "wf")
     assert violation_fields(await rpc_error(flows.CommitToken(request_), INVALID)) == {field}
+
+
+async def test_a_watch_on_another_replica_tails_by_notification(
+    postgres_url: str, tenant: str
+) -> None:
+    """Replica B polls only every minute: events and the deletion appended through replica A
+    must reach B's watch by PostgreSQL notification (the workflow channel)."""
+    a = await start_memory(memory_settings(postgres_url))
+    b = await start_memory(memory_settings(postgres_url, watch_poll_seconds="60"))
+    stub = workflows_pb2_grpc.WorkflowStoreServiceStub
+    try:
+        async with (
+            grpc.aio.insecure_channel(a.address) as channel_a,
+            grpc.aio.insecure_channel(b.address) as channel_b,
+        ):
+            on_a, on_b = Api(channel_a, tenant, stub), Api(channel_b, tenant, stub)
+            workflow = await new_workflow(on_a, "wf")
+            await new_token(on_a, workflow, "t1", events=[created()])
+            watch = on_b.WatchWorkflowEvents(wpb.WatchWorkflowEventsRequest(workflow=workflow))
+            async with asyncio.timeout(20):
+                first = await watch.read()
+            assert [e.seq for e in first.events] == [1]
+            await on_a.AppendWorkflowEvents(
+                wpb.AppendWorkflowEventsRequest(workflow=workflow, events=[created()])
+            )
+            async with asyncio.timeout(20):
+                second = await watch.read()
+            assert [e.seq for e in second.events] == [2]
+            await on_a.DeleteWorkflowRecord(
+                wpb.DeleteWorkflowRecordRequest(name=workflow, force=True)
+            )
+            async with asyncio.timeout(20):
+                assert await watch.read() is grpc.aio.EOF
+    finally:
+        await b.stop()
+        await a.stop()

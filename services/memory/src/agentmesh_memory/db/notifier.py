@@ -1,4 +1,4 @@
-"""Wake-ups for event watchers when a session's log grows.
+"""Wake-ups for event watchers when a session's (or a workflow's) event log grows.
 
 A notification only says "session S now has events up to seq N"; watchers always read the
 events themselves from the database (by seq), so a lost, duplicated or reordered notification

@@ -173,11 +173,23 @@ class WorkflowEventStore:
             raise invalid_many(found)
         events = list(request.events)
         pending = self.pending()
-        async with self._db.write("AppendWorkflowEvents") as conn:
+
+        async def append(conn: AsyncConnection) -> wpb.AppendWorkflowEventsResponse:
             locked = await lock_workflow(conn, self._db, tenant, workflow_id)
             last = await self.append_in(conn, pending, tenant, locked.pk, workflow, events)
+            return wpb.AppendWorkflowEventsResponse(first_seq=last - len(events) + 1, last_seq=last)
+
+        # With a request_id, at most once (the request log, claimed in the same transaction).
+        response = await self._context.idempotent(
+            tenant,
+            "AppendWorkflowEvents",
+            request.request_id,
+            request,
+            wpb.AppendWorkflowEventsResponse,
+            append,
+        )
         pending.publish()
-        return wpb.AppendWorkflowEventsResponse(first_seq=last - len(events) + 1, last_seq=last)
+        return response
 
     async def _lookup(self, tenant: str, workflow_id: str) -> int | None:
         async with self._db.read("WatchWorkflowEvents.lookup") as conn:
