@@ -46,12 +46,12 @@ ENDED = (
     sessions_pb2.SESSION_STATUS_CANCELLED,
 )
 
-# When each schedule's next run is due: the earliest of its due work.
+# When a schedule's next run is due: the earliest of its due work (ix_due_work_schedule_pk).
 _next_due = (
-    sa.select(due_work.c.schedule_pk, sa.func.min(due_work.c.due_time).label("next_due"))
-    .where(due_work.c.schedule_pk.is_not(None))
-    .group_by(due_work.c.schedule_pk)
-    .subquery()
+    sa.select(sa.func.min(due_work.c.due_time))
+    .where(due_work.c.schedule_pk == schedules.c.id)
+    .scalar_subquery()
+    .label("next_due")
 )
 
 
@@ -72,9 +72,7 @@ class ScheduleStore:
         self._db = context.db
 
     def _select(self) -> Any:
-        return sa.select(schedules, _next_due.c.next_due).outerjoin(
-            _next_due, _next_due.c.schedule_pk == schedules.c.id
-        )
+        return sa.select(schedules, _next_due)
 
     async def create(
         self, tenant: str, request: wpb.CreateScheduleRecordRequest

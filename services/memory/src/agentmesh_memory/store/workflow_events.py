@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentmesh.memory.v1 import workflows_pb2 as wpb
 from agentmesh.workflow.v1 import workflow_pb2
-from agentmesh_common import FieldViolation
+from agentmesh_common import FieldViolation, InvalidArgument
 from agentmesh_memory.db.notifier import EventNotifier
 from agentmesh_memory.db.workflow_tables import workflow_events, workflows
 from agentmesh_memory.names import invalid, invalid_many
@@ -65,8 +65,8 @@ def check_events(
         if not token and event.token:
             try:
                 owner, _ = parse_token_name(event.token, f"{where}.token")
-            except Exception as error:  # an InvalidArgument naming the field
-                found.extend(getattr(error, "violations", ()))
+            except InvalidArgument as error:
+                found.extend(error.violations)
             else:
                 if f"workflows/{owner}" != workflow:
                     found.append(FieldViolation(f"{where}.token", f"is not a token of {workflow}"))
