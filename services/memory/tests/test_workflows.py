@@ -11,6 +11,7 @@ import grpc
 import pytest
 import sqlalchemy as sa
 from google.protobuf import struct_pb2, timestamp_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.memory.v1 import workflows_pb2 as wpb
 from agentmesh.memory.v1 import workflows_pb2_grpc
@@ -19,6 +20,7 @@ from agentmesh_memory.db import Database
 from agentmesh_memory.db.workflow_tables import due_work
 from agentmesh_memory.testing import (
     Api,
+    RunningMemory,
     memory_settings,
     rpc_error,
     start_memory,
@@ -667,3 +669,13 @@ async def test_a_watch_on_another_replica_tails_by_notification(
     finally:
         await b.stop()
         await a.stop()
+
+
+async def test_the_workflow_store_has_its_own_health_status(server: RunningMemory) -> None:
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(
+            health_pb2.HealthCheckRequest(service="agentmesh.memory.v1.WorkflowStoreService"),
+            timeout=5,
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
