@@ -718,8 +718,11 @@ class AppendWorkflowEventsRequest(_message.Message):
 
     WORKFLOW_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     workflow: _builtins.str
     """"workflows/{workflow_id}"."""
+    request_id: _builtins.str
+    """Idempotency key: a repeat appends nothing and answers the first call's seqs."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_workflow_pb2.WorkflowEvent]:
         """The events, in order."""
@@ -729,10 +732,11 @@ class AppendWorkflowEventsRequest(_message.Message):
         *,
         workflow: _builtins.str = ...,
         events: _abc.Iterable[_workflow_pb2.WorkflowEvent] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "request_id", b"request_id", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,4 +1,4 @@
-"""Wake-ups for event watchers when a session's log grows.
+"""Wake-ups for event watchers when a session's (or a workflow's) event log grows.
 
 A notification only says "session S now has events up to seq N"; watchers always read the
 events themselves from the database (by seq), so a lost, duplicated or reordered notification
@@ -25,6 +25,7 @@ from sqlalchemy.engine import URL
 
 __all__ = [
     "CHANNEL",
+    "WORKFLOW_CHANNEL",
     "EventNotifier",
     "LocalNotifier",
     "PostgresNotifier",
@@ -32,6 +33,8 @@ __all__ = [
 ]
 
 CHANNEL = "agentmesh_events"
+#: Workflow event logs notify on their own channel (their keys are workflow rows, not sessions).
+WORKFLOW_CHANNEL = "agentmesh_workflow_events"
 
 _logger = logging.getLogger("agentmesh.memory.notify")
 
@@ -115,8 +118,9 @@ class LocalNotifier:
 class PostgresNotifier(LocalNotifier):
     """LISTEN/NOTIFY across replicas, plus the in-process wake-up for this replica."""
 
-    def __init__(self, url: URL, *, reconnect_seconds: float = 1.0) -> None:
+    def __init__(self, url: URL, *, reconnect_seconds: float = 1.0, channel: str = CHANNEL) -> None:
         super().__init__()
+        self._channel = channel
         # asyncpg takes a plain postgresql:// DSN.
         self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._reconnect_seconds = reconnect_seconds
@@ -146,7 +150,7 @@ class PostgresNotifier(LocalNotifier):
 
     def notification(self, session_pk: Any, last_seq: Any) -> tuple[Any, ...]:
         payload = sa.cast(session_pk, sa.Text) + ":" + sa.cast(last_seq, sa.Text)
-        return (sa.func.pg_notify(CHANNEL, payload).label("notified"),)
+        return (sa.func.pg_notify(self._channel, payload).label("notified"),)
 
     def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         pk, _, seq = payload.partition(":")
@@ -170,7 +174,7 @@ class PostgresNotifier(LocalNotifier):
                 connection = await asyncpg.connect(self._dsn, timeout=10)
                 lost = asyncio.Event()
                 connection.add_termination_listener(partial(_set_event, lost))
-                await connection.add_listener(CHANNEL, self._on_notification)
+                await connection.add_listener(self._channel, self._on_notification)
                 self._connected.set()
                 # Anything appended while we were not listening: let watchers re-read.
                 self._wake_all()

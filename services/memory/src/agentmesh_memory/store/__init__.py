@@ -21,6 +21,7 @@ from .sessions import SessionStore
 from .steps import StepStore
 from .tools import ToolServerStore
 from .work import MessageStore, TaskStore
+from .workflow_stores import WorkflowStores
 
 __all__ = [
     "AgentStatsStore",
@@ -41,6 +42,7 @@ __all__ = [
     "Stores",
     "TaskStore",
     "ToolServerStore",
+    "WorkflowStores",
 ]
 
 
