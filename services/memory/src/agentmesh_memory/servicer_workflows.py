@@ -1,7 +1,7 @@
 """gRPC servicer of ``agentmesh.memory.v1.WorkflowStoreService``: tenant, convert, delegate.
 
-Claims of due work (ClaimDueWork, CompleteDueWork, ReleaseDueWork) serve every tenant: the
-items carry their tenant. Every other method is scoped to the caller's tenant.
+Claims of due work (ClaimDueWork, CompleteDueWork, RenewDueWork, ReleaseDueWork) serve every
+tenant: the items carry their tenant. Every other method is scoped to the caller's tenant.
 """
 
 from __future__ import annotations
@@ -127,3 +127,8 @@ class WorkflowStoreServicer(workflows_pb2_grpc.WorkflowStoreServiceServicer):
         self, request: pb.ReleaseDueWorkRequest, context: Context
     ) -> pb.ReleaseDueWorkResponse:
         return await _complete(self._s.due_work.release(request))
+
+    async def RenewDueWork(
+        self, request: pb.RenewDueWorkRequest, context: Context
+    ) -> pb.RenewDueWorkResponse:
+        return await _complete(self._s.due_work.renew(request))

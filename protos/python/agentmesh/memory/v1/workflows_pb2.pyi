@@ -1301,3 +1301,57 @@ class ReleaseDueWorkResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseDueWorkResponse: _TypeAlias = ReleaseDueWorkResponse  # noqa: Y015
+
+@_typing.final
+class RenewDueWorkRequest(_message.Message):
+    """Extends a claim."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIM_FIELD_NUMBER: _builtins.int
+    LEASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def claim(self) -> Global___ClaimRef:
+        """The item and the claim on it."""
+
+    @_builtins.property
+    def lease(self) -> _duration_pb2.Duration:
+        """How long the claim lasts from now."""
+
+    def __init__(
+        self,
+        *,
+        claim: Global___ClaimRef | None = ...,
+        lease: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim", "lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim", "lease", b"lease"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewDueWorkRequest: _TypeAlias = RenewDueWorkRequest  # noqa: Y015
+
+@_typing.final
+class RenewDueWorkResponse(_message.Message):
+    """The claim's new end."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the claim expires unless renewed again."""
+
+    def __init__(
+        self,
+        *,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewDueWorkResponse: _TypeAlias = RenewDueWorkResponse  # noqa: Y015

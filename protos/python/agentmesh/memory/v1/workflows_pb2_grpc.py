@@ -30,7 +30,7 @@ class WorkflowStoreServiceStub:
     replica may claim. Internal: the orchestrator validates definitions and serves the public
     WorkflowService and ScheduleService over it. Every call is scoped to the tenant in the
     `x-agentmesh-tenant` metadata, except ClaimDueWork, CompleteDueWork and ReleaseDueWork, which
-    serve every tenant (due work carries its tenant).
+    serve every tenant (due work carries its tenant), as does RenewDueWork.
     """
 
     def __init__(self, channel):
@@ -139,6 +139,11 @@ class WorkflowStoreServiceStub:
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_workflows__pb2.ReleaseDueWorkRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_memory_dot_v1_dot_workflows__pb2.ReleaseDueWorkResponse.FromString,
                 _registered_method=True)
+        self.RenewDueWork = channel.unary_unary(
+                '/agentmesh.memory.v1.WorkflowStoreService/RenewDueWork',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_workflows__pb2.RenewDueWorkRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_workflows__pb2.RenewDueWorkResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowStoreServiceServicer:
@@ -146,7 +151,7 @@ class WorkflowStoreServiceServicer:
     replica may claim. Internal: the orchestrator validates definitions and serves the public
     WorkflowService and ScheduleService over it. Every call is scoped to the tenant in the
     `x-agentmesh-tenant` metadata, except ClaimDueWork, CompleteDueWork and ReleaseDueWork, which
-    serve every tenant (due work carries its tenant).
+    serve every tenant (due work carries its tenant), as does RenewDueWork.
     """
 
     def CreateWorkflowRecord(self, request, context):
@@ -296,6 +301,14 @@ class WorkflowStoreServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewDueWork(self, request, context):
+        """Extends a claim while its work runs: `lease` from now. FAILED_PRECONDITION (CLAIM_LOST)
+        when `owner` no longer holds it (it expired and another replica claimed the item).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowStoreServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -399,6 +412,11 @@ def add_WorkflowStoreServiceServicer_to_server(servicer, server):
                     request_deserializer=agentmesh_dot_memory_dot_v1_dot_workflows__pb2.ReleaseDueWorkRequest.FromString,
                     response_serializer=agentmesh_dot_memory_dot_v1_dot_workflows__pb2.ReleaseDueWorkResponse.SerializeToString,
             ),
+            'RenewDueWork': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewDueWork,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_workflows__pb2.RenewDueWorkRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_workflows__pb2.RenewDueWorkResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'agentmesh.memory.v1.WorkflowStoreService', rpc_method_handlers)
@@ -412,7 +430,7 @@ class WorkflowStoreService:
     replica may claim. Internal: the orchestrator validates definitions and serves the public
     WorkflowService and ScheduleService over it. Every call is scoped to the tenant in the
     `x-agentmesh-tenant` metadata, except ClaimDueWork, CompleteDueWork and ReleaseDueWork, which
-    serve every tenant (due work carries its tenant).
+    serve every tenant (due work carries its tenant), as does RenewDueWork.
     """
 
     @staticmethod
@@ -945,6 +963,33 @@ class WorkflowStoreService:
             '/agentmesh.memory.v1.WorkflowStoreService/ReleaseDueWork',
             agentmesh_dot_memory_dot_v1_dot_workflows__pb2.ReleaseDueWorkRequest.SerializeToString,
             agentmesh_dot_memory_dot_v1_dot_workflows__pb2.ReleaseDueWorkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewDueWork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.memory.v1.WorkflowStoreService/RenewDueWork',
+            agentmesh_dot_memory_dot_v1_dot_workflows__pb2.RenewDueWorkRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_workflows__pb2.RenewDueWorkResponse.FromString,
             options,
             channel_credentials,
             insecure,

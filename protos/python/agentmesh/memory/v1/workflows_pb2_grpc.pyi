@@ -31,7 +31,7 @@ class WorkflowStoreServiceStub:
     replica may claim. Internal: the orchestrator validates definitions and serves the public
     WorkflowService and ScheduleService over it. Every call is scoped to the tenant in the
     `x-agentmesh-tenant` metadata, except ClaimDueWork, CompleteDueWork and ReleaseDueWork, which
-    serve every tenant (due work carries its tenant).
+    serve every tenant (due work carries its tenant), as does RenewDueWork.
     """
 
     @_typing.overload
@@ -90,6 +90,10 @@ class WorkflowStoreServiceStub:
     """
     ReleaseDueWork: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.ReleaseDueWorkRequest, _workflows_pb2.ReleaseDueWorkResponse]
     """Gives claimed items back (a replica shutting down), due again at once."""
+    RenewDueWork: _grpc.UnaryUnaryMultiCallable[_workflows_pb2.RenewDueWorkRequest, _workflows_pb2.RenewDueWorkResponse]
+    """Extends a claim while its work runs: `lease` from now. FAILED_PRECONDITION (CLAIM_LOST)
+    when `owner` no longer holds it (it expired and another replica claimed the item).
+    """
 
 @_typing.type_check_only
 class WorkflowStoreServiceAsyncStub(WorkflowStoreServiceStub):
@@ -97,7 +101,7 @@ class WorkflowStoreServiceAsyncStub(WorkflowStoreServiceStub):
     replica may claim. Internal: the orchestrator validates definitions and serves the public
     WorkflowService and ScheduleService over it. Every call is scoped to the tenant in the
     `x-agentmesh-tenant` metadata, except ClaimDueWork, CompleteDueWork and ReleaseDueWork, which
-    serve every tenant (due work carries its tenant).
+    serve every tenant (due work carries its tenant), as does RenewDueWork.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -153,13 +157,17 @@ class WorkflowStoreServiceAsyncStub(WorkflowStoreServiceStub):
     """
     ReleaseDueWork: _aio.UnaryUnaryMultiCallable[_workflows_pb2.ReleaseDueWorkRequest, _workflows_pb2.ReleaseDueWorkResponse]  # type: ignore[assignment]
     """Gives claimed items back (a replica shutting down), due again at once."""
+    RenewDueWork: _aio.UnaryUnaryMultiCallable[_workflows_pb2.RenewDueWorkRequest, _workflows_pb2.RenewDueWorkResponse]  # type: ignore[assignment]
+    """Extends a claim while its work runs: `lease` from now. FAILED_PRECONDITION (CLAIM_LOST)
+    when `owner` no longer holds it (it expired and another replica claimed the item).
+    """
 
 class WorkflowStoreServiceServicer:
     """Storage of workflows, their tokens and events, schedules, and the due work any orchestrator
     replica may claim. Internal: the orchestrator validates definitions and serves the public
     WorkflowService and ScheduleService over it. Every call is scoped to the tenant in the
     `x-agentmesh-tenant` metadata, except ClaimDueWork, CompleteDueWork and ReleaseDueWork, which
-    serve every tenant (due work carries its tenant).
+    serve every tenant (due work carries its tenant), as does RenewDueWork.
     """
 
     def CreateWorkflowRecord(
@@ -313,5 +321,14 @@ class WorkflowStoreServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_workflows_pb2.ReleaseDueWorkResponse, _abc.Awaitable[_workflows_pb2.ReleaseDueWorkResponse]]:
         """Gives claimed items back (a replica shutting down), due again at once."""
+
+    def RenewDueWork(
+        self,
+        request: _workflows_pb2.RenewDueWorkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workflows_pb2.RenewDueWorkResponse, _abc.Awaitable[_workflows_pb2.RenewDueWorkResponse]]:
+        """Extends a claim while its work runs: `lease` from now. FAILED_PRECONDITION (CLAIM_LOST)
+        when `owner` no longer holds it (it expired and another replica claimed the item).
+        """
 
 def add_WorkflowStoreServiceServicer_to_server(servicer: WorkflowStoreServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -297,6 +297,27 @@ class DueWorkStore:
             )
         )
 
+    async def renew(self, request: wpb.RenewDueWorkRequest) -> wpb.RenewDueWorkResponse:
+        check_claim(request.claim, "claim")
+        lease = timedelta_of(request.lease) if request.HasField("lease") else DEFAULT_LEASE
+        if lease <= timedelta(0) or lease > MAX_LEASE:
+            raise invalid("lease", f"must be more than 0 and at most {MAX_LEASE}")
+        now = self._context.now()
+        async with self._db.write("RenewDueWork") as conn:
+            row = (
+                await conn.execute(
+                    sa.update(due_work)
+                    .where(held(request.claim), due_work.c.claim_expires > now)
+                    .values(claim_expires=now + lease)
+                    .returning(due_work.c.claim_expires)
+                )
+            ).first()
+        if row is None:
+            raise claim_lost(request.claim)
+        response = wpb.RenewDueWorkResponse()
+        set_time(response.expire_time, row.claim_expires)
+        return response
+
     async def release(self, request: wpb.ReleaseDueWorkRequest) -> wpb.ReleaseDueWorkResponse:
         if not request.owner or len(request.owner) > MAX_OWNER:
             raise invalid("owner", f"must be 1 to {MAX_OWNER} characters")

@@ -17,15 +17,16 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from agentmesh.memory.v1 import workflows_pb2 as store_pb2
-from agentmesh_common import AgentmeshError
+from agentmesh_common import AgentmeshError, FailedPrecondition
 from agentmesh_common.protobuf import duration
 from agentmesh_orchestrator.adapters.memory_client import MemoryClient
 
-Handler = Callable[[store_pb2.DueWork, store_pb2.ClaimRef], Awaitable[None]]
+Handler = Callable[[store_pb2.DueWork, store_pb2.ClaimRef], Coroutine[Any, Any, None]]
 
 _logger = logging.getLogger("agentmesh.orchestrator.scheduler")
 
@@ -134,12 +135,39 @@ class DueWorkLoop:
             id=item.id, owner=self._settings.owner, claim_epoch=item.claim_epoch
         )
         self.fired += 1
+        work = asyncio.create_task(self._handler(item, claim))
+        renewer = asyncio.create_task(self._renew(claim, work))
         try:
-            await self._handler(item, claim)
+            await work
         except asyncio.CancelledError:
+            work.cancel()
             raise
         except Exception:
             # The claim runs out and another replica (or this one) runs the item again.
             _logger.warning(
                 "due work %d failed; it runs again when its claim expires", item.id, exc_info=True
             )
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _renew(self, claim: store_pb2.ClaimRef, work: asyncio.Task[None]) -> None:
+        """Keep the claim while the work runs; if it is lost, stop the work (another replica
+        has the item now, and a commit under the lost claim would be refused anyway)."""
+        lease = self._settings.lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            try:
+                await self._memory.call(
+                    "",
+                    self._memory.workflows.RenewDueWork,
+                    store_pb2.RenewDueWorkRequest(claim=claim, lease=duration(lease)),
+                    deadline_seconds=lease / 3,
+                )
+            except FailedPrecondition:
+                _logger.warning("lost the claim on due work %d; stopping it", claim.id)
+                work.cancel()
+                return
+            except AgentmeshError as error:
+                _logger.warning("could not renew the claim on due work %d: %s", claim.id, error)
