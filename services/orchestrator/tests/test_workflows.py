@@ -370,8 +370,8 @@ async def test_the_seed_place_agent_classifies_and_moves_the_token_on_its_own(
             assert MessageToDict(after.data)["classification"] == "tutorial"
             assert after.history[0].fired_by == workflow_pb2.FIRED_BY_PLACE_AGENT
             assert len(seen) == 1, "the token whose status is not unclassified is left alone"
-            assert seen[0].generation.temperature == pytest.approx(0.1)
-            assert seen[0].generation.max_tokens == 50
+            assert seen[0].config.temperature == pytest.approx(0.1)
+            assert seen[0].config.max_tokens == 50
             assert (await client.get_token(waiting.name)).place == "pending_classification"
             mine = [e for e in await events_of(client, workflow.name) if e.token == token.name]
             assert kinds(mine) == [
@@ -440,9 +440,8 @@ async def test_definitions_are_checked_before_anything_is_stored(database_url: s
             with pytest.raises(InvalidArgument) as template:
                 await client.create_workflow(review_workflow(), workflow_id="review")
             assert "metadata author" in str(template.value), "no run has that variable"
-            fixed = reviewer()
-            fixed.name = "agents/content-reviewer"
-            await client.update_agent(fixed, fields=["prompts"])
+            await client.delete_agent("agents/content-reviewer")
+            await client.create_agent("content-reviewer", reviewer())
             bad = review_workflow()
             bad.transitions[0].rules.append("data.x >")
             with pytest.raises(InvalidArgument) as rule:
