@@ -239,7 +239,7 @@ async def test_a_killed_replica_s_due_work_fires_exactly_once_on_the_other(
             schedule = schedule_pb2.Schedule(
                 session_template=template, max_runs=3, max_concurrent_runs=3
             )
-            schedule.interval.FromMilliseconds(500)
+            schedule.interval.FromSeconds(1)
             schedule_name = (await client_a.create_schedule(schedule, schedule_id="digest")).name
 
             seen: list[workflow_pb2.WorkflowEvent] = []

@@ -22,6 +22,7 @@ from google.rpc import code_pb2, status_pb2
 from agentmesh.common.v1 import events_pb2, generation_pb2, sessions_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2
 from agentmesh.workflow.v1 import workflow_pb2
+from agentmesh_client.errors import SessionExists
 from agentmesh_common import AgentmeshError, to_rpc_status
 
 from .definition import Execution, render_goal
@@ -50,6 +51,26 @@ class SessionRunner(Protocol):
     def run_to_end(
         self, tenant: str, created: sessions_pb2.Session
     ) -> AsyncIterator[events_pb2.SessionEvent]: ...
+
+    async def get_session(self, tenant: str, name: str) -> orchestrator_pb2.GetSessionResponse: ...
+
+
+async def create_or_find(
+    runner: SessionRunner,
+    tenant: str,
+    request: orchestrator_pb2.CreateSessionRequest,
+    *,
+    generation: Mapping[str, generation_pb2.GenerationConfig] | None = None,
+) -> sessions_pb2.Session:
+    """The session named `request.session_id`: created now, or, when an earlier try (another
+    replica's, before it died) created it, that one. A name, not a request id, makes the
+    repeat find it: the repeat's request differs (a later deadline), so a request id would be
+    refused as reused."""
+    try:
+        return await runner.create_session(tenant, request, generation=generation)
+    except SessionExists:
+        found = await runner.get_session(tenant, f"sessions/{request.session_id}")
+        return found.session
 
 
 @dataclass(frozen=True)
@@ -97,9 +118,10 @@ async def run_attempt(
     session.limits.deadline.FromDatetime(dt.datetime.now(dt.UTC) + execution.timeout)
     overrides = {execution.agent: generation} if generation is not None else None
     try:
-        created = await runner.create_session(
+        created = await create_or_find(
+            runner,
             tenant,
-            orchestrator_pb2.CreateSessionRequest(session=session, request_id=request_id),
+            orchestrator_pb2.CreateSessionRequest(session=session, session_id=request_id),
             generation=overrides,
         )
     except AgentmeshError as error:

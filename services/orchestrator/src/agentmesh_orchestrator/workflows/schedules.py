@@ -25,6 +25,7 @@ from .cron import Cron, CronError
 from .cron import parse as parse_cron
 from .definition import goal_faults, render_goal
 from .engine import WorkflowEngine, run_key
+from .runs import SessionRunner, create_or_find
 
 MIN_INTERVAL = dt.timedelta(seconds=1)
 MAX_INTERVAL = dt.timedelta(days=366)
@@ -116,7 +117,7 @@ class ScheduleRun:
     """One claimed run of a schedule."""
 
     engine: WorkflowEngine
-    create_session: Callable[..., Awaitable[sessions_pb2.Session]]
+    runner: SessionRunner
     start_run: StartRun
     tenant: str
     item: store_pb2.DueWork
@@ -148,10 +149,11 @@ class ScheduleRun:
             await self._complete(due_again=now + BUSY_RETRY)
             return
         session = session_for_run(schedule, work.run_number, due)
-        created = await self.create_session(
+        created = await create_or_find(
+            self.runner,
             self.tenant,
             orchestrator_pb2.CreateSessionRequest(
-                session=session, request_id=run_key(work.schedule, work.run_number)
+                session=session, session_id=run_key(work.schedule, work.run_number)
             ),
         )
         await self.start_run(self.tenant, created)

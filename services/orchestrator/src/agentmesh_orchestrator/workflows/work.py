@@ -72,9 +72,7 @@ def start_workflows(
         if kind == "place_agent":
             await PlaceAgentRun(engine, item.tenant, item, claim).run()
         elif kind == "schedule":
-            await ScheduleRun(
-                engine, app.create_session, sessions.start, item.tenant, item, claim
-            ).run()
+            await ScheduleRun(engine, app, sessions.start, item.tenant, item, claim).run()
         else:
             _logger.warning("due work %d of an unknown kind; left to expire", item.id)
 
