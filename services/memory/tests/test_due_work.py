@@ -228,6 +228,31 @@ async def test_an_expired_claim_is_taken_over_and_the_old_holder_is_fenced_off(
     )
 
 
+async def test_a_renewed_claim_outlives_its_first_lease_and_a_lost_one_cannot_be_renewed(
+    mesh: Mesh,
+) -> None:
+    await token_with_work(mesh.flows, 1)
+    (item,) = (
+        await mesh.flows.ClaimDueWork(wpb.ClaimDueWorkRequest(owner="replica-a", lease=seconds(1)))
+    ).items
+    claim = wpb.ClaimRef(id=item.id, owner="replica-a", claim_epoch=item.claim_epoch)
+    renewed = await mesh.flows.RenewDueWork(wpb.RenewDueWorkRequest(claim=claim, lease=seconds(60)))
+    assert renewed.expire_time.ToDatetime(tzinfo=UTC) > datetime.now(UTC) + timedelta(seconds=50)
+    await asyncio.sleep(1.5)  # past the first lease: the renewal keeps the item
+    other = await mesh.flows.ClaimDueWork(wpb.ClaimDueWorkRequest(owner="replica-b"))
+    assert list(other.items) == []
+    wrong = wpb.ClaimRef(id=item.id, owner="replica-b", claim_epoch=item.claim_epoch)
+    lost = await rpc_error(
+        mesh.flows.RenewDueWork(wpb.RenewDueWorkRequest(claim=wrong, lease=seconds(5))),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert lost.reason == "CLAIM_LOST"
+    bad = await rpc_error(
+        mesh.flows.RenewDueWork(wpb.RenewDueWorkRequest(claim=claim, lease=seconds(-1))), INVALID
+    )
+    assert violation_fields(bad) == {"lease"}
+
+
 async def test_claims_wait_for_due_times_and_can_be_given_back_or_retried(mesh: Mesh) -> None:
     await mesh.flows.CreateWorkflowRecord(
         wpb.CreateWorkflowRecordRequest(
