@@ -64,6 +64,8 @@ REASON_GUIDANCE: dict[str, str] = {
     "SESSION_ENDED": "The session has ended; start a new one.",
     "SESSION_BUSY": "The session is running; follow it with StreamSession or retry later.",
     "SESSION_RUNNING_ELSEWHERE": "Another replica runs the session; send the call there.",
+    "REPLICA_AT_CAPACITY": "The replica is at its session or request bound; retry after RetryInfo.",
+    "REPLICA_DRAINING": "The replica is shutting down; retry, another replica serves the call.",
     "STREAM_TOKEN_EXPIRED": "The stream token expired; ask CreateStreamToken for a new one.",
     "STREAM_TOKEN_INVALID": "The stream token is malformed or signed with another key; get one.",
     "STREAM_TOKEN_SCOPE": "A stream token only streams its own session; use an API key for more.",
@@ -75,6 +77,9 @@ REASON_GUIDANCE: dict[str, str] = {
     "SLOW_CONSUMER": "The stream was cut off; reconnect after the seq in `after_seq`.",
     "DRAINING": "This edge replica is stopping; retry, and another replica answers.",
     "HTTP_ERROR": "The HTTP request itself was malformed; check the method and headers.",
+    "UNKNOWN_METHOD": "gRPC-web serves only OrchestratorService's methods; check the path.",
+    "CLIENT_STREAMING_NOT_SUPPORTED": "gRPC-web cannot stream requests; call it over gRPC.",
+    "UNSUPPORTED_MEDIA_TYPE": "gRPC-web paths take application/grpc-web(+proto) or -text.",
     # memory
     "AGENT_EXISTS": "An agent with that id exists; pick another id or update it.",
     "COLLECTION_EXISTS": "A collection with that id exists; choose another id or use it.",
@@ -297,7 +302,10 @@ def api_markdown() -> str:
         "Server-Sent Events (`id:` the seq, `event:` the payload kind, `data:` the event;",
         "`Accept: application/x-ndjson` for one JSON per line) or a WebSocket on upgrade;",
         "StreamSession resumes after `Last-Event-ID` or `?after_seq=`. Browsers stream with a",
-        "token from CreateStreamToken as `?stream_token=`. See `services/web/README.md`.",
+        "token from CreateStreamToken as `?stream_token=`. The edge also speaks gRPC-web",
+        "(`POST /agentmesh.orchestrator.v1.OrchestratorService/<Method>`, unary and",
+        "server-streaming, errors in `grpc-status-details-bin`) for generated browser stubs such",
+        "as `@agentmesh/client/browser`. See `services/web/README.md`.",
         "",
     ]
     descriptor_set = _descriptors()

@@ -22,8 +22,12 @@ Per engine it measures:
   `message_started`);
 * sessions/s (create + run to `session_completed`) at concurrency 1 and 32;
 * resident memory (RSS) of the orchestrator and the memory service before and after opening
-  2,000 idle (PENDING, never run) sessions, and while 200 sessions on the slow route are in
-  flight.
+  2,000 idle (PENDING, never run) sessions, and while 200 sessions on the slow route are asked
+  to run at once: the orchestrator admits `max_running_sessions` of them (64) and refuses the
+  rest with RESOURCE_EXHAUSTED and a RetryInfo delay, after which they ask again; the memory
+  per running session is measured over the sessions admitted.
+
+`soak.py` next to this file runs load for minutes and samples the orchestrator's RSS over time.
 """
 
 from __future__ import annotations
@@ -39,10 +43,10 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psutil
@@ -50,12 +54,14 @@ import psutil
 from agentmesh.common.v1 import agents_pb2, generation_pb2, sessions_pb2
 from agentmesh_cli.mesh import GATEWAY, MEMORY, ORCHESTRATOR, create_api_key, start_mesh, stop_mesh
 from agentmesh_client.client import AgentmeshClient
+from agentmesh_client.errors import FailedPrecondition, ResourceExhausted
 from agentmesh_memory.testing import create_database, drop_database, postgres_server
 
 HERE = Path(__file__).parent
 AGENTS = ("alice", "bob", "carol")
 ROUNDS = 2
 TURNS = len(AGENTS) * ROUNDS
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -65,11 +71,21 @@ class Plan:
     idle_sessions: int = 2000
     running_sessions: int = 200
     warmup_sessions: int = 5
+    max_running_sessions: int = 64  # the orchestrator's admission bound (its default)
 
 
 QUICK = Plan(
     c1_sessions=5, c32_sessions=32, idle_sessions=200, running_sessions=32, warmup_sessions=2
 )
+
+
+async def admitted(call: Callable[[], Awaitable[T]]) -> T:
+    """`call`, asked again after each RESOURCE_EXHAUSTED once its RetryInfo delay has passed."""
+    while True:
+        try:
+            return await call()
+        except ResourceExhausted as refused:
+            await asyncio.sleep(refused.retry_after or 1.0)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -269,46 +285,80 @@ async def idle_memory(
 
 
 async def running_memory(
-    client: AgentmeshClient, orchestrator: psutil.Process, memory: psutil.Process, count: int
+    client: AgentmeshClient,
+    orchestrator: psutil.Process,
+    memory: psutil.Process,
+    count: int,
+    bound: int,
 ) -> dict[str, Any]:
-    """RSS while `count` sessions on the slow route are in flight, minus the RSS before."""
-    names = await asyncio.gather(*(create(client, "slow") for _ in range(count)))
+    """RSS while `count` sessions on the slow route ask to run at once (the orchestrator admits
+    `bound` of them and refuses the others, which ask again after the RetryInfo delay), minus
+    the RSS before, per session admitted."""
+    names = await asyncio.gather(*(admitted(lambda: create(client, "slow")) for _ in range(count)))
     await asyncio.sleep(1.0)
     before = rss_mb(orchestrator), rss_mb(memory)
-    in_turn = 0
+    target = min(count, bound) if bound > 0 else count
+    in_turn: set[str] = set()
+    refusals = 0
     everyone_in_turn = asyncio.Event()
 
     async def run(name: str) -> str:
-        nonlocal in_turn
-        last, counted = "", False
-        async for event in client.run(name):
-            last = str(event.WhichOneof("payload"))
-            if last == "message_started" and not counted:
-                counted = True
-                in_turn += 1
-                if in_turn == count:
-                    everyone_in_turn.set()
-        return last
+        nonlocal refusals
+        while True:
+            last = ""
+            try:
+                async for event in client.run(name):
+                    last = str(event.WhichOneof("payload"))
+                    if last == "message_started" and name not in in_turn:
+                        in_turn.add(name)
+                        if len(in_turn) >= target:
+                            everyone_in_turn.set()
+                return last
+            except ResourceExhausted as refused:
+                refusals += 1
+                await asyncio.sleep(refused.retry_after or 1.0)
 
-    runs = [asyncio.create_task(run(name)) for name in names]
-    await asyncio.wait_for(everyone_in_turn.wait(), 60)
+    runs = {name: asyncio.create_task(run(name)) for name in names}
+    await asyncio.wait_for(everyone_in_turn.wait(), 120)
     peak = list(before)
     sampled_at = time.perf_counter()
     while time.perf_counter() - sampled_at < 1.0:  # within the first (2 s) model call
         peak = [max(peak[0], rss_mb(orchestrator)), max(peak[1], rss_mb(memory))]
         await asyncio.sleep(0.05)
-    # Cancelled rather than run to the end: 1,200 slow turns would take minutes on 2 CPUs.
-    await asyncio.gather(*(client.cancel_session(name) for name in names))
-    endings = await asyncio.wait_for(asyncio.gather(*runs), 120)
+    admitted_count = len(in_turn)
+    # Those still waiting for a place stop asking; then every session is cancelled (rather
+    # than run to the end: 1,200 slow turns would take minutes on 2 CPUs).
+    waiting = [task for name, task in runs.items() if name not in in_turn]
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+
+    async def cancel(name: str) -> None:
+        for _ in range(20):
+            try:
+                await admitted(lambda: client.cancel_session(name))
+                return
+            except FailedPrecondition:  # a Run was being admitted at that moment: again
+                await asyncio.sleep(0.2)
+
+    await asyncio.gather(*(cancel(name) for name in names))
+    endings = await asyncio.wait_for(
+        asyncio.gather(*(runs[name] for name in names if name in in_turn)), 120
+    )
     if set(endings) != {"session_cancelled"}:
         raise RuntimeError(f"slow sessions ended with {set(endings)}")
     row = {
         "sessions": count,
+        "admission_bound": bound,
+        "admitted": admitted_count,
+        "refusals": refusals,
         "provider_delay_seconds": 2.0,
         "orchestrator_rss_mb_before_peak": [round(before[0], 1), round(peak[0], 1)],
         "memory_rss_mb_before_peak": [round(before[1], 1), round(peak[1], 1)],
-        "orchestrator_kb_per_running_session": round((peak[0] - before[0]) * 1024 / count, 2),
-        "memory_kb_per_running_session": round((peak[1] - before[1]) * 1024 / count, 2),
+        "orchestrator_kb_per_running_session": round(
+            (peak[0] - before[0]) * 1024 / admitted_count, 2
+        ),
+        "memory_kb_per_running_session": round((peak[1] - before[1]) * 1024 / admitted_count, 2),
     }
     print(json.dumps(row), flush=True)
     return row
@@ -366,6 +416,7 @@ async def bench_engine(engine: str, database_url: str, workdir: Path, plan: Plan
                 "AGENTMESH_ORCHESTRATOR_METRICS_PORT": "0",
                 "AGENTMESH_ORCHESTRATOR_REQUESTS_PER_MINUTE": "0",
                 "AGENTMESH_ORCHESTRATOR_TOKENS_PER_MINUTE": "0",
+                "AGENTMESH_ORCHESTRATOR_MAX_RUNNING_SESSIONS": str(plan.max_running_sessions),
             },
         }
         if database_url:
@@ -395,7 +446,13 @@ async def bench_engine(engine: str, database_url: str, workdir: Path, plan: Plan
                     await sessions_at(client, http, processes, logs, 32, plan.c32_sessions),
                 ]
                 idle = await idle_memory(client, orchestrator, memory, plan.idle_sessions)
-                busy = await running_memory(client, orchestrator, memory, plan.running_sessions)
+                busy = await running_memory(
+                    client,
+                    orchestrator,
+                    memory,
+                    plan.running_sessions,
+                    plan.max_running_sessions,
+                )
                 rss = {name: round(rss_mb(p), 1) for name, p in processes.items()}
         finally:
             await stop_mesh(running)
@@ -406,8 +463,13 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--engine", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--quick", action="store_true", help="a smoke run; writes nothing")
+    parser.add_argument(
+        "--running-sessions", type=int, help="sessions asked to run at once in the RSS phase"
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else Plan()
+    if args.running_sessions is not None:
+        plan = replace(plan, running_sessions=args.running_sessions)
     engines = ["sqlite", "postgresql"] if args.engine == "both" else [args.engine]
     load_before = os.getloadavg()
     started = time.perf_counter()
@@ -536,16 +598,20 @@ def write_markdown(report: dict[str, Any]) -> None:
         lines.append(
             f"| {result['engine']} | {idle['sessions']} |"
             f" {idle['orchestrator_kb_per_idle_session']} | {idle['memory_kb_per_idle_session']} |"
-            f" {busy['sessions']} |"
+            f" {busy['sessions']} ({busy.get('admitted', busy['sessions'])} admitted,"
+            f" {busy.get('refusals', 0)} refusals) |"
             f" {busy['orchestrator_kb_per_running_session']} |"
             f" {busy['memory_kb_per_running_session']} |"
         )
     lines += [
         "",
         "Idle: RSS before and after creating the sessions (PENDING, never run), divided by"
-        " their number. Running: sessions on a route whose provider answers after 2 s are all"
-        " started; once every one has begun its first model call, the peak RSS over the next"
-        " second minus the RSS before, divided by their number; then they are cancelled.",
+        " their number. Running: sessions on a route whose provider answers after 2 s all ask"
+        " to run at once; the orchestrator admits `max_running_sessions` (64) and refuses the"
+        " rest with RESOURCE_EXHAUSTED + RetryInfo (they ask again after the delay: the"
+        " refusals column); once every admitted one has begun its first model call, the peak"
+        " RSS over the next second minus the RSS before, divided by the sessions admitted;"
+        " then all are cancelled.",
         "RSS in MB (orchestrator idle before/after, running before/peak): "
         + "; ".join(
             f"{r['engine']}: {r['idle']['orchestrator_rss_mb_before_after']},"

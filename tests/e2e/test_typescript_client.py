@@ -32,11 +32,16 @@ TSC = CLIENT / "node_modules" / ".bin" / "tsc"
 IMPORT_CHECK = """\
 import { AgentmeshClient, InvalidArgument, OrchestratorService, Strategy } from "@agentmesh/client";
 import { ErrorInfoSchema } from "@agentmesh/client/gen/google/rpc/error_details_pb";
+import { createBrowserClient, NotFound } from "@agentmesh/client/browser";
 
 const mesh = new AgentmeshClient("127.0.0.1:1", { apiKey: "k" });
 const missing = OrchestratorService.methods.filter((m) => typeof mesh[m.localName] !== "function");
 mesh.close();
+const web = createBrowserClient({ baseUrl: "http://127.0.0.1:1", apiKey: "k" });
+const absent = OrchestratorService.methods.filter((m) => typeof web[m.localName] !== "function");
 console.log(JSON.stringify({
+  browserMissing: absent.length,
+  browserErrors: new NotFound({ code: 5, message: "x" }).codeName,
   missing: missing.length,
   strategy: Strategy.ROUND_ROBIN,
   error: new InvalidArgument({ code: 3, message: "x" }).codeName,
@@ -104,6 +109,8 @@ def test_npm_pack_gives_a_package_that_installs_and_imports(built: Path, tmp_pat
     info = json.loads(packed.stdout)[0]
     names = {entry["path"] for entry in info["files"]}
     assert {"package.json", "README.md", "dist/index.js", "dist/index.d.ts"} <= names
+    # The browser entry, and the same bundled into one ES module for pages without a bundler.
+    assert {"dist/browser.js", "dist/browser.d.ts", "dist/agentmesh-client.browser.js"} <= names
     assert "dist/gen/google/rpc/error_details_pb.js" in names
     assert not [n for n in names if n.startswith(("src/", "test", "node_modules/"))], names
 
@@ -125,6 +132,8 @@ def test_npm_pack_gives_a_package_that_installs_and_imports(built: Path, tmp_pat
     imported = run("node", "check.mjs", cwd=app, timeout=60)
     assert imported.returncode == 0, imported.stderr
     assert json.loads(imported.stdout) == {
+        "browserMissing": 0,
+        "browserErrors": "NOT_FOUND",
         "missing": 0,
         "strategy": 3,
         "error": "INVALID_ARGUMENT",

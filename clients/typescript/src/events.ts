@@ -1,4 +1,5 @@
-/** Session events: which end a session; deadlines, waits and backoff of the client's streams. */
+/** Session events: which end a session; deadlines, waits and backoff of the client's streams;
+ * request ids. */
 
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { SessionEvent } from "./gen/agentmesh/common/v1/events_pb.js";
@@ -78,4 +79,18 @@ export function streamSignal(
 /** The gRPC `grpc-timeout` header for `ms` milliseconds, so the server knows the deadline. */
 export function grpcTimeout(ms: number): string {
   return ms < 1e8 ? `${Math.max(Math.ceil(ms), 1)}m` : `${Math.min(Math.ceil(ms / 1000), 99_999_999)}S`;
+}
+
+/**
+ * A random (v4) UUID for `request_id`: `crypto.randomUUID` where it exists (Node, and pages in a
+ * secure context), else built from `crypto.getRandomValues` (pages served over plain http).
+ */
+export function randomUUID(): string {
+  const { crypto } = globalThis;
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = ((bytes[6] ?? 0) & 0x0f) | 0x40;
+  bytes[8] = ((bytes[8] ?? 0) & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }

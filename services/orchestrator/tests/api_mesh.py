@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -45,6 +45,8 @@ class Mesh:
     gateway: ScriptedGateway
     telemetry: Telemetry
     keys: dict[str, str]
+    # Stops the orchestrator as SIGTERM does (the memory service keeps running).
+    stop_orchestrator: Callable[[], Awaitable[None]]
 
     def client(self, tenant: str = "acme") -> AgentmeshClient:
         return AgentmeshClient(
@@ -101,12 +103,15 @@ async def start_mesh(
     }
     named = dict(zip(("acme", "globex"), keys.values(), strict=True))
 
-    async def shutdown() -> None:
-        stop.set()
+    async def stop_orchestrator() -> None:
+        stop.set()  # what the SIGTERM handler of `agentmesh_common.runtime.serve` does
         await task
+
+    async def shutdown() -> None:
+        await stop_orchestrator()
         await memory.stop()
 
-    mesh = Mesh(server, memory, gateway, telemetry, named)
+    mesh = Mesh(server, memory, gateway, telemetry, named, stop_orchestrator)
     return mesh, shutdown  # type: ignore[return-value]
 
 

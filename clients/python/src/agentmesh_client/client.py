@@ -295,6 +295,7 @@ class AgentmeshClient(KnowledgeCalls, WorkflowCalls):
         last = after_seq
         attempts = 0
         opener = first_call
+        seen_any = False
         while True:
             call = (
                 opener()
@@ -312,6 +313,7 @@ class AgentmeshClient(KnowledgeCalls, WorkflowCalls):
                         continue  # already delivered before a reconnect
                     last = event.seq
                     attempts = 0
+                    seen_any = True
                     yield event
                     if event.WhichOneof("payload") in TERMINAL:
                         return
@@ -320,6 +322,10 @@ class AgentmeshClient(KnowledgeCalls, WorkflowCalls):
                 attempts += 1
                 if exc.code() not in RECONNECTABLE or attempts > self._reconnect_attempts:
                     raise from_rpc_error(exc) from None
+                if first_call is not None and not seen_any:
+                    error = from_rpc_error(exc)
+                    if error.reason == "REPLICA_DRAINING":  # refused before it started: ask
+                        opener = first_call  # again, and another replica runs it
                 await asyncio.sleep(min(0.1 * 2**attempts, 5.0))
             finally:
                 call.cancel()

@@ -18,7 +18,8 @@ configures JSON logging and tracing, builds the app, starts the gRPC server and 
 endpoint, and announces ``{"message": "service started", "port": N, "metrics_port": M}``
 (a log line on stderr, and the same JSON on stdout for a parent process). On SIGTERM or
 SIGINT it reports NOT_SERVING, stops accepting RPCs, lets in-flight ones finish within
-``grace_seconds`` (then cancels them), closes the exit stack in reverse order, flushes the
+``grace_seconds`` (then cancels them) while each registration's ``on_stopping`` drains the
+work it owns, closes the exit stack in reverse order, flushes the
 tracer and returns 0. :func:`serve` is the same lifecycle without the process setup.
 
 A process started with ``AGENTMESH_PARENT_PID`` (``agentmesh up`` and the tests set it) shuts
@@ -118,7 +119,10 @@ async def serve(
 
             await stop.wait()
             _logger.info("service stopping", extra={"grace_seconds": server.grace_seconds})
-            await server.stop()
+            await asyncio.gather(
+                server.stop(),
+                *(r.on_stopping() for r in registrations if r.on_stopping is not None),
+            )
         _logger.info("service stopped")
     finally:
         if orphan_watch is not None:

@@ -46,11 +46,15 @@ class Registration:
 
     ``on_started``, when given, is awaited once the server is serving, with the server: a
     service that watches a dependency uses it to report its health (``set_serving``).
+    ``on_stopping``, when given, is awaited on SIGTERM alongside the server's own drain (before
+    the exit stack closes anything): a service with work of its own in flight (the
+    orchestrator's sessions) stops it there, so its RPCs can end within the grace period.
     """
 
     service_name: str
     add_to_server: Callable[[grpc.aio.Server], None]
     on_started: Callable[[ServiceServer], Awaitable[None]] | None = None
+    on_stopping: Callable[[], Awaitable[None]] | None = None
 
     @classmethod
     def from_handler(cls, handler: grpc.ServiceRpcHandler[Any, Any]) -> Registration:

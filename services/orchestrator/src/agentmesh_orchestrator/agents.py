@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from agentmesh.common.v1 import agents_pb2
+from agentmesh.common.v1 import agents_pb2, sessions_pb2
 from agentmesh_common import InvalidArgument
 
 from .domain.agent_types import AgentKind, with_defaults
@@ -85,3 +85,11 @@ def prepare_agent(
         filled.type = agents_pb2.AGENT_TYPE_CUSTOM
     filled.tools.extend(t for t in prompts.tools if t not in filled.tools)
     return SessionAgent(name=definition.name, definition=filled, kind=kind, user_template=template)
+
+
+async def resolve_agents(tenant: str, session: sessions_pb2.Session) -> list[SessionAgent]:
+    """A session's agents from the snapshot it keeps (used when a run starts)."""
+    return [
+        prepare_agent(definition, field=f"session.inline_agents[{i}]")
+        for i, definition in enumerate(session.inline_agents)
+    ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 from collections.abc import Sequence
@@ -17,6 +16,8 @@ from agentmesh_common import NotFound, Registration, Telemetry, Unauthenticated,
 
 from .adapters.gateway_client import GatewayClient
 from .adapters.memory_client import MemoryClient
+from .admission import Admission, AdmissionSettings, admitted_unary
+from .agents import resolve_agents
 from .context import ContextAssembler
 from .edge import Authenticator, RateLimiter
 from .engine import EngineSettings, SessionEngine
@@ -25,7 +26,7 @@ from .messaging import messaging_tools
 from .observability import OrchestratorMetrics
 from .ports import ModelGateway
 from .preferences import SessionScope
-from .service import OrchestratorApp, resolve_agents
+from .service import OrchestratorApp
 from .servicer import OrchestratorServicer
 from .servicer_workflows import ScheduleServicer, TenantOf, WorkflowServicer
 from .sessions import LeaseSettings, SessionManager
@@ -33,6 +34,7 @@ from .settings import OrchestratorSettings
 from .stream_tokens import StreamTokens
 from .tool_servers import ToolCatalog
 from .tools import builtin_tools, memory_tools
+from .workflows.scheduler import DueWorkLoop
 from .workflows.work import start_workflows
 
 SERVICE_NAME = "orchestrator"
@@ -80,6 +82,17 @@ def compose(
     catalog_tools = ToolCatalog(memory, tools)
     stack.push_async_callback(catalog_tools.close)
     metrics = OrchestratorMetrics.create(telemetry.registry)
+    admission = Admission(
+        AdmissionSettings(
+            max_running_sessions=settings.max_running_sessions,
+            max_queued_sessions=settings.max_queued_sessions,
+            max_concurrent_requests=settings.max_concurrent_requests,
+            max_queued_requests=settings.max_queued_requests,
+            queue_seconds=settings.admission_queue_seconds,
+            retry_after_seconds=settings.admission_retry_after_seconds,
+        ),
+        metrics,
+    )
     engine = SessionEngine(
         store=memory,
         gateway=models,
@@ -108,12 +121,13 @@ def compose(
         metrics=metrics,
         tools_for=catalog_tools.tools_for,
         scope_for=partial(SessionScope.load, memory),
+        admission=admission,
     )
-    stack.push_async_callback(manager.shutdown)
-    takeover = asyncio.create_task(
-        manager.watch_for_orphans(memory.list_orphaned, settings.takeover_interval_seconds)
-    )
-    stack.callback(takeover.cancel)
+    # SIGTERM drains the manager while the server drains its RPCs (`on_stopping`), so runs
+    # stop at a turn boundary and their streams end before the server's grace runs out.
+    drain_grace = min(settings.drain_grace_seconds, settings.grace_seconds / 2)
+    stack.push_async_callback(manager.shutdown, drain_grace)
+    manager.start_takeover(memory.list_orphaned, settings.takeover_interval_seconds)
 
     async def resolve_key(secret: str) -> str | None:
         try:
@@ -146,28 +160,38 @@ def compose(
         limiter=limiter,
         catalog_tools=catalog_tools,
     )
-    workflows = start_workflows(stack, settings, memory=memory, app=app)
+    workflows, due_work = start_workflows(stack, settings, memory=memory, app=app)
     tenant_of = TenantOf(auth, limiter)
     return [
         Registration(
             GRPC_SERVICE,
-            partial(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, servicer),
+            partial(
+                orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
+                admitted_unary(servicer, admission.requests),
+            ),
+            on_stopping=partial(_drain, due_work, manager, drain_grace),
         ),
         Registration(
             WORKFLOW_SERVICE,
             partial(
                 workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server,
-                WorkflowServicer(workflows, tenant_of),
+                admitted_unary(WorkflowServicer(workflows, tenant_of), admission.requests),
             ),
         ),
         Registration(
             SCHEDULE_SERVICE,
             partial(
                 schedule_pb2_grpc.add_ScheduleServiceServicer_to_server,
-                ScheduleServicer(workflows, tenant_of),
+                admitted_unary(ScheduleServicer(workflows, tenant_of), admission.requests),
             ),
         ),
     ]
+
+
+async def _drain(due_work: DueWorkLoop, manager: SessionManager, grace_seconds: float) -> None:
+    """SIGTERM: claim no more due work (what runs is given back), then drain the sessions."""
+    await due_work.stop()
+    await manager.drain(grace_seconds)
 
 
 def _stream_tokens(settings: OrchestratorSettings) -> StreamTokens:

@@ -26,6 +26,7 @@ from .agents import SessionAgent
 from .approvals import ApprovalGate
 from .context import ContextAssembler
 from .events import EventRecorder
+from .lifecycle import ReplicaDraining
 from .messaging import SEND_TOOL, Messenger
 from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
@@ -175,6 +176,8 @@ class SessionEngine:
             if not run.abandoned and run.recorder.failure is None:
                 await asyncio.shield(self._cancel(run, run.cancel_reason))
             raise
+        except ReplicaDraining:
+            raise  # stopped at a turn boundary: what ran is stored, the next owner goes on
         except Exception as error:
             if run.recorder.failure is not None:
                 # The store refused a write (it is down, or the lease is lost): nothing more

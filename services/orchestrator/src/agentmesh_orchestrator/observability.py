@@ -20,6 +20,7 @@ class OrchestratorMetrics:
     tool_calls: Counter
     cancellations: Counter
     lease_takeovers: Counter
+    admission_refused: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> OrchestratorMetrics:
@@ -47,5 +48,10 @@ class OrchestratorMetrics:
             ),
             lease_takeovers=factory.counter(
                 "orchestrator_lease_takeovers_total", "Sessions resumed after their owner died."
+            ),
+            admission_refused=factory.counter(
+                "orchestrator_admission_refused_total",
+                "Calls refused with REPLICA_AT_CAPACITY, by the bound that was full.",
+                ["limit"],
             ),
         )

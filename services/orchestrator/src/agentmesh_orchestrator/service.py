@@ -36,6 +36,7 @@ from agentmesh_common import (
 )
 
 from .adapters.memory_client import MemoryClient
+from .admission import Slot
 from .agents import AGENT_ID, SessionAgent, prepare_agent
 from .sessions import TERMINAL_EVENTS, SessionManager
 from .strategies import validate_session
@@ -264,24 +265,33 @@ class OrchestratorApp:
                 raise invalid("timeout", "must be positive and at most 30 days")
             deadline = dt.datetime.now(dt.UTC) + request.timeout.ToTimedelta()
             session.limits.deadline.FromDatetime(deadline)
-        created = await self.create_session(
-            tenant,
-            orchestrator_pb2.CreateSessionRequest(session=session, request_id=request.request_id),
-        )
-        async for event in self.run_to_end(tenant, created):
+        slot = await self._manager.admit()  # refused before the session is even stored
+        try:
+            created = await self.create_session(
+                tenant,
+                orchestrator_pb2.CreateSessionRequest(
+                    session=session, request_id=request.request_id
+                ),
+            )
+        except BaseException:
+            slot.release()
+            raise
+        async for event in self.run_to_end(tenant, created, admitted=slot):
             yield event
 
     async def run_to_end(
-        self, tenant: str, created: sessions_pb2.Session
+        self, tenant: str, created: sessions_pb2.Session, *, admitted: Slot | None = None
     ) -> AsyncIterator[events_pb2.SessionEvent]:
         """Run a just-created session, or, when a repeated request found it created already,
-        show that first run instead of running again."""
+        show that first run instead of running again. `admitted`: a slot already taken."""
         if created.status == sessions_pb2.SESSION_STATUS_PENDING and not self._manager.is_running(
             tenant, created.name
         ):
-            async for event in self._manager.run(tenant, created.name):
+            async for event in self._manager.run(tenant, created.name, admitted=admitted):
                 yield event
             return
+        if admitted is not None:
+            admitted.release()
         # A repeated request: show the first execution instead of running again.
         async for event in self._manager.stream(tenant, created.name, 0):
             yield event
@@ -555,11 +565,3 @@ def _inline_agent(given: agents_pb2.AgentDefinition, field: str) -> agents_pb2.A
                 "(session_notes_read / session_notes_write)",
             )
     return definition
-
-
-async def resolve_agents(tenant: str, session: sessions_pb2.Session) -> list[SessionAgent]:
-    """A session's agents from the snapshot it keeps (used when a run starts)."""
-    return [
-        prepare_agent(definition, field=f"session.inline_agents[{i}]")
-        for i, definition in enumerate(session.inline_agents)
-    ]

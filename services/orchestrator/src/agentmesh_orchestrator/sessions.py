@@ -13,6 +13,13 @@ A replica whose lease renewal fails stops the run without a terminal event (the 
 on). `resume_expired` lets a replica adopt RUNNING sessions whose lease expired (their owner
 died): it re-reads them and runs them again with `resumed=True`; model calls already recorded
 as complete are not repeated.
+
+Admission (`admission.py`): a run takes a slot among the replica's running sessions before
+anything is read or written, or is refused with RESOURCE_EXHAUSTED; a takeover takes a free
+slot or leaves the session to another replica. Shutdown (`lifecycle.py`): `drain` refuses new
+runs, stops the takeover loop and awaits it, stops each session at its next turn boundary
+within a grace period, then abandons the rest; every task the manager starts is tracked and
+awaited, so none is left pending once it is stopped.
 """
 
 from __future__ import annotations
@@ -21,21 +28,24 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from agentmesh.common.v1 import events_pb2, messages_pb2, sessions_pb2
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh_common import FailedPrecondition, current_trace_id
 
+from .admission import Admission, Slot
 from .agents import SessionAgent
 from .engine import Runtime, SessionEngine
+from .lifecycle import ReplicaDraining, ReplicaState
 from .observability import OrchestratorMetrics
 from .preferences import SessionScope
 from .tools import Tool
 
 _logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TERMINAL_EVENTS = frozenset({"session_completed", "session_failed", "session_cancelled"})
 ACTIVE = (sessions_pb2.SESSION_STATUS_PENDING, sessions_pb2.SESSION_STATUS_RUNNING)
@@ -64,6 +74,8 @@ class ActiveSession:
     task: asyncio.Task[sessions_pb2.Session] | None = None
     renewer: asyncio.Task[None] | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    slot: Slot | None = None
+    lease_lost: bool = False
 
 
 class SessionStoreApi(Protocol):
@@ -112,7 +124,13 @@ class SessionManager:
         metrics: OrchestratorMetrics | None = None,
         tools_for: Callable[[str], Awaitable[Mapping[str, Tool]]] | None = None,
         scope_for: ScopeLoader | None = None,
+        admission: Admission | None = None,
     ) -> None:
+        self._admission = admission or Admission()
+        self.state = ReplicaState.RUNNING
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._takeover: asyncio.Task[None] | None = None
+        self._stopped: asyncio.Future[None] | None = None
         self._scope_for = scope_for
         self._metrics = metrics
         self._tools_for = tools_for
@@ -128,26 +146,52 @@ class SessionManager:
     def active_count(self) -> int:
         return len(self._active)
 
+    @property
+    def pending_tasks(self) -> list[asyncio.Task[Any]]:
+        """Tasks this manager started that have not ended (none once it is stopped)."""
+        return [task for task in self._tasks if not task.done()]
+
     def is_running(self, tenant: str, session: str) -> bool:
         active = self._active.get((tenant, session))
         return active is not None and active.task is not None and not active.task.done()
 
+    async def admit(self, time_remaining: float | None = None) -> Slot:
+        """A place among this replica's running sessions, before any work for a run is done;
+        `ResourceExhausted` (with a retry delay) when there is none, `ReplicaDraining` while
+        the replica shuts down."""
+        self._check_running()
+        return await self._admission.sessions.acquire(time_remaining=time_remaining)
+
     async def run(
-        self, tenant: str, session_name: str, *, single_step: bool = False
+        self,
+        tenant: str,
+        session_name: str,
+        *,
+        single_step: bool = False,
+        admitted: Slot | None = None,
+        time_remaining: float | None = None,
     ) -> AsyncIterator[events_pb2.SessionEvent]:
-        """Run (or step) the session here and yield its events as they are stored."""
-        session = await self._store.get_session(tenant, session_name)
-        if session.status not in ACTIVE:
-            raise FailedPrecondition(
-                f"{session_name} has ended ({sessions_pb2.SessionStatus.Name(session.status)})",
-                reason="SESSION_ENDED",
+        """Run (or step) the session here and yield its events as they are stored.
+        `admitted`: a slot the caller took with `admit` (one is taken here otherwise)."""
+        slot = admitted or await self.admit(time_remaining)
+        try:
+            session = await self._store.get_session(tenant, session_name)
+            if session.status not in ACTIVE:
+                raise FailedPrecondition(
+                    f"{session_name} has ended ({sessions_pb2.SessionStatus.Name(session.status)})",
+                    reason="SESSION_ENDED",
+                )
+            if self.is_running(tenant, session_name):
+                raise FailedPrecondition(
+                    f"{session_name} is already running; use StreamSession to follow it",
+                    reason="SESSION_BUSY",
+                )
+            active = await self._start(
+                tenant, session, single_step=single_step, resumed=False, slot=slot
             )
-        if self.is_running(tenant, session_name):
-            raise FailedPrecondition(
-                f"{session_name} is already running; use StreamSession to follow it",
-                reason="SESSION_BUSY",
-            )
-        active = await self._start(tenant, session, single_step=single_step, resumed=False)
+        except BaseException:
+            slot.release()
+            raise
         ended = False
         async for event in self._relay(active, after_seq=session.last_event_seq):
             ended = event.WhichOneof("payload") in TERMINAL_EVENTS
@@ -157,6 +201,8 @@ class SessionManager:
             failure = task.exception()
             if failure is not None:
                 raise failure  # mapped to a status by the interceptor; never a silent end
+        if not ended and self.state is not ReplicaState.RUNNING:
+            raise ReplicaDraining(f"this replica stopped running {session_name}; follow it")
 
     async def stream(
         self, tenant: str, session_name: str, after_seq: int
@@ -170,6 +216,8 @@ class SessionManager:
         active = self._active.get((tenant, session_name))
         if active is None or active.task is None or active.task.done():
             return False
+        if reason == "client_disconnected" and self.state is not ReplicaState.RUNNING:
+            return False  # the stream was closed by this replica's shutdown, not the client
         active.run.cancel_reason = reason
         active.task.cancel()
         await active.done.wait()
@@ -217,15 +265,33 @@ class SessionManager:
         for tenant, session in candidates:
             if (tenant, session.name) in self._active:
                 continue
+            if self.state is not ReplicaState.RUNNING:
+                break
+            slot = self._admission.sessions.try_acquire()
+            if slot is None:
+                break  # full: leave the rest to a replica with room
             try:
-                await self._start(tenant, session, single_step=False, resumed=True)
-            except FailedPrecondition:
+                await self._start(tenant, session, single_step=False, resumed=True, slot=slot)
+            except (FailedPrecondition, ReplicaDraining):
+                slot.release()
                 continue  # another replica was faster
+            except BaseException:
+                slot.release()
+                raise
             resumed += 1
             self.takeovers += 1
             if self._metrics is not None:
                 self._metrics.lease_takeovers.inc()
         return resumed
+
+    def start_takeover(
+        self,
+        find: Callable[[], Awaitable[Sequence[tuple[str, sessions_pb2.Session]]]],
+        interval_seconds: float,
+    ) -> None:
+        """Look for orphaned sessions every `interval_seconds` until the replica drains."""
+        if self._takeover is None and self.state is ReplicaState.RUNNING:
+            self._takeover = self._spawn(self.watch_for_orphans(find, interval_seconds))
 
     async def watch_for_orphans(
         self,
@@ -233,7 +299,7 @@ class SessionManager:
         interval_seconds: float,
     ) -> None:
         """Forever: every `interval_seconds`, resume the sessions `find` reports orphaned."""
-        while True:
+        while self.state is ReplicaState.RUNNING:
             await asyncio.sleep(interval_seconds)
             try:
                 resumed = await self.resume_expired(await find())
@@ -243,17 +309,63 @@ class SessionManager:
             if resumed:
                 _logger.info("resumed %d orphaned session(s)", resumed)
 
-    async def shutdown(self) -> None:
-        """Stop every run here without ending the sessions: another replica resumes them."""
+    async def shutdown(self, grace_seconds: float = 0.0) -> None:
+        """`drain` (safe to call twice, and concurrently: every caller waits for the end)."""
+        await self.drain(grace_seconds)
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Stop every run here without ending the sessions, so another replica resumes them:
+        refuse new runs, stop the takeover loop, let each session stop at its next turn
+        boundary within `grace_seconds`, abandon the rest, and wait for every task."""
+        if self._stopped is None:
+            self._stopped = asyncio.ensure_future(self._drain(grace_seconds))
+        await asyncio.shield(self._stopped)
+
+    async def _drain(self, grace_seconds: float) -> None:
+        self.state = ReplicaState.DRAINING
+        _logger.info("draining: %d session(s) running", len(self._active))
+        if self._takeover is not None:
+            self._takeover.cancel()
+            await asyncio.gather(self._takeover, return_exceptions=True)
         for active in list(self._active.values()):
+            active.run.turns.draining = True  # stop before the next turn starts
+        waiting = [active.done.wait() for active in self._active.values()]
+        if waiting:
+            _, late = await asyncio.wait(
+                [asyncio.ensure_future(w) for w in waiting], timeout=grace_seconds
+            )
+            for waiter in late:
+                waiter.cancel()
+        for active in list(self._active.values()):  # still in a turn: abandon
             active.run.abandoned = True
             if active.task is not None:
                 active.task.cancel()
         for active in list(self._active.values()):
             await active.done.wait()
+        while self.pending_tasks:
+            await asyncio.gather(*self.pending_tasks, return_exceptions=True)
+        self.state = ReplicaState.STOPPED
+        _logger.info("drained")
+
+    def _check_running(self) -> None:
+        if self.state is not ReplicaState.RUNNING:
+            raise ReplicaDraining()
+
+    def _spawn(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Start a task this manager tracks (and awaits when it stops)."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _start(
-        self, tenant: str, session: sessions_pb2.Session, *, single_step: bool, resumed: bool
+        self,
+        tenant: str,
+        session: sessions_pb2.Session,
+        *,
+        single_step: bool,
+        resumed: bool,
+        slot: Slot,
     ) -> ActiveSession:
         # The lease, the agents and the tenant's tools side by side; nothing is written
         # before the lease is ours.
@@ -264,6 +376,10 @@ class SessionManager:
             tools_for(tenant) if tools_for is not None else _no_tools(),
             scope_for(tenant, session) if scope_for is not None else _no_scope(),
         )
+        if self.state is not ReplicaState.RUNNING:  # draining began meanwhile: hand it back
+            with contextlib.suppress(Exception):
+                await self._store.release_lease(tenant, session.name, self.owner)
+            raise ReplicaDraining()
         run = self._engine.open_run(
             tenant,
             session,
@@ -274,17 +390,22 @@ class SessionManager:
             lease_owner=self.owner,
             scope=scope,
         )
-        active = ActiveSession(tenant=tenant, run=run)
+        active = ActiveSession(tenant=tenant, run=run, slot=slot)
         key = (tenant, session.name)
         self._active[key] = active
         if self._metrics is not None:
             self._metrics.active_sessions.set(len(self._active))
-        active.renewer = asyncio.create_task(self._renew(active))
-        active.task = asyncio.create_task(
+        active.renewer = self._spawn(self._renew(active))
+        active.task = self._spawn(
             self._engine.run(run, single_step=single_step, resumed=resumed or lease.took_over)
         )
-        active.task.add_done_callback(lambda _: asyncio.create_task(self._finish(key, active)))
+        active.task.add_done_callback(lambda _: self._ended(key, active))
         return active
+
+    def _ended(self, key: tuple[str, str], active: ActiveSession) -> None:
+        if active.slot is not None:
+            active.slot.release()  # the session's work is over: its place is free at once
+        self._spawn(self._finish(key, active))
 
     async def _finish(self, key: tuple[str, str], active: ActiveSession) -> None:
         if active.renewer is not None:
@@ -296,7 +417,7 @@ class SessionManager:
             await (recorder.abandon() if active.run.abandoned else recorder.close())
         except Exception:
             _logger.warning("could not store the last writes of %s", key[1], exc_info=True)
-        if not active.run.abandoned:
+        if not active.lease_lost:  # a drained or abandoned run hands its lease on at once
             with contextlib.suppress(Exception):
                 await self._store.release_lease(active.tenant, key[1], self.owner)
         self._active.pop(key, None)
@@ -314,6 +435,7 @@ class SessionManager:
                 )
             except Exception:
                 _logger.warning("lost the lease of %s; stopping without ending it", name)
+                active.lease_lost = True
                 active.run.abandoned = True
                 if active.task is not None:
                     active.task.cancel()

@@ -68,6 +68,64 @@ class OrchestratorSettings(ServiceSettings):
     workflow_max_in_flight: int = Field(
         default=16, ge=1, description="Due workflow work items a replica runs at once."
     )
+    max_running_sessions: int = Field(
+        default=64,
+        ge=0,
+        description=(
+            "Sessions this replica runs at once (runs, steps, executions, takeovers); more are"
+            " queued, then refused with RESOURCE_EXHAUSTED (REPLICA_AT_CAPACITY) and a RetryInfo"
+            " delay before any work starts. 0: no bound. About 30 per CPU core suits the"
+            " orchestrator with its memory service on the same machine."
+        ),
+    )
+    max_queued_sessions: int = Field(
+        default=64,
+        ge=0,
+        description=(
+            "Runs that may wait (at most admission_queue_seconds) for a running session to end"
+            " when max_running_sessions are running; beyond them, runs are refused at once."
+        ),
+    )
+    max_concurrent_requests: int = Field(
+        default=64,
+        ge=0,
+        description=(
+            "Unary public RPCs (CreateSession, GetSession, ...) served at once; more wait in a"
+            " queue, then are refused with RESOURCE_EXHAUSTED (REPLICA_AT_CAPACITY). Event"
+            " streams are not counted. 0: no bound."
+        ),
+    )
+    max_queued_requests: int = Field(
+        default=256,
+        ge=0,
+        description="Unary RPCs that may wait for a place; beyond them, refused at once.",
+    )
+    admission_queue_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "Longest wait in an admission queue (never past the caller's deadline) before the"
+            " call is refused with RESOURCE_EXHAUSTED."
+        ),
+    )
+    admission_retry_after_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "RetryInfo delay of a refused run (plus up to 50% jitter); a refused unary call"
+            " is told at most 0.5 s."
+        ),
+    )
+    drain_grace_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description=(
+            "On SIGTERM, how long running sessions get to reach their next turn boundary (the"
+            " turn in progress finishes and is stored) before they are abandoned; either way"
+            " their leases are released and another replica takes them over. Capped at half"
+            " of grace_seconds, so sessions stop before the server cancels their streams."
+        ),
+    )
     default_route: str = Field(
         default="default", description="Gateway route for built-in agents and agents naming none."
     )

@@ -35,6 +35,7 @@ from .approvals import ApprovalGate, ApprovalRequest
 from .context import ContextAssembler, PreparedContext, retrieval_events
 from .events import EventRecorder
 from .knowledge import CitationLog
+from .lifecycle import ReplicaDraining
 from .messaging import Messenger
 from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
@@ -154,9 +155,13 @@ class TurnRunner:
         # Only a resumed session can meet a model call already answered (before a takeover):
         # otherwise every idempotency key is new, and asking the ledger is a wasted round trip.
         self.reuse_recorded_calls = False
+        self.draining = False  # set when the replica drains: no new turn starts
 
     async def run(self, turn: Turn) -> TurnOutcome:
-        """Run the turn to its final message; raise `TurnFailed` if a model call fails."""
+        """Run the turn to its final message; raise `TurnFailed` if a model call fails, and
+        `ReplicaDraining` instead of starting one while the replica drains."""
+        if self.draining:
+            raise ReplicaDraining()
         started = time.monotonic()
         outcome = "failed"
         attributes: dict[str, str | int] = {

@@ -20,7 +20,8 @@ from aiohttp import web
 from agentmesh.orchestrator.v1 import orchestrator_pb2_grpc
 from agentmesh_common import Registration, Telemetry, create_channel
 
-from .edge import Edge
+from .edge import ORCHESTRATOR_SERVICE, Edge
+from .grpcweb import GrpcWeb
 from .middleware import Cors, errors, observe
 from .observability import WebMetrics
 from .pages import Pages
@@ -76,7 +77,7 @@ async def build(
 def build_http(
     edge: Edge, pages: Pages, settings: WebSettings, telemetry: Telemetry
 ) -> web.Application:
-    """The aiohttp application: middlewares, the `/v1/` API, health and the UI."""
+    """The aiohttp application: middlewares, the `/v1/` API, gRPC-web, health and the UI."""
     cors = Cors(settings.cors_allowed_origins)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -89,4 +90,5 @@ def build_http(
     app.on_response_prepare.append(cors.on_prepare)
     pages.add_routes(app, ui=settings.ui_enabled)
     app.router.add_route("*", "/v1/{path:.*}", edge.handle)
+    GrpcWeb(edge, [ORCHESTRATOR_SERVICE]).add_routes(app)
     return app

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import WSCloseCode, web
 from google.protobuf import message
@@ -32,7 +33,7 @@ from .sinks import NdjsonSink, SseSink, WebSocketSink
 from .streams import Relay, RelaySettings, Sink
 from .transcode import build_request, to_json
 
-__all__ = ["ORCHESTRATOR_SERVICE", "Edge"]
+__all__ = ["ORCHESTRATOR_SERVICE", "Edge", "credentials"]
 
 ORCHESTRATOR_SERVICE = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
 STREAM_TOKEN_PARAMETER = "stream_token"
@@ -52,7 +53,7 @@ class Edge:
     ) -> None:
         self._stub = stub
         self._relay = relay
-        self._unary_timeout = unary_timeout
+        self.unary_timeout = unary_timeout
         self.metrics = metrics
         self.router = Router(routes_of(ORCHESTRATOR_SERVICE))
         self._open: set[Relay] = set()
@@ -64,6 +65,10 @@ class Edge:
         for relay in list(self._open):
             relay.stop()
 
+    def rpc(self, name: str) -> Any:
+        """The orchestrator stub's callable of one RPC (by its proto name)."""
+        return getattr(self._stub, name)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path
         match = self.router.match(request.method, raw_path)
@@ -74,7 +79,7 @@ class Edge:
             raise web.HTTPNotFound()
         request["route"] = match.route.method.name
         query = {key: request.query.getall(key) for key in set(request.query.keys())}
-        metadata = _credentials(request, query.pop(STREAM_TOKEN_PARAMETER, None))
+        metadata = credentials(request, query.pop(STREAM_TOKEN_PARAMETER, None))
         body = await request.read() if request.method in _BODY_METHODS else b""
         rpc_request = build_request(match, body, query)
         if not match.route.streaming:
@@ -97,8 +102,8 @@ class Edge:
     async def _unary(
         self, match: Match, rpc_request: message.Message, metadata: tuple[tuple[str, str], ...]
     ) -> web.Response:
-        method = getattr(self._stub, match.route.method.name)
-        reply = await method(rpc_request, metadata=metadata, timeout=self._unary_timeout)
+        method = self.rpc(match.route.method.name)
+        reply = await method(rpc_request, metadata=metadata, timeout=self.unary_timeout)
         return web.Response(text=to_json(reply), content_type="application/json")
 
     async def _stream(
@@ -106,7 +111,7 @@ class Edge:
     ) -> web.StreamResponse:
         ndjson = "application/x-ndjson" in request.headers.get("Accept", "")
         framing = "ndjson" if ndjson else "sse"
-        relay = self._new_relay(call, framing)
+        relay = self.new_relay(call, framing)
         failure = await relay.start()
         if failure is not None:
             await relay.close()
@@ -125,7 +130,7 @@ class Edge:
         )
         await response.prepare(request)
         sink: Sink = NdjsonSink(response) if ndjson else SseSink(response)
-        await self._relay_to(relay, sink, framing)
+        await self.relay_to(relay, sink, framing)
         with contextlib.suppress(ConnectionError):
             await response.write_eof()
         return response
@@ -133,7 +138,7 @@ class Edge:
     async def _websocket(
         self, request: web.Request, call: AsyncIterator[message.Message]
     ) -> web.StreamResponse:
-        relay = self._new_relay(call, "websocket")
+        relay = self.new_relay(call, "websocket")
         failure = await relay.start()
         if failure is not None:
             await relay.close()
@@ -142,7 +147,7 @@ class Edge:
         await socket.prepare(request)
         closed = asyncio.create_task(_until_closed(socket, relay))
         try:
-            await self._relay_to(relay, WebSocketSink(socket), "websocket")
+            await self.relay_to(relay, WebSocketSink(socket), "websocket")
         finally:
             closed.cancel()
         if not socket.closed:
@@ -150,11 +155,11 @@ class Edge:
             await socket.close(code=code)
         return socket
 
-    def _new_relay(self, call: AsyncIterator[message.Message], framing: str) -> Relay:
+    def new_relay(self, call: AsyncIterator[message.Message], framing: str) -> Relay:
         slow = self.metrics.slow_consumers.labels(framing)
         return Relay(call, self._relay, on_cut_off=slow.inc)
 
-    async def _relay_to(self, relay: Relay, sink: Sink, framing: str) -> None:
+    async def relay_to(self, relay: Relay, sink: Sink, framing: str) -> None:
         self._open.add(relay)
         self.metrics.open_streams.labels(framing).inc()
         try:
@@ -174,7 +179,7 @@ async def _until_closed(socket: web.WebSocketResponse, relay: Relay) -> None:
     relay.stop()
 
 
-def _credentials(
+def credentials(
     request: web.Request, stream_token: list[str] | None
 ) -> tuple[tuple[str, str], ...]:
     metadata: list[tuple[str, str]] = []

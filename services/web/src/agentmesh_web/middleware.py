@@ -29,8 +29,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _logger = logging.getLogger("agentmesh.web")
 
-_ALLOWED_HEADERS = "authorization, content-type, x-api-key, last-event-id, accept, traceparent"
-_EXPOSED_HEADERS = "retry-after, content-type"
+_ALLOWED_HEADERS = (
+    "authorization, content-type, x-api-key, last-event-id, accept, traceparent,"
+    " x-grpc-web, x-user-agent, grpc-timeout"
+)
+_EXPOSED_HEADERS = "retry-after, content-type, grpc-status, grpc-message, grpc-status-details-bin"
 
 
 def json_error(reply: ErrorReply, headers: dict[str, str] | None = None) -> web.Response:

@@ -63,7 +63,9 @@ def start_workflows(
     *,
     memory: MemoryClient,
     app: OrchestratorApp,
-) -> WorkflowApp:
+) -> tuple[WorkflowApp, DueWorkLoop]:
+    """The app the servicers call, and the running due-work loop (stopped with the stack;
+    stop it first on SIGTERM, so no new work is claimed while the replica drains)."""
     engine = WorkflowEngine(memory, app)
     sessions = ScheduledSessions(app)
 
@@ -90,4 +92,4 @@ def start_workflows(
     loop.start()
     stack.push_async_callback(sessions.close)
     stack.push_async_callback(loop.stop)
-    return WorkflowApp(engine, app.get_agent)
+    return WorkflowApp(engine, app.get_agent), loop
