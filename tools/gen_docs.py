@@ -97,6 +97,9 @@ REASON_GUIDANCE: dict[str, str] = {
     "INVALID_STATUS_TRANSITION": "The status cannot move that way; read the current status.",
     "LEASE_HELD": "Another owner holds the session's lease; wait for it to expire.",
     "LEASE_NOT_HELD": "You do not hold this lease (it expired or was taken over).",
+    "GATEWAY_UNAVAILABLE": "The orchestrator could not reach the inference gateway for"
+    " `AGENTMESH_ORCHESTRATOR_GATEWAY_UNAVAILABLE_SECONDS` (it called again with backoff);"
+    " check that the gateway runs, then run the session again.",
     "LEASE_LOST": "Your lease expired or was taken over; stop writing to this session.",
     "REQUEST_ID_REUSED": "That request_id was used for a different request; use a new one.",
     "DATABASE_BUSY": "The database is overloaded; retry with backoff.",

@@ -12,6 +12,7 @@ import json
 import re
 import signal
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,9 +24,18 @@ from agentmesh.common.v1 import (
     generation_pb2,
     sessions_pb2,
 )
-from agentmesh_cli.mesh import ORCHESTRATOR, ServiceProcess
+from agentmesh_cli.mesh import GATEWAY, ORCHESTRATOR, ServiceProcess
 
-from .conftest import ORCHESTRATOR_ENV, Answer, Chat, Mesh, last_user, system_of
+from .conftest import (
+    ORCHESTRATOR_ENV,
+    Answer,
+    Chat,
+    Mesh,
+    last_user,
+    start_e2e_mesh,
+    stop_e2e_mesh,
+    system_of,
+)
 
 pytestmark = pytest.mark.slow
 TERMINAL = {"session_completed", "session_failed", "session_cancelled"}
@@ -366,3 +376,133 @@ async def test_an_approval_asked_by_a_killed_replica_is_answered_on_another(
     assert kinds(every).count("tool_result") == 1, "once"
     assert len(mesh.provider.requests) == 2, "the call that asked was not repeated"
     assert rest[-1].session_completed.final_answer == 'stored: {"stored":"budget"}'
+
+
+def _second_replica(mesh: Mesh) -> ServiceProcess:
+    return ServiceProcess(
+        ORCHESTRATOR,
+        {
+            **ORCHESTRATOR_ENV,
+            "AGENTMESH_ORCHESTRATOR_PORT": "0",
+            "AGENTMESH_ORCHESTRATOR_MEMORY_TARGET": mesh.services["memory"].address,
+            "AGENTMESH_ORCHESTRATOR_GATEWAY_TARGET": mesh.services["inference-gateway"].address,
+            "AGENTMESH_ORCHESTRATOR_REPLICA_ID": "replica-b",
+        },
+        log_path=mesh.data_dir / "logs" / "orchestrator-b.log",
+    )
+
+
+def _assert_each_message_completes_once(events: list[events_pb2.SessionEvent]) -> None:
+    """Gapless seq; every completion once, after its own start; one terminal event, last."""
+    assert [e.seq for e in events] == list(range(1, len(events) + 1)), "no gap, no duplicate"
+    started: set[str] = set()
+    completed: list[str] = []
+    for event in events:
+        if event.HasField("message_started"):
+            started.add(event.message_id)
+        elif event.HasField("message_completed"):
+            assert event.message_id in started, f"{event.message_id} completed, never started"
+            completed.append(event.message_id)
+    assert len(completed) == len(set(completed)), "a message completed twice"
+    assert sum(kind in TERMINAL for kind in kinds(events)) == 1
+    assert kinds(events)[-1] in TERMINAL
+
+
+async def test_a_replica_killed_in_a_rounds_second_turn_completes_no_message_twice(
+    mesh_factory: Any,
+) -> None:
+    """Issue 16, finding 1: replica A is killed with SIGKILL while bob speaks in round 2,
+    after alice's round-2 turn was stored. Replica B takes over: alice's answer comes from
+    the ledger and its message_completed is not emitted again."""
+
+    def slow(chat: Chat) -> Answer:
+        speaker = re.search(r"You are (\w+)", system_of(chat))
+        return Answer(text=f"{speaker.group(1) if speaker else '?'} speaks", delay_seconds=0.6)
+
+    mesh: Mesh = await mesh_factory(slow)
+    replica_b = _second_replica(mesh)
+    await replica_b.start()
+    try:
+        async with mesh.client() as client_a, mesh.client(replica_b) as client_b:
+            session = await client_a.create_session(
+                goal="Take turns",
+                inline_agents=[
+                    member("alice", user_template="Round {round}: {goal}"),
+                    member("bob", user_template="Round {round}: {goal}"),
+                ],
+                limits=sessions_pb2.SessionLimits(max_rounds=2),
+            )
+            seen: list[events_pb2.SessionEvent] = []
+            async for event in client_a.run(session.name):
+                seen.append(event)
+                if kinds(seen).count("message_completed") == 3:  # round 2, alice
+                    break
+            assert mesh.orchestrator.process is not None
+            mesh.orchestrator.process.send_signal(signal.SIGKILL)
+            await mesh.orchestrator.process.wait()
+            rest = await asyncio.wait_for(
+                collect(client_b.events(session.name, after_seq=seen[-1].seq)), 60
+            )
+    finally:
+        await replica_b.stop()
+
+    every = seen + rest
+    _assert_each_message_completes_once(every)
+    assert kinds(rest)[-1] == "session_completed"
+    spoken = [
+        (e.agent.rsplit("/", 1)[-1], _round_of(every, e))
+        for e in every
+        if e.HasField("message_completed")
+    ]
+    assert spoken == [("alice", 1), ("bob", 1), ("alice", 2), ("bob", 2)]
+    calls = Counter(
+        (re.search(r"You are (\w+)", system_of(c)).group(1), last_user(c).split(":")[0])  # type: ignore[union-attr]
+        for c in mesh.provider.requests
+    )
+    assert calls[("alice", "Round 2")] == 1, "alice's stored answer was not bought again"
+
+
+async def test_a_session_goes_on_when_the_gateway_is_killed_and_restarted(
+    tmp_path: Path,
+) -> None:
+    """Issue 16, finding 5: the gateway is killed with SIGKILL while bob's call streams and
+    started again on the same port 3 s later; the call is made again and the session
+    completes (it failed with a raw transport string before)."""
+
+    def slow(chat: Chat) -> Answer:
+        speaker = re.search(r"You are (\w+)", system_of(chat))
+        return Answer(text=f"{speaker.group(1) if speaker else '?'} speaks", delay_seconds=1.0)
+
+    mesh = await start_e2e_mesh(
+        tmp_path,
+        slow,
+        runner=False,
+        # A loaded machine can take long to start the gateway again.
+        orchestrator={"AGENTMESH_ORCHESTRATOR_GATEWAY_UNAVAILABLE_SECONDS": "120"},
+    )
+    gateway = mesh.services["inference-gateway"]
+    restarted = ServiceProcess(GATEWAY, gateway.env, log_path=tmp_path / "logs" / "gateway-2.log")
+    try:
+        async with mesh.client() as client:
+            session = await client.create_session(
+                goal="Take turns",
+                inline_agents=[member("alice"), member("bob")],
+                limits=sessions_pb2.SessionLimits(max_rounds=1),
+            )
+            events: list[events_pb2.SessionEvent] = []
+            async for event in client.run(session.name):
+                events.append(event)
+                if kinds(events).count("message_completed") == 1 and restarted.process is None:
+                    assert gateway.process is not None
+                    gateway.process.send_signal(signal.SIGKILL)
+                    await gateway.process.wait()
+                    await asyncio.sleep(3.0)  # down for a while, as in the fault run
+                    await restarted.start()
+    finally:
+        await stop_e2e_mesh(mesh, [restarted])
+
+    assert restarted.port == gateway.port
+    _assert_each_message_completes_once(events)
+    assert kinds(events)[-1] == "session_completed", events[-1]
+    spoken = [e.agent.rsplit("/", 1)[-1] for e in events if e.HasField("message_completed")]
+    assert spoken == ["alice", "bob"]

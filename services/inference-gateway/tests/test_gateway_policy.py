@@ -388,6 +388,29 @@ async def test_invalid_structured_output_is_retried_once_then_a_typed_error(
     assert len(fake.requests) == 4
 
 
+async def test_answers_that_missed_the_schema_report_the_tokens_they_used(
+    fake: FakeProvider, harness: Any
+) -> None:
+    """Issue 16, finding 12: refused answers were paid for; the caller must be able to bill
+    them (a session that fails after them reported empty usage)."""
+    fake.push(json_reply("not json"), json_reply('{"city": 3, "temp_c": 1}'))
+    h = harness(one("openai", "m", fake.url), ENV)
+    seen: list[Any] = []
+
+    async def consume() -> None:
+        async for event in h.gateway.generate(ask(config=config(response_schema=SCHEMA))):
+            seen.append(event)
+
+    with pytest.raises(FailedPrecondition):
+        await consume()
+    failed = failures(seen)
+    assert [f.reason for f in failed] == ["STRUCTURED_OUTPUT_INVALID"] * 2
+    for attempt in failed:
+        assert attempt.usage is not None
+        assert attempt.usage.prompt_tokens > 0
+        assert attempt.usage.completion_tokens > 0
+
+
 async def test_gemini_and_ollama_get_the_schema_natively_anthropic_by_instruction(
     fake: FakeProvider, harness: Any
 ) -> None:

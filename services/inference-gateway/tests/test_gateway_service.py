@@ -295,11 +295,23 @@ async def test_a_schema_answer_cut_by_max_tokens_is_a_typed_error(tmp_path: Path
         grpc.aio.insecure_channel(gw.address) as channel,
     ):
         stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        seen: list[generation_pb2.GenerateEvent] = []
+
+        async def consume() -> None:
+            async for reply in stub.Generate(ask, timeout=10):
+                seen.append(reply.event)
+
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async for _ in stub.Generate(ask, timeout=10):
-                pass
+            await consume()
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "max_tokens (4)" in (caught.value.details() or "")
+    failed = [e.attempt_failed for e in seen if e.HasField("attempt_failed")]
+    assert failed
+    for attempt in failed:  # the refused answers were paid for: the caller can bill them
+        assert attempt.usage.completion_tokens > 0
+        assert attempt.usage.total_tokens == (
+            attempt.usage.prompt_tokens + attempt.usage.completion_tokens
+        )
 
 
 async def test_list_models_pages_and_status_and_count_tokens(

@@ -129,6 +129,18 @@ async def test_execute_plans_runs_tasks_and_reports_them(database_url: str) -> N
             }
             assert all(t.HasField("start_time") and t.HasField("end_time") for t in details.tasks)
             assert details.session.plan.revision == 1
+            # No members: the built-in agents that ran are the session's agents (issue 16).
+            assert [a.name for a in details.agents] == [
+                "builtin/router",
+                "builtin/planner",
+                "builtin/executor",
+                "builtin/synthesis",
+            ]
+            router = details.agents[0]
+            assert router.type == agents_pb2.AGENT_TYPE_CUSTOM
+            assert router.model.route == "default"
+            assert router.generation.max_tokens == 80, "as used"
+            assert "Classify the goal" in router.prompts.system
     finally:
         await shutdown()
 

@@ -14,7 +14,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from agentmesh.common.v1 import sessions_pb2
 from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
-from agentmesh_common import FailedPrecondition, to_grpc_status
+from agentmesh_common import FailedPrecondition, Unavailable, to_grpc_status
 from agentmesh_orchestrator.adapters.gateway_client import GatewayClient
 from agentmesh_orchestrator.engine import EngineSettings, SessionEngine
 from agentmesh_orchestrator.testing import (
@@ -115,3 +115,45 @@ async def test_a_plan_the_gateway_rejected_is_asked_for_again_through_grpc(
     final = await engine.run(engine.open_run(TENANT, session, []))
     assert final.status == sessions_pb2.SESSION_STATUS_COMPLETED, final.error
     assert planner_calls == 2
+
+
+class RefusingGateway(inference_pb2_grpc.InferenceServiceServicer):
+    """Answers every call with the gateway's own UNAVAILABLE (every deployment is down)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def Generate(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.GenerateResponse]:
+        self.calls += 1
+        status = to_grpc_status(
+            Unavailable(
+                "every deployment of route 'default' has an open circuit", reason="CIRCUIT_OPEN"
+            ),
+            "inference.agentmesh.dev",
+        )
+        await context.abort(status.code, status.details, status.trailing_metadata)
+        yield inference_pb2.GenerateResponse()  # pragma: no cover - abort raised
+
+
+async def test_the_gateways_own_unavailable_is_not_called_again() -> None:
+    """Only a gateway that cannot be reached is called again (issue 16, finding 5); its own
+    UNAVAILABLE comes after its retries and fallbacks, and keeps its reason."""
+    refusing = RefusingGateway()
+    server = grpc.aio.server()
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(refusing, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            client = GatewayClient(channel, timeout=10, unavailable_seconds=30)
+            events = [e async for e in client.generate(TENANT, inference_pb2.GenerateRequest())]
+    finally:
+        await server.stop(None)
+    assert refusing.calls == 1
+    failed = events[-1].attempt_failed
+    assert failed.error.code == code_pb2.UNAVAILABLE
+    info = error_details_pb2.ErrorInfo()
+    assert any(detail.Unpack(info) for detail in failed.error.details)
+    assert info.reason == "CIRCUIT_OPEN"

@@ -12,7 +12,7 @@ from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from agentmesh.common.v1 import agents_pb2, messages_pb2, sessions_pb2
+from agentmesh.common.v1 import agents_pb2, generation_pb2, messages_pb2, sessions_pb2
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh_orchestrator.ports import StepStored, StepWrite
 from agentmesh_orchestrator.testing import Reply, last_user_content, system_prompt
@@ -466,6 +466,30 @@ async def test_a_planner_that_repeats_ids_is_then_held_to_numbered_ids(
     assert "prefixItems" not in first
     assert [p["properties"]["id"]["const"] for p in second["prefixItems"]][:2] == ["t1", "t2"]
     assert "duplicate task id; number the tasks" in last_user_content(harness.gateway.requests[1])
+
+
+async def test_a_session_failed_after_refused_plans_reports_the_tokens_they_used(
+    harness_factory: Callable[..., Harness],
+) -> None:
+    """Issue 16, finding 12: every plan attempt was refused (it missed the schema) but was
+    paid for; session_failed must say so, not report empty usage."""
+    refused = status_pb2.Status(code=code_pb2.FAILED_PRECONDITION, message="not the schema")
+    refused.details.add().Pack(error_details_pb2.ErrorInfo(reason="STRUCTURED_OUTPUT_INVALID"))
+    spent = generation_pb2.Usage(
+        prompt_tokens=100, completion_tokens=50, total_tokens=150, cost_micros_usd=7
+    )
+    harness = harness_factory(lambda _: Reply(error=refused, error_usage=spent))
+    final = await harness.engine.run(
+        harness.engine.open_run(TENANT, make_session(sessions_pb2.STRATEGY_PLANNER_EXECUTOR), [])
+    )
+    assert final.status == sessions_pb2.SESSION_STATUS_FAILED
+    assert len(harness.gateway.requests) == 3
+    failed = harness.events()[-1].session_failed
+    for usage in (failed.usage, final.usage):
+        assert (usage.prompt_tokens, usage.completion_tokens) == (300, 150)
+        assert (usage.total_tokens, usage.cost_micros_usd) == (450, 21)
+    ledger = [e.usage.total_tokens for e in harness.store.executions.values()]
+    assert ledger == [150, 150, 150], "each refused call is in the usage ledger with its tokens"
 
 
 async def test_a_plan_cut_by_max_tokens_is_asked_again_with_fewer_tasks(

@@ -190,6 +190,8 @@ class AttemptFailed:
     attempt: int
     streamed_tokens: int
     deployment: str
+    # Tokens the attempt used although it failed (an answer that missed the schema).
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True, slots=True)

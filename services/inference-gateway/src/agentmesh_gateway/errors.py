@@ -23,6 +23,8 @@ from agentmesh_common import (
     Unavailable,
 )
 
+from .domain import Usage
+
 _KEY_PATTERNS = re.compile(
     r"(sk-[A-Za-z0-9_\-*]{6,}|xai-[A-Za-z0-9_\-*]{6,}|gsk_[A-Za-z0-9_\-*]{6,}|AIza[0-9A-Za-z_\-]{10,})"
 )
@@ -82,6 +84,9 @@ class UpstreamError(Exception):
         self.status = status
         self.retry_after = retry_after
         self._retryable = retryable  # the provider's own x-should-retry, when it sent one
+        # Tokens the attempt used before it failed, when the provider answered (set by the
+        # gateway: an answer that missed the response schema was paid for all the same).
+        self.usage: Usage | None = None
         super().__init__(self.message)
 
     @property

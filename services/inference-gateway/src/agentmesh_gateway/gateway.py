@@ -364,6 +364,7 @@ class Gateway:
                             attempt=attempt,
                             streamed_tokens=streamed_tokens,
                             deployment=deployment.name,
+                            usage=error.usage,
                         )
                         if stop:
                             raise self._final_error(error, deployment, streamed_tokens) from None
@@ -565,17 +566,6 @@ class Gateway:
         if tool_calls and finish is FinishReason.STOP:
             finish = FinishReason.TOOL_CALLS
         text = "".join(state.text)
-        structured: dict[str, Any] | None = None
-        schema = call.config.response_schema
-        if schema is not None and not tool_calls and finish is FinishReason.STOP:
-            structured = validated_json(text, schema)
-        elif schema is not None and not tool_calls and finish is FinishReason.LENGTH:
-            # Constrained output is valid up to the cut, but a cut JSON value is no value.
-            raise UpstreamError(
-                ErrorKind.INVALID_OUTPUT,
-                f"the output reached max_tokens ({call.config.max_tokens}) before the JSON "
-                "value was complete",
-            )
         usage = end.usage
         if usage is None:
             completion = count_text(text) + sum(
@@ -607,6 +597,21 @@ class Gateway:
         )
         if cost:
             self._metrics.cost.labels(provider, model).inc(cost)
+        structured: dict[str, Any] | None = None
+        schema = call.config.response_schema
+        try:
+            if schema is not None and not tool_calls and finish is FinishReason.STOP:
+                structured = validated_json(text, schema)
+            elif schema is not None and not tool_calls and finish is FinishReason.LENGTH:
+                # Constrained output is valid up to the cut, but a cut JSON value is no value.
+                raise UpstreamError(
+                    ErrorKind.INVALID_OUTPUT,
+                    f"the output reached max_tokens ({call.config.max_tokens}) before the JSON "
+                    "value was complete",
+                )
+        except UpstreamError as error:
+            error.usage = usage  # the answer was paid for, though it is refused
+            raise
         return Finished(
             finish_reason=finish,
             usage=usage,

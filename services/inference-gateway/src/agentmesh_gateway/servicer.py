@@ -127,6 +127,7 @@ def _attempt_failed(event: AttemptFailed) -> Response:
                 will_fall_back=event.will_fall_back,
                 attempt=event.attempt,
                 streamed_tokens=event.streamed_tokens,
+                usage=usage_to_proto(event.usage) if event.usage is not None else None,
             )
         )
     )

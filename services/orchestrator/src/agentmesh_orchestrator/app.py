@@ -57,7 +57,9 @@ async def build(
         settings.gateway_target, tracer_provider=telemetry.tracer_provider, default_timeout=None
     )
     stack.push_async_callback(gateway_channel.close, None)
-    gateway = GatewayClient(gateway_channel)
+    gateway = GatewayClient(
+        gateway_channel, unavailable_seconds=settings.gateway_unavailable_seconds
+    )
     return compose(
         stack,
         settings,

@@ -126,6 +126,7 @@ class SessionEngine:
                 else None
             ),
         )
+        turns.on_billed = lambda: run.save([])
         turns.approvals = ApprovalGate(
             store=self._store,
             recorder=recorder,

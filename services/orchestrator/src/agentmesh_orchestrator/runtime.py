@@ -361,10 +361,11 @@ class Runtime:
         system: str = "",
         tools: Sequence[str] = (),
         model: agents_pb2.ModelSelection | None = None,
+        max_tokens: int = 0,
     ) -> SessionAgent:
         """A built-in agent on `model`, else on the user's model for its type, else the route
         of the session's first agent, else the user's default route, else the orchestrator's
-        (preferences.builtin_model)."""
+        (preferences.builtin_model). It is kept with the session (`builtin_agents`)."""
         if model is not None and (model.route or model.model):
             chosen = agents_pb2.ModelSelection()
             chosen.CopyFrom(model)
@@ -381,7 +382,20 @@ class Runtime:
             prompts=agents_pb2.AgentPrompts(system=system),
             tools=tools,
         )
-        return prepare_agent(definition, field="builtin")
+        if max_tokens:
+            definition.generation.max_tokens = max_tokens
+        agent = prepare_agent(definition, field="builtin")
+        self._record_builtin(agent)
+        return agent
+
+    def _record_builtin(self, agent: SessionAgent) -> None:
+        """Keep a built-in agent's definition with the session, once (GetSession lists it)."""
+        if any(known.name == agent.name for known in self.session.builtin_agents):
+            return
+        self.session.builtin_agents.append(agent.definition)
+        # Not `save`: the session's usage is stored only where it already was (a snapshot
+        # taken mid-round would be counted again when a resumed run reuses the round's calls).
+        self.recorder.stage_update(self.session, ["builtin_agents"])
 
 
 def as_seen_by(item: memory_pb2.StoredMessage, agent: SessionAgent) -> messages_pb2.Message:

@@ -430,7 +430,7 @@ class OrchestratorApp:
         )
         return orchestrator_pb2.GetSessionResponse(
             session=session,
-            agents=session.inline_agents,
+            agents=[*session.inline_agents, *session.builtin_agents],
             tasks=tasks.tasks,
             children=[child.name for child in children.sessions],
             pending_approvals=await self._memory.pending_approvals(tenant, name),

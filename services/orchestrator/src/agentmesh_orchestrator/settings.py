@@ -126,6 +126,15 @@ class OrchestratorSettings(ServiceSettings):
             " of grace_seconds, so sessions stop before the server cancels their streams."
         ),
     )
+    gateway_unavailable_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description=(
+            "How long a model call keeps calling an inference gateway it cannot reach"
+            " (connection refused or lost), with backoff, before the turn fails with"
+            " GATEWAY_UNAVAILABLE; the session's deadline bounds it too."
+        ),
+    )
     default_route: str = Field(
         default="default", description="Gateway route for built-in agents and agents naming none."
     )

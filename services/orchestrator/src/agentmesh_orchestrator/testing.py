@@ -253,6 +253,8 @@ class Reply:
     delay_seconds: float = 0.0
     structured: struct_pb2.Struct | None = None
     error: status_pb2.Status | None = None
+    # Tokens the failed attempt used all the same (an answer that missed the schema).
+    error_usage: generation_pb2.Usage | None = None
     # Streamed first, then abandoned with a `restart` (as the gateway falls back mid-stream).
     abandoned: str = ""
 
@@ -282,7 +284,11 @@ class ScriptedGateway:
             # What the real gateway streams when every deployment failed.
             yield generation_pb2.GenerateEvent(
                 attempt_failed=generation_pb2.AttemptFailed(
-                    error=reply.error, retryable=False, will_fall_back=False, attempt=1
+                    error=reply.error,
+                    retryable=False,
+                    will_fall_back=False,
+                    attempt=1,
+                    usage=reply.error_usage,
                 )
             )
             return

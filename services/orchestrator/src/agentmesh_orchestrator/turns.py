@@ -3,9 +3,9 @@
 A turn is a loop of model calls: each call streams text (stored as batched
 `content_delta` events); when the model asks for tools, each call is checked against the
 agent's `ToolBox`, run, and answered with a tool message before the model is called again.
-Each model call has an idempotency key derived from the turn's key; a call the usage ledger
-already holds as succeeded (a replica died after it) is not repeated: its recorded answer is
-used instead.
+Each model call (`model_calls`) has an idempotency key derived from the turn's key; a call
+the usage ledger already holds as succeeded (a replica died after it) is not repeated: its
+recorded answer is used instead, and its completion, stored with it, is not emitted again.
 
 Nothing here waits for the store: `message_started` is buffered (stored with the first text,
 or within the flush interval), the ledger row is staged, and `message_completed` is emitted,
@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import struct_pb2
@@ -28,7 +27,6 @@ from opentelemetry import trace
 from agentmesh.common.v1 import approvals_pb2, events_pb2, generation_pb2, messages_pb2, tools_pb2
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh.memory.v1 import memory_pb2
-from agentmesh_common.protobuf import duration
 
 from .agents import SessionAgent
 from .approvals import ApprovalGate, ApprovalRequest
@@ -37,20 +35,13 @@ from .events import EventRecorder
 from .knowledge import CitationLog
 from .lifecycle import ReplicaDraining
 from .messaging import Messenger
+from .model_calls import CallSpec, ModelCaller, TurnFailed, add_usage
 from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
 from .preferences import SessionScope
 from .tools import ToolBox, ToolCallContext, ToolError, struct_to_json_text
 
 DEFAULT_MAX_TOOL_ROUNDS = 8
-
-
-class TurnFailed(Exception):
-    """A model call failed for good (after the gateway's own retries and fallbacks)."""
-
-    def __init__(self, status: status_pb2.Status) -> None:
-        super().__init__(status.message)
-        self.status = status
 
 
 @dataclass
@@ -60,13 +51,7 @@ class UsageMeter:
     total: generation_pb2.Usage = field(default_factory=generation_pb2.Usage)
 
     def add(self, usage: generation_pb2.Usage) -> None:
-        self.total.prompt_tokens += usage.prompt_tokens
-        self.total.completion_tokens += usage.completion_tokens
-        self.total.total_tokens += usage.total_tokens
-        self.total.cached_prompt_tokens += usage.cached_prompt_tokens
-        self.total.reasoning_tokens += usage.reasoning_tokens
-        self.total.cost_micros_usd += usage.cost_micros_usd
-        self.total.estimated = self.total.estimated or usage.estimated
+        add_usage(self.total, usage)
 
     def snapshot(self) -> generation_pb2.Usage:
         copy = generation_pb2.Usage()
@@ -107,13 +92,6 @@ class TurnOutcome:
     remembered: memory_pb2.StoredMessage | None = None
 
 
-@dataclass(frozen=True)
-class _CallResult:
-    finished: generation_pb2.Finished
-    reused: bool
-    message_id: str  # the id the answer streamed under (a new one after a `restart`)
-
-
 class TurnRunner:
     """Runs agent turns for one session."""
 
@@ -145,17 +123,38 @@ class TurnRunner:
         self.cited = CitationLog()
         self._metrics = metrics
         self._tracer = tracer or trace.NoOpTracer()
-        self._gateway = gateway
-        self._store = store
         self._recorder = recorder
         self._meter = meter
         self._tenant = tenant
         self._session = session
         self._max_tool_rounds = max_tool_rounds
-        # Only a resumed session can meet a model call already answered (before a takeover):
-        # otherwise every idempotency key is new, and asking the ledger is a wasted round trip.
-        self.reuse_recorded_calls = False
         self.draining = False  # set when the replica drains: no new turn starts
+        # Stages the session's usage (set by the engine: `Runtime.save`).
+        self.on_billed: Callable[[], None] | None = None
+        self._calls = ModelCaller(
+            gateway=gateway,
+            store=store,
+            recorder=recorder,
+            tenant=tenant,
+            session=session,
+            scope=scope,
+        )
+
+    def _bill(self, usage: generation_pb2.Usage) -> None:
+        """Add a call's usage to the session's, staged with the call's ledger row (no await in
+        between: one commit), so the stored usage always counts exactly the stored calls."""
+        self._meter.add(usage)
+        if self.on_billed is not None:
+            self.on_billed()
+
+    @property
+    def reuse_recorded_calls(self) -> bool:
+        """True on a resumed run: answers the ledger holds are used, not asked again."""
+        return self._calls.reuse_recorded_calls
+
+    @reuse_recorded_calls.setter
+    def reuse_recorded_calls(self, value: bool) -> None:
+        self._calls.reuse_recorded_calls = value
 
     async def run(self, turn: Turn) -> TurnOutcome:
         """Run the turn to its final message; raise `TurnFailed` if a model call fails, and
@@ -210,19 +209,26 @@ class TurnRunner:
         specs = turn.tools.specs
         for call_index in range(self._max_tool_rounds + 1):
             offer_tools = specs if call_index < self._max_tool_rounds else []
-            message_id = uuid.uuid4().hex
-            result = await self._call_model(
-                turn,
-                conversation,
-                offer_tools,
-                f"{turn.idempotency_key}/{call_index}",
-                message_id,
-                call_index=call_index,
-            )
+            try:
+                result = await self._calls.call(
+                    CallSpec(
+                        agent_name=agent.name,
+                        agent_label=agent.label,
+                        task_id=turn.task_id,
+                        round=turn.round,
+                        key=f"{turn.idempotency_key}/{call_index}",
+                        call_index=call_index,
+                    ),
+                    self._request(turn, conversation, offer_tools),
+                )
+            except TurnFailed as failed:
+                self._bill(failed.usage)  # a failed call's tokens are billed all the same
+                raise
             finished = result.finished
             message_id = result.message_id
             usage.add(finished.usage)
-            self._meter.add(finished.usage)
+            if not result.reused:  # a reused call's usage is in the stored session's already
+                self._bill(finished.usage)
             reply = messages_pb2.Message(
                 role=messages_pb2.ROLE_ASSISTANT,
                 content=finished.text,
@@ -253,19 +259,23 @@ class TurnRunner:
                     conversation.append(answer)
                     new_messages.append(answer)
             if ends_turn:
-                await self._recorder.emit(
-                    events_pb2.SessionEvent(
-                        agent=agent.name,
-                        task_id=turn.task_id,
-                        message_id=message_id,
-                        message_completed=events_pb2.MessageCompleted(
-                            message=reply,
-                            usage=usage.snapshot(),
-                            finish_reason=finished.finish_reason,
-                            provider=finished.provider,
-                        ),
+                # A reused answer's completion is in the log already when nothing ran between
+                # its ledger row and it (model_calls: one commit); emitting it again would
+                # complete a message twice. A final tool's turn completes after its tools ran.
+                if not result.reused or final:
+                    await self._recorder.emit(
+                        events_pb2.SessionEvent(
+                            agent=agent.name,
+                            task_id=turn.task_id,
+                            message_id=message_id,
+                            message_completed=events_pb2.MessageCompleted(
+                                message=reply,
+                                usage=usage.snapshot(),
+                                finish_reason=finished.finish_reason,
+                                provider=finished.provider,
+                            ),
+                        )
                     )
-                )
                 return TurnOutcome(
                     text=finished.text,
                     message=reply,
@@ -282,153 +292,26 @@ class TurnRunner:
                 )
         raise AssertionError("unreachable: the last model call is offered no tools")
 
-    async def _call_model(
+    def _request(
         self,
         turn: Turn,
         conversation: Sequence[messages_pb2.Message],
         tools: Sequence[tools_pb2.ToolSpec],
-        key: str,
-        message_id: str,
-        *,
-        call_index: int = 0,
-    ) -> _CallResult:
-        agent = turn.agent
-        model = agent.definition.model
-        recorded = (
-            await self._store.find_execution(self._tenant, key)
-            if self.reuse_recorded_calls
-            else None
-        )
-        if recorded is not None and recorded.outcome == memory_pb2.EXECUTION_OUTCOME_SUCCEEDED:
-            # Done before a takeover: use the recorded answer, do not call the model again.
-            finished = generation_pb2.Finished(
-                finish_reason=(
-                    generation_pb2.FINISH_REASON_TOOL_CALLS
-                    if recorded.response.tool_calls
-                    else generation_pb2.FINISH_REASON_STOP
-                ),
-                usage=recorded.usage,
-                provider=recorded.provider,
-                model=recorded.model,
-                tool_calls=recorded.response.tool_calls,
-                text=recorded.response.content,
-            )
-            return _CallResult(finished=finished, reused=True, message_id=message_id)
-        self._recorder.buffer(
-            events_pb2.SessionEvent(
-                agent=agent.name,
-                task_id=turn.task_id,
-                message_id=message_id,
-                message_started=events_pb2.MessageStarted(
-                    model=model.route or f"{model.provider}/{model.model}", round=turn.round
-                ),
-            )
-        )
+    ) -> inference_pb2.GenerateRequest:
+        model = turn.agent.definition.model
         request = inference_pb2.GenerateRequest(
             route=model.route,
             provider=model.provider,
             model=model.model,
             messages=conversation,
             tools=tools,
-            config=agent.definition.generation,
-            idempotency_key=key,
+            config=turn.agent.definition.generation,
             session=self._session,
-            agent=agent.name,
+            agent=turn.agent.name,
         )
         if turn.response_schema is not None:
             request.config.response_schema.CopyFrom(turn.response_schema)
-        if self._scope is not None:
-            request.model_preference = self._scope.preferences.model_preference
-        started = time.monotonic()
-        first_token: float | None = None
-        attempt = 0
-        attempted_provider, attempted_model = model.provider or "unknown", model.model
-        finished_event: generation_pb2.Finished | None = None
-        failure: status_pb2.Status | None = None
-        async for event in self._gateway.generate(self._tenant, request):
-            kind = event.WhichOneof("event")
-            if kind == "delta":
-                if first_token is None:
-                    first_token = time.monotonic()
-                delta = event.delta
-                which = delta.WhichOneof("delta")
-                if which == "text":
-                    await self._recorder.delta(
-                        agent=agent.name,
-                        message_id=message_id,
-                        text=delta.text,
-                        task_id=turn.task_id,
-                    )
-                elif which == "thinking":
-                    await self._recorder.delta(
-                        agent=agent.name,
-                        message_id=message_id,
-                        text=delta.thinking,
-                        thinking=True,
-                        task_id=turn.task_id,
-                    )
-            elif kind == "attempt_started":
-                attempt = event.attempt_started.attempt
-                attempted_provider = event.attempt_started.provider or attempted_provider
-                attempted_model = event.attempt_started.model or attempted_model
-            elif kind == "restart":
-                # The gateway falls back after streaming: what was streamed under this message
-                # id is abandoned (it never completes); the answer streams under a new id.
-                message_id = uuid.uuid4().hex
-                self._recorder.buffer(
-                    events_pb2.SessionEvent(
-                        agent=agent.name,
-                        task_id=turn.task_id,
-                        message_id=message_id,
-                        message_started=events_pb2.MessageStarted(
-                            model=model.route or f"{model.provider}/{model.model}",
-                            round=turn.round,
-                        ),
-                    )
-                )
-            elif kind == "finished":
-                finished_event = event.finished
-            elif kind == "attempt_failed" and not event.attempt_failed.will_fall_back:
-                failure = event.attempt_failed.error
-        # The last deltas, the ledger row and the turn's next event (`message_completed`, a
-        # tool call or the session's failure) are stored together in one commit.
-        latency = time.monotonic() - started
-        execution = memory_pb2.Execution(
-            session=self._session,
-            agent=agent.name,
-            task_id=turn.task_id,
-            route=model.route,
-            attempt=attempt,
-            idempotency_key=key,
-            latency=duration(latency),
-            call_index=call_index,
-        )
-        if first_token is not None:
-            execution.time_to_first_token.CopyFrom(duration(first_token - started))
-        if finished_event is None:
-            status = failure or status_pb2.Status(
-                code=code_pb2.UNAVAILABLE, message="the model stream ended without an answer"
-            )
-            execution.outcome = memory_pb2.EXECUTION_OUTCOME_FAILED
-            execution.provider = attempted_provider
-            execution.model = attempted_model
-            execution.error.CopyFrom(status)
-            self._recorder.stage_execution(execution)
-            raise TurnFailed(status)
-        execution.provider = finished_event.provider
-        execution.model = finished_event.model
-        execution.usage.CopyFrom(finished_event.usage)
-        execution.outcome = memory_pb2.EXECUTION_OUTCOME_SUCCEEDED
-        execution.response.CopyFrom(
-            messages_pb2.Message(
-                role=messages_pb2.ROLE_ASSISTANT,
-                content=finished_event.text,
-                name=agent.label,
-                tool_calls=finished_event.tool_calls,
-            )
-        )
-        self._recorder.stage_execution(execution)
-        return _CallResult(finished=finished_event, reused=False, message_id=message_id)
+        return request
 
     async def _prepare(self, turn: Turn) -> PreparedContext:
         """The turn's extra context: recalled memories, addressed messages, passages."""
@@ -508,3 +391,6 @@ class TurnRunner:
             raise ToolError("DEADLINE_EXCEEDED", approval.comment or "nobody approved the call")
         reason = f": {approval.comment}" if approval.comment else ""
         raise ToolError("PERMISSION_DENIED", f"a reviewer rejected the call{reason}")
+
+
+__all__ = ["Turn", "TurnFailed", "TurnOutcome", "TurnRunner", "UsageMeter"]

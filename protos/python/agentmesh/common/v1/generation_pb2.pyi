@@ -350,6 +350,7 @@ class AttemptFailed(_message.Message):
     WILL_FALL_BACK_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     STREAMED_TOKENS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     retryable: _builtins.bool
     """Whether the error is retryable."""
     will_fall_back: _builtins.bool
@@ -362,6 +363,12 @@ class AttemptFailed(_message.Message):
     def error(self) -> _status_pb2.Status:
         """The error, with ErrorInfo giving the provider's reason."""
 
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Tokens the attempt used although it failed (for example an answer that did not match the
+        response schema), with their cost; unset when the provider answered nothing countable.
+        """
+
     def __init__(
         self,
         *,
@@ -370,10 +377,11 @@ class AttemptFailed(_message.Message):
         will_fall_back: _builtins.bool = ...,
         attempt: _builtins.int = ...,
         streamed_tokens: _builtins.int = ...,
+        usage: Global___Usage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "retryable", b"retryable", "streamed_tokens", b"streamed_tokens", "will_fall_back", b"will_fall_back"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "error", b"error", "retryable", b"retryable", "streamed_tokens", b"streamed_tokens", "usage", b"usage", "will_fall_back", b"will_fall_back"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -462,6 +462,7 @@ class Session(_message.Message):
     LAST_EVENT_SEQ_FIELD_NUMBER: _builtins.int
     SELECTOR_FIELD_NUMBER: _builtins.int
     HANDOFF_FIELD_NUMBER: _builtins.int
+    BUILTIN_AGENTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, "sessions/{session_id}"."""
     goal: _builtins.str
@@ -542,6 +543,13 @@ class Session(_message.Message):
     def handoff(self) -> Global___HandoffSpec:
         """The handoff conversation, for STRATEGY_HANDOFF."""
 
+    @_builtins.property
+    def builtin_agents(self) -> _containers.RepeatedCompositeFieldContainer[_agents_pb2.AgentDefinition]:
+        """Output only. Built-in agents the orchestrator ran for this session (router, planner,
+        executor, synthesis, ...: names "builtin/{label}"), each once, as first used. They are
+        not members: GetSession lists them after the members.
+        """
+
     def __init__(
         self,
         *,
@@ -570,10 +578,11 @@ class Session(_message.Message):
         last_event_seq: _builtins.int = ...,
         selector: Global___SelectorSpec | None = ...,
         handoff: Global___HandoffSpec | None = ...,
+        builtin_agents: _abc.Iterable[_agents_pb2.AgentDefinition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "handoff", b"handoff", "limits", b"limits", "pipeline", b"pipeline", "plan", b"plan", "selector", b"selector", "start_time", b"start_time", "termination", b"termination", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "cancel_on_disconnect", b"cancel_on_disconnect", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "final_answer", b"final_answer", "goal", b"goal", "handoff", b"handoff", "inline_agents", b"inline_agents", "last_event_seq", b"last_event_seq", "lease_owner", b"lease_owner", "limits", b"limits", "metadata", b"metadata", "name", b"name", "parent", b"parent", "pipeline", b"pipeline", "plan", b"plan", "rounds_completed", b"rounds_completed", "selector", b"selector", "start_time", b"start_time", "status", b"status", "strategy", b"strategy", "termination", b"termination", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "builtin_agents", b"builtin_agents", "cancel_on_disconnect", b"cancel_on_disconnect", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "final_answer", b"final_answer", "goal", b"goal", "handoff", b"handoff", "inline_agents", b"inline_agents", "last_event_seq", b"last_event_seq", "lease_owner", b"lease_owner", "limits", b"limits", "metadata", b"metadata", "name", b"name", "parent", b"parent", "pipeline", b"pipeline", "plan", b"plan", "rounds_completed", b"rounds_completed", "selector", b"selector", "start_time", b"start_time", "status", b"status", "strategy", b"strategy", "termination", b"termination", "update_time", b"update_time", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

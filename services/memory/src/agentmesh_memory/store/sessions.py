@@ -64,6 +64,7 @@ UPDATABLE = frozenset(
         "plan",
         "agents",
         "inline_agents",
+        "builtin_agents",
         "metadata",
     }
 )

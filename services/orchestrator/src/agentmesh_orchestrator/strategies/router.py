@@ -93,8 +93,8 @@ class Router(Strategy):
 
 async def _analyse(rt: Runtime) -> tuple[str, str]:
     """The goal's kind and why, in the model's words."""
-    analyst = rt.default_agent(AgentKind.CUSTOM, "router", system=ROUTER_PROMPT)
-    analyst.definition.generation.max_tokens = 80  # a kind and one sentence
+    # max_tokens: a kind and one sentence
+    analyst = rt.default_agent(AgentKind.CUSTOM, "router", system=ROUTER_PROMPT, max_tokens=80)
     schema = ParseDict(dict(ANALYSIS_SCHEMA), struct_pb2.Struct())
     try:
         outcome: TurnOutcome | None = await rt.run_turn(

@@ -128,8 +128,8 @@ class Selector(Strategy):
             "selector",
             system=spec.selector_prompt or SELECTOR_PROMPT,
             model=spec.model,
+            max_tokens=100,  # a name and one short sentence
         )
-        selector.definition.generation.max_tokens = 100  # a name and one short sentence
         names = [a.label for a in candidates]
         schema = {
             "type": "object",
