@@ -438,3 +438,34 @@ async def test_an_open_http_api_serves_without_keys(tmp_path: Path) -> None:
             await client.chat.completions.create(model="main", messages=ASK)
         assert upstream.value.status_code == 502  # the gateway's key, not the caller's
     await fake.stop()
+
+
+async def test_a_revoked_key_is_refused_within_a_second_though_it_was_cached(
+    setup: Setup,
+) -> None:
+    """Issue 16, finding 8: the key cache drops a key once the memory service revokes it."""
+    created = await setup.memory.CreateApiKey(
+        memory_pb2.CreateApiKeyRequest(display_name="soon revoked"),
+        metadata=((TENANT_METADATA_KEY, "acme"),),
+        timeout=10,
+    )
+    headers = {"authorization": f"Bearer {created.secret}"}
+    async with httpx.AsyncClient() as http:
+        first = await http.get(setup.gateway.base_url + "/models", headers=headers)
+        assert first.status_code == 200  # resolved, and now cached for 30 s
+        await setup.memory.DeleteApiKey(
+            memory_pb2.DeleteApiKeyRequest(name=created.api_key.name),
+            metadata=((TENANT_METADATA_KEY, "acme"),),
+            timeout=10,
+        )
+        revoked = time.monotonic()
+        deadline = revoked + 1.0
+        while True:
+            answer = await http.get(setup.gateway.base_url + "/models", headers=headers)
+            if answer.status_code != 200:
+                break
+            assert time.monotonic() < deadline, "the revoked key still works after 1 s"
+            await asyncio.sleep(0.02)
+    assert answer.status_code == 401
+    assert answer.json()["error"]["code"] == "api_key_invalid"
+    print(f"gateway refused the revoked key {time.monotonic() - revoked:.3f} s after revoking")

@@ -106,7 +106,7 @@ async def test_token_budget_stops_the_session(harness_factory: Callable[..., Har
     harness = harness_factory(by_agent)
     session = make_session(
         sessions_pb2.STRATEGY_ROUND_ROBIN,
-        limits=sessions_pb2.SessionLimits(max_rounds=50, max_total_tokens=1),
+        limits=sessions_pb2.SessionLimits(max_rounds=50, max_total_tokens=100),
     )
     final = await harness.engine.run(harness.engine.open_run(TENANT, session, AGENTS))
     assert harness.events()[-1].session_completed.termination_reason == "token_budget"

@@ -9,7 +9,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-from agentmesh.common.v1 import agents_pb2, messages_pb2, sessions_pb2
+from agentmesh.common.v1 import agents_pb2, generation_pb2, messages_pb2, sessions_pb2
 from agentmesh.inference.v1 import inference_pb2
 from agentmesh_orchestrator.engine import EngineSettings
 from agentmesh_orchestrator.termination import (
@@ -79,7 +79,10 @@ def by_name(request: inference_pb2.GenerateRequest) -> Reply:
     return Reply(text=f"answer of {system.split('.')[0]}")
 
 
-def budget(tokens: int = 1, **fields: object) -> sessions_pb2.SessionLimits:
+def budget(tokens: int = 100, **fields: object) -> sessions_pb2.SessionLimits:
+    """A budget that admits one of these small calls (about 60 prompt tokens and a short
+    answer) but not a second: a call starts only with its prompt and 16 tokens of answer
+    left in the budget."""
     return sessions_pb2.SessionLimits(max_total_tokens=tokens, **fields)  # type: ignore[arg-type]
 
 
@@ -125,12 +128,13 @@ async def test_planner_executor_stops_at_the_token_budget_and_skips_the_tasks(
     harness_factory: Callable[..., Harness],
 ) -> None:
     harness = harness_factory(by_name)
-    session = make_session(sessions_pb2.STRATEGY_PLANNER_EXECUTOR, limits=budget())
+    session = make_session(sessions_pb2.STRATEGY_PLANNER_EXECUTOR, limits=budget(200))
     final = await harness.engine.run(harness.engine.open_run(TENANT, session, []))
     assert final.status == sessions_pb2.SESSION_STATUS_COMPLETED
     assert harness.events()[-1].session_completed.termination_reason == "token_budget"
-    assert len(harness.gateway.requests) == 1, "planning spent the budget: no task ran"
-    assert "task_started" not in harness.kinds()
+    assert len(harness.gateway.requests) == 1, "planning spent the budget: no task called"
+    assert harness.kinds().count("message_completed") == 1
+    assert final.usage.total_tokens <= 200
 
 
 async def test_a_plan_in_progress_stops_at_the_budget_and_its_pending_tasks_are_skipped(
@@ -147,13 +151,19 @@ async def test_a_plan_in_progress_stops_at_the_budget_and_its_pending_tasks_are_
     def script(request: inference_pb2.GenerateRequest) -> Reply:
         if "You are a planner" in system_prompt(request):
             return Reply(text=json.dumps(plan))
-        return Reply(text="x" * 4000)  # one task's answer alone exceeds the budget
+        return Reply(text="x" * 4000)  # one task's answer alone would exceed the budget
 
     harness = harness_factory(script)
-    session = make_session(sessions_pb2.STRATEGY_PLANNER_EXECUTOR, limits=budget(900))
+    session = make_session(sessions_pb2.STRATEGY_PLANNER_EXECUTOR, limits=budget(600))
     final = await harness.engine.run(harness.engine.open_run(TENANT, session, []))
     assert harness.events()[-1].session_completed.termination_reason == "token_budget"
-    assert final.final_answer == "x" * 4000, "the newest answer is the final one"
+    # Task a's answer was cut at its max_tokens (finish reason LENGTH); too little was left
+    # for task b's call. The newest answer is the final one.
+    answers = [e.message_completed for e in harness.events() if e.HasField("message_completed")]
+    assert answers[-1].finish_reason == generation_pb2.FINISH_REASON_LENGTH
+    assert final.final_answer == answers[-1].message.content
+    assert final.final_answer.startswith("xxxx")
+    assert final.usage.total_tokens <= 600
     statuses = {t.task_id: t.status for t in harness.store.tasks.values()}
     assert statuses == {
         "a": sessions_pb2.TASK_STATUS_COMPLETED,
@@ -167,7 +177,7 @@ async def test_the_router_stops_at_the_token_budget_after_its_analysis(
     harness = harness_factory(
         by_name, EngineSettings(retry_backoff_seconds=0.0, router_shortcuts=False)
     )
-    session = make_session(sessions_pb2.STRATEGY_ROUTER, goal="Say hello", limits=budget())
+    session = make_session(sessions_pb2.STRATEGY_ROUTER, goal="Say hello", limits=budget(170))
     final = await harness.engine.run(
         harness.engine.open_run(TENANT, session, [make_agent("helper", system="Helper.")])
     )
@@ -217,7 +227,7 @@ async def test_a_handoff_conversation_stops_at_the_token_budget(
         return Reply(tool_calls=[messages_pb2.ToolCall(id="h", name=target, arguments=arguments)])
 
     harness = harness_factory(hands_off)
-    session = make_session(sessions_pb2.STRATEGY_HANDOFF, limits=budget())
+    session = make_session(sessions_pb2.STRATEGY_HANDOFF, limits=budget(600))  # tool specs
     await harness.engine.run(harness.engine.open_run(TENANT, session, STAGES))
     assert harness.events()[-1].session_completed.termination_reason == "token_budget"
     assert len(harness.gateway.requests) == 1

@@ -100,6 +100,9 @@ class ServiceServer:
         self.shutdown_notice_seconds = shutdown_notice_seconds
         self._port: int | None = None
         self._stopping: asyncio.Future[None] | None = None
+        # Set when stop begins: long-lived streams that would only hold the drain (watches a
+        # client re-opens elsewhere) end on it instead of waiting out the grace period.
+        self.stopping = asyncio.Event()
 
     @property
     def port(self) -> int:
@@ -147,6 +150,7 @@ class ServiceServer:
         await asyncio.shield(self._stopping)
 
     async def _stop(self, grace: float) -> None:
+        self.stopping.set()
         await self._health.enter_graceful_shutdown()
         if self.shutdown_notice_seconds > 0:
             await asyncio.sleep(self.shutdown_notice_seconds)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -138,6 +140,15 @@ async def start_http(
     if settings.http_auth == "api_key":
         assert tenancy is not None  # the settings require a memory target
         keys = TenantKeys(tenancy.lookup, cache_seconds=settings.api_key_cache_seconds)
+        # Revoked keys are dropped from the cache as the memory service announces them.
+        key_watch = asyncio.create_task(keys.keys.follow(tenancy.watch_keys))
+
+        async def stop_key_watch() -> None:
+            key_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await key_watch
+
+        stack.push_async_callback(stop_key_watch)
     context = HttpContext(gateway, keys, tenancy, open_tenant=settings.http_tenant)
     server = HttpServer(context, settings.host, settings.http_port or 0, settings.grace_seconds)
     await server.start()

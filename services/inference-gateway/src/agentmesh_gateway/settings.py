@@ -73,7 +73,13 @@ class GatewaySettings(ServiceSettings):
         ),
     )
     api_key_cache_seconds: float = Field(
-        default=30.0, ge=0, description="How long a resolved API key is trusted without asking."
+        default=30.0,
+        ge=0,
+        description=(
+            "How long a resolved API key is trusted without asking; a revoked key is dropped"
+            " at once (the memory service pushes revocations), and nothing is trusted while"
+            " that push is down."
+        ),
     )
     cache_backend: Literal["memory", "redis", "off"] = Field(
         default="memory",

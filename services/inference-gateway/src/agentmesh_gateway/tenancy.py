@@ -1,10 +1,12 @@
 """Tenants of the HTTP API: API keys to tenants, and the usage ledger, both in the memory service.
 
-Keys are resolved exactly as the orchestrator's edge resolves them: the memory service stores
-only their hashes and answers ``AuthenticateApiKey``; answers (also "no such key") are cached
-for ``cache_seconds``. Every call that reached a provider, or was answered from the cache, is
-recorded with ``RecordExecution`` under the caller's tenant, so ``GetUsage`` shows spend per
-tenant key. Recording happens after the answer was sent, in batches, and never fails a call.
+Keys are resolved exactly as the orchestrator's edge resolves them, with the same cache
+(``agentmesh_common.api_keys``): the memory service stores only their hashes and answers
+``AuthenticateApiKey``; answers (also "no such key") are cached for ``cache_seconds``, and a
+revoked key is dropped as soon as the memory service's ``WatchApiKeys`` stream says so.
+Every call that reached a provider, or was answered from the cache, is recorded with
+``RecordExecution`` under the caller's tenant, so ``GetUsage`` shows spend per tenant key.
+Recording happens after the answer was sent, in batches, and never fails a call.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,13 +32,13 @@ from agentmesh_common import (
     Unavailable,
     from_rpc_error,
 )
+from agentmesh_common.api_keys import ApiKeyCache, KeyLookup, KeyOwner
 
 from .domain import Usage
 from .protoconv import usage_to_proto
 
 _logger = logging.getLogger("agentmesh.gateway.http")
 MEMORY_TIMEOUT = 5.0
-KeyLookup = Callable[[str], Awaitable[str | None]]
 
 
 class Outcome:
@@ -71,7 +73,8 @@ class Ledger(Protocol):
 
 
 class TenantKeys:
-    """API key -> tenant, cached (answers and refusals) for ``cache_seconds``."""
+    """API key -> tenant, cached (answers and refusals) for ``cache_seconds``; run
+    ``keys.follow`` to drop revoked keys at once."""
 
     def __init__(
         self,
@@ -80,10 +83,7 @@ class TenantKeys:
         cache_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._lookup = lookup
-        self._cache_seconds = cache_seconds
-        self._clock = clock
-        self._cache: dict[str, tuple[float, str | None]] = {}
+        self.keys = ApiKeyCache(lookup, cache_seconds=cache_seconds, clock=clock)
 
     async def tenant_for(self, key: str | None) -> str:
         """The tenant of ``key``; :class:`Unauthenticated` when missing or not valid."""
@@ -92,18 +92,10 @@ class TenantKeys:
                 "an API key is required: send 'Authorization: Bearer <key>' or 'x-api-key'",
                 reason="API_KEY_MISSING",
             )
-        now = self._clock()
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > now:
-            tenant = cached[1]
-        else:
-            tenant = await self._lookup(key)
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = (now + self._cache_seconds, tenant)
-        if tenant is None:
+        owner = await self.keys.owner(key)
+        if owner is None:
             raise Unauthenticated("the API key is not valid", reason="API_KEY_INVALID")
-        return tenant
+        return owner.tenant
 
 
 class MemoryTenancy:
@@ -124,7 +116,11 @@ class MemoryTenancy:
         self._timer: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Task[None]] = set()
 
-    async def lookup(self, secret: str) -> str | None:
+    def watch_keys(self) -> AsyncIterable[memory_pb2.WatchApiKeysResponse]:
+        """The memory service's stream of revoked keys (for ``ApiKeyCache.follow``)."""
+        return self._stub.WatchApiKeys(memory_pb2.WatchApiKeysRequest())
+
+    async def lookup(self, secret: str) -> KeyOwner | None:
         try:
             reply = await self._stub.AuthenticateApiKey(
                 memory_pb2.AuthenticateApiKeyRequest(secret=secret), timeout=MEMORY_TIMEOUT
@@ -138,7 +134,7 @@ class MemoryTenancy:
                 retry_after=1.0,
                 reason="KEY_SERVICE_UNAVAILABLE",
             ) from None
-        return reply.api_key.tenant
+        return KeyOwner(reply.api_key.tenant, reply.api_key.name)
 
     def record_later(self, call: CallRecord) -> None:
         """Queue ``call`` for the next batch; never holds the caller's answer."""

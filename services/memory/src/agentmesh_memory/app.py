@@ -104,6 +104,13 @@ class HealthMonitor:
             await asyncio.sleep(self._interval)
 
 
+async def _end_key_watches(server: ServiceServer, stores: Stores) -> None:
+    """Once the server stops, end the replicas' key watches: they re-open them on another
+    memory replica at once, instead of holding this one's drain for its grace period."""
+    await server.stopping.wait()
+    stores.api_keys.end_watches()
+
+
 async def build(
     stack: AsyncExitStack, settings: MemorySettings, telemetry: Telemetry
 ) -> Sequence[Registration]:
@@ -144,6 +151,7 @@ async def build(
 
     async def start_monitor(server: ServiceServer) -> None:
         _background(stack, partial(monitor.run, server), "memory-health")
+        _background(stack, partial(_end_key_watches, server, stores), "memory-key-watches")
 
     workflow_stores = WorkflowStores.build(
         db, workflow_notifier, watch_poll_seconds=settings.watch_poll_seconds

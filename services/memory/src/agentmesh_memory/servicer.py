@@ -273,6 +273,13 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> pb.DeleteApiKeyResponse:
         return await _complete(self._s.api_keys.delete(tenant_of(context), request))
 
+    async def WatchApiKeys(
+        self, request: pb.WatchApiKeysRequest, context: Context
+    ) -> AsyncIterator[pb.WatchApiKeysResponse]:
+        async with aclosing(self._s.api_keys.watch()) as responses:
+            async for response in responses:
+                yield response
+
     async def AuthenticateApiKey(
         self, request: pb.AuthenticateApiKeyRequest, context: Context
     ) -> pb.AuthenticateApiKeyResponse:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Sequence
@@ -13,6 +15,7 @@ from agentmesh.memory.v1 import memory_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2_grpc
 from agentmesh.workflow.v1 import schedule_pb2_grpc, workflow_service_pb2_grpc
 from agentmesh_common import NotFound, Registration, Telemetry, Unauthenticated, create_channel
+from agentmesh_common.api_keys import KeyOwner
 
 from .adapters.gateway_client import GatewayClient
 from .adapters.memory_client import MemoryClient
@@ -95,7 +98,13 @@ def compose(
         ),
         metrics,
     )
+    limiter = RateLimiter(
+        requests_per_minute=settings.requests_per_minute,
+        tokens_per_minute=settings.tokens_per_minute,
+        unthrottled=settings.unthrottled_tenants,
+    )
     engine = SessionEngine(
+        tenant_tokens=limiter,
         store=memory,
         gateway=models,
         tools=tools,
@@ -131,7 +140,7 @@ def compose(
     stack.push_async_callback(manager.shutdown, drain_grace)
     manager.start_takeover(memory.list_orphaned, settings.takeover_interval_seconds)
 
-    async def resolve_key(secret: str) -> str | None:
+    async def resolve_key(secret: str) -> KeyOwner | None:
         try:
             reply = await memory.call(
                 "",
@@ -140,7 +149,24 @@ def compose(
             )
         except (NotFound, Unauthenticated):
             return None
-        return reply.api_key.tenant
+        return KeyOwner(reply.api_key.tenant, reply.api_key.name)
+
+    auth = Authenticator(
+        resolve_key,
+        stream_tokens=_stream_tokens(settings),
+        cache_seconds=settings.api_key_cache_seconds,
+    )
+    # Revoked keys are dropped from the cache as the memory service announces them.
+    key_watch = asyncio.create_task(
+        auth.keys.follow(lambda: memory.stub.WatchApiKeys(memory_pb2.WatchApiKeysRequest()))
+    )
+
+    async def stop_key_watch() -> None:
+        key_watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await key_watch
+
+    stack.push_async_callback(stop_key_watch)
 
     app = OrchestratorApp(memory=memory, manager=manager)
     auth = Authenticator(

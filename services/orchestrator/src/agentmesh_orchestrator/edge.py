@@ -1,24 +1,28 @@
 """The public edge: API keys to tenants, per-tenant rate limits, and input bounds.
 
 Every public RPC presents an API key (`authorization: Bearer <key>`, or `x-api-key`). Keys are
-resolved by the memory service (which stores only their hashes) and cached briefly here. A
-stream token (`stream_tokens`) may stand in for a key, for one session's stream only.
+resolved by the memory service (which stores only their hashes) and cached here
+(`agentmesh_common.api_keys`), each dropped as soon as the memory service says it was revoked.
+A stream token (`stream_tokens`) may stand in for a key, for one session's stream only.
 Each tenant has a requests-per-minute and a tokens-per-minute budget (token buckets refilled
 continuously); an empty bucket answers RESOURCE_EXHAUSTED with the time until it refills.
+Tokens are charged per model call (`reserve_tokens` before it starts, `settle_tokens` after), so
+a running session's calls wait for the tenant's bucket instead of running past it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from agentmesh_common import ResourceExhausted, Unauthenticated
+from agentmesh_common.api_keys import ApiKeyCache, KeyLookup
 
 from .stream_tokens import StreamTokens, is_stream_token
 
 Metadata = Sequence[tuple[str, str | bytes]]
-KeyResolver = Callable[[str], Awaitable[str | None]]
 
 
 def presented_key(metadata: Metadata) -> str | None:
@@ -35,21 +39,19 @@ def presented_key(metadata: Metadata) -> str | None:
 
 
 class Authenticator:
-    """Resolves API keys to tenants, caching answers for `cache_seconds`."""
+    """Resolves API keys to tenants, caching answers for `cache_seconds` (see `keys`)."""
 
     def __init__(
         self,
-        resolve: KeyResolver,
+        resolve: KeyLookup,
         *,
         stream_tokens: StreamTokens,
         cache_seconds: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._resolve = resolve
         self.stream_tokens = stream_tokens
-        self._cache_seconds = cache_seconds
-        self._clock = clock
-        self._cache: dict[str, tuple[float, str | None]] = {}
+        # Follow the memory service's key watch (`keys.follow`) to drop revoked keys at once.
+        self.keys = ApiKeyCache(resolve, cache_seconds=cache_seconds, clock=clock)
 
     async def tenant_for(self, metadata: Metadata, *, session: str | None = None) -> str:
         """The caller's tenant; `Unauthenticated` without a valid key.
@@ -67,18 +69,10 @@ class Authenticator:
             grant = self.stream_tokens.verify(key)
             grant.check_scope(session or "")
             return grant.tenant
-        now = self._clock()
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > now:
-            tenant = cached[1]
-        else:
-            tenant = await self._resolve(key)
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[key] = (now + self._cache_seconds, tenant)
-        if tenant is None:
+        owner = await self.keys.owner(key)
+        if owner is None:
             raise Unauthenticated("the API key is not valid", reason="API_KEY_INVALID")
-        return tenant
+        return owner.tenant
 
 
 @dataclass
@@ -103,7 +97,9 @@ class RateLimiter:
         tokens_per_minute: int,
         unthrottled: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        self._sleep = sleep
         self._rpm = requests_per_minute
         self._tpm = tokens_per_minute
         self._unthrottled = frozenset(unthrottled)
@@ -138,11 +134,28 @@ class RateLimiter:
                 retry_after=round(wait, 3),
             )
 
-    def charge_tokens(self, tenant: str, tokens: int) -> None:
-        """Spend tokens a session used (the budget may go negative: it is paid back first)."""
+    async def reserve_tokens(self, tenant: str, tokens: int) -> int:
+        """Wait until the tenant's bucket holds `tokens` (at most its capacity), take them and
+        return them: each model call reserves its prompt and max_tokens before it starts, so
+        a running session is throttled to the tenant's rate. The bucket may go negative when
+        a call reserves more than the whole budget; later calls then wait to pay it back."""
         if self._tpm <= 0 or tokens <= 0 or tenant in self._unthrottled:
+            return 0
+        per_second = self._tpm / 60
+        while True:
+            bucket = self._bucket(self._tokens, tenant, self._tpm)
+            needed = min(tokens, bucket.capacity)
+            if bucket.tokens >= needed:
+                bucket.tokens -= tokens
+                return tokens
+            await self._sleep((needed - bucket.tokens) / per_second)
+
+    def settle_tokens(self, tenant: str, reserved: int, used: int) -> None:
+        """A call ended: give back what it reserved and did not use (or charge the excess)."""
+        if self._tpm <= 0 or reserved <= 0 or tenant in self._unthrottled:
             return
-        self._bucket(self._tokens, tenant, self._tpm).tokens -= tokens
+        bucket = self._bucket(self._tokens, tenant, self._tpm)
+        bucket.tokens = min(bucket.capacity, bucket.tokens + reserved - max(used, 0))
 
     def _bucket(self, buckets: dict[str, _Bucket], tenant: str, per_minute: int) -> _Bucket:
         now = self._clock()

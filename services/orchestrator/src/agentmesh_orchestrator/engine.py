@@ -24,6 +24,7 @@ from agentmesh.common.v1 import events_pb2, sessions_pb2
 
 from .agents import SessionAgent
 from .approvals import ApprovalGate
+from .budget import CallBudget, TenantTokens
 from .context import ContextAssembler
 from .events import EventRecorder
 from .lifecycle import ReplicaDraining
@@ -53,8 +54,10 @@ class SessionEngine:
         metrics: OrchestratorMetrics | None = None,
         tracer: trace.Tracer | None = None,
         context: ContextAssembler | None = None,
+        tenant_tokens: TenantTokens | None = None,
     ) -> None:
         self._context = context
+        self._tenant_tokens = tenant_tokens
         self._store = store
         self._gateway = gateway
         self._tools = tools
@@ -127,6 +130,13 @@ class SessionEngine:
             ),
         )
         turns.on_billed = lambda: run.save([])
+        turns.budget = CallBudget(
+            tenant=tenant,
+            meter=meter,
+            max_total_tokens=run.limits.max_total_tokens,
+            tenant_tokens=self._tenant_tokens,
+            min_call_tokens=self._settings.min_call_tokens,
+        )
         turns.approvals = ApprovalGate(
             store=self._store,
             recorder=recorder,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from google.rpc import code_pb2, status_pb2
 
@@ -31,6 +32,9 @@ from agentmesh_common.protobuf import duration
 from .events import EventRecorder
 from .ports import ModelGateway, SessionStore
 from .preferences import SessionScope
+
+if TYPE_CHECKING:
+    from .budget import CallBudget
 
 
 class TurnFailed(Exception):
@@ -87,6 +91,8 @@ class ModelCaller:
         # Only a resumed session can meet a model call already answered (before a takeover):
         # otherwise every idempotency key is new, and asking the ledger is a wasted round trip.
         self.reuse_recorded_calls = False
+        # Reserves each call's tokens against the session's and the tenant's budgets.
+        self.budget: CallBudget | None = None
 
     async def recorded(self, key: str) -> CallResult | None:
         """The answer of the call `key` as the ledger holds it, when it succeeded before."""
@@ -115,6 +121,9 @@ class ModelCaller:
         if reused is not None:
             return reused
         request.idempotency_key = spec.key
+        # Reserved before the call starts: may cap max_tokens, wait for the tenant's tokens,
+        # or end the session (`Terminated`) before anything of the call is recorded.
+        reservation = await self.budget.reserve(request) if self.budget is not None else None
         message_id = uuid.uuid4().hex
         self._started(spec, message_id, request)
         if self._scope is not None:
@@ -127,6 +136,8 @@ class ModelCaller:
         failure: status_pb2.Status | None = None
         failed_usage = generation_pb2.Usage()
         stream = self._gateway.generate(self._tenant, request)
+        if self.budget is not None and reservation is not None:
+            stream = self.budget.metered(stream, reservation)
         try:
             async for event in stream:
                 kind = event.WhichOneof("event")

@@ -45,6 +45,9 @@ class EngineSettings:
     default_max_parallel_tasks: int = 4
     default_max_plan_tasks: int = 6  # the built-in planner is told 2 to 6 tasks
     default_max_task_retries: int = 2
+    # A model call starts only if at least this many tokens of the session's budget are left
+    # for its answer (after its prompt); otherwise the session ends with `token_budget`.
+    min_call_tokens: int = 16
     plan_attempts: int = 3
     history_messages: int = 40
     context_window_tokens: int = 8192

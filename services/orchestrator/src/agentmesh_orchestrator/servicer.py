@@ -184,15 +184,14 @@ class OrchestratorServicer(KnowledgeRpcs, orchestrator_pb2_grpc.OrchestratorServ
         session: str | None,
         events: AsyncIterator[events_pb2.SessionEvent],
     ) -> AsyncIterator[events_pb2.SessionEvent]:
-        """Relay a run's events; charge its tokens; cancel it if the caller leaves and asked."""
+        """Relay a run's events; cancel it if the caller leaves and asked (the run's model
+        calls charge the tenant's tokens themselves, as they start and end)."""
         name = session or ""
         ended = False
         try:
             async for event in events:
                 name = name or event.session
                 kind = event.WhichOneof("payload")
-                if kind == "message_completed":
-                    self._limiter.charge_tokens(tenant, event.message_completed.usage.total_tokens)
                 ended = kind in TERMINAL_EVENTS
                 yield event
         finally:

@@ -35,7 +35,14 @@ class OrchestratorSettings(ServiceSettings):
         default=20, ge=0, description="Per-tenant public RPCs per minute; 0 disables the limit."
     )
     tokens_per_minute: int = Field(
-        default=30_000, ge=0, description="Per-tenant model tokens per minute; 0 disables it."
+        default=30_000,
+        ge=0,
+        description=(
+            "Per-tenant model tokens per minute; 0 disables it. Each model call reserves its"
+            " prompt and max_tokens before it starts (waiting while the tenant's budget is"
+            " spent) and gives back what it did not use; a new Run/Execute is refused while"
+            " the budget is spent."
+        ),
     )
     unthrottled_tenants: Annotated[tuple[str, ...], NoDecode] = Field(
         default=(),
@@ -171,7 +178,13 @@ class OrchestratorSettings(ServiceSettings):
         ),
     )
     api_key_cache_seconds: float = Field(
-        default=30.0, ge=0, description="How long a resolved API key is trusted without asking."
+        default=30.0,
+        ge=0,
+        description=(
+            "How long a resolved API key is trusted without asking; a revoked key is dropped"
+            " at once (the memory service pushes revocations), and nothing is trusted while"
+            " that push is down."
+        ),
     )
     replica_id: str | None = Field(
         default=None, description="Lease owner id of this replica; a random one when unset."

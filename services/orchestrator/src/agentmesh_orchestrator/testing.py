@@ -298,13 +298,18 @@ class ScriptedGateway:
             yield generation_pb2.GenerateEvent(
                 restart=generation_pb2.Restart(reason="scripted fallback", next_attempt=2)
             )
-        pieces = _split(reply.text, reply.chunks)
+        text, finish_reason = reply.text, reply.finish_reason
+        limit = request.config.max_tokens
+        if limit and len(text) // 4 > limit:
+            # As a provider does: the answer stops at max_tokens.
+            text, finish_reason = text[: limit * 4], generation_pb2.FINISH_REASON_LENGTH
+        pieces = _split(text, reply.chunks)
         for piece in pieces:
             if reply.delay_seconds:
                 await asyncio.sleep(reply.delay_seconds / max(len(pieces), 1))
             yield generation_pb2.GenerateEvent(delta=generation_pb2.Delta(text=piece))
         prompt_tokens = sum(len(m.content) // 4 + 4 for m in request.messages)
-        completion_tokens = max(len(reply.text) // 4, 1)
+        completion_tokens = max(len(text) // 4, 1)
         usage = generation_pb2.Usage(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
@@ -313,13 +318,13 @@ class ScriptedGateway:
         )
         finished = generation_pb2.Finished(
             finish_reason=(
-                generation_pb2.FINISH_REASON_TOOL_CALLS if reply.tool_calls else reply.finish_reason
+                generation_pb2.FINISH_REASON_TOOL_CALLS if reply.tool_calls else finish_reason
             ),
             usage=usage,
             provider="scripted",
             model="scripted-1",
             tool_calls=reply.tool_calls,
-            text=reply.text,
+            text=text,
         )
         if reply.structured is not None:
             finished.structured_output.CopyFrom(reply.structured)

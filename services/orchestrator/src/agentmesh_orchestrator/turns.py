@@ -19,6 +19,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
@@ -40,6 +41,9 @@ from .observability import OrchestratorMetrics
 from .ports import ModelGateway, SessionStore
 from .preferences import SessionScope
 from .tools import ToolBox, ToolCallContext, ToolError, struct_to_json_text
+
+if TYPE_CHECKING:
+    from .budget import CallBudget
 
 DEFAULT_MAX_TOOL_ROUNDS = 8
 
@@ -155,6 +159,15 @@ class TurnRunner:
     @reuse_recorded_calls.setter
     def reuse_recorded_calls(self, value: bool) -> None:
         self._calls.reuse_recorded_calls = value
+
+    @property
+    def budget(self) -> CallBudget | None:
+        """Reserves each model call's tokens against the session's and the tenant's budgets."""
+        return self._calls.budget
+
+    @budget.setter
+    def budget(self, value: CallBudget | None) -> None:
+        self._calls.budget = value
 
     async def run(self, turn: Turn) -> TurnOutcome:
         """Run the turn to its final message; raise `TurnFailed` if a model call fails, and

@@ -173,7 +173,10 @@ class SessionLimits(_message.Message):
     max_rounds: _builtins.int
     """Most rounds: of round-robin, or turns of a selector or handoff conversation."""
     max_total_tokens: _builtins.int
-    """Token budget across all agent turns."""
+    """Token budget across all agent turns, never exceeded: each model call reserves its prompt
+    and max_tokens first, its max_tokens capped to what is left; when too little is left for
+    a call, none starts and the session completes with termination_reason "token_budget".
+    """
     max_parallel_tasks: _builtins.int
     """Most tasks running at once (planner/executor, parallel pipeline)."""
     max_plan_tasks: _builtins.int

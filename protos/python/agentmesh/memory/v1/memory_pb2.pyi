@@ -2097,6 +2097,51 @@ class AuthenticateApiKeyResponse(_message.Message):
 Global___AuthenticateApiKeyResponse: _TypeAlias = AuthenticateApiKeyResponse  # noqa: Y015
 
 @_typing.final
+class WatchApiKeysRequest(_message.Message):
+    """Watches API key revocations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchApiKeysRequest: _TypeAlias = WatchApiKeysRequest  # noqa: Y015
+
+@_typing.final
+class WatchApiKeysResponse(_message.Message):
+    """Revoked keys, or a reset."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_FIELD_NUMBER: _builtins.int
+    RESET_FIELD_NUMBER: _builtins.int
+    reset: _builtins.bool
+    """Drop every cached key: the watch (re)started, or revocations may have been missed."""
+    @_builtins.property
+    def revoked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keys revoked since the previous message, "apiKeys/{key_id}"."""
+
+    def __init__(
+        self,
+        *,
+        revoked: _abc.Iterable[_builtins.str] | None = ...,
+        reset: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reset", b"reset", "revoked", b"revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchApiKeysResponse: _TypeAlias = WatchApiKeysResponse  # noqa: Y015
+
+@_typing.final
 class Lease(_message.Message):
     """A session's lease."""
 

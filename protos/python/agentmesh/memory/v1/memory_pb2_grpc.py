@@ -252,6 +252,11 @@ class MemoryServiceStub:
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.AuthenticateApiKeyRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.AuthenticateApiKeyResponse.FromString,
                 _registered_method=True)
+        self.WatchApiKeys = channel.unary_stream(
+                '/agentmesh.memory.v1.MemoryService/WatchApiKeys',
+                request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.WatchApiKeysRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.WatchApiKeysResponse.FromString,
+                _registered_method=True)
         self.AcquireLease = channel.unary_unary(
                 '/agentmesh.memory.v1.MemoryService/AcquireLease',
                 request_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.AcquireLeaseRequest.SerializeToString,
@@ -624,6 +629,16 @@ class MemoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchApiKeys(self, request, context):
+        """Streams revocations of API keys, of every tenant, to the replicas that cache keys (the
+        orchestrator's edge, the gateway's HTTP API); needs no tenant metadata. The first message
+        has `reset` set once the watch is in place: a replica drops every cached key then (and
+        whenever it reconnects), since it may have missed revocations meanwhile.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AcquireLease(self, request, context):
         """Takes a session's lease; FAILED_PRECONDITION while another owner holds an unexpired one.
         """
@@ -921,6 +936,11 @@ def add_MemoryServiceServicer_to_server(servicer, server):
                     servicer.AuthenticateApiKey,
                     request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.AuthenticateApiKeyRequest.FromString,
                     response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.AuthenticateApiKeyResponse.SerializeToString,
+            ),
+            'WatchApiKeys': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchApiKeys,
+                    request_deserializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.WatchApiKeysRequest.FromString,
+                    response_serializer=agentmesh_dot_memory_dot_v1_dot_memory__pb2.WatchApiKeysResponse.SerializeToString,
             ),
             'AcquireLease': grpc.unary_unary_rpc_method_handler(
                     servicer.AcquireLease,
@@ -2141,6 +2161,33 @@ class MemoryService:
             '/agentmesh.memory.v1.MemoryService/AuthenticateApiKey',
             agentmesh_dot_memory_dot_v1_dot_memory__pb2.AuthenticateApiKeyRequest.SerializeToString,
             agentmesh_dot_memory_dot_v1_dot_memory__pb2.AuthenticateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentmesh.memory.v1.MemoryService/WatchApiKeys',
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.WatchApiKeysRequest.SerializeToString,
+            agentmesh_dot_memory_dot_v1_dot_memory__pb2.WatchApiKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -137,6 +137,12 @@ class MemoryServiceStub:
     """Revokes an API key."""
     AuthenticateApiKey: _grpc.UnaryUnaryMultiCallable[_memory_pb2.AuthenticateApiKeyRequest, _memory_pb2.AuthenticateApiKeyResponse]
     """Resolves a presented API key secret to its tenant; needs no tenant metadata."""
+    WatchApiKeys: _grpc.UnaryStreamMultiCallable[_memory_pb2.WatchApiKeysRequest, _memory_pb2.WatchApiKeysResponse]
+    """Streams revocations of API keys, of every tenant, to the replicas that cache keys (the
+    orchestrator's edge, the gateway's HTTP API); needs no tenant metadata. The first message
+    has `reset` set once the watch is in place: a replica drops every cached key then (and
+    whenever it reconnects), since it may have missed revocations meanwhile.
+    """
     AcquireLease: _grpc.UnaryUnaryMultiCallable[_memory_pb2.AcquireLeaseRequest, _memory_pb2.AcquireLeaseResponse]
     """Takes a session's lease; FAILED_PRECONDITION while another owner holds an unexpired one."""
     RenewLease: _grpc.UnaryUnaryMultiCallable[_memory_pb2.RenewLeaseRequest, _memory_pb2.RenewLeaseResponse]
@@ -273,6 +279,12 @@ class MemoryServiceAsyncStub(MemoryServiceStub):
     """Revokes an API key."""
     AuthenticateApiKey: _aio.UnaryUnaryMultiCallable[_memory_pb2.AuthenticateApiKeyRequest, _memory_pb2.AuthenticateApiKeyResponse]  # type: ignore[assignment]
     """Resolves a presented API key secret to its tenant; needs no tenant metadata."""
+    WatchApiKeys: _aio.UnaryStreamMultiCallable[_memory_pb2.WatchApiKeysRequest, _memory_pb2.WatchApiKeysResponse]  # type: ignore[assignment]
+    """Streams revocations of API keys, of every tenant, to the replicas that cache keys (the
+    orchestrator's edge, the gateway's HTTP API); needs no tenant metadata. The first message
+    has `reset` set once the watch is in place: a replica drops every cached key then (and
+    whenever it reconnects), since it may have missed revocations meanwhile.
+    """
     AcquireLease: _aio.UnaryUnaryMultiCallable[_memory_pb2.AcquireLeaseRequest, _memory_pb2.AcquireLeaseResponse]  # type: ignore[assignment]
     """Takes a session's lease; FAILED_PRECONDITION while another owner holds an unexpired one."""
     RenewLease: _aio.UnaryUnaryMultiCallable[_memory_pb2.RenewLeaseRequest, _memory_pb2.RenewLeaseResponse]  # type: ignore[assignment]
@@ -621,6 +633,17 @@ class MemoryServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_memory_pb2.AuthenticateApiKeyResponse, _abc.Awaitable[_memory_pb2.AuthenticateApiKeyResponse]]:
         """Resolves a presented API key secret to its tenant; needs no tenant metadata."""
+
+    def WatchApiKeys(
+        self,
+        request: _memory_pb2.WatchApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_memory_pb2.WatchApiKeysResponse], _abc.AsyncIterator[_memory_pb2.WatchApiKeysResponse]]:
+        """Streams revocations of API keys, of every tenant, to the replicas that cache keys (the
+        orchestrator's edge, the gateway's HTTP API); needs no tenant metadata. The first message
+        has `reset` set once the watch is in place: a replica drops every cached key then (and
+        whenever it reconnects), since it may have missed revocations meanwhile.
+        """
 
     def AcquireLease(
         self,

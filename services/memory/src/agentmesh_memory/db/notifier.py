@@ -9,6 +9,11 @@ can delay a watcher but never make it skip or repeat an event.
   commit, to every replica), and one dedicated ``LISTEN`` connection per replica fans
   notifications out to its local watchers. The connection is re-opened after a failure;
   watchers meanwhile fall back to polling.
+
+Revoked API keys travel the same way on their own channel (``KEY_CHANNEL``): the deleting
+transaction notifies every replica, and each hands the key's name to its key watchers (the
+``WatchApiKeys`` streams of the replicas that cache keys). A watcher that may have missed a
+revocation (the listener reconnected) is told to reset: drop every cached key.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from sqlalchemy.engine import URL
 
 __all__ = [
     "CHANNEL",
+    "KEY_CHANNEL",
+    "RESET",
     "WORKFLOW_CHANNEL",
     "EventNotifier",
     "LocalNotifier",
@@ -35,6 +42,10 @@ __all__ = [
 CHANNEL = "agentmesh_events"
 #: Workflow event logs notify on their own channel (their keys are workflow rows, not sessions).
 WORKFLOW_CHANNEL = "agentmesh_workflow_events"
+KEY_CHANNEL = "agentmesh_api_keys"
+# What a key watcher receives: a revoked key's name, RESET (drop every cached key), or None
+# (the service is stopping: end the watch, the client re-opens it elsewhere).
+RESET = ""
 
 _logger = logging.getLogger("agentmesh.memory.notify")
 
@@ -77,6 +88,20 @@ class EventNotifier(Protocol):
     def subscribe(self, session_pk: int) -> contextlib.AbstractContextManager[Subscription]:
         """Register a watcher for one session."""
 
+    def key_revocation(self, name: str) -> sa.Executable | None:
+        """SQL to run in the transaction that revokes the key `name` (None: nothing to run),
+        so that its commit also notifies other replicas."""
+
+    def key_revoked(self, name: str) -> None:
+        """Called after the revoking transaction committed."""
+
+    def watch_keys(self) -> contextlib.AbstractContextManager[asyncio.Queue[str | None]]:
+        """Register a key watcher: revoked key names (or `RESET`) arrive on the queue, and
+        None once `end_key_watches` was called."""
+
+    def end_key_watches(self) -> None:
+        """End every key watch, now and from now on (the service is stopping)."""
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -87,6 +112,35 @@ class LocalNotifier:
 
     def __init__(self) -> None:
         self._subscribers: dict[int, set[Subscription]] = {}
+        self._key_watchers: set[asyncio.Queue[str | None]] = set()
+        self._key_watches_ended = False
+
+    def key_revocation(self, name: str) -> sa.Executable | None:
+        return None
+
+    def key_revoked(self, name: str) -> None:
+        for queue in tuple(self._key_watchers):
+            queue.put_nowait(name)
+
+    def _reset_key_watchers(self) -> None:
+        for queue in tuple(self._key_watchers):
+            queue.put_nowait(RESET)
+
+    def end_key_watches(self) -> None:
+        self._key_watches_ended = True
+        for queue in tuple(self._key_watchers):
+            queue.put_nowait(None)
+
+    @contextlib.contextmanager
+    def watch_keys(self) -> Iterator[asyncio.Queue[str | None]]:
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        if self._key_watches_ended:
+            queue.put_nowait(None)
+        self._key_watchers.add(queue)
+        try:
+            yield queue
+        finally:
+            self._key_watchers.discard(queue)
 
     async def start(self) -> None:
         return None
@@ -152,6 +206,13 @@ class PostgresNotifier(LocalNotifier):
         payload = sa.cast(session_pk, sa.Text) + ":" + sa.cast(last_seq, sa.Text)
         return (sa.func.pg_notify(self._channel, payload).label("notified"),)
 
+    def key_revocation(self, name: str) -> sa.Executable | None:
+        return sa.select(sa.func.pg_notify(KEY_CHANNEL, name))
+
+    def _on_key_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload:
+            LocalNotifier.key_revoked(self, payload)
+
     def _on_notification(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         pk, _, seq = payload.partition(":")
         try:
@@ -175,9 +236,12 @@ class PostgresNotifier(LocalNotifier):
                 lost = asyncio.Event()
                 connection.add_termination_listener(partial(_set_event, lost))
                 await connection.add_listener(self._channel, self._on_notification)
+                if self._channel == CHANNEL:  # one LISTEN connection carries key revocations
+                    await connection.add_listener(KEY_CHANNEL, self._on_key_notification)
                 self._connected.set()
                 # Anything appended while we were not listening: let watchers re-read.
                 self._wake_all()
+                self._reset_key_watchers()
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(15):

@@ -9,12 +9,13 @@ from agentmesh_memory.db.notifier import EventNotifier
 
 from .agent_stats import AgentStatsStore
 from .agents import AgentStore
+from .api_keys import ApiKeyStore
 from .approvals import ApprovalStore
 from .base import Clock, StoreContext, system_clock
 from .events import EventStore
 from .knowledge import KnowledgeStore
 from .ledger import LedgerStore
-from .memories import ApiKeyStore, MemoryStore, SettingsStore
+from .memories import MemoryStore, SettingsStore
 from .recall import MemoryInsights
 from .search import SearchStore
 from .sessions import SessionStore
@@ -100,7 +101,7 @@ class Stores:
             ),
             memories=MemoryStore(context),
             settings=SettingsStore(context),
-            api_keys=ApiKeyStore(context),
+            api_keys=ApiKeyStore(context, notifier),
             tool_servers=ToolServerStore(context),
             approvals=approvals,
             knowledge=KnowledgeStore(context, max_document_bytes=max_document_bytes),

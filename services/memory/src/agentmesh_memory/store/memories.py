@@ -1,9 +1,7 @@
-"""Agent memory entries, user settings and API keys."""
+"""Agent memory entries and user settings (API keys: `api_keys.py`)."""
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -13,21 +11,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentmesh.common.v1 import agents_pb2, memory_entries_pb2, user_settings_pb2
 from agentmesh.memory.v1 import memory_pb2
-from agentmesh_common import NotFound, Unauthenticated
+from agentmesh_common import NotFound
 from agentmesh_memory.db.tables import (
     agent_memory,
-    api_keys,
     request_log,
     user_settings,
 )
 from agentmesh_memory.names import (
     MemoryName,
     PageToken,
-    check_request_id,
     invalid,
-    new_id,
     page_size,
-    parse_api_key_name,
     parse_memory_name,
     parse_memory_parent,
     parse_settings_name,
@@ -36,11 +30,9 @@ from agentmesh_memory.names import (
 from .base import (
     StoreContext,
     check_text,
-    insert_ignore,
     parse_stored,
     set_time,
     timedelta_of,
-    timestamp,
     to_datetime,
     upsert,
 )
@@ -48,7 +40,6 @@ from .owners import RESERVED_MEMORY_AGENTS, require_agent, value_size
 
 __all__ = [
     "RESERVED_MEMORY_AGENTS",
-    "ApiKeyStore",
     "MemoryNotFound",
     "MemoryStore",
     "SettingsStore",
@@ -61,7 +52,6 @@ __all__ = [
 MAX_VALUE_BYTES = 256 * 1024
 MAX_TTL = timedelta(days=3650)
 SETTINGS_FIELDS = ("default_route", "default_models", "model_preference", "rag_archives")
-SECRET_PREFIX = "amk_"
 
 
 class MemoryNotFound(NotFound):
@@ -363,114 +353,3 @@ class SettingsStore:
             memory_pb2.UpdateUserSettingsResponse,
             update,
         )
-
-
-def _hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-class ApiKeyStore:
-    def __init__(self, context: StoreContext) -> None:
-        self._context = context
-        self._db = context.db
-
-    @staticmethod
-    def _to_proto(row: Any) -> memory_pb2.ApiKey:
-        return memory_pb2.ApiKey(
-            name=f"apiKeys/{row.key_id}",
-            tenant=row.tenant_id,
-            display_name=row.display_name,
-            prefix=row.prefix,
-            create_time=timestamp(row.create_time),
-            last_used_time=timestamp(row.last_used_time),
-        )
-
-    async def create(
-        self, tenant: str, request: memory_pb2.CreateApiKeyRequest
-    ) -> memory_pb2.CreateApiKeyResponse:
-        check_text(request.display_name, 255, "display_name")
-        check_request_id(request.request_id)
-        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-        created: list[str] = []
-
-        async def create(conn: AsyncConnection) -> memory_pb2.CreateApiKeyResponse:
-            row = (
-                await conn.execute(
-                    insert_ignore(self._db, api_keys)
-                    .values(
-                        tenant_id=tenant,
-                        key_id=new_id(),
-                        display_name=request.display_name,
-                        prefix=secret[:12],
-                        secret_hash=_hash(secret),
-                        create_time=self._context.now(),
-                    )
-                    .returning(*api_keys.c)
-                )
-            ).one()
-            created.append(secret)
-            # Stored for request_id replays without the secret: only its hash is ever kept.
-            return memory_pb2.CreateApiKeyResponse(api_key=self._to_proto(row))
-
-        response = await self._context.idempotent(
-            tenant,
-            "CreateApiKey",
-            request.request_id,
-            request,
-            memory_pb2.CreateApiKeyResponse,
-            create,
-        )
-        if created:
-            response.secret = created[0]
-        return response
-
-    async def list(
-        self, tenant: str, request: memory_pb2.ListApiKeysRequest
-    ) -> memory_pb2.ListApiKeysResponse:
-        size = page_size(request.page_size)
-        query_key = ("apiKeys",)
-        token = PageToken.decode(request.page_token, query_key)
-        query = sa.select(api_keys).where(api_keys.c.tenant_id == tenant)
-        if token is not None:
-            if not isinstance(token.after, int):
-                raise invalid("page_token", "is not a token returned by this list")
-            query = query.where(api_keys.c.id > token.after)
-        async with self._db.read("ListApiKeys") as conn:
-            rows = (await conn.execute(query.order_by(api_keys.c.id).limit(size + 1))).all()
-        response = memory_pb2.ListApiKeysResponse(api_keys=[self._to_proto(r) for r in rows[:size]])
-        if len(rows) > size:
-            response.next_page_token = PageToken(int(rows[size - 1].id)).encode(query_key)
-        return response
-
-    async def delete(
-        self, tenant: str, request: memory_pb2.DeleteApiKeyRequest
-    ) -> memory_pb2.DeleteApiKeyResponse:
-        key_id = parse_api_key_name(request.name)
-        async with self._db.write("DeleteApiKey") as conn:
-            result = await conn.execute(
-                sa.delete(api_keys)
-                .where(api_keys.c.tenant_id == tenant, api_keys.c.key_id == key_id)
-                .returning(api_keys.c.id)
-            )
-            if result.first() is None:
-                raise NotFound(f"API key 'apiKeys/{key_id}' not found", reason="API_KEY_NOT_FOUND")
-        return memory_pb2.DeleteApiKeyResponse()
-
-    async def authenticate(
-        self, request: memory_pb2.AuthenticateApiKeyRequest
-    ) -> memory_pb2.AuthenticateApiKeyResponse:
-        secret = request.secret
-        if not secret or len(secret) > 256:
-            raise Unauthenticated("invalid API key", reason="API_KEY_INVALID")
-        async with self._db.write("AuthenticateApiKey") as conn:
-            row = (
-                await conn.execute(
-                    sa.update(api_keys)
-                    .where(api_keys.c.secret_hash == _hash(secret))
-                    .values(last_used_time=self._context.now())
-                    .returning(*api_keys.c)
-                )
-            ).first()
-        if row is None:
-            raise Unauthenticated("invalid API key", reason="API_KEY_INVALID")
-        return memory_pb2.AuthenticateApiKeyResponse(api_key=self._to_proto(row))

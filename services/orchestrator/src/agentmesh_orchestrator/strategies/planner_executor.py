@@ -226,7 +226,11 @@ async def _execute_plan(
                         await _skip_rest(rt, plan, done | {task.task_id}, prefix)
                         return task, error.status
                     if isinstance(error, Terminated):  # e.g. the token budget: stop the plan
-                        await _skip_rest(rt, plan, done | started, prefix)
+                        kept = done | started
+                        if stored[prefix + task.task_id].status == sessions_pb2.TASK_STATUS_RUNNING:
+                            # Stopped before its model call could start: skipped as well.
+                            kept = kept - {task.task_id}
+                        await _skip_rest(rt, plan, kept, prefix)
                     raise error  # type: ignore[misc]
                 outputs[prefix + task.task_id] = job.result()
                 done.add(task.task_id)
@@ -326,7 +330,10 @@ async def _skip_rest(rt: Runtime, plan: PlanDraft, settled: set[str], prefix: st
     stored = {t.task_id: t for t in rt.session.plan.tasks}
     for task in plan.tasks:
         proto = stored[prefix + task.task_id]
-        if task.task_id not in settled and proto.status == sessions_pb2.TASK_STATUS_PENDING:
+        if task.task_id not in settled and proto.status in (
+            sessions_pb2.TASK_STATUS_PENDING,
+            sessions_pb2.TASK_STATUS_RUNNING,
+        ):
             proto.status = sessions_pb2.TASK_STATUS_SKIPPED
             await rt.store.update_task(rt.tenant, proto, ["status"])
 

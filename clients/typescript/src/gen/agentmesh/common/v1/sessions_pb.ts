@@ -34,7 +34,9 @@ export type SessionLimits = Message<"agentmesh.common.v1.SessionLimits"> & {
   maxRounds: number;
 
   /**
-   * Token budget across all agent turns.
+   * Token budget across all agent turns, never exceeded: each model call reserves its prompt
+   * and max_tokens first, its max_tokens capped to what is left; when too little is left for
+   * a call, none starts and the session completes with termination_reason "token_budget".
    *
    * @generated from field: int64 max_total_tokens = 2;
    */
