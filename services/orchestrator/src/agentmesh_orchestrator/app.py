@@ -169,16 +169,6 @@ def compose(
     stack.push_async_callback(stop_key_watch)
 
     app = OrchestratorApp(memory=memory, manager=manager)
-    auth = Authenticator(
-        resolve_key,
-        stream_tokens=_stream_tokens(settings),
-        cache_seconds=settings.api_key_cache_seconds,
-    )
-    limiter = RateLimiter(
-        requests_per_minute=settings.requests_per_minute,
-        tokens_per_minute=settings.tokens_per_minute,
-        unthrottled=settings.unthrottled_tenants,
-    )
     servicer = OrchestratorServicer(
         app=app,
         memory=memory,
