@@ -70,8 +70,8 @@ class DueWorkLoop:
     async def stop(self) -> None:
         """Stop claiming, cancel what runs, give the claims back. Safe to call twice."""
         self._stopping = True
-        self._woken.set()
         if self._loop_task is not None:
+            self._loop_task.cancel()  # it may be waiting on a claim call: do not wait for it
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
             self._loop_task = None
@@ -83,7 +83,7 @@ class DueWorkLoop:
                 "",
                 self._memory.workflows.ReleaseDueWork,
                 store_pb2.ReleaseDueWorkRequest(owner=self._settings.owner),
-                deadline_seconds=2.0,
+                deadline_seconds=1.0,
             )
 
     async def _run(self) -> None:
