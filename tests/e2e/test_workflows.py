@@ -150,6 +150,22 @@ async def test_the_seed_examples_run_from_their_files_through_the_cli(tmp_path: 
         ]
         table = await cli(mesh, "workflows", "show", "classification")
         assert "categorized\t1" in table
+
+        created = await cli(mesh, "schedules", "create", str(EXAMPLES / "daily-digest.yaml"))
+        assert created.startswith("created schedules/daily-digest; first run ")
+        (listed,) = json.loads(await cli(mesh, "schedules", "list", "--json"))
+        assert listed["cron"] == "0 8 * * *"
+        assert listed["timeZone"] == "Europe/Berlin"
+        due = listed["nextRunTime"]
+        assert due.endswith(("06:00:00Z", "07:00:00Z")), due  # 08:00 in Berlin, in UTC
+        assert (await cli(mesh, "schedules", "pause", "daily-digest")).strip() == (
+            "paused schedules/daily-digest"
+        )
+        shown = json.loads(await cli(mesh, "schedules", "show", "daily-digest", "--json"))
+        assert shown["paused"] is True
+        await cli(mesh, "schedules", "resume", "daily-digest")
+        await cli(mesh, "schedules", "delete", "daily-digest")
+        assert json.loads(await cli(mesh, "schedules", "list", "--json")) == []
     finally:
         await stop_e2e_mesh(mesh)
 
