@@ -14,7 +14,7 @@ TYPED_SOURCES := services/common/src services/memory/src services/inference-gate
 UI := services/web/ui
 TS_CLIENT := clients/typescript
 
-.PHONY: help setup run test lint fmt typecheck protos protos-check clients breaking docs docs-check deploy-check bench clean ui ui-check ts-client ts-client-check
+.PHONY: help setup run test chaos lint fmt typecheck protos protos-check clients breaking docs docs-check deploy-check bench clean ui ui-check ts-client ts-client-check
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -34,8 +34,12 @@ setup: ## Install uv (if missing), the locked Python packages, buf, the TypeScri
 run: ## Start the mesh on localhost (embedded default) and run an example session; Ctrl-C stops it
 	$(RUN) agentmesh up --demo
 
-test: ## Run the whole test suite
+test: ## Run the whole test suite (the chaos suite at a reduced count)
 	$(RUN) pytest
+
+chaos: ## The chaos suite at full counts (kill loops, fault matrix, 5,000 fuzz requests, overload); a table + bench/chaos/chaos.json
+	AGENTMESH_CHAOS_SCALE=1 AGENTMESH_CHAOS_STRICT=1 AGENTMESH_CHAOS_REPORT=bench/chaos/chaos.json \
+		$(RUN) pytest tests/chaos -rxX
 
 lint: ## ruff, mypy --strict on service code, buf lint, tsc on the UI and the TypeScript client
 	$(RUN) ruff check $(PYTHON_SOURCES)

@@ -9,6 +9,7 @@ keyed on the conversation, as a real model would answer an agent. The gateway re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -40,6 +41,7 @@ from agentmesh_cli.mesh import (
     stop_mesh,
 )
 from agentmesh_client.client import AgentmeshClient
+from tests.timing import scaled
 
 Chat = dict[str, Any]
 
@@ -224,10 +226,12 @@ async def start_e2e_mesh(
     web: dict[str, str] | None = None,
     orchestrator: dict[str, str] | None = None,
     memory: dict[str, str] | None = None,
+    provider: ScriptedProvider | None = None,
 ) -> Mesh:
     """The services as processes: memory, the runner (unless ``runner=False``), gateway,
-    orchestrator, and the web edge with the environment ``web`` when that is given."""
-    provider = await ScriptedProvider(script).start()
+    orchestrator, and the web edge with the environment ``web`` when that is given. The model
+    provider is a `ScriptedProvider` of ``script``, or ``provider`` (not yet started)."""
+    provider = await (provider or ScriptedProvider(script)).start()
     specs = (MEMORY, RUNNER, GATEWAY, ORCHESTRATOR, WEB)
     ports = {spec.name: 0 for spec in specs}
     metrics = {spec.name: {f"{spec.env_prefix}METRICS_PORT": "0"} for spec in specs}
@@ -370,27 +374,32 @@ class MeshUp:
             futures = [pool.submit(self.cli, *args, **env) for args, env in commands]
             return [future.result() for future in futures]
 
-    def stop(self, sig: int = signal.SIGINT, within_seconds: float = 40) -> tuple[int, str]:
-        """Signal `up`, wait for it; returns (exit code, its whole output)."""
+    def stop(self, sig: int = signal.SIGINT, within_seconds: float = 20) -> tuple[int, str]:
+        """Signal `up`, wait for it (`within_seconds`, scaled to the machine); returns (exit
+        code, its whole output). If it does not stop, it and every service it started are
+        killed, so a failing test leaves nothing running."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
-            out, _ = self.process.communicate(timeout=within_seconds)
+            out, _ = self.process.communicate(timeout=scaled(within_seconds))
         except subprocess.TimeoutExpired:
             self.process.kill()
             out, _ = self.process.communicate()
+            reap(self.data_dir)
         return self.process.returncode, out
 
 
 def start_up(
     data_dir: Path,
     *args: str,
-    within_seconds: float = 90,
+    within_seconds: float = 45,
     port_base: int = 0,
     env: Mapping[str, str] = UP_ENV,
 ) -> MeshUp:
     """`agentmesh up --data-dir DIR --port-base N ARGS`; returns once mesh.json is written.
-    `env` is given to the services (by default: no per-tenant rate limits)."""
+    `env` is given to the services (by default: no per-tenant rate limits). `within_seconds`
+    is for a quiet machine and is scaled to this one; if `up` does not come up in time, it and
+    every service it had started are killed."""
     state_file = data_dir / "mesh.json"
     process = subprocess.Popen(
         [AGENTMESH, "up", "--data-dir", str(data_dir), "--port-base", str(port_base), *args],
@@ -400,11 +409,12 @@ def start_up(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    deadline = time.monotonic() + within_seconds
+    deadline = time.monotonic() + scaled(within_seconds)
     while not state_file.exists():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             out, _ = process.communicate()
+            reap(data_dir)
             raise AssertionError(f"agentmesh up did not come up:\n{out}")
         time.sleep(0.1)
     state = json.loads(state_file.read_text())
@@ -445,6 +455,17 @@ def processes_using(data_dir: Path) -> list[int]:
         if needle in environ and state != "Z":
             found.append(int(proc.name))
     return found
+
+
+def reap(data_dir: Path, within_seconds: float = 10) -> None:
+    """Stop every service an `up` on `data_dir` started (after that `up` was killed): they stop
+    by themselves when their parent dies; whatever is left after `within_seconds` is killed."""
+    deadline = time.monotonic() + scaled(within_seconds)
+    while processes_using(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in processes_using(data_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def alive(pid: int) -> bool:

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.timing import scaled
+
 from .conftest import (
     AGENTMESH,
     CLI_ENV,
@@ -210,7 +212,7 @@ def test_ctrl_c_in_the_live_view_shows_the_cancelled_usage(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled(30)
     while slow_turns() == before:  # the router answers at once, then the assistant streams 30 s
         assert time.monotonic() < deadline, "the assistant's turn never started"
         time.sleep(0.05)
@@ -458,7 +460,7 @@ def test_sessions_list_show_watch_cancel(mesh: MeshUp, team_files: dict[str, Pat
 # -- up --------------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(360)  # real SmolLM2 sessions on 2 shared cores
+@pytest.mark.timeout(scaled(180))  # real SmolLM2 sessions; scaled to the machine
 def test_up_from_a_fresh_data_dir_stops_cleanly_and_a_restart_keeps_the_sessions(
     tmp_path: Path, team_files: dict[str, Path]
 ) -> None:
@@ -601,7 +603,7 @@ def test_a_killed_up_leaves_no_service_behind(tmp_path: Path) -> None:
     assert all(alive(pid) for pid in up.pids)
     up.process.kill()  # SIGKILL: up cannot stop its services itself
     up.process.communicate(timeout=30)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + scaled(30)
     while processes_using(data_dir):
         assert time.monotonic() < deadline, "services outlived the up that started them"
         time.sleep(0.2)
@@ -628,7 +630,7 @@ def test_sigterm_while_starting_stops_what_had_started(tmp_path: Path) -> None:
         text=True,
     )
     memory_log = data_dir / "logs" / "memory.log"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + scaled(60)
     while "service started" not in (memory_log.read_text() if memory_log.exists() else ""):
         assert time.monotonic() < deadline, "memory never started"
         time.sleep(0.05)
@@ -641,12 +643,12 @@ def test_sigterm_while_starting_stops_what_had_started(tmp_path: Path) -> None:
     assert processes_using(data_dir) == []
 
 
-@pytest.mark.timeout(360)  # real SmolLM2 sessions on 2 shared cores
+@pytest.mark.timeout(scaled(180))  # real SmolLM2 sessions; scaled to the machine
 def test_make_runs_demo_shows_an_example_session_then_keeps_serving(tmp_path: Path) -> None:
     """`make run` is `agentmesh up --demo`: the example sessions run on SmolLM2, locally."""
     up = start_up(tmp_path / "demo", "--demo")
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + scaled(120)
         while True:
             listed = up.cli("sessions", "list", "--status", "completed")
             if listed.stdout.count("sessions/") == 2:

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -315,3 +316,51 @@ async def _read_rest(
 ) -> None:
     async for reply in call:
         kinds.append(str(reply.event.WhichOneof("payload")))
+
+
+class FlakyLeases:
+    """The memory client, but the first `failures` lease renewals fail as if the memory service
+    were down for a moment (UNAVAILABLE)."""
+
+    def __init__(self, memory: MemoryClient, failures: int) -> None:
+        self._memory = memory
+        self.failures = failures
+        self.failed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._memory, name)
+
+    async def renew_lease(self, tenant: str, session: str, owner: str, ttl: float) -> Any:
+        if self.failed < self.failures:
+            self.failed += 1
+            raise Unavailable("memory service restarting")
+        return await self._memory.renew_lease(tenant, session, owner, ttl)
+
+
+async def test_a_renewal_failing_for_less_than_the_lease_does_not_stop_the_run(
+    memory: MemoryClient,
+) -> None:
+    flaky = FlakyLeases(memory, failures=2)
+    gateway = ScriptedGateway(lambda _: Reply(text="still here", delay_seconds=0.8))
+    engine = SessionEngine(
+        store=flaky,  # type: ignore[arg-type]
+        gateway=gateway,
+        tools=builtin_tools(),
+        settings=EngineSettings(retry_backoff_seconds=0.0),
+    )
+    manager = SessionManager(
+        engine=engine,
+        store=flaky,  # type: ignore[arg-type]
+        resolve_agents=resolve_agents,
+        lease=LeaseSettings(ttl_seconds=3),
+        admission=Admission(AdmissionSettings()),
+    )
+    name = await new_session(memory, rounds=5)
+    follower = Follower(manager, name)
+    try:
+        await asyncio.wait_for(follower.task, 60)
+    finally:
+        await manager.shutdown()
+    assert flaky.failed == 2, "the renewals did fail"
+    assert follower.error is None
+    assert follower.kinds[-1] == "session_completed", follower.kinds[-3:]

@@ -53,10 +53,13 @@ CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     # Services start side by side and connect lazily: a peer that is not up yet is tried
-    # again within 100 ms, not after gRPC's default second (growing to at most 5 s).
+    # again within 100 ms, not after gRPC's default second, growing to at most 1 s: a peer that
+    # was restarted (a memory service killed and started again) is used again within about a
+    # second of listening, not after up to 5 s (or gRPC's default 120 s). A connect attempt to
+    # a port nobody listens on is cheap, so one a second per channel costs nothing.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 5_000),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
 )
 
 # For channels to a service whose calls are safe to repeat when they never arrived (the memory

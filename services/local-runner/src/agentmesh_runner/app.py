@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
@@ -62,9 +63,13 @@ async def build(
         tracer=telemetry.tracer("agentmesh.runner"),
     )
     for backend in {default_backend, *map(registry.resolve, settings.model_backends.values())}:
-        registry.get_runner(backend)  # an unknown backend fails at start, not on first use
+        registry.check(backend)  # an unknown backend fails at start, not on first use
     await runner.start()
     stack.push_async_callback(runner.close)
+    # The default backend's libraries are imported in a thread while the runner already
+    # serves (the first status or load waits for it at most), not before it listens.
+    warm_up = asyncio.create_task(asyncio.to_thread(registry.get_runner, default_backend))
+    stack.push_async_callback(_finish, warm_up)
     servicer = RunnerServicer(runner)
     return [
         Registration(
@@ -72,3 +77,9 @@ async def build(
             partial(runner_pb2_grpc.add_LocalRunnerServiceServicer_to_server, servicer),
         )
     ]
+
+
+async def _finish(task: asyncio.Task[object]) -> None:
+    """Wait for a start-up task (its error, if any, shows again on first use)."""
+    with contextlib.suppress(Exception):
+        await task

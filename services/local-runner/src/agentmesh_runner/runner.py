@@ -221,7 +221,10 @@ class LocalRunner:
             if worker is not None:
                 worker.touch(keep_alive_seconds)
                 return LoadResult(self._info(worker), 0.0)
-            chosen = self._backend(backend or self.config.model_backends.get(model, ""))
+            # The first use of a backend imports its libraries (seconds): off the event loop.
+            chosen = await asyncio.to_thread(
+                self._backend, backend or self.config.model_backends.get(model, "")
+            )
             facts = await asyncio.to_thread(chosen.inspect, path)
             await self._make_room(facts.size_bytes)
             worker = ModelWorker(
@@ -288,7 +291,7 @@ class LocalRunner:
     async def list_models(self) -> list[ModelInfo]:
         """Models in the models directory plus loaded ones from elsewhere, by name."""
         infos = {name: self._info(worker) for name, worker in self._workers.items()}
-        backend = self._backend("")
+        backend = await asyncio.to_thread(self._backend, "")
         for entry in await asyncio.to_thread(self._model_directories):
             if entry.name in infos:
                 continue

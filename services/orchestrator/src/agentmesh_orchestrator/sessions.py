@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -426,14 +427,23 @@ class SessionManager:
         active.done.set()
 
     async def _renew(self, active: ActiveSession) -> None:
+        """Renew the lease; stop the run only once it is lost: refused (another owner holds
+        it), or not renewed for its whole time to live (a memory service that is down for a
+        moment, being restarted, does not stop the run)."""
         name = active.run.name
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(self._lease.renew_every)
             try:
                 await self._store.renew_lease(
                     active.tenant, name, self.owner, self._lease.ttl_seconds
                 )
-            except Exception:
+                renewed = time.monotonic()
+            except Exception as error:
+                transient = not isinstance(error, FailedPrecondition)
+                if transient and time.monotonic() - renewed < self._lease.ttl_seconds:
+                    _logger.warning("could not renew the lease of %s (%s); retrying", name, error)
+                    continue
                 _logger.warning("lost the lease of %s; stopping without ending it", name)
                 active.lease_lost = True
                 active.run.abandoned = True

@@ -25,14 +25,19 @@ class BackendRegistry:
         self._factories[name] = factory
         self._built.pop(name, None)
 
-    def get_runner(self, name: str) -> Backend:
-        """The backend called ``name`` (INVALID_ARGUMENT if none is registered)."""
+    def check(self, name: str) -> None:
+        """Raise INVALID_ARGUMENT unless a backend ``name`` is registered (without building
+        it: a backend imports its libraries when it is built)."""
         if name not in self._factories:
             known = ", ".join(sorted(self._factories)) or "none"
             raise InvalidArgument(
                 f"unknown backend {name!r} (registered: {known})",
                 violations=[FieldViolation("backend", f"must be one of: {known}")],
             )
+
+    def get_runner(self, name: str) -> Backend:
+        """The backend called ``name`` (INVALID_ARGUMENT if none is registered)."""
+        self.check(name)
         if name not in self._built:
             self._built[name] = self._factories[name]()
         return self._built[name]
@@ -54,15 +59,23 @@ class BackendRegistry:
 
 
 def default_registry(*, max_batch: int, prompt_cache_entries: int) -> BackendRegistry:
-    """A registry with the backends this build ships: ``mlx`` and ``cpu`` (numpy)."""
-    from .cpu import CpuBackend
-    from .mlx import MlxBackend  # MLX is imported only when the registry is built
+    """A registry with the backends this build ships: ``mlx`` and ``cpu`` (numpy).
+
+    Each backend's module (MLX, mlx-lm, transformers: about 2 s of imports) is imported when the
+    backend is first used, not when the runner starts, so the runner listens sooner and does
+    not compete for the CPU with the services starting beside it (issue 16, finding 10)."""
+
+    def mlx() -> Backend:
+        from .mlx import MlxBackend
+
+        return MlxBackend(max_batch=max_batch, prompt_cache_entries=prompt_cache_entries)
+
+    def cpu() -> Backend:
+        from .cpu import CpuBackend
+
+        return CpuBackend(max_batch=max_batch, prompt_cache_entries=prompt_cache_entries)
 
     registry = BackendRegistry()
-    registry.register_runner(
-        "mlx", lambda: MlxBackend(max_batch=max_batch, prompt_cache_entries=prompt_cache_entries)
-    )
-    registry.register_runner(
-        "cpu", lambda: CpuBackend(max_batch=max_batch, prompt_cache_entries=prompt_cache_entries)
-    )
+    registry.register_runner("mlx", mlx)
+    registry.register_runner("cpu", cpu)
     return registry
