@@ -108,11 +108,28 @@ REASON_GUIDANCE: dict[str, str] = {
     "SCHEMA_OUTDATED": "Run the migrations (alembic upgrade head) before starting memory.",
     "TOOL_SERVER_EXISTS": "A tool server with that id exists; pick another id or delete it.",
     "TOOL_SERVER_NOT_FOUND": "No such tool server for your tenant; list tool servers.",
+    "TRANSITION_NOT_ENABLED": (
+        "The token is not in a place the transition fires from; GetToken shows where it is."
+    ),
+    "TRANSITION_RULES_NOT_MET": (
+        "A rule of the transition does not hold for the token (the message names it); change"
+        " the token's data (FireTransition `data`) or fire another transition."
+    ),
     "TOOL_SERVER_UNREACHABLE": "The address did not answer ToolService.ListTools; check it.",
     "TOOL_SERVER_INVALID": "The server lists a tool with an invalid name; fix the server.",
     "TOOL_NAME_TAKEN": "A built-in or registered tool has that name; rename the tool.",
     "APPROVAL_NOT_FOUND": "No such approval in the session; take the id from approval_requested.",
     "APPROVAL_RESOLVED": "The call was already answered (or expired); read the approval.",
+    "WORKFLOW_NOT_FOUND": "No such workflow for your tenant; list workflows to find the name.",
+    "WORKFLOW_EXISTS": "A workflow with that id exists; pick another id or update it.",
+    "WORKFLOW_PLACES_IN_USE": "Tokens sit in places the new definition drops; move them first.",
+    "WORKFLOW_HAS_TOKENS": "The workflow still holds tokens; delete them or pass force.",
+    "TOKEN_NOT_FOUND": "No such token in the workflow; list its tokens to find the name.",
+    "TOKEN_EXISTS": "A token with that id exists in the workflow; pick another id.",
+    "REVISION_MISMATCH": "Someone changed it since you read it; read it again and retry.",
+    "CLAIM_LOST": "Your claim on the due work expired or was taken over; drop the work.",
+    "SCHEDULE_NOT_FOUND": "No such schedule for your tenant; list schedules to find the name.",
+    "SCHEDULE_EXISTS": "A schedule with that id exists; pick another id or delete it.",
     # inference gateway
     "ROUTE_NOT_FOUND": "No such route in the routes file; list models to see the routes.",
     "DEPLOYMENT_NOT_FOUND": "No deployment serves that provider and model; check the routes.",

@@ -19,11 +19,16 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
 from agentmesh.orchestrator.v1 import orchestrator_pb2
+from agentmesh.workflow.v1 import schedule_pb2, workflow_service_pb2
 
 FD = descriptor.FieldDescriptor
 #: The public API the orchestrator serves (ToolService is implemented by tool servers, not
 #: by agentmesh, so it is not fuzzed here).
-SERVICES = (orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"],)
+SERVICES = (
+    orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"],
+    workflow_service_pb2.DESCRIPTOR.services_by_name["WorkflowService"],
+    schedule_pb2.DESCRIPTOR.services_by_name["ScheduleService"],
+)
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,7 @@ async def start_e2e_mesh(
     runner: bool = True,
     web: dict[str, str] | None = None,
     orchestrator: dict[str, str] | None = None,
+    memory: dict[str, str] | None = None,
     provider: ScriptedProvider | None = None,
 ) -> Mesh:
     """The services as processes: memory, the runner (unless ``runner=False``), gateway,
@@ -236,7 +237,10 @@ async def start_e2e_mesh(
     metrics = {spec.name: {f"{spec.env_prefix}METRICS_PORT": "0"} for spec in specs}
     # The runner must be up before the routes file can name its address.
     first = await start_mesh(
-        tmp_path, ports=ports, specs=(MEMORY, RUNNER) if runner else (MEMORY,), extra_env=metrics
+        tmp_path,
+        ports=ports,
+        specs=(MEMORY, RUNNER) if runner else (MEMORY,),
+        extra_env=metrics | {MEMORY.name: {**metrics[MEMORY.name], **(memory or {})}},
     )
     services = {s.spec.name: s for s in first}
     try:

@@ -489,3 +489,67 @@ async def test_memory_entries_are_listed_by_agent_and_type_and_deleted(user: Use
     circuit = scripted["circuitState"].removeprefix("CIRCUIT_STATE_").lower().replace("_", " ")
     await expect(row.get_by_test_id("provider-circuit")).to_have_text(circuit)
     await user.shot("08-providers")
+
+
+async def test_workflows_show_their_places_with_token_counts_over_http(user: User) -> None:
+    """Workflows over the edge's JSON routes (create, tokens, fire, the SSE event stream), and
+    the Workflows page: each place with the tokens in it, updated as they move."""
+    reviewer = {"id": "reviewer", "definition": {"prompts": {"system": "Scribe. Be brief."}}}
+    async with user.http.post(
+        "/v1/agents", params={"agent_id": "reviewer"}, json=reviewer["definition"]
+    ) as reply:
+        assert reply.status in (200, 409), await reply.text()
+    workflow = {
+        "displayName": "Review desk",
+        "places": [{"id": "inbox"}, {"id": "reviewed"}],
+        "transitions": [
+            {
+                "id": "review",
+                "fromPlaces": ["inbox"],
+                "toPlace": "reviewed",
+                "agentExecution": {
+                    "agent": "agents/reviewer",
+                    "outputMapping": {"data.note": "text"},
+                },
+            }
+        ],
+    }
+    async with user.http.post(
+        "/v1/workflows", params={"workflow_id": "desk"}, json=workflow
+    ) as reply:
+        assert reply.status == 200, await reply.text()
+    tokens = [
+        (await user.api("POST", "/v1/workflows/desk/tokens", {"data": {"n": i}}))["token"]["name"]
+        for i in range(3)
+    ]
+    fired = await user.api("POST", f"/v1/{tokens[0]}:fire", {"transition": "review"})
+    assert fired["fired"] is True
+    assert fired["token"]["data"]["note"] == "Hello from the scribe."
+    counts = (await user.api("GET", "/v1/workflows/desk"))["workflow"]["tokenCounts"]
+    assert counts == {"inbox": "2", "reviewed": "1"}
+    async with user.http.get("/v1/workflows/desk/events", headers={"Last-Event-ID": "3"}) as reply:
+        assert reply.status == 200
+        replayed = [event async for event in _take(read_sse(reply), 4)]
+    assert [(e.id, e.event) for e in replayed] == [
+        ("4", "transition_started"),
+        ("5", "agent_run"),
+        ("6", "transition_completed"),
+        ("7", "token_moved"),
+    ], "resumed after Last-Event-ID"
+
+    await user.sign_in()
+    page = user.page
+    await page.get_by_test_id("nav-workflows").click()
+    card = page.get_by_test_id("workflow-desk")
+    await expect(card).to_contain_text("Review desk")
+    await expect(
+        card.get_by_test_id("place-desk-inbox").get_by_test_id("token-count")
+    ).to_have_text("2")
+    await expect(
+        card.get_by_test_id("place-desk-reviewed").get_by_test_id("token-count")
+    ).to_have_text("1")
+    await user.api("POST", f"/v1/{tokens[1]}:fire", {"transition": "review"})
+    await expect(
+        card.get_by_test_id("place-desk-reviewed").get_by_test_id("token-count")
+    ).to_have_text("2", timeout=15_000)
+    await user.shot("09-workflows")

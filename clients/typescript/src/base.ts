@@ -1,6 +1,7 @@
 /**
  * What the Node and the browser clients share: every public RPC of
- * `agentmesh.orchestrator.v1.OrchestratorService` over a connect transport (gRPC over HTTP/2 in
+ * `agentmesh.orchestrator.v1.OrchestratorService`, and of `agentmesh.workflow.v1`'s
+ * `WorkflowService` and `ScheduleService`, over a connect transport (gRPC over HTTP/2 in
  * Node, gRPC-web through the web edge in browsers), with the API key sent as
  * `authorization: Bearer <key>`. Nothing here needs Node.
  *
@@ -12,6 +13,8 @@
  * response message. `run`, `execute` and `events` are async iterables of `SessionEvent` that
  * survive dropped connections: they reconnect with StreamSession(after_seq = last seq seen), so
  * each event is delivered once, in seq order, and they stop after the terminal event.
+ * `workflowEvents` follows a workflow's (or one token's) events the same way, for as long as
+ * the caller reads.
  */
 
 import type { DescMethod, MessageInitShape } from "@bufbuild/protobuf";
@@ -21,6 +24,9 @@ import {
   type ExecuteRequestSchema,
   OrchestratorService,
 } from "./gen/agentmesh/orchestrator/v1/orchestrator_pb.js";
+import { ScheduleService } from "./gen/agentmesh/workflow/v1/schedule_pb.js";
+import type { WorkflowEvent } from "./gen/agentmesh/workflow/v1/workflow_pb.js";
+import { WorkflowService } from "./gen/agentmesh/workflow/v1/workflow_service_pb.js";
 import { type AgentmeshError, FailedPrecondition, errorFor, toAgentmeshError } from "./errors.js";
 import { backoffMs, grpcTimeout, isTerminal, randomUUID, remainingMs, sleep, streamSignal } from "./events.js";
 
@@ -43,6 +49,12 @@ export interface EventsOptions extends CallOptions {
   readonly afterSeq?: bigint | number;
 }
 
+/** Options of `workflowEvents`. */
+export interface WorkflowEventsOptions extends EventsOptions {
+  /** Only this token's events, "workflows/{workflow_id}/tokens/{token_id}". */
+  readonly token?: string;
+}
+
 /** How the client behaves, whatever carries its calls. */
 export interface BaseClientOptions {
   /** The API key, sent as `authorization: Bearer <key>` on every call. */
@@ -56,8 +68,13 @@ export interface BaseClientOptions {
 }
 
 type Rpcs = Client<typeof OrchestratorService>;
+type WorkflowRpcs = Client<typeof WorkflowService>;
+type ScheduleRpcs = Client<typeof ScheduleService>;
 /** The streaming RPCs, which the client wraps as resumable iterables of events. */
 type Streams = "run" | "step" | "execute" | "streamSession";
+type WorkflowStreams = "streamWorkflow" | "streamToken";
+/** The public services whose unary RPCs become the client's methods. */
+const SERVICES = [OrchestratorService, WorkflowService, ScheduleService] as const;
 type Rpc = (request: unknown, options?: RpcOptions) => unknown;
 /** What each underlying connect call is given. */
 interface RpcOptions {
@@ -83,7 +100,10 @@ function isDropped(error: AgentmeshError): boolean {
 // they are installed on the prototype below from the service descriptor, so a new RPC in the
 // protos becomes a method as soon as the code is regenerated.
 // biome-ignore lint: an interface merged into the class on purpose
-export interface BaseClient extends Omit<Rpcs, Streams> {}
+export interface BaseClient
+  extends Omit<Rpcs, Streams>,
+    Omit<WorkflowRpcs, WorkflowStreams>,
+    ScheduleRpcs {}
 
 /**
  * The client over a transport of any kind; {@link AgentmeshClient} (Node) and the browser
@@ -91,6 +111,9 @@ export interface BaseClient extends Omit<Rpcs, Streams> {}
  */
 export class BaseClient {
   readonly #rpc: Rpcs;
+  readonly #workflows: WorkflowRpcs;
+  /** Each service's connect client, by the service's full name. */
+  readonly #clients: Record<string, Record<string, Rpc>>;
   readonly #headers: Readonly<Record<string, string>>;
   readonly #timeoutMs: number;
   readonly #maxRetries: number;
@@ -98,6 +121,12 @@ export class BaseClient {
 
   constructor(transport: Transport, options: BaseClientOptions = {}) {
     this.#rpc = createClient(OrchestratorService, transport);
+    this.#workflows = createClient(WorkflowService, transport);
+    this.#clients = {
+      [OrchestratorService.typeName]: this.#rpc as unknown as Record<string, Rpc>,
+      [WorkflowService.typeName]: this.#workflows as unknown as Record<string, Rpc>,
+      [ScheduleService.typeName]: createClient(ScheduleService, transport) as unknown as Record<string, Rpc>,
+    };
     this.#headers = options.apiKey ? { authorization: `Bearer ${options.apiKey}` } : {};
     this.#timeoutMs = options.timeoutMs ?? 30_000;
     this.#maxRetries = options.maxRetries ?? 3;
@@ -108,7 +137,7 @@ export class BaseClient {
   close(): void {}
 
   static {
-    for (const method of OrchestratorService.methods) {
+    for (const method of SERVICES.flatMap((service) => service.methods)) {
       if (method.methodKind === "unary") {
         Object.defineProperty(BaseClient.prototype, method.localName, {
           value: function (this: BaseClient, request: object, options?: CallOptions) {
@@ -160,6 +189,41 @@ export class BaseClient {
     return this.#resumable("", 0n, options, (call) => this.#rpc.execute(init, call), resumable);
   }
 
+  /**
+   * A workflow's events after `afterSeq` (StreamWorkflow), or one token's (StreamToken), then
+   * the live ones for as long as the caller reads; a dropped connection is resumed after the
+   * last seq seen, so each event arrives once, in order.
+   */
+  async *workflowEvents(workflow: string, options: WorkflowEventsOptions = {}): AsyncIterable<WorkflowEvent> {
+    const deadline = deadlineOf(options.timeoutMs);
+    let last = BigInt(options.afterSeq ?? 0);
+    let attempts = 0;
+    while (true) {
+      const { call, dispose } = this.#streamCall(options, deadline);
+      try {
+        const stream = options.token
+          ? this.#workflows.streamToken({ token: options.token, afterSeq: last }, call)
+          : this.#workflows.streamWorkflow({ workflow, afterSeq: last }, call);
+        for await (const { event } of stream) {
+          if (event === undefined) continue;
+          stopIfOver(options.signal, deadline);
+          if (event.seq <= last) continue;
+          last = event.seq;
+          attempts = 0;
+          yield event;
+        }
+        return;
+      } catch (caught) {
+        const error = toAgentmeshError(caught);
+        attempts++;
+        if (!isDropped(error) || options.signal?.aborted || attempts > this.#reconnectAttempts) throw error;
+        await this.#wait(backoffMs(attempts, error.retryAfterMs), deadline, options.signal, error);
+      } finally {
+        dispose();
+      }
+    }
+  }
+
   /** One iteration of every agent (Step); its events only, not resumed. */
   async *step(session: string, options: CallOptions = {}): AsyncIterable<SessionEvent> {
     const requestId = randomUUID();
@@ -201,7 +265,7 @@ export class BaseClient {
     const init = carriesRequestId ? withRequestId(request) : request;
     const idempotent = carriesRequestId || /^(Get|List|Search)/.test(method.name);
     const deadline = deadlineOf(options.timeoutMs ?? this.#timeoutMs);
-    const call = this.#rpc[method.localName as keyof Rpcs] as Rpc;
+    const call = this.#callable(method);
     for (let attempt = 1; ; attempt++) {
       try {
         return await call(init, this.#callOptions(options, remainingMs(deadline)));
@@ -213,8 +277,13 @@ export class BaseClient {
     }
   }
 
+  #callable(method: DescMethod): Rpc {
+    const client = this.#clients[method.parent.typeName] as Record<string, Rpc>;
+    return client[method.localName] as Rpc;
+  }
+
   async #clientStream(method: DescMethod, requests: AsyncIterable<object>, options: CallOptions = {}) {
-    const call = this.#rpc[method.localName as keyof Rpcs] as Rpc;
+    const call = this.#callable(method);
     try {
       return await call(requests, this.#callOptions(options, options.timeoutMs ?? this.#timeoutMs));
     } catch (error) {

@@ -3,7 +3,13 @@
  * their client: the typed errors, event helpers, protobuf helpers and the generated types.
  */
 
-export { BaseClient, type BaseClientOptions, type CallOptions, type EventsOptions } from "./base.js";
+export {
+  BaseClient,
+  type BaseClientOptions,
+  type CallOptions,
+  type EventsOptions,
+  type WorkflowEventsOptions,
+} from "./base.js";
 export * from "./errors.js";
 export { TERMINAL_EVENTS, isTerminal } from "./events.js";
 export { create, fromJson, toJson, toJsonString } from "@bufbuild/protobuf";
@@ -21,3 +27,6 @@ export * from "./gen/agentmesh/orchestrator/v1/knowledge_pb.js";
 export * from "./gen/agentmesh/common/v1/messages_pb.js";
 export * from "./gen/agentmesh/common/v1/stats_pb.js";
 export * from "./gen/agentmesh/common/v1/knowledge_pb.js";
+export * from "./gen/agentmesh/workflow/v1/workflow_pb.js";
+export * from "./gen/agentmesh/workflow/v1/workflow_service_pb.js";
+export * from "./gen/agentmesh/workflow/v1/schedule_pb.js";

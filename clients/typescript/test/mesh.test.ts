@@ -9,6 +9,7 @@ import {
   AgentmeshClient,
   Cancelled,
   DeadlineExceeded,
+  FailedPrecondition,
   InvalidArgument,
   NotFound,
   type SessionEvent,
@@ -103,6 +104,32 @@ describe("against a running mesh", { skip }, () => {
       events.push(event);
     }
     assertWholeRun(events);
+  });
+
+  test("workflows: a token fires a transition and its events are followed from afterSeq", async () => {
+    const workflowId = `wf-${Date.now().toString(36)}`;
+    const { workflow } = await mesh.createWorkflow({
+      workflowId,
+      workflow: {
+        places: [{ id: "todo" }, { id: "done" }],
+        transitions: [{ id: "finish", fromPlaces: ["todo"], toPlace: "done", rules: ["exists(data.n)"] }],
+      },
+    });
+    const { token } = await mesh.createToken({ parent: workflow!.name, token: { data: { n: 1 } } });
+    const fired = await mesh.fireTransition({ token: token!.name, transition: "finish" });
+    assert.equal(fired.fired, true);
+    assert.equal(fired.token?.place, "done");
+    const again = await mesh.fireTransition({ token: token!.name, transition: "finish" }).catch((e: unknown) => e);
+    assert.ok(again instanceof FailedPrecondition, String(again));
+    assert.equal(again.reason, "TRANSITION_NOT_ENABLED");
+    const kinds: string[] = [];
+    for await (const event of mesh.workflowEvents(workflow!.name, { afterSeq: 1 })) {
+      kinds.push(String(event.payload.case));
+      if (event.seq === fired.eventSeq) break;
+    }
+    assert.deepEqual(kinds, ["transitionStarted", "transitionCompleted", "tokenMoved"]);
+    const { workflow: counted } = await mesh.getWorkflow({ name: workflow!.name });
+    assert.deepEqual({ ...counted!.tokenCounts }, { done: 1n });
   });
 
   test("an empty goal is InvalidArgument naming session.goal", async () => {

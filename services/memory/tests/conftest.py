@@ -19,6 +19,7 @@ import grpc.aio
 import pytest
 from prometheus_client import CollectorRegistry
 
+from agentmesh.memory.v1 import workflows_pb2_grpc
 from agentmesh_common import (
     MetricFactory,
 )
@@ -120,3 +121,10 @@ async def server(database_url: str) -> AsyncIterator[RunningMemory]:
 async def api(server: RunningMemory, tenant: str) -> AsyncIterator[Api]:
     async with grpc.aio.insecure_channel(server.address) as channel:
         yield Api(channel, tenant)
+
+
+@pytest.fixture
+async def flows(server: RunningMemory, tenant: str) -> AsyncIterator[Api]:
+    """The WorkflowStoreService of the same server, as the test's tenant."""
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        yield Api(channel, tenant, workflows_pb2_grpc.WorkflowStoreServiceStub)

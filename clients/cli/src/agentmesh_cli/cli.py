@@ -7,6 +7,8 @@
     agentmesh memory list|get|put|delete|stats, agentmesh settings show|set
     agentmesh collections create|list|show|delete, agentmesh documents upload|list|delete
     agentmesh search "QUERY"
+    agentmesh workflows create FILE|list|show|tokens|add-token|fire|watch|delete
+    agentmesh schedules create FILE|list|show|pause|resume|delete
     agentmesh models, agentmesh providers, agentmesh tools, agentmesh usage, agentmesh keys create
 
 Every command finds the mesh `agentmesh up` started through its `mesh.json` (in `.data`, or
@@ -16,8 +18,8 @@ with whole names. Errors print one line with the status and the field at fault, 
 traceback.
 
 One module per command group: up.py, run.py, sessions.py, agents.py, memory.py (and settings),
-catalog.py (models, providers, tools, usage, keys), knowledge.py; shared.py holds what they
-share.
+catalog.py (models, providers, tools, usage, keys), knowledge.py, workflows.py (and schedules);
+shared.py holds what they share.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .memory import memory_app, settings_app
 from .run import run
 from .sessions import sessions_app
 from .up import up
+from .workflows import schedules_app, workflows_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 app.command()(up)
@@ -41,6 +44,8 @@ app.add_typer(settings_app, name="settings")
 app.add_typer(catalog.keys_app, name="keys")
 app.add_typer(knowledge.collections_app, name="collections")
 app.add_typer(knowledge.documents_app, name="documents")
+app.add_typer(workflows_app, name="workflows")
+app.add_typer(schedules_app, name="schedules")
 app.command("search")(knowledge.search)
 memory_app.command("stats")(knowledge.memory_stats)
 agents_app.command("stats")(knowledge.agents_stats)

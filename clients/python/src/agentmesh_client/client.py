@@ -35,9 +35,11 @@ from agentmesh.common.v1 import (
     user_settings_pb2,
 )
 from agentmesh.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from agentmesh.workflow.v1 import schedule_pb2_grpc, workflow_service_pb2_grpc
 
 from .knowledge import KnowledgeCalls
 from .status import from_rpc_error
+from .workflows import WorkflowCalls
 
 T = TypeVar("T")
 TERMINAL = frozenset({"session_completed", "session_failed", "session_cancelled"})
@@ -51,8 +53,9 @@ def duration(seconds: float) -> duration_pb2.Duration:
     return value
 
 
-class AgentmeshClient(KnowledgeCalls):
-    """Calls `agentmesh.orchestrator.v1.OrchestratorService` with an API key."""
+class AgentmeshClient(KnowledgeCalls, WorkflowCalls):
+    """Calls the public API (`OrchestratorService`, `WorkflowService`, `ScheduleService`) with
+    an API key."""
 
     def __init__(
         self,
@@ -70,6 +73,8 @@ class AgentmeshClient(KnowledgeCalls):
             else grpc.aio.insecure_channel(target)
         )
         self._stub = orchestrator_pb2_grpc.OrchestratorServiceStub(self._channel)
+        self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
+        self._schedules = schedule_pb2_grpc.ScheduleServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {api_key}"),)
         self._timeout = timeout
         self._reconnect_attempts = reconnect_attempts

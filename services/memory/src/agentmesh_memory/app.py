@@ -1,7 +1,8 @@
 """Composition root of the memory service: settings, database, notifier, stores, servicer.
 
 Resources open in order on the exit stack (and close in reverse): the engine, the schema
-check or migration, the event notifier (LISTEN connection on PostgreSQL), the background
+check or migration, the event notifiers of sessions and of workflows (a LISTEN connection
+each on PostgreSQL), the background
 sweeper of expired memory, and, once the server is up, the database health monitor that
 reports NOT_SERVING while the database is unreachable.
 """
@@ -17,17 +18,20 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
-from agentmesh.memory.v1 import memory_pb2_grpc
+from agentmesh.memory.v1 import memory_pb2_grpc, workflows_pb2_grpc
 from agentmesh_common import Registration, ServiceServer, Telemetry
 
 from .db import Database, DatabaseOptions, EventNotifier, LocalNotifier, PostgresNotifier
 from .db.migrate import ensure_schema, migrate
+from .db.notifier import WORKFLOW_CHANNEL
 from .servicer import MemoryServicer
+from .servicer_workflows import WorkflowStoreServicer
 from .settings import MemorySettings
-from .store import Stores
+from .store import Stores, WorkflowStores
 
 SERVICE_NAME = "memory"
 GRPC_SERVICE = "agentmesh.memory.v1.MemoryService"
+WORKFLOW_SERVICE = "agentmesh.memory.v1.WorkflowStoreService"
 
 _logger = logging.getLogger("agentmesh.memory")
 
@@ -95,7 +99,7 @@ class HealthMonitor:
                 if self.serving is not None or not healthy:
                     _logger.warning("database %s", "reachable again" if healthy else "unreachable")
                 self.serving = healthy
-                for name in ("", GRPC_SERVICE):
+                for name in ("", GRPC_SERVICE, WORKFLOW_SERVICE):
                     await server.set_serving(name, healthy)
             await asyncio.sleep(self._interval)
 
@@ -123,6 +127,13 @@ async def build(
     )
     await notifier.start()
     stack.push_async_callback(notifier.close)
+    workflow_notifier: EventNotifier = (
+        PostgresNotifier(db.url, channel=WORKFLOW_CHANNEL)
+        if db.dialect == "postgresql"
+        else LocalNotifier()
+    )
+    await workflow_notifier.start()
+    stack.push_async_callback(workflow_notifier.close)
 
     stores = Stores.build(
         db,
@@ -142,11 +153,21 @@ async def build(
         _background(stack, partial(monitor.run, server), "memory-health")
         _background(stack, partial(_end_key_watches, server, stores), "memory-key-watches")
 
+    workflow_stores = WorkflowStores.build(
+        db, workflow_notifier, watch_poll_seconds=settings.watch_poll_seconds
+    )
     servicer = MemoryServicer(stores)
+    workflow_servicer = WorkflowStoreServicer(workflow_stores)
     return [
         Registration(
             GRPC_SERVICE,
             partial(memory_pb2_grpc.add_MemoryServiceServicer_to_server, servicer),
             on_started=start_monitor,
-        )
+        ),
+        Registration(
+            WORKFLOW_SERVICE,
+            partial(
+                workflows_pb2_grpc.add_WorkflowStoreServiceServicer_to_server, workflow_servicer
+            ),
+        ),
     ]

@@ -298,13 +298,19 @@ async def start_memory(settings: MemorySettings) -> RunningMemory:
 class Api:
     """The generated stub, with the tenant metadata and a deadline added to every call."""
 
-    def __init__(self, channel: grpc.aio.Channel, tenant: str) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        tenant: str,
+        stub: Callable[[grpc.aio.Channel], Any] = memory_pb2_grpc.MemoryServiceStub,
+    ) -> None:
         self.channel = channel
         self.tenant = tenant
-        self._stub = memory_pb2_grpc.MemoryServiceStub(channel)
+        self._stub_type = stub
+        self._stub = stub(channel)
 
     def as_tenant(self, tenant: str) -> Api:
-        return Api(self.channel, tenant)
+        return Api(self.channel, tenant, self._stub_type)
 
     def __getattr__(self, method: str) -> Callable[..., Any]:
         callable_ = getattr(self._stub, method)
@@ -312,7 +318,7 @@ class Api:
 
         def call(request: Any, **kwargs: Any) -> Any:
             kwargs.setdefault("metadata", metadata)
-            if method != "WatchEvents":
+            if not method.startswith("Watch"):
                 kwargs.setdefault("timeout", 30)
             return callable_(request, **kwargs)
 

@@ -13,6 +13,7 @@ from functools import partial
 from agentmesh.inference.v1 import inference_pb2_grpc
 from agentmesh.memory.v1 import memory_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2_grpc
+from agentmesh.workflow.v1 import schedule_pb2_grpc, workflow_service_pb2_grpc
 from agentmesh_common import NotFound, Registration, Telemetry, Unauthenticated, create_channel
 from agentmesh_common.api_keys import KeyOwner
 
@@ -30,14 +31,19 @@ from .ports import ModelGateway
 from .preferences import SessionScope
 from .service import OrchestratorApp
 from .servicer import OrchestratorServicer
+from .servicer_workflows import ScheduleServicer, TenantOf, WorkflowServicer
 from .sessions import LeaseSettings, SessionManager
 from .settings import OrchestratorSettings
 from .stream_tokens import StreamTokens
 from .tool_servers import ToolCatalog
 from .tools import builtin_tools, memory_tools
+from .workflows.scheduler import DueWorkLoop
+from .workflows.work import start_workflows
 
 SERVICE_NAME = "orchestrator"
 GRPC_SERVICE = "agentmesh.orchestrator.v1.OrchestratorService"
+WORKFLOW_SERVICE = "agentmesh.workflow.v1.WorkflowService"
+SCHEDULE_SERVICE = "agentmesh.workflow.v1.ScheduleService"
 
 _logger = logging.getLogger("agentmesh.orchestrator")
 
@@ -162,8 +168,9 @@ def compose(
 
     stack.push_async_callback(stop_key_watch)
 
+    app = OrchestratorApp(memory=memory, manager=manager)
     servicer = OrchestratorServicer(
-        app=OrchestratorApp(memory=memory, manager=manager),
+        app=app,
         memory=memory,
         catalog=catalog,
         manager=manager,
@@ -171,6 +178,8 @@ def compose(
         limiter=limiter,
         catalog_tools=catalog_tools,
     )
+    workflows, due_work = start_workflows(stack, settings, memory=memory, app=app)
+    tenant_of = TenantOf(auth, limiter)
     return [
         Registration(
             GRPC_SERVICE,
@@ -178,9 +187,29 @@ def compose(
                 orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server,
                 admitted_unary(servicer, admission.requests),
             ),
-            on_stopping=partial(manager.drain, drain_grace),
-        )
+            on_stopping=partial(_drain, due_work, manager, drain_grace),
+        ),
+        Registration(
+            WORKFLOW_SERVICE,
+            partial(
+                workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server,
+                admitted_unary(WorkflowServicer(workflows, tenant_of), admission.requests),
+            ),
+        ),
+        Registration(
+            SCHEDULE_SERVICE,
+            partial(
+                schedule_pb2_grpc.add_ScheduleServiceServicer_to_server,
+                admitted_unary(ScheduleServicer(workflows, tenant_of), admission.requests),
+            ),
+        ),
     ]
+
+
+async def _drain(due_work: DueWorkLoop, manager: SessionManager, grace_seconds: float) -> None:
+    """SIGTERM: claim no more due work (what runs is given back), then drain the sessions."""
+    await due_work.stop()
+    await manager.drain(grace_seconds)
 
 
 def _stream_tokens(settings: OrchestratorSettings) -> StreamTokens:

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from google.protobuf import field_mask_pb2
@@ -23,6 +23,7 @@ from agentmesh.common.v1 import (
     agents_pb2,
     approvals_pb2,
     events_pb2,
+    generation_pb2,
     messages_pb2,
     sessions_pb2,
 )
@@ -35,6 +36,7 @@ from agentmesh_common import (
 )
 
 from .adapters.memory_client import MemoryClient
+from .admission import Slot
 from .agents import AGENT_ID, SessionAgent, prepare_agent
 from .sessions import TERMINAL_EVENTS, SessionManager
 from .strategies import validate_session
@@ -145,8 +147,14 @@ class OrchestratorApp:
     # -- sessions ----------------------------------------------------------------------------
 
     async def create_session(
-        self, tenant: str, request: orchestrator_pb2.CreateSessionRequest
+        self,
+        tenant: str,
+        request: orchestrator_pb2.CreateSessionRequest,
+        *,
+        generation: Mapping[str, generation_pb2.GenerationConfig] | None = None,
     ) -> sessions_pb2.Session:
+        """Check and store a session. `generation` overrides settings of named members in the
+        session's snapshot (a workflow's place agent); a field set there wins."""
         draft = request.session
         bounds = self._bounds
         if not draft.goal.strip():
@@ -166,6 +174,9 @@ class OrchestratorApp:
         if session.strategy == sessions_pb2.STRATEGY_UNSPECIFIED:
             session.strategy = sessions_pb2.STRATEGY_ROUND_ROBIN
         agents = await self._snapshot_agents(tenant, session)
+        for agent in agents:
+            if generation and agent.name in generation:
+                agent.definition.generation.MergeFrom(generation[agent.name])
         validate_session(session, agents)
         del session.agents[:]
         session.agents.extend(a.name for a in agents)
@@ -265,13 +276,22 @@ class OrchestratorApp:
         except BaseException:
             slot.release()
             raise
+        async for event in self.run_to_end(tenant, created, admitted=slot):
+            yield event
+
+    async def run_to_end(
+        self, tenant: str, created: sessions_pb2.Session, *, admitted: Slot | None = None
+    ) -> AsyncIterator[events_pb2.SessionEvent]:
+        """Run a just-created session, or, when a repeated request found it created already,
+        show that first run instead of running again. `admitted`: a slot already taken."""
         if created.status == sessions_pb2.SESSION_STATUS_PENDING and not self._manager.is_running(
             tenant, created.name
         ):
-            async for event in self._manager.run(tenant, created.name, admitted=slot):
+            async for event in self._manager.run(tenant, created.name, admitted=admitted):
                 yield event
             return
-        slot.release()
+        if admitted is not None:
+            admitted.release()
         # A repeated request: show the first execution instead of running again.
         async for event in self._manager.stream(tenant, created.name, 0):
             yield event

@@ -58,6 +58,23 @@ class OrchestratorSettings(ServiceSettings):
     takeover_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often to look for sessions whose owner died."
     )
+    workflow_claim_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "How long a replica's claim on due workflow work (place agents, schedules) lasts;"
+            " renewed every third of it while the work runs. A replica killed while holding one"
+            " is replaced after this long."
+        ),
+    )
+    workflow_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="Longest sleep between looks for due work other replicas scheduled.",
+    )
+    workflow_max_in_flight: int = Field(
+        default=16, ge=1, description="Due workflow work items a replica runs at once."
+    )
     max_running_sessions: int = Field(
         default=64,
         ge=0,

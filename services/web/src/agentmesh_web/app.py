@@ -17,10 +17,9 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from agentmesh.orchestrator.v1 import orchestrator_pb2_grpc
 from agentmesh_common import Registration, Telemetry, create_channel
 
-from .edge import ORCHESTRATOR_SERVICE, Edge
+from .edge import PUBLIC_SERVICES, Edge
 from .grpcweb import GrpcWeb
 from .middleware import Cors, errors, observe
 from .observability import WebMetrics
@@ -44,7 +43,7 @@ async def build(
     )
     stack.push_async_callback(channel.close, None)
     edge = Edge(
-        orchestrator_pb2_grpc.OrchestratorServiceStub(channel),
+        channel,
         relay=RelaySettings(
             buffer_bytes=settings.stream_buffer_bytes,
             slow_client_seconds=settings.slow_client_seconds,
@@ -90,5 +89,5 @@ def build_http(
     app.on_response_prepare.append(cors.on_prepare)
     pages.add_routes(app, ui=settings.ui_enabled)
     app.router.add_route("*", "/v1/{path:.*}", edge.handle)
-    GrpcWeb(edge, [ORCHESTRATOR_SERVICE]).add_routes(app)
+    GrpcWeb(edge, PUBLIC_SERVICES).add_routes(app)
     return app

@@ -1,12 +1,14 @@
-"""The public API over HTTP: every annotated RPC of `OrchestratorService`, unary or streamed.
+"""The public API over HTTP: every annotated RPC of the public services (`OrchestratorService`,
+`WorkflowService`, `ScheduleService`), unary or streamed.
 
 A request is matched to its RPC by the `google.api.http` rules (:mod:`.routes`), turned into the
 request message (:mod:`.transcode`) and sent to the orchestrator with the caller's credentials:
 `Authorization: Bearer <key>` or `X-API-Key` pass through; `?stream_token=` (what a browser's
 EventSource or WebSocket can send) becomes the bearer credential of that call. A unary RPC
-answers with its reply as JSON. A streaming RPC (Step, Run, Execute, StreamSession) answers
+answers with its reply as JSON. A streaming RPC (Step, Run, Execute, StreamSession,
+StreamWorkflow, StreamToken) answers
 with Server-Sent Events, or newline-delimited JSON when the client accepts
-`application/x-ndjson`, or a WebSocket when the client asks to upgrade; StreamSession resumes
+`application/x-ndjson`, or a WebSocket when the client asks to upgrade; the event streams resume
 after `Last-Event-ID` (or `?after_seq=`). Errors before the first event are plain HTTP errors;
 later ones end the stream with the same error body.
 """
@@ -18,11 +20,18 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 from aiohttp import WSCloseCode, web
-from google.protobuf import message
+from google.protobuf import descriptor, message
 from google.rpc import code_pb2
 
 from agentmesh.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from agentmesh.workflow.v1 import (
+    schedule_pb2,
+    schedule_pb2_grpc,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
 from agentmesh_common import InvalidArgument
 
 from .errors import edge_error
@@ -33,9 +42,13 @@ from .sinks import NdjsonSink, SseSink, WebSocketSink
 from .streams import Relay, RelaySettings, Sink
 from .transcode import build_request, to_json
 
-__all__ = ["ORCHESTRATOR_SERVICE", "Edge", "credentials"]
+__all__ = ["ORCHESTRATOR_SERVICE", "PUBLIC_SERVICES", "Edge", "credentials"]
 
 ORCHESTRATOR_SERVICE = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"]
+WORKFLOW_SERVICE = workflow_service_pb2.DESCRIPTOR.services_by_name["WorkflowService"]
+SCHEDULE_SERVICE = schedule_pb2.DESCRIPTOR.services_by_name["ScheduleService"]
+#: What the edge exposes (all served by the orchestrator); never an internal service.
+PUBLIC_SERVICES = (ORCHESTRATOR_SERVICE, WORKFLOW_SERVICE, SCHEDULE_SERVICE)
 STREAM_TOKEN_PARAMETER = "stream_token"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -45,17 +58,21 @@ class Edge:
 
     def __init__(
         self,
-        stub: orchestrator_pb2_grpc.OrchestratorServiceStub,
+        channel: grpc.aio.Channel,
         *,
         relay: RelaySettings,
         unary_timeout: float,
         metrics: WebMetrics,
     ) -> None:
-        self._stub = stub
+        self._stubs: dict[str, Any] = {
+            ORCHESTRATOR_SERVICE.full_name: orchestrator_pb2_grpc.OrchestratorServiceStub(channel),
+            WORKFLOW_SERVICE.full_name: workflow_service_pb2_grpc.WorkflowServiceStub(channel),
+            SCHEDULE_SERVICE.full_name: schedule_pb2_grpc.ScheduleServiceStub(channel),
+        }
         self._relay = relay
         self.unary_timeout = unary_timeout
         self.metrics = metrics
-        self.router = Router(routes_of(ORCHESTRATOR_SERVICE))
+        self.router = Router([route for service in PUBLIC_SERVICES for route in routes_of(service)])
         self._open: set[Relay] = set()
         self.draining = False
 
@@ -65,9 +82,9 @@ class Edge:
         for relay in list(self._open):
             relay.stop()
 
-    def rpc(self, name: str) -> Any:
-        """The orchestrator stub's callable of one RPC (by its proto name)."""
-        return getattr(self._stub, name)
+    def rpc(self, method: descriptor.MethodDescriptor) -> Any:
+        """The stub's callable of one RPC of a public service."""
+        return getattr(self._stubs[method.containing_service.full_name], method.name)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path
@@ -94,7 +111,7 @@ class Edge:
                     http_status=503,
                 )
             )
-        call = getattr(self._stub, match.route.method.name)(rpc_request, metadata=metadata)
+        call = self.rpc(match.route.method)(rpc_request, metadata=metadata)
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, call)
         return await self._stream(request, call)
@@ -102,7 +119,7 @@ class Edge:
     async def _unary(
         self, match: Match, rpc_request: message.Message, metadata: tuple[tuple[str, str], ...]
     ) -> web.Response:
-        method = self.rpc(match.route.method.name)
+        method = self.rpc(match.route.method)
         reply = await method(rpc_request, metadata=metadata, timeout=self.unary_timeout)
         return web.Response(text=to_json(reply), content_type="application/json")
 
@@ -195,13 +212,14 @@ def credentials(
 
 
 def _resume_after(request: web.Request, rpc_request: message.Message) -> None:
-    """StreamSession resumes after `Last-Event-ID` unless `after_seq` is given."""
+    """An event stream (StreamSession, StreamWorkflow, StreamToken) resumes after
+    `Last-Event-ID` unless `after_seq` is given."""
     last_event_id = request.headers.get("Last-Event-ID")
-    if last_event_id is None or not isinstance(rpc_request, orchestrator_pb2.StreamSessionRequest):
+    if last_event_id is None or "after_seq" not in rpc_request.DESCRIPTOR.fields_by_name:
         return
-    if rpc_request.after_seq:
+    if getattr(rpc_request, "after_seq"):  # noqa: B009 (any of the three request types)
         return
     try:
-        rpc_request.after_seq = int(last_event_id)
+        setattr(rpc_request, "after_seq", int(last_event_id))  # noqa: B010
     except ValueError:
         raise InvalidArgument.for_field("Last-Event-ID", "must be an event's seq") from None

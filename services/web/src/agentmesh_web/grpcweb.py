@@ -227,7 +227,7 @@ class GrpcWeb:
         rpc_request = _decode_request(body, method.input_type)
         timeout = parse_timeout(request.headers.get("grpc-timeout"))
         metadata = credentials(request, None)
-        multicallable = self._edge.rpc(method.name)
+        multicallable = self._edge.rpc(method)
         if not method.server_streaming:
             limit = self._edge.unary_timeout
             reply = await multicallable(

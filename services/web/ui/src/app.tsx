@@ -10,6 +10,7 @@ import { href, navigate, useRoute } from "./router";
 import { SessionPage, type UiConfig } from "./session";
 import { SessionsPage } from "./sessions";
 import { SignIn } from "./signin";
+import { WorkflowsPage } from "./workflows";
 
 async function loadConfig(): Promise<UiConfig> {
   try {
@@ -54,6 +55,7 @@ export function App() {
   if (page === "sessions" && id) content = <SessionPage id={id} config={config} key={id} />;
   else if (page === "memory") content = <MemoryPage />;
   else if (page === "providers") content = <ProvidersPage />;
+  else if (page === "workflows") content = <WorkflowsPage />;
   else content = <SessionsPage route={route} />;
 
   const tab = (name: string, label: string) => (
@@ -67,6 +69,7 @@ export function App() {
         <span class="brand">agentmesh</span>
         {tab("sessions", "Sessions")}
         {tab("memory", "Agent memory")}
+        {tab("workflows", "Workflows")}
         {tab("providers", "Providers")}
         <span class="spacer" />
         <button

@@ -1,4 +1,4 @@
-"""Wake-ups for event watchers when a session's log grows.
+"""Wake-ups for event watchers when a session's (or a workflow's) event log grows.
 
 A notification only says "session S now has events up to seq N"; watchers always read the
 events themselves from the database (by seq), so a lost, duplicated or reordered notification
@@ -32,6 +32,7 @@ __all__ = [
     "CHANNEL",
     "KEY_CHANNEL",
     "RESET",
+    "WORKFLOW_CHANNEL",
     "EventNotifier",
     "LocalNotifier",
     "PostgresNotifier",
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 CHANNEL = "agentmesh_events"
+#: Workflow event logs notify on their own channel (their keys are workflow rows, not sessions).
+WORKFLOW_CHANNEL = "agentmesh_workflow_events"
 KEY_CHANNEL = "agentmesh_api_keys"
 # What a key watcher receives: a revoked key's name, RESET (drop every cached key), or None
 # (the service is stopping: end the watch, the client re-opens it elsewhere).
@@ -169,8 +172,9 @@ class LocalNotifier:
 class PostgresNotifier(LocalNotifier):
     """LISTEN/NOTIFY across replicas, plus the in-process wake-up for this replica."""
 
-    def __init__(self, url: URL, *, reconnect_seconds: float = 1.0) -> None:
+    def __init__(self, url: URL, *, reconnect_seconds: float = 1.0, channel: str = CHANNEL) -> None:
         super().__init__()
+        self._channel = channel
         # asyncpg takes a plain postgresql:// DSN.
         self._dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self._reconnect_seconds = reconnect_seconds
@@ -200,7 +204,7 @@ class PostgresNotifier(LocalNotifier):
 
     def notification(self, session_pk: Any, last_seq: Any) -> tuple[Any, ...]:
         payload = sa.cast(session_pk, sa.Text) + ":" + sa.cast(last_seq, sa.Text)
-        return (sa.func.pg_notify(CHANNEL, payload).label("notified"),)
+        return (sa.func.pg_notify(self._channel, payload).label("notified"),)
 
     def key_revocation(self, name: str) -> sa.Executable | None:
         return sa.select(sa.func.pg_notify(KEY_CHANNEL, name))
@@ -231,8 +235,9 @@ class PostgresNotifier(LocalNotifier):
                 connection = await asyncpg.connect(self._dsn, timeout=10)
                 lost = asyncio.Event()
                 connection.add_termination_listener(partial(_set_event, lost))
-                await connection.add_listener(CHANNEL, self._on_notification)
-                await connection.add_listener(KEY_CHANNEL, self._on_key_notification)
+                await connection.add_listener(self._channel, self._on_notification)
+                if self._channel == CHANNEL:  # one LISTEN connection carries key revocations
+                    await connection.add_listener(KEY_CHANNEL, self._on_key_notification)
                 self._connected.set()
                 # Anything appended while we were not listening: let watchers re-read.
                 self._wake_all()

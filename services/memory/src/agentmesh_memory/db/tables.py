@@ -420,3 +420,6 @@ approvals = sa.Table(
     sa.UniqueConstraint("session_pk", "approval_id"),
     sa.Index(None, "session_pk", "state", "id"),
 )
+
+# The workflow tables live in their own module on the same METADATA.
+from . import workflow_tables  # noqa: E402, F401

@@ -22,6 +22,7 @@ from .sessions import SessionStore
 from .steps import StepStore
 from .tools import ToolServerStore
 from .work import MessageStore, TaskStore
+from .workflow_stores import WorkflowStores
 
 __all__ = [
     "AgentStatsStore",
@@ -42,6 +43,7 @@ __all__ = [
     "Stores",
     "TaskStore",
     "ToolServerStore",
+    "WorkflowStores",
 ]
 
 

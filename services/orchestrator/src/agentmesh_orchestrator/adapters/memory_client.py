@@ -24,7 +24,7 @@ from agentmesh.common.v1 import (
     user_settings_pb2,
 )
 from agentmesh.memory.v1 import knowledge_pb2 as kpb
-from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc
+from agentmesh.memory.v1 import memory_pb2, memory_pb2_grpc, workflows_pb2_grpc
 from agentmesh_common import TENANT_METADATA_KEY, NotFound, from_rpc_error
 from agentmesh_common.protobuf import duration
 from agentmesh_orchestrator.ports import StepStored, StepWrite
@@ -38,6 +38,7 @@ class MemoryClient:
 
     def __init__(self, channel: grpc.aio.Channel, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.stub = memory_pb2_grpc.MemoryServiceStub(channel)
+        self.workflows = workflows_pb2_grpc.WorkflowStoreServiceStub(channel)
         self._timeout = timeout
 
     async def call(
