@@ -634,13 +634,18 @@ def test_sigterm_while_starting_stops_what_had_started(tmp_path: Path) -> None:
     while "service started" not in (memory_log.read_text() if memory_log.exists() else ""):
         assert time.monotonic() < deadline, "memory never started"
         time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)  # memory is up, the others are still starting
+    process.send_signal(signal.SIGTERM)  # memory is up, the others are usually still starting
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 1
+    assert processes_using(data_dir) == [], "SIGTERM left services running"
+    if process.returncode == 0:
+        # The services start side by side in a few seconds: on a fast machine they may all be
+        # up before the signal lands, and then it is an ordinary stop.
+        assert "interrupted" not in err, err
+        return
+    assert process.returncode == 1, err
     assert err.strip().splitlines() == [
         "error: interrupted while starting; nothing is left running"
     ]
-    assert processes_using(data_dir) == []
 
 
 @pytest.mark.timeout(scaled(180))  # real SmolLM2 sessions; scaled to the machine
