@@ -12,10 +12,7 @@ twice) and commits once: a commit under a lost claim is refused and writes nothi
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
-
-from google.protobuf import timestamp_pb2
 
 from agentmesh.memory.v1 import workflows_pb2 as store_pb2
 from agentmesh.workflow.v1 import workflow_pb2
@@ -33,6 +30,7 @@ from .engine import (
     workflow_of,
 )
 from .mapping import TokenChanges, TokenView
+from .rules import all_match
 from .runs import run_attempt
 
 
@@ -56,7 +54,7 @@ class PlaceAgentRun:
             await self._complete()  # an update removed it, or the token moved on
             return
         view = token_view(token)
-        if not all(rule.matches(view.scope()) for rule in agent.trigger_rules):
+        if not all_match(agent.trigger_rules, view.scope()):
             await self._complete(next_run=self._next_execution(agent, work.execution))
             return
         await self._run_agent(token, compiled, agent, view)
@@ -102,7 +100,7 @@ class PlaceAgentRun:
             metadata=changes.metadata,
             history_count=view.history_count,
         )
-        if transition is None or not all(rule.matches(moved.scope()) for rule in transition.rules):
+        if transition is None or not all_match(transition.rules, moved.scope()):
             await self._commit(token, changes, events, next_run)
             return
         events.append(started_event(transition.id, workflow_pb2.FIRED_BY_PLACE_AGENT))
@@ -205,9 +203,3 @@ class PlaceAgentRun:
 
 def _as_changes(view: TokenView) -> TokenChanges:
     return TokenChanges(data=view.data, metadata=view.metadata)
-
-
-def _timestamp(moment: dt.datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
