@@ -151,19 +151,28 @@ async def _up(
     assert starting is not None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, starting.cancel)
+    interrupted = CliError("interrupted while starting; nothing is left running")
     try:
         running = await start_mesh(data_dir, ports=ports, extra_env=extra, on_ready=_ready)
     except asyncio.CancelledError:
         # start_mesh has stopped whatever had started.
-        raise CliError("interrupted while starting; nothing is left running") from None
+        starting.uncancel()
+        raise interrupted from None
     state_file = data_dir / "mesh.json"
+    key_file = data_dir / "api-key"
     try:
-        key_file = data_dir / "api-key"
-        if not key_file.exists():
-            memory = next(s for s in running if s.spec is MEMORY)
-            secret = await create_api_key(memory.address, LOCAL_TENANT, "agentmesh up")
-            key_file.write_text(secret + "\n")
-            key_file.chmod(0o600)
+        try:
+            if not key_file.exists():
+                secret = await _create_local_key(running)
+                key_file.write_text(secret + "\n")
+                key_file.chmod(0o600)
+        except asyncio.CancelledError:
+            # The signal came after the services started but before serving: the finally
+            # below stops them, and the user sees the same one line.
+            starting.uncancel()
+            raise interrupted from None
+        # No await from here until _serve replaces the signal handlers: a signal arriving
+        # meanwhile is handled by _serve's, an ordinary stop.
         _record(running, state_file, key_file, prometheus)
         _summary(running, data_dir, key_file, state_file, prometheus, routes)
         await _serve(running, data_dir, key_file.read_text().strip(), demo=demo)
@@ -172,6 +181,12 @@ async def _up(
         await stop_mesh(running)
         state_file.unlink(missing_ok=True)
         console.print("stopped")
+
+
+async def _create_local_key(running: list[ServiceProcess]) -> str:
+    """A new API key of the local tenant (made once per data directory)."""
+    memory = next(s for s in running if s.spec is MEMORY)
+    return await create_api_key(memory.address, LOCAL_TENANT, "agentmesh up")
 
 
 def _record(
