@@ -296,8 +296,41 @@ async def test_claims_wait_for_due_times_and_can_be_given_back_or_retried(mesh: 
         (wpb.ClaimDueWorkRequest(), "owner"),
         (wpb.ClaimDueWorkRequest(owner="a", limit=101), "limit"),
         (wpb.ClaimDueWorkRequest(owner="a", lease=seconds(-1)), "lease"),
+        (wpb.ClaimDueWorkRequest(owner="a", horizon=seconds(-1)), "horizon"),
+        (wpb.ClaimDueWorkRequest(owner="a", horizon=seconds(11)), "horizon"),
+        (wpb.ClaimDueWorkRequest(owner="a", lease=seconds(2), horizon=seconds(2)), "horizon"),
     ):
         assert violation_fields(await rpc_error(mesh.flows.ClaimDueWork(bad), INVALID)) == {field}
+
+
+async def test_a_horizon_claims_items_due_soon_and_nothing_later(mesh: Mesh) -> None:
+    """A claimer that starts items at their due time takes them a little early."""
+    await mesh.flows.CreateWorkflowRecord(
+        wpb.CreateWorkflowRecordRequest(
+            workflow=W.Workflow(places=[W.Place(id="a")]), workflow_id="wf"
+        )
+    )
+    soon, later = at(timedelta(seconds=3)), at(timedelta(seconds=30))
+    await mesh.flows.CreateTokenRecord(
+        wpb.CreateTokenRecordRequest(
+            parent="workflows/wf",
+            token_id="t1",
+            token=W.Token(place="a"),
+            schedule=[
+                wpb.DueWork(place_agent=wpb.PlaceAgentWork(place_agent="soon"), due_time=soon),
+                wpb.DueWork(place_agent=wpb.PlaceAgentWork(place_agent="later"), due_time=later),
+            ],
+        )
+    )
+    without = await mesh.flows.ClaimDueWork(wpb.ClaimDueWorkRequest(owner="a", limit=10))
+    assert list(without.items) == []
+    assert without.next_due_time == soon
+    early = await mesh.flows.ClaimDueWork(
+        wpb.ClaimDueWorkRequest(owner="a", limit=10, lease=seconds(60), horizon=seconds(10))
+    )
+    (item,) = early.items
+    assert (item.place_agent.place_agent, item.due_time) == ("soon", soon)
+    assert early.next_due_time == later
 
 
 def schedule_template() -> schedule_pb2.Schedule:

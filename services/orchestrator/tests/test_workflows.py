@@ -6,6 +6,7 @@ schedules fired by the due-work loop. An in-process orchestrator over a real mem
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -417,8 +418,10 @@ async def test_a_schedule_starts_its_runs_on_time_and_stops_at_max_runs(
                 session = (await client.get_session(name)).session
                 goals.add(session.goal)
                 assert session.metadata["schedule"] == created.name
-                started_at = session.create_time.ToDatetime()
-                assert started_at >= first_due
+                # Claimed up to the lookahead early, started no earlier than due.
+                due = dt.datetime.fromisoformat(session.metadata["due_time"])
+                assert due >= first_due.replace(tzinfo=dt.UTC)
+                assert session.create_time.ToDatetime(dt.UTC) >= due
             assert goals == {"Digest of bread, run 1", "Digest of bread, run 2"}
     finally:
         await shutdown()

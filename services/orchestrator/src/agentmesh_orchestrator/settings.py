@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from agentmesh_common import ServiceSettings
@@ -71,6 +71,16 @@ class OrchestratorSettings(ServiceSettings):
         default=1.0,
         gt=0,
         description="Longest sleep between looks for due work other replicas scheduled.",
+    )
+    workflow_lookahead_seconds: float = Field(
+        default=0.5,
+        ge=0,
+        le=10,
+        description=(
+            "Claim due workflow work this long before it is due and start each item at its due"
+            " time, so the claim's round trip is not part of the delay; must be shorter than"
+            " the claim. 0: claim only what is already due."
+        ),
     )
     workflow_max_in_flight: int = Field(
         default=16, ge=1, description="Due workflow work items a replica runs at once."
@@ -198,6 +208,12 @@ class OrchestratorSettings(ServiceSettings):
             " the replica that issued it. Secret: never logged."
         ),
     )
+
+    @model_validator(mode="after")
+    def _lookahead_within_claim(self) -> OrchestratorSettings:
+        if self.workflow_lookahead_seconds >= self.workflow_claim_seconds:
+            raise ValueError("workflow_lookahead_seconds must be less than workflow_claim_seconds")
+        return self
 
     @field_validator("unthrottled_tenants", mode="before")
     @classmethod

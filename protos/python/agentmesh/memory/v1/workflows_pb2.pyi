@@ -1142,6 +1142,7 @@ class ClaimDueWorkRequest(_message.Message):
     OWNER_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     LEASE_FIELD_NUMBER: _builtins.int
+    HORIZON_FIELD_NUMBER: _builtins.int
     owner: _builtins.str
     """The claiming replica."""
     limit: _builtins.int
@@ -1150,16 +1151,24 @@ class ClaimDueWorkRequest(_message.Message):
     def lease(self) -> _duration_pb2.Duration:
         """How long the claim lasts unless completed."""
 
+    @_builtins.property
+    def horizon(self) -> _duration_pb2.Duration:
+        """Also claim items due up to this long from now (at most 10 s, and less than the lease), so
+        the claimer can hold them and start each one at its due time, not a claim round trip
+        later. Unset: only items already due.
+        """
+
     def __init__(
         self,
         *,
         owner: _builtins.str = ...,
         limit: _builtins.int = ...,
         lease: _duration_pb2.Duration | None = ...,
+        horizon: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["horizon", b"horizon", "lease", b"lease"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease", "limit", b"limit", "owner", b"owner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["horizon", b"horizon", "lease", b"lease", "limit", b"limit", "owner", b"owner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

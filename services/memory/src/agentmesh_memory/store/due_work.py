@@ -39,6 +39,7 @@ MAX_OWNER = 128
 DEFAULT_LIMIT = 10
 DEFAULT_LEASE = timedelta(seconds=30)
 MAX_LEASE = timedelta(hours=1)
+MAX_HORIZON = timedelta(seconds=10)
 RECENT_SESSIONS = 10
 
 
@@ -145,9 +146,14 @@ class DueWorkStore:
         lease = timedelta_of(request.lease) if request.HasField("lease") else DEFAULT_LEASE
         if lease <= timedelta(0) or lease > MAX_LEASE:
             raise invalid("lease", f"must be more than 0 and at most {MAX_LEASE}")
+        horizon = timedelta_of(request.horizon) if request.HasField("horizon") else timedelta(0)
+        if horizon < timedelta(0) or horizon > MAX_HORIZON or horizon >= lease:
+            raise invalid(
+                "horizon", f"must be between 0 and {MAX_HORIZON}, and shorter than the lease"
+            )
         now = self._context.now()
         claimable = sa.and_(
-            due_work.c.due_time <= now,
+            due_work.c.due_time <= now + horizon,
             sa.or_(due_work.c.claimed_by.is_(None), due_work.c.claim_expires <= now),
         )
         chosen = (

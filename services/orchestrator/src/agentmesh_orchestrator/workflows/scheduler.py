@@ -5,10 +5,13 @@ Nothing waits in memory only: due work is rows in the database, claimed under a 
 UPDATE SKIP LOCKED on PostgreSQL, the one writer on SQLite), so whichever replica is up fires
 it, and a replica killed while holding a claim loses it when the lease runs out; another then
 claims the item and runs it again (its effects are keyed, so they happen once). While an item
-runs, its claim is renewed. The loop sleeps until the earliest known due time (at most
-`poll_seconds`, to see work other replicas scheduled) and wakes early when this replica
-schedules something sooner. On shutdown it stops claiming, cancels what runs and gives the
-claims back so another replica takes them at once.
+runs, its claim is renewed. Items are claimed `lookahead_seconds` before they are due and
+each starts at its due time, so the claim's round trip (a write, which waits for the database's
+writer under load) is not part of the delay from due to fired. The loop sleeps until the
+earliest known due time less the lookahead (at most `poll_seconds`, to see work other replicas
+scheduled) and wakes early when this replica schedules something sooner. On shutdown it stops
+claiming, cancels what runs (and what waits for its due time) and gives the claims back so
+another replica takes them at once.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class SchedulerSettings:
     owner: str
     lease_seconds: float = 30.0
     poll_seconds: float = 1.0
+    lookahead_seconds: float = 0.5
     max_in_flight: int = 16
 
 
@@ -63,8 +67,9 @@ class DueWorkLoop:
         self._loop_task = asyncio.create_task(self._run(), name="due-work-loop")
 
     def wake(self, at: dt.datetime) -> None:
-        """Something is due at `at`: wake up if the loop sleeps past it."""
-        if self._sleeping_until is None or at < self._sleeping_until:
+        """Something is due at `at`: wake up if the loop sleeps past its claim time."""
+        claim_at = at - dt.timedelta(seconds=self._settings.lookahead_seconds)
+        if self._sleeping_until is None or claim_at < self._sleeping_until:
             self._woken.set()
 
     async def stop(self) -> None:
@@ -92,7 +97,8 @@ class DueWorkLoop:
             next_due = await self._claim()
             wait = settings.poll_seconds
             if next_due is not None:
-                wait = min(wait, max((next_due - self._now()).total_seconds(), 0.0))
+                until_claimable = (next_due - self._now()).total_seconds()
+                wait = min(wait, max(until_claimable - settings.lookahead_seconds, 0.0))
             if len(self._tasks) >= settings.max_in_flight:
                 wait = settings.poll_seconds  # a finishing task wakes us
             self._sleeping_until = self._now() + dt.timedelta(seconds=wait)
@@ -105,16 +111,15 @@ class DueWorkLoop:
         free = self._settings.max_in_flight - len(self._tasks)
         if free <= 0:
             return None
+        request = store_pb2.ClaimDueWorkRequest(
+            owner=self._settings.owner,
+            limit=min(free, 100),
+            lease=duration(self._settings.lease_seconds),
+        )
+        if self._settings.lookahead_seconds > 0:
+            request.horizon.CopyFrom(duration(self._settings.lookahead_seconds))
         try:
-            reply = await self._memory.call(
-                "",
-                self._memory.workflows.ClaimDueWork,
-                store_pb2.ClaimDueWorkRequest(
-                    owner=self._settings.owner,
-                    limit=min(free, 100),
-                    lease=duration(self._settings.lease_seconds),
-                ),
-            )
+            reply = await self._memory.call("", self._memory.workflows.ClaimDueWork, request)
         except AgentmeshError as error:
             _logger.warning("could not claim due work: %s", error)
             return None
@@ -134,8 +139,7 @@ class DueWorkLoop:
         claim = store_pb2.ClaimRef(
             id=item.id, owner=self._settings.owner, claim_epoch=item.claim_epoch
         )
-        self.fired += 1
-        work = asyncio.create_task(self._handler(item, claim))
+        work = asyncio.create_task(self._at_due_time(item, claim))
         renewer = asyncio.create_task(self._renew(claim, work))
         try:
             await work
@@ -151,6 +155,14 @@ class DueWorkLoop:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
+
+    async def _at_due_time(self, item: store_pb2.DueWork, claim: store_pb2.ClaimRef) -> None:
+        """Run the item at its due time (it may have been claimed up to the lookahead early)."""
+        early = (item.due_time.ToDatetime(dt.UTC) - self._now()).total_seconds()
+        if early > 0:
+            await asyncio.sleep(early)
+        self.fired += 1
+        await self._handler(item, claim)
 
     async def _renew(self, claim: store_pb2.ClaimRef, work: asyncio.Task[None]) -> None:
         """Keep the claim while the work runs; if it is lost, stop the work (another replica

@@ -85,6 +85,7 @@ def start_workflows(
             owner=settings.replica_id or f"orchestrator-{uuid.uuid4().hex[:12]}",
             lease_seconds=settings.workflow_claim_seconds,
             poll_seconds=settings.workflow_poll_seconds,
+            lookahead_seconds=settings.workflow_lookahead_seconds,
             max_in_flight=settings.workflow_max_in_flight,
         ),
     )
