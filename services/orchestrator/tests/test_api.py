@@ -413,6 +413,25 @@ async def test_agents_are_validated_stored_with_defaults_and_snapshotted(mesh: M
         )
         assert updated.description == "changed"
         assert updated.prompts.system == planner.prompts.system
+        templated = await client.create_agent(
+            "templated",
+            agent(
+                "templated", prompts=agents_pb2.AgentPrompts(system="a", user_template="Do {goal}")
+            ),
+        )
+        replaced = await client.update_agent(
+            agents_pb2.AgentDefinition(
+                name=templated.name, prompts=agents_pb2.AgentPrompts(system="b")
+            ),
+            fields=["prompts"],
+        )
+        fresh = await client.create_agent(
+            "fresh", agent("fresh", prompts=agents_pb2.AgentPrompts(system="b"))
+        )
+        # A message named in the mask is replaced whole: the template left unset is cleared
+        # (and gets the default a new agent gets), not kept.
+        assert replaced.prompts == fresh.prompts
+        assert replaced.prompts.user_template != "Do {goal}"
         await client.delete_agent(planner.name)
         with pytest.raises(NotFound):
             await client.get_agent(planner.name)

@@ -120,7 +120,11 @@ class OrchestratorApp:
                         f"{path!r} is not a field of AgentDefinition (or use '*' alone)",
                     )
             try:
-                request.update_mask.MergeMessage(request.agent, merged, replace_repeated_field=True)
+                # AIP-134: a message field named in the mask is replaced as a whole, so a
+                # field left unset in the request is cleared, not kept.
+                request.update_mask.MergeMessage(
+                    request.agent, merged, replace_message_field=True, replace_repeated_field=True
+                )
             except (ValueError, KeyError) as exc:
                 raise invalid("update_mask", str(exc)) from None
         else:
