@@ -161,8 +161,11 @@ async def fires_per_second(
     }
 
 
-async def schedule_lag(client: AgentmeshClient, plan: Plan) -> dict[str, Any]:
+async def schedule_lag(client: AgentmeshClient, plan: Plan, *, coincident: bool) -> dict[str, Any]:
+    """Schedules every 1 s whose first runs are spread evenly over a second (as schedules made
+    at different times are), or all due at the same instant (as crons at the top of a minute)."""
     names = []
+    first = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
     for i in range(plan.schedules):
         template = sessions_pb2.Session(goal="tick {run_number}", agents=["agents/worker"])
         template.limits.max_rounds = 1
@@ -170,7 +173,10 @@ async def schedule_lag(client: AgentmeshClient, plan: Plan) -> dict[str, Any]:
             session_template=template, max_runs=plan.runs_per_schedule, max_concurrent_runs=100
         )
         schedule.interval.FromSeconds(1)
-        names.append((await client.create_schedule(schedule, schedule_id=f"tick-{i}")).name)
+        offset = 0.0 if coincident else i / plan.schedules
+        schedule.start_time.FromDatetime(first + dt.timedelta(seconds=offset))
+        schedule_id = f"{'same' if coincident else 'spread'}-{i}"
+        names.append((await client.create_schedule(schedule, schedule_id=schedule_id)).name)
     deadline = time.monotonic() + plan.runs_per_schedule + 60
     while True:
         done = [await client.get_schedule(n) for n in names]
@@ -187,6 +193,7 @@ async def schedule_lag(client: AgentmeshClient, plan: Plan) -> dict[str, Any]:
             lags.append((fired - dt.datetime.fromisoformat(due)).total_seconds())
     return {
         "runs": len(lags),
+        "coincident": coincident,
         "lag_p50_ms": round(pct(lags, 0.5) * 1000, 1),
         "lag_p99_ms": round(pct(lags, 0.99) * 1000, 1),
         "lag_max_ms": round(max(lags) * 1000, 1),
@@ -303,7 +310,8 @@ async def bench_engine(engine: str, database_url: str, workdir: Path, plan: Plan
                     {"agent": True, **await fires_per_second(client, agent, plan.agent_fires, 1)},
                     {"agent": True, **await fires_per_second(client, agent, plan.agent_fires, 16)},
                 ]
-                schedules = await schedule_lag(client, plan)
+                schedules = await schedule_lag(client, plan, coincident=False)
+                coincident = await schedule_lag(client, plan, coincident=True)
                 place_agents = await place_agent_lag(client, plan, plan.place_agent_rate)
                 burst = await place_agent_lag(client, plan, None)
                 waiting = await waiting_tokens(
@@ -318,6 +326,7 @@ async def bench_engine(engine: str, database_url: str, workdir: Path, plan: Plan
         "engine": engine,
         "fires": fires,
         "schedule_lag": schedules,
+        "schedule_coincident_lag": coincident,
         "place_agent_lag": place_agents,
         "place_agent_burst_lag": burst,
         "waiting_tokens": waiting,
@@ -349,22 +358,33 @@ def write_markdown(report: dict[str, Any]) -> None:
         "|---|---|---|---|---|",
     ]
     for result in report["results"]:
-        runs = f"schedule runs ({report['plan']['schedules']} schedules, every 1 s)"
+        count = report["plan"]["schedules"]
+        runs = f"schedule runs, {count} schedules every 1 s, phases spread"
+        same = f"schedule runs, {count} schedules every 1 s, due at the same instant"
         steady = f"place agents, tokens at {report['plan']['place_agent_rate']}/s"
         burst = f"place agents, {report['plan']['place_agent_tokens']} tokens at once"
         for label, key in (
             (runs, "schedule_lag"),
+            (same, "schedule_coincident_lag"),
             (steady, "place_agent_lag"),
             (burst, "place_agent_burst_lag"),
         ):
             lag = result[key]
             met = "met" if lag["lag_p99_ms"] < 100 else "**not met**"
-            target = f"< 100: {met}" if key != "place_agent_burst_lag" else "none: a queue"
+            bursts = ("schedule_coincident_lag", "place_agent_burst_lag")
+            target = f"< 100: {met}" if key not in bursts else "none: a burst queues"
             lines.append(
                 f"| {result['engine']} | {label} | {lag['lag_p50_ms']} | {lag['lag_p99_ms']} |"
                 f" {target} |"
             )
     lines += [
+        "",
+        "Scheduler lag is the delay from an item's due time to its session's creation. Items"
+        " are claimed up to the lookahead (0.5 s) early and started at their due time, so the"
+        " claim is not part of it. The target rows run work at rates the mesh keeps up with;"
+        " in the burst rows many items fall due together, each an agent session, and wait"
+        " their turn for the 2 cores (the fires/s table above is that capacity): that delay is"
+        " a queue, reported without a target.",
         "",
         "| engine | tokens waiting | orchestrator RSS MB before → after | memory service RSS MB |",
         "|---|---|---|---|",
