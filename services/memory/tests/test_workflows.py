@@ -380,6 +380,63 @@ async def test_commit_moves_the_token_and_cancels_the_old_places_due_work(
     assert violation_fields(nowhere) == {"place"}
 
 
+async def test_an_update_schedules_its_arrivals_for_the_tokens_already_there(
+    flows: Api, db: Database, tenant: str
+) -> None:
+    workflow = await new_workflow(flows, "wf")
+    await new_token(flows, workflow, "t1")
+    await new_token(flows, workflow, "t2")
+    await new_token(flows, workflow, "t3", place="review")
+    # t2 changed once in its place: its item carries the revision it has now.
+    await flows.CommitToken(
+        wpb.CommitTokenRequest(
+            token=f"{workflow}/tokens/t2", expected_revision=1, metadata=struct(seen=True)
+        )
+    )
+    changed = definition("draft", "review", "done")
+    changed.name = workflow
+    bad = await rpc_error(
+        flows.UpdateWorkflowRecord(
+            wpb.UpdateWorkflowRecordRequest(
+                workflow=changed,
+                arrivals=[
+                    wpb.PlaceArrival(place="limbo", work=place_work("drafter")),
+                    wpb.PlaceArrival(place="draft", work=wpb.DueWork(place_agent={})),
+                ],
+            )
+        ),
+        INVALID,
+    )
+    assert violation_fields(bad) == {
+        "arrivals[0].place",
+        "arrivals[1].due_time",
+        "arrivals[1].place_agent.place_agent",
+    }
+    assert await due_of(db, tenant) == [], "a refused update schedules nothing"
+    updated = await flows.UpdateWorkflowRecord(
+        wpb.UpdateWorkflowRecordRequest(
+            workflow=changed, arrivals=[wpb.PlaceArrival(place="draft", work=place_work("drafter"))]
+        )
+    )
+    assert updated.workflow.revision == 2
+    work = [wpb.DueWork.FromString(doc).place_agent for _, doc in await due_of(db, tenant)]
+    assert sorted((w.token.rpartition("/")[2], w.place_agent, w.stay_revision) for w in work) == [
+        ("t1", "drafter", 1),
+        ("t2", "drafter", 2),
+    ]
+    # A move out of the place cancels the item, as it does an arrival's.
+    await flows.CommitToken(
+        wpb.CommitTokenRequest(
+            token=f"{workflow}/tokens/t1",
+            expected_revision=1,
+            place="review",
+            move=move("go", "draft", "review"),
+        )
+    )
+    work = [wpb.DueWork.FromString(doc).place_agent for _, doc in await due_of(db, tenant)]
+    assert [w.token.rpartition("/")[2] for w in work] == ["t2"]
+
+
 async def test_a_refused_commit_writes_nothing(flows: Api, db: Database, tenant: str) -> None:
     workflow = await new_workflow(flows, "wf")
     name = f"{workflow}/tokens/t1"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,6 +16,7 @@ from agentmesh_orchestrator.workflows.definition import (
     compile_workflow,
     render_goal,
 )
+from agentmesh_orchestrator.workflows.engine import added_agents_work
 
 # The seed's two examples, as one workflow: a reviewed transition and a classifying place agent.
 SEED: dict[str, Any] = {
@@ -276,3 +277,20 @@ def test_a_goal_renders_the_run_variables() -> None:
         == "Process token t1 in in: {}"
     )
     assert render_goal("Literal {{braces}} and {x}", {"x": "1"}) == "Literal {braces} and 1"
+
+
+def test_an_update_runs_only_place_agents_it_adds_or_moves_on_tokens_already_there() -> None:
+    before = compile_workflow(workflow())
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert added_agents_work(before, compile_workflow(workflow(displayName="renamed")), now) == []
+    without = compile_workflow(workflow({"placeAgents": []}))
+    (added,) = added_agents_work(without, before, now)
+    assert added.place == "pending_classification"
+    assert added.work.place_agent.place_agent == "classifier"
+    assert added.work.place_agent.execution == 1
+    assert added.work.due_time.ToDatetime(UTC) == now + timedelta(seconds=5)  # initial delay
+    moved = compile_workflow(
+        workflow(placeAgents__0__place="reviewed", placeAgents__0__autoTransition="classify")
+    )
+    assert [a.place for a in added_agents_work(before, moved, now)] == ["reviewed"]
+    assert added_agents_work(before, without, now) == [], "a removed agent schedules nothing"

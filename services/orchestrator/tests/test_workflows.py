@@ -388,6 +388,44 @@ async def test_the_seed_place_agent_classifies_and_moves_the_token_on_its_own(
         await shutdown()
 
 
+async def test_a_place_agent_added_by_an_update_runs_on_the_tokens_already_there(
+    database_url: str,
+) -> None:
+    seen: list[inference_pb2.GenerateRequest] = []
+
+    def script(request: inference_pb2.GenerateRequest) -> Reply:
+        seen.append(request)
+        return answer(category="recipe", confidence_score=0.9)
+
+    mesh, shutdown = await started(database_url, script)
+    try:
+        async with mesh.client() as client:
+            await client.create_agent("content-classifier", reviewer("content-classifier"))
+            definition = classification_workflow()
+            without = workflow_pb2.Workflow()
+            without.CopyFrom(definition)
+            del without.place_agents[:]
+            workflow = await client.create_workflow(without, workflow_id="late")
+            sitting = await client.create_token(
+                workflow.name, data={"content": "soup"}, metadata={"status": "unclassified"}
+            )
+            assert (await client.get_token(sitting.name)).place == "pending_classification"
+            definition.name = workflow.name
+            await client.update_workflow(definition)
+
+            async def moved() -> bool:
+                return (await client.get_token(sitting.name)).place == "categorized"
+
+            await until(moved)
+            assert MessageToDict((await client.get_token(sitting.name)).data) == {
+                "content": "soup",
+                "classification": "recipe",
+            }
+            assert len(seen) == 1
+    finally:
+        await shutdown()
+
+
 async def test_a_schedule_starts_its_runs_on_time_and_stops_at_max_runs(
     database_url: str,
 ) -> None:

@@ -191,25 +191,63 @@ class UpdateWorkflowRecordRequest(_message.Message):
 
     WORKFLOW_FIELD_NUMBER: _builtins.int
     EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
+    ARRIVALS_FIELD_NUMBER: _builtins.int
     expected_revision: _builtins.int
     """When set, applies only at this revision."""
     @_builtins.property
     def workflow(self) -> _workflow_pb2.Workflow:
         """The whole new definition; `name` says which workflow."""
 
+    @_builtins.property
+    def arrivals(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlaceArrival]:
+        """The first runs of place agents the update adds (or moves to another place), for the
+        tokens already sitting there: written in the update's transaction, one item per token.
+        """
+
     def __init__(
         self,
         *,
         workflow: _workflow_pb2.Workflow | None = ...,
         expected_revision: _builtins.int = ...,
+        arrivals: _abc.Iterable[Global___PlaceArrival] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_revision", b"expected_revision", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrivals", b"arrivals", "expected_revision", b"expected_revision", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateWorkflowRecordRequest: _TypeAlias = UpdateWorkflowRecordRequest  # noqa: Y015
+
+@_typing.final
+class PlaceArrival(_message.Message):
+    """Due work for every token in a place at the moment of an update."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLACE_FIELD_NUMBER: _builtins.int
+    WORK_FIELD_NUMBER: _builtins.int
+    place: _builtins.str
+    """A place of the new definition."""
+    @_builtins.property
+    def work(self) -> Global___DueWork:
+        """Place agent work with `due_time`; each token's item gets its name as `token` and its
+        revision as `stay_revision`.
+        """
+
+    def __init__(
+        self,
+        *,
+        place: _builtins.str = ...,
+        work: Global___DueWork | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["work", b"work"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["place", b"place", "work", b"work"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlaceArrival: _TypeAlias = PlaceArrival  # noqa: Y015
 
 @_typing.final
 class UpdateWorkflowRecordResponse(_message.Message):

@@ -7,6 +7,7 @@ does not have and an update that would strand tokens (WORKFLOW_PLACES_IN_USE).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,11 +15,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agentmesh.memory.v1 import workflows_pb2 as wpb
 from agentmesh.workflow.v1 import workflow_pb2
-from agentmesh_common import FailedPrecondition
-from agentmesh_memory.db.workflow_tables import workflow_tokens, workflows
-from agentmesh_memory.names import PageToken, check_request_id, invalid, page_size
+from agentmesh_common import FailedPrecondition, FieldViolation
+from agentmesh_memory.db.workflow_tables import due_work, workflow_tokens, workflows
+from agentmesh_memory.names import PageToken, check_request_id, invalid, invalid_many, page_size
 
 from .base import StoreContext, check_size, insert_ignore, parse_stored, set_time
+from .due_work import check_items, due_rows
 from .workflow_common import (
     RevisionMismatch,
     WorkflowExists,
@@ -27,6 +29,7 @@ from .workflow_common import (
     lock_workflow,
     parse_resource_id,
     parse_workflow_name,
+    token_name,
     workflow_name,
     workflow_not_found,
 )
@@ -57,6 +60,47 @@ def _document(workflow: workflow_pb2.Workflow) -> tuple[bytes, list[str]]:
             raise invalid(field, f"place {place.id!r} is listed twice")
         places.append(place.id)
     return stored.SerializeToString(), places
+
+
+def _check_arrivals(arrivals: Sequence[wpb.PlaceArrival], places: list[str]) -> None:
+    faults = check_items(
+        [arrival.work for arrival in arrivals], "arrivals", kinds=frozenset({"place_agent"})
+    )
+    for index, arrival in enumerate(arrivals):
+        if arrival.place not in places:
+            faults.append(
+                FieldViolation(f"arrivals[{index}].place", f"{arrival.place!r} is not a place")
+            )
+    if faults:
+        raise invalid_many(faults)
+
+
+async def _schedule_arrivals(
+    conn: AsyncConnection,
+    tenant: str,
+    workflow_pk: int,
+    workflow_id: str,
+    arrivals: Sequence[wpb.PlaceArrival],
+) -> None:
+    """One item per token sitting in each arrival's place, named for it and its stay."""
+    for arrival in arrivals:
+        tokens = await conn.execute(
+            sa.select(workflow_tokens.c.id, workflow_tokens.c.token_id, workflow_tokens.c.revision)
+            .where(
+                workflow_tokens.c.workflow_pk == workflow_pk,
+                workflow_tokens.c.place == arrival.place,
+            )
+            .order_by(workflow_tokens.c.id)
+        )
+        rows = []
+        for token in tokens:
+            item = wpb.DueWork()
+            item.CopyFrom(arrival.work)
+            item.place_agent.stay_revision = int(token.revision)
+            name = token_name(workflow_id, str(token.token_id))
+            rows += due_rows(tenant, [item], token=name, token_pk=int(token.id))
+        if rows:
+            await conn.execute(sa.insert(due_work), rows)
 
 
 def to_proto(row: Any) -> workflow_pb2.Workflow:
@@ -176,6 +220,7 @@ class WorkflowRecordStore:
         if request.expected_revision < 0:
             raise invalid("expected_revision", "must not be negative")
         document, places = _document(request.workflow)
+        _check_arrivals(request.arrivals, places)
         async with self._db.write("UpdateWorkflowRecord") as conn:
             locked = await lock_workflow(conn, self._db, tenant, workflow_id)
             if request.expected_revision and request.expected_revision != locked.revision:
@@ -217,6 +262,7 @@ class WorkflowRecordStore:
                     .returning(*workflows.c)
                 )
             ).one()
+            await _schedule_arrivals(conn, tenant, locked.pk, workflow_id, request.arrivals)
         return wpb.UpdateWorkflowRecordResponse(workflow=to_proto(row))
 
     async def delete(

@@ -32,7 +32,12 @@ from agentmesh.workflow.v1 import workflow_pb2, workflow_service_pb2
 from agentmesh_common import FailedPrecondition, InvalidArgument
 from agentmesh_orchestrator.adapters.memory_client import MemoryClient
 
-from .definition import CompiledTransition, CompiledWorkflow, compile_workflow
+from .definition import (
+    CompiledPlaceAgent,
+    CompiledTransition,
+    CompiledWorkflow,
+    compile_workflow,
+)
 from .mapping import MappingError, TokenChanges, TokenView, apply_output
 from .rules import Json
 from .runs import Attempt, SessionRunner, run_attempt
@@ -174,17 +179,7 @@ class WorkflowEngine:
         self, compiled: CompiledWorkflow, place: str, *, stay_revision: int, now: dt.datetime
     ) -> list[store_pb2.DueWork]:
         """The due work of a token arriving in `place`: each place agent's first run."""
-        work = []
-        for agent in compiled.agents_at(place):
-            item = store_pb2.DueWork(
-                place_agent=store_pb2.PlaceAgentWork(
-                    place_agent=agent.id, execution=1, stay_revision=stay_revision
-                ),
-                attempt=1,
-            )
-            item.due_time.FromDatetime(now + agent.initial_delay)
-            work.append(item)
-        return work
+        return [_first_run(agent, stay_revision, now) for agent in compiled.agents_at(place)]
 
     def wake_for(self, work: Sequence[store_pb2.DueWork]) -> None:
         if work:
@@ -413,3 +408,32 @@ def agent_run_event(
             usage=attempt.usage,
         )
     )
+
+
+def _first_run(
+    agent: CompiledPlaceAgent, stay_revision: int, now: dt.datetime
+) -> store_pb2.DueWork:
+    item = store_pb2.DueWork(
+        place_agent=store_pb2.PlaceAgentWork(
+            place_agent=agent.id, execution=1, stay_revision=stay_revision
+        ),
+        attempt=1,
+    )
+    item.due_time.FromDatetime(now + agent.initial_delay)
+    return item
+
+
+def added_agents_work(
+    before: CompiledWorkflow, after: CompiledWorkflow, now: dt.datetime
+) -> list[store_pb2.PlaceArrival]:
+    """For an update: the first runs of place agents it adds (or moves to another place) on
+    the tokens already sitting in their places; the memory service writes one item per token,
+    with the token's revision as its stay, in the update's transaction."""
+    arrivals = []
+    for agent in after.place_agents.values():
+        old = before.place_agents.get(agent.id)
+        if old is None or old.place != agent.place:
+            arrival = store_pb2.PlaceArrival(place=agent.place)
+            arrival.work.CopyFrom(_first_run(agent, 0, now))
+            arrivals.append(arrival)
+    return arrivals

@@ -21,7 +21,7 @@ from agentmesh_common import TENANT_METADATA_KEY, InvalidArgument, NotFound, fro
 from agentmesh_orchestrator.agents import prepare_agent
 
 from .definition import compile_workflow
-from .engine import Outcome, WorkflowEngine
+from .engine import Outcome, WorkflowEngine, added_agents_work
 from .mapping import BUILT_IN_VARIABLES
 from .schedules import RUN_VARIABLES, compile_schedule
 
@@ -91,7 +91,7 @@ class WorkflowApp:
                     f"update_mask.paths[{index}]",
                     f"{path!r} cannot be updated; use {', '.join(DEFINITION_FIELDS)} or *",
                 )
-        current, _ = await self._engine.load(tenant, request.workflow.name)
+        current, before = await self._engine.load(tenant, request.workflow.name)
         for path in paths:
             current.ClearField(path)  # type: ignore[arg-type]
             if path in ("places", "transitions", "place_agents"):
@@ -100,13 +100,15 @@ class WorkflowApp:
                 setattr(current, path, getattr(request.workflow, path))
         workflow = await self._checked(tenant, current)
         workflow.name = request.workflow.name
+        arrivals = added_agents_work(before, compile_workflow(workflow), self._engine.now())
         reply = await self._memory.call(
             tenant,
             self._store.UpdateWorkflowRecord,
             store_pb2.UpdateWorkflowRecordRequest(
-                workflow=workflow, expected_revision=request.expected_revision
+                workflow=workflow, expected_revision=request.expected_revision, arrivals=arrivals
             ),
         )
+        self._engine.wake_for([arrival.work for arrival in arrivals])
         return reply.workflow
 
     async def delete_workflow(
