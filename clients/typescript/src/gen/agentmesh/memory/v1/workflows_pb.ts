@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file agentmesh/memory/v1/workflows.proto.
  */
 export const file_agentmesh_memory_v1_workflows: GenFile = /*@__PURE__*/
-  fileDesc("CiNhZ2VudG1lc2gvbWVtb3J5L3YxL3dvcmtmbG93cy5wcm90bxITYWdlbnRtZXNoLm1lbW9yeS52MSJ5ChtDcmVhdGVXb3JrZmxvd1JlY29yZFJlcXVlc3QSMQoId29ya2Zsb3cYASABKAsyHy5hZ2VudG1lc2gud29ya2Zsb3cudjEuV29ya2Zsb3cSEwoLd29ya2Zsb3dfaWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSJRChxDcmVhdGVXb3JrZmxvd1JlY29yZFJlc3BvbnNlEjEKCHdvcmtmbG93GAEgASgLMh8uYWdlbnRtZXNoLndvcmtmbG93LnYxLldvcmtmbG93IkMKGEdldFdvcmtmbG93UmVjb3JkUmVxdWVzdBIMCgRuYW1lGAEgASgJEhkKEXdpdGhfdG9rZW5fY291bnRzGAIgASgIIk4KGUdldFdvcmtmbG93UmVjb3JkUmVzcG9uc2USMQoId29ya2Zsb3cYASABKAsyHy5hZ2VudG1lc2gud29ya2Zsb3cudjEuV29ya2Zsb3ciQwoaTGlzdFdvcmtmbG93UmVjb3Jkc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiagobTGlzdFdvcmtmbG93UmVjb3Jkc1Jlc3BvbnNlEjIKCXdvcmtmbG93cxgBIAMoCzIfLmFnZW50bWVzaC53b3JrZmxvdy52MS5Xb3JrZmxvdxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiawobVXBkYXRlV29ya2Zsb3dSZWNvcmRSZXF1ZXN0EjEKCHdvcmtmbG93GAEgASgLMh8uYWdlbnRtZXNoLndvcmtmbG93LnYxLldvcmtmbG93EhkKEWV4cGVjdGVkX3JldmlzaW9uGAIgASgDIlEKHFVwZGF0ZVdvcmtmbG93UmVjb3JkUmVzcG9uc2USMQoId29ya2Zsb3cYASABKAsyHy5hZ2VudG1lc2gud29ya2Zsb3cudjEuV29ya2Zsb3ciOgobRGVsZXRlV29ya2Zsb3dSZWNvcmRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFZm9yY2UYAiABKAgiHgocRGVsZXRlV29ya2Zsb3dSZWNvcmRSZXNwb25zZSL0AQoHRHVlV29yaxIKCgJpZBgBIAEoAxIOCgZ0ZW5hbnQYAiABKAkSLAoIZHVlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjoKC3BsYWNlX2FnZW50GAogASgLMiMuYWdlbnRtZXNoLm1lbW9yeS52MS5QbGFjZUFnZW50V29ya0gAEjUKCHNjaGVkdWxlGAsgASgLMiEuYWdlbnRtZXNoLm1lbW9yeS52MS5TY2hlZHVsZVdvcmtIABIPCgdhdHRlbXB0GAQgASgFEhMKC2NsYWltX2Vwb2NoGAUgASgDQgYKBGtpbmQiXgoOUGxhY2VBZ2VudFdvcmsSDQoFdG9rZW4YASABKAkSEwoLcGxhY2VfYWdlbnQYAiABKAkSEQoJZXhlY3V0aW9uGAMgASgFEhUKDXN0YXlfcmV2aXNpb24YBCABKAMiNAoMU2NoZWR1bGVXb3JrEhAKCHNjaGVkdWxlGAEgASgJEhIKCnJ1bl9udW1iZXIYAiABKAUi4wEKGENyZWF0ZVRva2VuUmVjb3JkUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSKwoFdG9rZW4YAiABKAsyHC5hZ2VudG1lc2gud29ya2Zsb3cudjEuVG9rZW4SEAoIdG9rZW5faWQYAyABKAkSEgoKcmVxdWVzdF9pZBgEIAEoCRI0CgZldmVudHMYBSADKAsyJC5hZ2VudG1lc2gud29ya2Zsb3cudjEuV29ya2Zsb3dFdmVudBIuCghzY2hlZHVsZRgGIAMoCzIcLmFnZW50bWVzaC5tZW1vcnkudjEuRHVlV29yayJaChlDcmVhdGVUb2tlblJlY29yZFJlc3BvbnNlEisKBXRva2VuGAEgASgLMhwuYWdlbnRtZXNoLndvcmtmbG93LnYxLlRva2VuEhAKCGxhc3Rfc2VxGAIgASgDIiUKFUdldFRva2VuUmVjb3JkUmVxdWVzdBIMCgRuYW1lGAEgASgJIkUKFkdldFRva2VuUmVjb3JkUmVzcG9uc2USKwoFdG9rZW4YASABKAsyHC5hZ2VudG1lc2gud29ya2Zsb3cudjEuVG9rZW4iXwoXTGlzdFRva2VuUmVjb3Jkc1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEg0KBXBsYWNlGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJImEKGExpc3RUb2tlblJlY29yZHNSZXNwb25zZRIsCgZ0b2tlbnMYASADKAsyHC5hZ2VudG1lc2gud29ya2Zsb3cudjEuVG9rZW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIo4DChJDb21taXRUb2tlblJlcXVlc3QSDQoFdG9rZW4YASABKAkSGQoRZXhwZWN0ZWRfcmV2aXNpb24YAiABKAMSDQoFcGxhY2UYAyABKAkSJQoEZGF0YRgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKQoIbWV0YWRhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei4KBG1vdmUYBiABKAsyIC5hZ2VudG1lc2gud29ya2Zsb3cudjEuVG9rZW5Nb3ZlEjQKBmV2ZW50cxgHIAMoCzIkLmFnZW50bWVzaC53b3JrZmxvdy52MS5Xb3JrZmxvd0V2ZW50Ei4KCHNjaGVkdWxlGAggAygLMhwuYWdlbnRtZXNoLm1lbW9yeS52MS5EdWVXb3JrEi8KCGNvbXBsZXRlGAkgASgLMh0uYWdlbnRtZXNoLm1lbW9yeS52MS5DbGFpbVJlZhIXCg9maXJlX3JlcXVlc3RfaWQYCiABKAkSDQoFZmlyZWQYCyABKAgiOgoIQ2xhaW1SZWYSCgoCaWQYASABKAMSDQoFb3duZXIYAiABKAkSEwoLY2xhaW1fZXBvY2gYAyABKAMiVAoTQ29tbWl0VG9rZW5SZXNwb25zZRIrCgV0b2tlbhgBIAEoCzIcLmFnZW50bWVzaC53b3JrZmxvdy52MS5Ub2tlbhIQCghsYXN0X3NlcRgCIAEoAyJ5ChtBcHBlbmRXb3JrZmxvd0V2ZW50c1JlcXVlc3QSEAoId29ya2Zsb3cYASABKAkSNAoGZXZlbnRzGAIgAygLMiQuYWdlbnRtZXNoLndvcmtmbG93LnYxLldvcmtmbG93RXZlbnQSEgoKcmVxdWVzdF9pZBgDIAEoCSJDChxBcHBlbmRXb3JrZmxvd0V2ZW50c1Jlc3BvbnNlEhEKCWZpcnN0X3NlcRgBIAEoAxIQCghsYXN0X3NlcRgCIAEoAyJQChpXYXRjaFdvcmtmbG93RXZlbnRzUmVxdWVzdBIQCgh3b3JrZmxvdxgBIAEoCRINCgV0b2tlbhgCIAEoCRIRCglhZnRlcl9zZXEYAyABKAMiUwobV2F0Y2hXb3JrZmxvd0V2ZW50c1Jlc3BvbnNlEjQKBmV2ZW50cxgBIAMoCzIkLmFnZW50bWVzaC53b3JrZmxvdy52MS5Xb3JrZmxvd0V2ZW50IjoKFUdldEZpcmVPdXRjb21lUmVxdWVzdBINCgV0b2tlbhgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIkkKFkdldEZpcmVPdXRjb21lUmVzcG9uc2USDQoFZm91bmQYASABKAgSDQoFZmlyZWQYAiABKAgSEQoJZXZlbnRfc2VxGAMgASgDIq0BChtDcmVhdGVTY2hlZHVsZVJlY29yZFJlcXVlc3QSMQoIc2NoZWR1bGUYASABKAsyHy5hZ2VudG1lc2gud29ya2Zsb3cudjEuU2NoZWR1bGUSEwoLc2NoZWR1bGVfaWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCRIyCg5maXJzdF9kdWVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiUQocQ3JlYXRlU2NoZWR1bGVSZWNvcmRSZXNwb25zZRIxCghzY2hlZHVsZRgBIAEoCzIfLmFnZW50bWVzaC53b3JrZmxvdy52MS5TY2hlZHVsZSIoChhHZXRTY2hlZHVsZVJlY29yZFJlcXVlc3QSDAoEbmFtZRgBIAEoCSJjChlHZXRTY2hlZHVsZVJlY29yZFJlc3BvbnNlEjEKCHNjaGVkdWxlGAEgASgLMh8uYWdlbnRtZXNoLndvcmtmbG93LnYxLlNjaGVkdWxlEhMKC2FjdGl2ZV9ydW5zGAIgASgFIkMKGkxpc3RTY2hlZHVsZVJlY29yZHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImoKG0xpc3RTY2hlZHVsZVJlY29yZHNSZXNwb25zZRIyCglzY2hlZHVsZXMYASADKAsyHy5hZ2VudG1lc2gud29ya2Zsb3cudjEuU2NoZWR1bGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjsKG1VwZGF0ZVNjaGVkdWxlUmVjb3JkUmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnBhdXNlZBgCIAEoCCJRChxVcGRhdGVTY2hlZHVsZVJlY29yZFJlc3BvbnNlEjEKCHNjaGVkdWxlGAEgASgLMh8uYWdlbnRtZXNoLndvcmtmbG93LnYxLlNjaGVkdWxlIisKG0RlbGV0ZVNjaGVkdWxlUmVjb3JkUmVxdWVzdBIMCgRuYW1lGAEgASgJIh4KHERlbGV0ZVNjaGVkdWxlUmVjb3JkUmVzcG9uc2UiXQoTQ2xhaW1EdWVXb3JrUmVxdWVzdBINCgVvd25lchgBIAEoCRINCgVsaW1pdBgCIAEoBRIoCgVsZWFzZRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ2ChRDbGFpbUR1ZVdvcmtSZXNwb25zZRIrCgVpdGVtcxgBIAMoCzIcLmFnZW50bWVzaC5tZW1vcnkudjEuRHVlV29yaxIxCg1uZXh0X2R1ZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLUAQoWQ29tcGxldGVEdWVXb3JrUmVxdWVzdBIsCgVjbGFpbRgBIAEoCzIdLmFnZW50bWVzaC5tZW1vcnkudjEuQ2xhaW1SZWYSLQoJZHVlX2FnYWluGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhdHRlbXB0GAMgASgFEi4KCHNjaGVkdWxlGAQgAygLMhwuYWdlbnRtZXNoLm1lbW9yeS52MS5EdWVXb3JrEhwKFHNjaGVkdWxlX3J1bl9zZXNzaW9uGAUgASgJIhkKF0NvbXBsZXRlRHVlV29ya1Jlc3BvbnNlIiYKFVJlbGVhc2VEdWVXb3JrUmVxdWVzdBINCgVvd25lchgBIAEoCSIqChZSZWxlYXNlRHVlV29ya1Jlc3BvbnNlEhAKCHJlbGVhc2VkGAEgASgFIm0KE1JlbmV3RHVlV29ya1JlcXVlc3QSLAoFY2xhaW0YASABKAsyHS5hZ2VudG1lc2gubWVtb3J5LnYxLkNsYWltUmVmEigKBWxlYXNlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkcKFFJlbmV3RHVlV29ya1Jlc3BvbnNlEi8KC2V4cGlyZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDKZEwoUV29ya2Zsb3dTdG9yZVNlcnZpY2USewoUQ3JlYXRlV29ya2Zsb3dSZWNvcmQSMC5hZ2VudG1lc2gubWVtb3J5LnYxLkNyZWF0ZVdvcmtmbG93UmVjb3JkUmVxdWVzdBoxLmFnZW50bWVzaC5tZW1vcnkudjEuQ3JlYXRlV29ya2Zsb3dSZWNvcmRSZXNwb25zZRJyChFHZXRXb3JrZmxvd1JlY29yZBItLmFnZW50bWVzaC5tZW1vcnkudjEuR2V0V29ya2Zsb3dSZWNvcmRSZXF1ZXN0Gi4uYWdlbnRtZXNoLm1lbW9yeS52MS5HZXRXb3JrZmxvd1JlY29yZFJlc3BvbnNlEngKE0xpc3RXb3JrZmxvd1JlY29yZHMSLy5hZ2VudG1lc2gubWVtb3J5LnYxLkxpc3RXb3JrZmxvd1JlY29yZHNSZXF1ZXN0GjAuYWdlbnRtZXNoLm1lbW9yeS52MS5MaXN0V29ya2Zsb3dSZWNvcmRzUmVzcG9uc2USewoUVXBkYXRlV29ya2Zsb3dSZWNvcmQSMC5hZ2VudG1lc2gubWVtb3J5LnYxLlVwZGF0ZVdvcmtmbG93UmVjb3JkUmVxdWVzdBoxLmFnZW50bWVzaC5tZW1vcnkudjEuVXBkYXRlV29ya2Zsb3dSZWNvcmRSZXNwb25zZRJ7ChREZWxldGVXb3JrZmxvd1JlY29yZBIwLmFnZW50bWVzaC5tZW1vcnkudjEuRGVsZXRlV29ya2Zsb3dSZWNvcmRSZXF1ZXN0GjEuYWdlbnRtZXNoLm1lbW9yeS52MS5EZWxldGVXb3JrZmxvd1JlY29yZFJlc3BvbnNlEnIKEUNyZWF0ZVRva2VuUmVjb3JkEi0uYWdlbnRtZXNoLm1lbW9yeS52MS5DcmVhdGVUb2tlblJlY29yZFJlcXVlc3QaLi5hZ2VudG1lc2gubWVtb3J5LnYxLkNyZWF0ZVRva2VuUmVjb3JkUmVzcG9uc2USaQoOR2V0VG9rZW5SZWNvcmQSKi5hZ2VudG1lc2gubWVtb3J5LnYxLkdldFRva2VuUmVjb3JkUmVxdWVzdBorLmFnZW50bWVzaC5tZW1vcnkudjEuR2V0VG9rZW5SZWNvcmRSZXNwb25zZRJvChBMaXN0VG9rZW5SZWNvcmRzEiwuYWdlbnRtZXNoLm1lbW9yeS52MS5MaXN0VG9rZW5SZWNvcmRzUmVxdWVzdBotLmFnZW50bWVzaC5tZW1vcnkudjEuTGlzdFRva2VuUmVjb3Jkc1Jlc3BvbnNlEmAKC0NvbW1pdFRva2VuEicuYWdlbnRtZXNoLm1lbW9yeS52MS5Db21taXRUb2tlblJlcXVlc3QaKC5hZ2VudG1lc2gubWVtb3J5LnYxLkNvbW1pdFRva2VuUmVzcG9uc2USewoUQXBwZW5kV29ya2Zsb3dFdmVudHMSMC5hZ2VudG1lc2gubWVtb3J5LnYxLkFwcGVuZFdvcmtmbG93RXZlbnRzUmVxdWVzdBoxLmFnZW50bWVzaC5tZW1vcnkudjEuQXBwZW5kV29ya2Zsb3dFdmVudHNSZXNwb25zZRJ6ChNXYXRjaFdvcmtmbG93RXZlbnRzEi8uYWdlbnRtZXNoLm1lbW9yeS52MS5XYXRjaFdvcmtmbG93RXZlbnRzUmVxdWVzdBowLmFnZW50bWVzaC5tZW1vcnkudjEuV2F0Y2hXb3JrZmxvd0V2ZW50c1Jlc3BvbnNlMAESaQoOR2V0RmlyZU91dGNvbWUSKi5hZ2VudG1lc2gubWVtb3J5LnYxLkdldEZpcmVPdXRjb21lUmVxdWVzdBorLmFnZW50bWVzaC5tZW1vcnkudjEuR2V0RmlyZU91dGNvbWVSZXNwb25zZRJ7ChRDcmVhdGVTY2hlZHVsZVJlY29yZBIwLmFnZW50bWVzaC5tZW1vcnkudjEuQ3JlYXRlU2NoZWR1bGVSZWNvcmRSZXF1ZXN0GjEuYWdlbnRtZXNoLm1lbW9yeS52MS5DcmVhdGVTY2hlZHVsZVJlY29yZFJlc3BvbnNlEnIKEUdldFNjaGVkdWxlUmVjb3JkEi0uYWdlbnRtZXNoLm1lbW9yeS52MS5HZXRTY2hlZHVsZVJlY29yZFJlcXVlc3QaLi5hZ2VudG1lc2gubWVtb3J5LnYxLkdldFNjaGVkdWxlUmVjb3JkUmVzcG9uc2USeAoTTGlzdFNjaGVkdWxlUmVjb3JkcxIvLmFnZW50bWVzaC5tZW1vcnkudjEuTGlzdFNjaGVkdWxlUmVjb3Jkc1JlcXVlc3QaMC5hZ2VudG1lc2gubWVtb3J5LnYxLkxpc3RTY2hlZHVsZVJlY29yZHNSZXNwb25zZRJ7ChRVcGRhdGVTY2hlZHVsZVJlY29yZBIwLmFnZW50bWVzaC5tZW1vcnkudjEuVXBkYXRlU2NoZWR1bGVSZWNvcmRSZXF1ZXN0GjEuYWdlbnRtZXNoLm1lbW9yeS52MS5VcGRhdGVTY2hlZHVsZVJlY29yZFJlc3BvbnNlEnsKFERlbGV0ZVNjaGVkdWxlUmVjb3JkEjAuYWdlbnRtZXNoLm1lbW9yeS52MS5EZWxldGVTY2hlZHVsZVJlY29yZFJlcXVlc3QaMS5hZ2VudG1lc2gubWVtb3J5LnYxLkRlbGV0ZVNjaGVkdWxlUmVjb3JkUmVzcG9uc2USYwoMQ2xhaW1EdWVXb3JrEiguYWdlbnRtZXNoLm1lbW9yeS52MS5DbGFpbUR1ZVdvcmtSZXF1ZXN0GikuYWdlbnRtZXNoLm1lbW9yeS52MS5DbGFpbUR1ZVdvcmtSZXNwb25zZRJsCg9Db21wbGV0ZUR1ZVdvcmsSKy5hZ2VudG1lc2gubWVtb3J5LnYxLkNvbXBsZXRlRHVlV29ya1JlcXVlc3QaLC5hZ2VudG1lc2gubWVtb3J5LnYxLkNvbXBsZXRlRHVlV29ya1Jlc3BvbnNlEmkKDlJlbGVhc2VEdWVXb3JrEiouYWdlbnRtZXNoLm1lbW9yeS52MS5SZWxlYXNlRHVlV29ya1JlcXVlc3QaKy5hZ2VudG1lc2gubWVtb3J5LnYxLlJlbGVhc2VEdWVXb3JrUmVzcG9uc2USYwoMUmVuZXdEdWVXb3JrEiguYWdlbnRtZXNoLm1lbW9yeS52MS5SZW5ld0R1ZVdvcmtSZXF1ZXN0GikuYWdlbnRtZXNoLm1lbW9yeS52MS5SZW5ld0R1ZVdvcmtSZXNwb25zZUK5AQoXY29tLmFnZW50bWVzaC5tZW1vcnkudjFCDldvcmtmbG93c1Byb3RvUAFaQmdpdGh1Yi5jb20vYWdlbnRtZXNoL2FnZW50bWVzaC9nZW4vZ28vYWdlbnRtZXNoL21lbW9yeS92MTttZW1vcnl2MaICA0FNWKoCE0FnZW50bWVzaC5NZW1vcnkuVjHKAhNBZ2VudG1lc2hcTWVtb3J5XFYx6gIVQWdlbnRtZXNoOjpNZW1vcnk6OlYxYgZwcm90bzM", [file_agentmesh_workflow_v1_schedule, file_agentmesh_workflow_v1_workflow, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiNhZ2VudG1lc2gvbWVtb3J5L3YxL3dvcmtmbG93cy5wcm90bxITYWdlbnRtZXNoLm1lbW9yeS52MSJ5ChtDcmVhdGVXb3JrZmxvd1JlY29yZFJlcXVlc3QSMQoId29ya2Zsb3cYASABKAsyHy5hZ2VudG1lc2gud29ya2Zsb3cudjEuV29ya2Zsb3cSEwoLd29ya2Zsb3dfaWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCSJRChxDcmVhdGVXb3JrZmxvd1JlY29yZFJlc3BvbnNlEjEKCHdvcmtmbG93GAEgASgLMh8uYWdlbnRtZXNoLndvcmtmbG93LnYxLldvcmtmbG93IkMKGEdldFdvcmtmbG93UmVjb3JkUmVxdWVzdBIMCgRuYW1lGAEgASgJEhkKEXdpdGhfdG9rZW5fY291bnRzGAIgASgIIk4KGUdldFdvcmtmbG93UmVjb3JkUmVzcG9uc2USMQoId29ya2Zsb3cYASABKAsyHy5hZ2VudG1lc2gud29ya2Zsb3cudjEuV29ya2Zsb3ciQwoaTGlzdFdvcmtmbG93UmVjb3Jkc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiagobTGlzdFdvcmtmbG93UmVjb3Jkc1Jlc3BvbnNlEjIKCXdvcmtmbG93cxgBIAMoCzIfLmFnZW50bWVzaC53b3JrZmxvdy52MS5Xb3JrZmxvdxIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkioAEKG1VwZGF0ZVdvcmtmbG93UmVjb3JkUmVxdWVzdBIxCgh3b3JrZmxvdxgBIAEoCzIfLmFnZW50bWVzaC53b3JrZmxvdy52MS5Xb3JrZmxvdxIZChFleHBlY3RlZF9yZXZpc2lvbhgCIAEoAxIzCghhcnJpdmFscxgDIAMoCzIhLmFnZW50bWVzaC5tZW1vcnkudjEuUGxhY2VBcnJpdmFsIkkKDFBsYWNlQXJyaXZhbBINCgVwbGFjZRgBIAEoCRIqCgR3b3JrGAIgASgLMhwuYWdlbnRtZXNoLm1lbW9yeS52MS5EdWVXb3JrIlEKHFVwZGF0ZVdvcmtmbG93UmVjb3JkUmVzcG9uc2USMQoId29ya2Zsb3cYASABKAsyHy5hZ2VudG1lc2gud29ya2Zsb3cudjEuV29ya2Zsb3ciOgobRGVsZXRlV29ya2Zsb3dSZWNvcmRSZXF1ZXN0EgwKBG5hbWUYASABKAkSDQoFZm9yY2UYAiABKAgiHgocRGVsZXRlV29ya2Zsb3dSZWNvcmRSZXNwb25zZSL0AQoHRHVlV29yaxIKCgJpZBgBIAEoAxIOCgZ0ZW5hbnQYAiABKAkSLAoIZHVlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjoKC3BsYWNlX2FnZW50GAogASgLMiMuYWdlbnRtZXNoLm1lbW9yeS52MS5QbGFjZUFnZW50V29ya0gAEjUKCHNjaGVkdWxlGAsgASgLMiEuYWdlbnRtZXNoLm1lbW9yeS52MS5TY2hlZHVsZVdvcmtIABIPCgdhdHRlbXB0GAQgASgFEhMKC2NsYWltX2Vwb2NoGAUgASgDQgYKBGtpbmQiXgoOUGxhY2VBZ2VudFdvcmsSDQoFdG9rZW4YASABKAkSEwoLcGxhY2VfYWdlbnQYAiABKAkSEQoJZXhlY3V0aW9uGAMgASgFEhUKDXN0YXlfcmV2aXNpb24YBCABKAMiNAoMU2NoZWR1bGVXb3JrEhAKCHNjaGVkdWxlGAEgASgJEhIKCnJ1bl9udW1iZXIYAiABKAUi4wEKGENyZWF0ZVRva2VuUmVjb3JkUmVxdWVzdBIOCgZwYXJlbnQYASABKAkSKwoFdG9rZW4YAiABKAsyHC5hZ2VudG1lc2gud29ya2Zsb3cudjEuVG9rZW4SEAoIdG9rZW5faWQYAyABKAkSEgoKcmVxdWVzdF9pZBgEIAEoCRI0CgZldmVudHMYBSADKAsyJC5hZ2VudG1lc2gud29ya2Zsb3cudjEuV29ya2Zsb3dFdmVudBIuCghzY2hlZHVsZRgGIAMoCzIcLmFnZW50bWVzaC5tZW1vcnkudjEuRHVlV29yayJaChlDcmVhdGVUb2tlblJlY29yZFJlc3BvbnNlEisKBXRva2VuGAEgASgLMhwuYWdlbnRtZXNoLndvcmtmbG93LnYxLlRva2VuEhAKCGxhc3Rfc2VxGAIgASgDIiUKFUdldFRva2VuUmVjb3JkUmVxdWVzdBIMCgRuYW1lGAEgASgJIkUKFkdldFRva2VuUmVjb3JkUmVzcG9uc2USKwoFdG9rZW4YASABKAsyHC5hZ2VudG1lc2gud29ya2Zsb3cudjEuVG9rZW4iXwoXTGlzdFRva2VuUmVjb3Jkc1JlcXVlc3QSDgoGcGFyZW50GAEgASgJEg0KBXBsYWNlGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJImEKGExpc3RUb2tlblJlY29yZHNSZXNwb25zZRIsCgZ0b2tlbnMYASADKAsyHC5hZ2VudG1lc2gud29ya2Zsb3cudjEuVG9rZW4SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIo4DChJDb21taXRUb2tlblJlcXVlc3QSDQoFdG9rZW4YASABKAkSGQoRZXhwZWN0ZWRfcmV2aXNpb24YAiABKAMSDQoFcGxhY2UYAyABKAkSJQoEZGF0YRgEIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSKQoIbWV0YWRhdGEYBSABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Ei4KBG1vdmUYBiABKAsyIC5hZ2VudG1lc2gud29ya2Zsb3cudjEuVG9rZW5Nb3ZlEjQKBmV2ZW50cxgHIAMoCzIkLmFnZW50bWVzaC53b3JrZmxvdy52MS5Xb3JrZmxvd0V2ZW50Ei4KCHNjaGVkdWxlGAggAygLMhwuYWdlbnRtZXNoLm1lbW9yeS52MS5EdWVXb3JrEi8KCGNvbXBsZXRlGAkgASgLMh0uYWdlbnRtZXNoLm1lbW9yeS52MS5DbGFpbVJlZhIXCg9maXJlX3JlcXVlc3RfaWQYCiABKAkSDQoFZmlyZWQYCyABKAgiOgoIQ2xhaW1SZWYSCgoCaWQYASABKAMSDQoFb3duZXIYAiABKAkSEwoLY2xhaW1fZXBvY2gYAyABKAMiVAoTQ29tbWl0VG9rZW5SZXNwb25zZRIrCgV0b2tlbhgBIAEoCzIcLmFnZW50bWVzaC53b3JrZmxvdy52MS5Ub2tlbhIQCghsYXN0X3NlcRgCIAEoAyJ5ChtBcHBlbmRXb3JrZmxvd0V2ZW50c1JlcXVlc3QSEAoId29ya2Zsb3cYASABKAkSNAoGZXZlbnRzGAIgAygLMiQuYWdlbnRtZXNoLndvcmtmbG93LnYxLldvcmtmbG93RXZlbnQSEgoKcmVxdWVzdF9pZBgDIAEoCSJDChxBcHBlbmRXb3JrZmxvd0V2ZW50c1Jlc3BvbnNlEhEKCWZpcnN0X3NlcRgBIAEoAxIQCghsYXN0X3NlcRgCIAEoAyJQChpXYXRjaFdvcmtmbG93RXZlbnRzUmVxdWVzdBIQCgh3b3JrZmxvdxgBIAEoCRINCgV0b2tlbhgCIAEoCRIRCglhZnRlcl9zZXEYAyABKAMiUwobV2F0Y2hXb3JrZmxvd0V2ZW50c1Jlc3BvbnNlEjQKBmV2ZW50cxgBIAMoCzIkLmFnZW50bWVzaC53b3JrZmxvdy52MS5Xb3JrZmxvd0V2ZW50IjoKFUdldEZpcmVPdXRjb21lUmVxdWVzdBINCgV0b2tlbhgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIkkKFkdldEZpcmVPdXRjb21lUmVzcG9uc2USDQoFZm91bmQYASABKAgSDQoFZmlyZWQYAiABKAgSEQoJZXZlbnRfc2VxGAMgASgDIq0BChtDcmVhdGVTY2hlZHVsZVJlY29yZFJlcXVlc3QSMQoIc2NoZWR1bGUYASABKAsyHy5hZ2VudG1lc2gud29ya2Zsb3cudjEuU2NoZWR1bGUSEwoLc2NoZWR1bGVfaWQYAiABKAkSEgoKcmVxdWVzdF9pZBgDIAEoCRIyCg5maXJzdF9kdWVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiUQocQ3JlYXRlU2NoZWR1bGVSZWNvcmRSZXNwb25zZRIxCghzY2hlZHVsZRgBIAEoCzIfLmFnZW50bWVzaC53b3JrZmxvdy52MS5TY2hlZHVsZSIoChhHZXRTY2hlZHVsZVJlY29yZFJlcXVlc3QSDAoEbmFtZRgBIAEoCSJjChlHZXRTY2hlZHVsZVJlY29yZFJlc3BvbnNlEjEKCHNjaGVkdWxlGAEgASgLMh8uYWdlbnRtZXNoLndvcmtmbG93LnYxLlNjaGVkdWxlEhMKC2FjdGl2ZV9ydW5zGAIgASgFIkMKGkxpc3RTY2hlZHVsZVJlY29yZHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJImoKG0xpc3RTY2hlZHVsZVJlY29yZHNSZXNwb25zZRIyCglzY2hlZHVsZXMYASADKAsyHy5hZ2VudG1lc2gud29ya2Zsb3cudjEuU2NoZWR1bGUSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIjsKG1VwZGF0ZVNjaGVkdWxlUmVjb3JkUmVxdWVzdBIMCgRuYW1lGAEgASgJEg4KBnBhdXNlZBgCIAEoCCJRChxVcGRhdGVTY2hlZHVsZVJlY29yZFJlc3BvbnNlEjEKCHNjaGVkdWxlGAEgASgLMh8uYWdlbnRtZXNoLndvcmtmbG93LnYxLlNjaGVkdWxlIisKG0RlbGV0ZVNjaGVkdWxlUmVjb3JkUmVxdWVzdBIMCgRuYW1lGAEgASgJIh4KHERlbGV0ZVNjaGVkdWxlUmVjb3JkUmVzcG9uc2UiiQEKE0NsYWltRHVlV29ya1JlcXVlc3QSDQoFb3duZXIYASABKAkSDQoFbGltaXQYAiABKAUSKAoFbGVhc2UYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoHaG9yaXpvbhgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ2ChRDbGFpbUR1ZVdvcmtSZXNwb25zZRIrCgVpdGVtcxgBIAMoCzIcLmFnZW50bWVzaC5tZW1vcnkudjEuRHVlV29yaxIxCg1uZXh0X2R1ZV90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLUAQoWQ29tcGxldGVEdWVXb3JrUmVxdWVzdBIsCgVjbGFpbRgBIAEoCzIdLmFnZW50bWVzaC5tZW1vcnkudjEuQ2xhaW1SZWYSLQoJZHVlX2FnYWluGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhdHRlbXB0GAMgASgFEi4KCHNjaGVkdWxlGAQgAygLMhwuYWdlbnRtZXNoLm1lbW9yeS52MS5EdWVXb3JrEhwKFHNjaGVkdWxlX3J1bl9zZXNzaW9uGAUgASgJIhkKF0NvbXBsZXRlRHVlV29ya1Jlc3BvbnNlIiYKFVJlbGVhc2VEdWVXb3JrUmVxdWVzdBINCgVvd25lchgBIAEoCSIqChZSZWxlYXNlRHVlV29ya1Jlc3BvbnNlEhAKCHJlbGVhc2VkGAEgASgFIm0KE1JlbmV3RHVlV29ya1JlcXVlc3QSLAoFY2xhaW0YASABKAsyHS5hZ2VudG1lc2gubWVtb3J5LnYxLkNsYWltUmVmEigKBWxlYXNlGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIkcKFFJlbmV3RHVlV29ya1Jlc3BvbnNlEi8KC2V4cGlyZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcDKZEwoUV29ya2Zsb3dTdG9yZVNlcnZpY2USewoUQ3JlYXRlV29ya2Zsb3dSZWNvcmQSMC5hZ2VudG1lc2gubWVtb3J5LnYxLkNyZWF0ZVdvcmtmbG93UmVjb3JkUmVxdWVzdBoxLmFnZW50bWVzaC5tZW1vcnkudjEuQ3JlYXRlV29ya2Zsb3dSZWNvcmRSZXNwb25zZRJyChFHZXRXb3JrZmxvd1JlY29yZBItLmFnZW50bWVzaC5tZW1vcnkudjEuR2V0V29ya2Zsb3dSZWNvcmRSZXF1ZXN0Gi4uYWdlbnRtZXNoLm1lbW9yeS52MS5HZXRXb3JrZmxvd1JlY29yZFJlc3BvbnNlEngKE0xpc3RXb3JrZmxvd1JlY29yZHMSLy5hZ2VudG1lc2gubWVtb3J5LnYxLkxpc3RXb3JrZmxvd1JlY29yZHNSZXF1ZXN0GjAuYWdlbnRtZXNoLm1lbW9yeS52MS5MaXN0V29ya2Zsb3dSZWNvcmRzUmVzcG9uc2USewoUVXBkYXRlV29ya2Zsb3dSZWNvcmQSMC5hZ2VudG1lc2gubWVtb3J5LnYxLlVwZGF0ZVdvcmtmbG93UmVjb3JkUmVxdWVzdBoxLmFnZW50bWVzaC5tZW1vcnkudjEuVXBkYXRlV29ya2Zsb3dSZWNvcmRSZXNwb25zZRJ7ChREZWxldGVXb3JrZmxvd1JlY29yZBIwLmFnZW50bWVzaC5tZW1vcnkudjEuRGVsZXRlV29ya2Zsb3dSZWNvcmRSZXF1ZXN0GjEuYWdlbnRtZXNoLm1lbW9yeS52MS5EZWxldGVXb3JrZmxvd1JlY29yZFJlc3BvbnNlEnIKEUNyZWF0ZVRva2VuUmVjb3JkEi0uYWdlbnRtZXNoLm1lbW9yeS52MS5DcmVhdGVUb2tlblJlY29yZFJlcXVlc3QaLi5hZ2VudG1lc2gubWVtb3J5LnYxLkNyZWF0ZVRva2VuUmVjb3JkUmVzcG9uc2USaQoOR2V0VG9rZW5SZWNvcmQSKi5hZ2VudG1lc2gubWVtb3J5LnYxLkdldFRva2VuUmVjb3JkUmVxdWVzdBorLmFnZW50bWVzaC5tZW1vcnkudjEuR2V0VG9rZW5SZWNvcmRSZXNwb25zZRJvChBMaXN0VG9rZW5SZWNvcmRzEiwuYWdlbnRtZXNoLm1lbW9yeS52MS5MaXN0VG9rZW5SZWNvcmRzUmVxdWVzdBotLmFnZW50bWVzaC5tZW1vcnkudjEuTGlzdFRva2VuUmVjb3Jkc1Jlc3BvbnNlEmAKC0NvbW1pdFRva2VuEicuYWdlbnRtZXNoLm1lbW9yeS52MS5Db21taXRUb2tlblJlcXVlc3QaKC5hZ2VudG1lc2gubWVtb3J5LnYxLkNvbW1pdFRva2VuUmVzcG9uc2USewoUQXBwZW5kV29ya2Zsb3dFdmVudHMSMC5hZ2VudG1lc2gubWVtb3J5LnYxLkFwcGVuZFdvcmtmbG93RXZlbnRzUmVxdWVzdBoxLmFnZW50bWVzaC5tZW1vcnkudjEuQXBwZW5kV29ya2Zsb3dFdmVudHNSZXNwb25zZRJ6ChNXYXRjaFdvcmtmbG93RXZlbnRzEi8uYWdlbnRtZXNoLm1lbW9yeS52MS5XYXRjaFdvcmtmbG93RXZlbnRzUmVxdWVzdBowLmFnZW50bWVzaC5tZW1vcnkudjEuV2F0Y2hXb3JrZmxvd0V2ZW50c1Jlc3BvbnNlMAESaQoOR2V0RmlyZU91dGNvbWUSKi5hZ2VudG1lc2gubWVtb3J5LnYxLkdldEZpcmVPdXRjb21lUmVxdWVzdBorLmFnZW50bWVzaC5tZW1vcnkudjEuR2V0RmlyZU91dGNvbWVSZXNwb25zZRJ7ChRDcmVhdGVTY2hlZHVsZVJlY29yZBIwLmFnZW50bWVzaC5tZW1vcnkudjEuQ3JlYXRlU2NoZWR1bGVSZWNvcmRSZXF1ZXN0GjEuYWdlbnRtZXNoLm1lbW9yeS52MS5DcmVhdGVTY2hlZHVsZVJlY29yZFJlc3BvbnNlEnIKEUdldFNjaGVkdWxlUmVjb3JkEi0uYWdlbnRtZXNoLm1lbW9yeS52MS5HZXRTY2hlZHVsZVJlY29yZFJlcXVlc3QaLi5hZ2VudG1lc2gubWVtb3J5LnYxLkdldFNjaGVkdWxlUmVjb3JkUmVzcG9uc2USeAoTTGlzdFNjaGVkdWxlUmVjb3JkcxIvLmFnZW50bWVzaC5tZW1vcnkudjEuTGlzdFNjaGVkdWxlUmVjb3Jkc1JlcXVlc3QaMC5hZ2VudG1lc2gubWVtb3J5LnYxLkxpc3RTY2hlZHVsZVJlY29yZHNSZXNwb25zZRJ7ChRVcGRhdGVTY2hlZHVsZVJlY29yZBIwLmFnZW50bWVzaC5tZW1vcnkudjEuVXBkYXRlU2NoZWR1bGVSZWNvcmRSZXF1ZXN0GjEuYWdlbnRtZXNoLm1lbW9yeS52MS5VcGRhdGVTY2hlZHVsZVJlY29yZFJlc3BvbnNlEnsKFERlbGV0ZVNjaGVkdWxlUmVjb3JkEjAuYWdlbnRtZXNoLm1lbW9yeS52MS5EZWxldGVTY2hlZHVsZVJlY29yZFJlcXVlc3QaMS5hZ2VudG1lc2gubWVtb3J5LnYxLkRlbGV0ZVNjaGVkdWxlUmVjb3JkUmVzcG9uc2USYwoMQ2xhaW1EdWVXb3JrEiguYWdlbnRtZXNoLm1lbW9yeS52MS5DbGFpbUR1ZVdvcmtSZXF1ZXN0GikuYWdlbnRtZXNoLm1lbW9yeS52MS5DbGFpbUR1ZVdvcmtSZXNwb25zZRJsCg9Db21wbGV0ZUR1ZVdvcmsSKy5hZ2VudG1lc2gubWVtb3J5LnYxLkNvbXBsZXRlRHVlV29ya1JlcXVlc3QaLC5hZ2VudG1lc2gubWVtb3J5LnYxLkNvbXBsZXRlRHVlV29ya1Jlc3BvbnNlEmkKDlJlbGVhc2VEdWVXb3JrEiouYWdlbnRtZXNoLm1lbW9yeS52MS5SZWxlYXNlRHVlV29ya1JlcXVlc3QaKy5hZ2VudG1lc2gubWVtb3J5LnYxLlJlbGVhc2VEdWVXb3JrUmVzcG9uc2USYwoMUmVuZXdEdWVXb3JrEiguYWdlbnRtZXNoLm1lbW9yeS52MS5SZW5ld0R1ZVdvcmtSZXF1ZXN0GikuYWdlbnRtZXNoLm1lbW9yeS52MS5SZW5ld0R1ZVdvcmtSZXNwb25zZUK5AQoXY29tLmFnZW50bWVzaC5tZW1vcnkudjFCDldvcmtmbG93c1Byb3RvUAFaQmdpdGh1Yi5jb20vYWdlbnRtZXNoL2FnZW50bWVzaC9nZW4vZ28vYWdlbnRtZXNoL21lbW9yeS92MTttZW1vcnl2MaICA0FNWKoCE0FnZW50bWVzaC5NZW1vcnkuVjHKAhNBZ2VudG1lc2hcTWVtb3J5XFYx6gIVQWdlbnRtZXNoOjpNZW1vcnk6OlYxYgZwcm90bzM", [file_agentmesh_workflow_v1_schedule, file_agentmesh_workflow_v1_workflow, file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Stores a workflow.
@@ -198,6 +198,14 @@ export type UpdateWorkflowRecordRequest = Message<"agentmesh.memory.v1.UpdateWor
    * @generated from field: int64 expected_revision = 2;
    */
   expectedRevision: bigint;
+
+  /**
+   * The first runs of place agents the update adds (or moves to another place), for the
+   * tokens already sitting there: written in the update's transaction, one item per token.
+   *
+   * @generated from field: repeated agentmesh.memory.v1.PlaceArrival arrivals = 3;
+   */
+  arrivals: PlaceArrival[];
 };
 
 /**
@@ -206,6 +214,35 @@ export type UpdateWorkflowRecordRequest = Message<"agentmesh.memory.v1.UpdateWor
  */
 export const UpdateWorkflowRecordRequestSchema: GenMessage<UpdateWorkflowRecordRequest> = /*@__PURE__*/
   messageDesc(file_agentmesh_memory_v1_workflows, 6);
+
+/**
+ * Due work for every token in a place at the moment of an update.
+ *
+ * @generated from message agentmesh.memory.v1.PlaceArrival
+ */
+export type PlaceArrival = Message<"agentmesh.memory.v1.PlaceArrival"> & {
+  /**
+   * A place of the new definition.
+   *
+   * @generated from field: string place = 1;
+   */
+  place: string;
+
+  /**
+   * Place agent work with `due_time`; each token's item gets its name as `token` and its
+   * revision as `stay_revision`.
+   *
+   * @generated from field: agentmesh.memory.v1.DueWork work = 2;
+   */
+  work?: DueWork | undefined;
+};
+
+/**
+ * Describes the message agentmesh.memory.v1.PlaceArrival.
+ * Use `create(PlaceArrivalSchema)` to create a new message.
+ */
+export const PlaceArrivalSchema: GenMessage<PlaceArrival> = /*@__PURE__*/
+  messageDesc(file_agentmesh_memory_v1_workflows, 7);
 
 /**
  * The updated workflow.
@@ -226,7 +263,7 @@ export type UpdateWorkflowRecordResponse = Message<"agentmesh.memory.v1.UpdateWo
  * Use `create(UpdateWorkflowRecordResponseSchema)` to create a new message.
  */
 export const UpdateWorkflowRecordResponseSchema: GenMessage<UpdateWorkflowRecordResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 7);
+  messageDesc(file_agentmesh_memory_v1_workflows, 8);
 
 /**
  * Deletes a workflow.
@@ -254,7 +291,7 @@ export type DeleteWorkflowRecordRequest = Message<"agentmesh.memory.v1.DeleteWor
  * Use `create(DeleteWorkflowRecordRequestSchema)` to create a new message.
  */
 export const DeleteWorkflowRecordRequestSchema: GenMessage<DeleteWorkflowRecordRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 8);
+  messageDesc(file_agentmesh_memory_v1_workflows, 9);
 
 /**
  * Nothing.
@@ -269,7 +306,7 @@ export type DeleteWorkflowRecordResponse = Message<"agentmesh.memory.v1.DeleteWo
  * Use `create(DeleteWorkflowRecordResponseSchema)` to create a new message.
  */
 export const DeleteWorkflowRecordResponseSchema: GenMessage<DeleteWorkflowRecordResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 9);
+  messageDesc(file_agentmesh_memory_v1_workflows, 10);
 
 /**
  * Work to do at a time, claimed by one replica at a time.
@@ -341,7 +378,7 @@ export type DueWork = Message<"agentmesh.memory.v1.DueWork"> & {
  * Use `create(DueWorkSchema)` to create a new message.
  */
 export const DueWorkSchema: GenMessage<DueWork> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 10);
+  messageDesc(file_agentmesh_memory_v1_workflows, 11);
 
 /**
  * A place agent's run on a token.
@@ -384,7 +421,7 @@ export type PlaceAgentWork = Message<"agentmesh.memory.v1.PlaceAgentWork"> & {
  * Use `create(PlaceAgentWorkSchema)` to create a new message.
  */
 export const PlaceAgentWorkSchema: GenMessage<PlaceAgentWork> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 11);
+  messageDesc(file_agentmesh_memory_v1_workflows, 12);
 
 /**
  * A schedule's run.
@@ -412,7 +449,7 @@ export type ScheduleWork = Message<"agentmesh.memory.v1.ScheduleWork"> & {
  * Use `create(ScheduleWorkSchema)` to create a new message.
  */
 export const ScheduleWorkSchema: GenMessage<ScheduleWork> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 12);
+  messageDesc(file_agentmesh_memory_v1_workflows, 13);
 
 /**
  * Creates a token.
@@ -468,7 +505,7 @@ export type CreateTokenRecordRequest = Message<"agentmesh.memory.v1.CreateTokenR
  * Use `create(CreateTokenRecordRequestSchema)` to create a new message.
  */
 export const CreateTokenRecordRequestSchema: GenMessage<CreateTokenRecordRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 13);
+  messageDesc(file_agentmesh_memory_v1_workflows, 14);
 
 /**
  * The created token.
@@ -496,7 +533,7 @@ export type CreateTokenRecordResponse = Message<"agentmesh.memory.v1.CreateToken
  * Use `create(CreateTokenRecordResponseSchema)` to create a new message.
  */
 export const CreateTokenRecordResponseSchema: GenMessage<CreateTokenRecordResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 14);
+  messageDesc(file_agentmesh_memory_v1_workflows, 15);
 
 /**
  * Gets a token.
@@ -517,7 +554,7 @@ export type GetTokenRecordRequest = Message<"agentmesh.memory.v1.GetTokenRecordR
  * Use `create(GetTokenRecordRequestSchema)` to create a new message.
  */
 export const GetTokenRecordRequestSchema: GenMessage<GetTokenRecordRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 15);
+  messageDesc(file_agentmesh_memory_v1_workflows, 16);
 
 /**
  * The token.
@@ -538,7 +575,7 @@ export type GetTokenRecordResponse = Message<"agentmesh.memory.v1.GetTokenRecord
  * Use `create(GetTokenRecordResponseSchema)` to create a new message.
  */
 export const GetTokenRecordResponseSchema: GenMessage<GetTokenRecordResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 16);
+  messageDesc(file_agentmesh_memory_v1_workflows, 17);
 
 /**
  * Lists tokens.
@@ -580,7 +617,7 @@ export type ListTokenRecordsRequest = Message<"agentmesh.memory.v1.ListTokenReco
  * Use `create(ListTokenRecordsRequestSchema)` to create a new message.
  */
 export const ListTokenRecordsRequestSchema: GenMessage<ListTokenRecordsRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 17);
+  messageDesc(file_agentmesh_memory_v1_workflows, 18);
 
 /**
  * A page of tokens.
@@ -608,7 +645,7 @@ export type ListTokenRecordsResponse = Message<"agentmesh.memory.v1.ListTokenRec
  * Use `create(ListTokenRecordsResponseSchema)` to create a new message.
  */
 export const ListTokenRecordsResponseSchema: GenMessage<ListTokenRecordsResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 18);
+  messageDesc(file_agentmesh_memory_v1_workflows, 19);
 
 /**
  * One atomic change of a token.
@@ -699,7 +736,7 @@ export type CommitTokenRequest = Message<"agentmesh.memory.v1.CommitTokenRequest
  * Use `create(CommitTokenRequestSchema)` to create a new message.
  */
 export const CommitTokenRequestSchema: GenMessage<CommitTokenRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 19);
+  messageDesc(file_agentmesh_memory_v1_workflows, 20);
 
 /**
  * A claimed item and the claim on it.
@@ -734,7 +771,7 @@ export type ClaimRef = Message<"agentmesh.memory.v1.ClaimRef"> & {
  * Use `create(ClaimRefSchema)` to create a new message.
  */
 export const ClaimRefSchema: GenMessage<ClaimRef> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 20);
+  messageDesc(file_agentmesh_memory_v1_workflows, 21);
 
 /**
  * The changed token.
@@ -762,7 +799,7 @@ export type CommitTokenResponse = Message<"agentmesh.memory.v1.CommitTokenRespon
  * Use `create(CommitTokenResponseSchema)` to create a new message.
  */
 export const CommitTokenResponseSchema: GenMessage<CommitTokenResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 21);
+  messageDesc(file_agentmesh_memory_v1_workflows, 22);
 
 /**
  * Appends workflow events.
@@ -797,7 +834,7 @@ export type AppendWorkflowEventsRequest = Message<"agentmesh.memory.v1.AppendWor
  * Use `create(AppendWorkflowEventsRequestSchema)` to create a new message.
  */
 export const AppendWorkflowEventsRequestSchema: GenMessage<AppendWorkflowEventsRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 22);
+  messageDesc(file_agentmesh_memory_v1_workflows, 23);
 
 /**
  * The seq range assigned.
@@ -825,7 +862,7 @@ export type AppendWorkflowEventsResponse = Message<"agentmesh.memory.v1.AppendWo
  * Use `create(AppendWorkflowEventsResponseSchema)` to create a new message.
  */
 export const AppendWorkflowEventsResponseSchema: GenMessage<AppendWorkflowEventsResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 23);
+  messageDesc(file_agentmesh_memory_v1_workflows, 24);
 
 /**
  * Watches workflow events.
@@ -860,7 +897,7 @@ export type WatchWorkflowEventsRequest = Message<"agentmesh.memory.v1.WatchWorkf
  * Use `create(WatchWorkflowEventsRequestSchema)` to create a new message.
  */
 export const WatchWorkflowEventsRequestSchema: GenMessage<WatchWorkflowEventsRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 24);
+  messageDesc(file_agentmesh_memory_v1_workflows, 25);
 
 /**
  * A batch of consecutive events.
@@ -881,7 +918,7 @@ export type WatchWorkflowEventsResponse = Message<"agentmesh.memory.v1.WatchWork
  * Use `create(WatchWorkflowEventsResponseSchema)` to create a new message.
  */
 export const WatchWorkflowEventsResponseSchema: GenMessage<WatchWorkflowEventsResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 25);
+  messageDesc(file_agentmesh_memory_v1_workflows, 26);
 
 /**
  * Asks for a remembered FireTransition outcome.
@@ -909,7 +946,7 @@ export type GetFireOutcomeRequest = Message<"agentmesh.memory.v1.GetFireOutcomeR
  * Use `create(GetFireOutcomeRequestSchema)` to create a new message.
  */
 export const GetFireOutcomeRequestSchema: GenMessage<GetFireOutcomeRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 26);
+  messageDesc(file_agentmesh_memory_v1_workflows, 27);
 
 /**
  * A remembered outcome.
@@ -944,7 +981,7 @@ export type GetFireOutcomeResponse = Message<"agentmesh.memory.v1.GetFireOutcome
  * Use `create(GetFireOutcomeResponseSchema)` to create a new message.
  */
 export const GetFireOutcomeResponseSchema: GenMessage<GetFireOutcomeResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 27);
+  messageDesc(file_agentmesh_memory_v1_workflows, 28);
 
 /**
  * Stores a schedule.
@@ -986,7 +1023,7 @@ export type CreateScheduleRecordRequest = Message<"agentmesh.memory.v1.CreateSch
  * Use `create(CreateScheduleRecordRequestSchema)` to create a new message.
  */
 export const CreateScheduleRecordRequestSchema: GenMessage<CreateScheduleRecordRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 28);
+  messageDesc(file_agentmesh_memory_v1_workflows, 29);
 
 /**
  * The stored schedule.
@@ -1007,7 +1044,7 @@ export type CreateScheduleRecordResponse = Message<"agentmesh.memory.v1.CreateSc
  * Use `create(CreateScheduleRecordResponseSchema)` to create a new message.
  */
 export const CreateScheduleRecordResponseSchema: GenMessage<CreateScheduleRecordResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 29);
+  messageDesc(file_agentmesh_memory_v1_workflows, 30);
 
 /**
  * Gets a schedule.
@@ -1028,7 +1065,7 @@ export type GetScheduleRecordRequest = Message<"agentmesh.memory.v1.GetScheduleR
  * Use `create(GetScheduleRecordRequestSchema)` to create a new message.
  */
 export const GetScheduleRecordRequestSchema: GenMessage<GetScheduleRecordRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 30);
+  messageDesc(file_agentmesh_memory_v1_workflows, 31);
 
 /**
  * The schedule.
@@ -1056,7 +1093,7 @@ export type GetScheduleRecordResponse = Message<"agentmesh.memory.v1.GetSchedule
  * Use `create(GetScheduleRecordResponseSchema)` to create a new message.
  */
 export const GetScheduleRecordResponseSchema: GenMessage<GetScheduleRecordResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 31);
+  messageDesc(file_agentmesh_memory_v1_workflows, 32);
 
 /**
  * Lists schedules.
@@ -1084,7 +1121,7 @@ export type ListScheduleRecordsRequest = Message<"agentmesh.memory.v1.ListSchedu
  * Use `create(ListScheduleRecordsRequestSchema)` to create a new message.
  */
 export const ListScheduleRecordsRequestSchema: GenMessage<ListScheduleRecordsRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 32);
+  messageDesc(file_agentmesh_memory_v1_workflows, 33);
 
 /**
  * A page of schedules.
@@ -1112,7 +1149,7 @@ export type ListScheduleRecordsResponse = Message<"agentmesh.memory.v1.ListSched
  * Use `create(ListScheduleRecordsResponseSchema)` to create a new message.
  */
 export const ListScheduleRecordsResponseSchema: GenMessage<ListScheduleRecordsResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 33);
+  messageDesc(file_agentmesh_memory_v1_workflows, 34);
 
 /**
  * Pauses or resumes a schedule.
@@ -1140,7 +1177,7 @@ export type UpdateScheduleRecordRequest = Message<"agentmesh.memory.v1.UpdateSch
  * Use `create(UpdateScheduleRecordRequestSchema)` to create a new message.
  */
 export const UpdateScheduleRecordRequestSchema: GenMessage<UpdateScheduleRecordRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 34);
+  messageDesc(file_agentmesh_memory_v1_workflows, 35);
 
 /**
  * The updated schedule.
@@ -1161,7 +1198,7 @@ export type UpdateScheduleRecordResponse = Message<"agentmesh.memory.v1.UpdateSc
  * Use `create(UpdateScheduleRecordResponseSchema)` to create a new message.
  */
 export const UpdateScheduleRecordResponseSchema: GenMessage<UpdateScheduleRecordResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 35);
+  messageDesc(file_agentmesh_memory_v1_workflows, 36);
 
 /**
  * Deletes a schedule.
@@ -1182,7 +1219,7 @@ export type DeleteScheduleRecordRequest = Message<"agentmesh.memory.v1.DeleteSch
  * Use `create(DeleteScheduleRecordRequestSchema)` to create a new message.
  */
 export const DeleteScheduleRecordRequestSchema: GenMessage<DeleteScheduleRecordRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 36);
+  messageDesc(file_agentmesh_memory_v1_workflows, 37);
 
 /**
  * Nothing.
@@ -1197,7 +1234,7 @@ export type DeleteScheduleRecordResponse = Message<"agentmesh.memory.v1.DeleteSc
  * Use `create(DeleteScheduleRecordResponseSchema)` to create a new message.
  */
 export const DeleteScheduleRecordResponseSchema: GenMessage<DeleteScheduleRecordResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 37);
+  messageDesc(file_agentmesh_memory_v1_workflows, 38);
 
 /**
  * Claims due work.
@@ -1225,6 +1262,15 @@ export type ClaimDueWorkRequest = Message<"agentmesh.memory.v1.ClaimDueWorkReque
    * @generated from field: google.protobuf.Duration lease = 3;
    */
   lease?: Duration | undefined;
+
+  /**
+   * Also claim items due up to this long from now (at most 10 s, and less than the lease), so
+   * the claimer can hold them and start each one at its due time, not a claim round trip
+   * later. Unset: only items already due.
+   *
+   * @generated from field: google.protobuf.Duration horizon = 4;
+   */
+  horizon?: Duration | undefined;
 };
 
 /**
@@ -1232,7 +1278,7 @@ export type ClaimDueWorkRequest = Message<"agentmesh.memory.v1.ClaimDueWorkReque
  * Use `create(ClaimDueWorkRequestSchema)` to create a new message.
  */
 export const ClaimDueWorkRequestSchema: GenMessage<ClaimDueWorkRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 38);
+  messageDesc(file_agentmesh_memory_v1_workflows, 39);
 
 /**
  * Claimed items.
@@ -1260,7 +1306,7 @@ export type ClaimDueWorkResponse = Message<"agentmesh.memory.v1.ClaimDueWorkResp
  * Use `create(ClaimDueWorkResponseSchema)` to create a new message.
  */
 export const ClaimDueWorkResponseSchema: GenMessage<ClaimDueWorkResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 39);
+  messageDesc(file_agentmesh_memory_v1_workflows, 40);
 
 /**
  * Ends a claimed item.
@@ -1310,7 +1356,7 @@ export type CompleteDueWorkRequest = Message<"agentmesh.memory.v1.CompleteDueWor
  * Use `create(CompleteDueWorkRequestSchema)` to create a new message.
  */
 export const CompleteDueWorkRequestSchema: GenMessage<CompleteDueWorkRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 40);
+  messageDesc(file_agentmesh_memory_v1_workflows, 41);
 
 /**
  * Nothing.
@@ -1325,7 +1371,7 @@ export type CompleteDueWorkResponse = Message<"agentmesh.memory.v1.CompleteDueWo
  * Use `create(CompleteDueWorkResponseSchema)` to create a new message.
  */
 export const CompleteDueWorkResponseSchema: GenMessage<CompleteDueWorkResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 41);
+  messageDesc(file_agentmesh_memory_v1_workflows, 42);
 
 /**
  * Gives claims back.
@@ -1346,7 +1392,7 @@ export type ReleaseDueWorkRequest = Message<"agentmesh.memory.v1.ReleaseDueWorkR
  * Use `create(ReleaseDueWorkRequestSchema)` to create a new message.
  */
 export const ReleaseDueWorkRequestSchema: GenMessage<ReleaseDueWorkRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 42);
+  messageDesc(file_agentmesh_memory_v1_workflows, 43);
 
 /**
  * How many were released.
@@ -1367,7 +1413,7 @@ export type ReleaseDueWorkResponse = Message<"agentmesh.memory.v1.ReleaseDueWork
  * Use `create(ReleaseDueWorkResponseSchema)` to create a new message.
  */
 export const ReleaseDueWorkResponseSchema: GenMessage<ReleaseDueWorkResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 43);
+  messageDesc(file_agentmesh_memory_v1_workflows, 44);
 
 /**
  * Extends a claim.
@@ -1395,7 +1441,7 @@ export type RenewDueWorkRequest = Message<"agentmesh.memory.v1.RenewDueWorkReque
  * Use `create(RenewDueWorkRequestSchema)` to create a new message.
  */
 export const RenewDueWorkRequestSchema: GenMessage<RenewDueWorkRequest> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 44);
+  messageDesc(file_agentmesh_memory_v1_workflows, 45);
 
 /**
  * The claim's new end.
@@ -1416,7 +1462,7 @@ export type RenewDueWorkResponse = Message<"agentmesh.memory.v1.RenewDueWorkResp
  * Use `create(RenewDueWorkResponseSchema)` to create a new message.
  */
 export const RenewDueWorkResponseSchema: GenMessage<RenewDueWorkResponse> = /*@__PURE__*/
-  messageDesc(file_agentmesh_memory_v1_workflows, 45);
+  messageDesc(file_agentmesh_memory_v1_workflows, 46);
 
 /**
  * Storage of workflows, their tokens and events, schedules, and the due work any orchestrator
