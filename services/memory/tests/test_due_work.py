@@ -28,6 +28,8 @@ from agentmesh.workflow.v1 import workflow_pb2 as W
 from agentmesh_common import MetricFactory
 from agentmesh_memory.db import Database
 from agentmesh_memory.db.migrate import migrate
+from agentmesh_memory.store.base import StoreContext
+from agentmesh_memory.store.workflow_sweep import ENDED_RUN_RETENTION, sweep_workflows
 from agentmesh_memory.testing import (
     Api,
     PostgresServer,
@@ -333,6 +335,17 @@ async def test_a_horizon_claims_items_due_soon_and_nothing_later(mesh: Mesh) -> 
     assert early.next_due_time == later
 
 
+async def _sweep(url: str, ahead: timedelta) -> int:
+    """The sweeper's ended schedule runs, on a clock `ahead` of now."""
+    db = Database.open(url, metrics=MetricFactory(CollectorRegistry()))
+    try:
+        context = StoreContext(db, clock=lambda: datetime.now(UTC) + ahead)
+        _, runs = await sweep_workflows(context, timedelta(days=7))
+        return runs
+    finally:
+        await db.close()
+
+
 def schedule_template() -> schedule_pb2.Schedule:
     schedule = schedule_pb2.Schedule(
         description="nightly", session_template=sessions_pb2.Session(goal="summarize")
@@ -353,7 +366,7 @@ async def finish(memory: Api, session: str) -> None:
 
 
 async def test_schedule_runs_are_counted_and_active_runs_follow_their_sessions(
-    mesh: Mesh, tenant: str
+    mesh: Mesh, tenant: str, fresh_url: str
 ) -> None:
     flows = mesh.flows
     created = await flows.CreateScheduleRecord(
@@ -413,6 +426,14 @@ async def test_schedule_runs_are_counted_and_active_runs_follow_their_sessions(
     await finish(mesh.memory, sessions[0])
     got = await flows.GetScheduleRecord(wpb.GetScheduleRecordRequest(name=name))
     assert got.active_runs == 1
+    # The sweeper deletes the record of a run whose session ended, an hour on; the running
+    # one stays, and so do the schedule's counter and recent sessions.
+    assert await _sweep(fresh_url, ENDED_RUN_RETENTION - timedelta(minutes=1)) == 0
+    assert await _sweep(fresh_url, ENDED_RUN_RETENTION + timedelta(minutes=1)) == 1
+    swept = await flows.GetScheduleRecord(wpb.GetScheduleRecordRequest(name=name))
+    assert swept.active_runs == 1
+    assert swept.schedule.runs_started == 2
+    assert list(swept.schedule.recent_sessions) == sessions[::-1]
 
     paused = await flows.UpdateScheduleRecord(
         wpb.UpdateScheduleRecordRequest(name=name, paused=True)

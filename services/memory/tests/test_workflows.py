@@ -18,6 +18,8 @@ from agentmesh.memory.v1 import workflows_pb2_grpc
 from agentmesh.workflow.v1 import workflow_pb2 as W
 from agentmesh_memory.db import Database
 from agentmesh_memory.db.workflow_tables import due_work
+from agentmesh_memory.store.base import StoreContext
+from agentmesh_memory.store.workflow_sweep import sweep_workflows
 from agentmesh_memory.testing import (
     Api,
     RunningMemory,
@@ -488,7 +490,9 @@ async def _only_due_id(db: Database, tenant: str) -> int:
         return int(only)
 
 
-async def test_a_fire_request_id_applies_once(flows: Api) -> None:
+async def test_a_fire_request_id_applies_once_for_the_retention_window(
+    flows: Api, db: Database
+) -> None:
     workflow = await new_workflow(flows, "wf")
     name = f"{workflow}/tokens/t1"
     await new_token(flows, workflow, "t1", events=[created()])
@@ -523,6 +527,20 @@ async def test_a_fire_request_id_applies_once(flows: Api) -> None:
     )
     outcome = await flows.GetFireOutcome(wpb.GetFireOutcomeRequest(token=name, request_id="fire-2"))
     assert (outcome.found, outcome.fired, outcome.event_seq) == (True, False, failed.last_seq)
+    # The sweeper keeps outcomes as long as request ids, then deletes them.
+    retention = timedelta(days=7)
+    await sweep_workflows(StoreContext(db), retention)
+    for request_id in ("fire-1", "fire-2"):
+        kept = wpb.GetFireOutcomeRequest(token=name, request_id=request_id)
+        assert (await flows.GetFireOutcome(kept)).found
+    later = retention + timedelta(minutes=1)
+    outcomes, _ = await sweep_workflows(
+        StoreContext(db, clock=lambda: datetime.now(UTC) + later), retention
+    )
+    assert outcomes >= 2
+    for request_id in ("fire-1", "fire-2"):
+        gone = wpb.GetFireOutcomeRequest(token=name, request_id=request_id)
+        assert not (await flows.GetFireOutcome(gone)).found
 
 
 async def test_list_tokens_by_place_pages_oldest_first(flows: Api) -> None:

@@ -63,20 +63,25 @@ def _background(
     stack.push_async_callback(stop)
 
 
-async def _sweep_forever(stores: Stores, settings: MemorySettings) -> None:
+async def _sweep_forever(
+    stores: Stores, workflow_stores: WorkflowStores, settings: MemorySettings
+) -> None:
     retention = timedelta(seconds=settings.request_id_retention_seconds)
     while True:
         await asyncio.sleep(settings.sweep_interval_seconds)
         try:
             memories, requests = await stores.memories.sweep(retention)
             retained = await stores.insights.sweep_retention()
-            if memories or requests or retained:
+            outcomes, runs = await workflow_stores.sweep(retention)
+            if memories or requests or retained or outcomes or runs:
                 _logger.info(
                     "swept expired rows",
                     extra={
                         "memories": memories,
                         "request_ids": requests,
                         "memories_past_retention": retained,
+                        "fire_outcomes": outcomes,
+                        "ended_schedule_runs": runs,
                     },
                 )
         except Exception:  # the next round retries; health reports a dead database
@@ -141,7 +146,6 @@ async def build(
         watch_poll_seconds=settings.watch_poll_seconds,
         max_document_bytes=settings.max_document_bytes,
     )
-    _background(stack, partial(_sweep_forever, stores, settings), "memory-sweeper")
 
     monitor = HealthMonitor(
         db,
@@ -156,6 +160,7 @@ async def build(
     workflow_stores = WorkflowStores.build(
         db, workflow_notifier, watch_poll_seconds=settings.watch_poll_seconds
     )
+    _background(stack, partial(_sweep_forever, stores, workflow_stores, settings), "memory-sweeper")
     servicer = MemoryServicer(stores)
     workflow_servicer = WorkflowStoreServicer(workflow_stores)
     return [

@@ -59,8 +59,9 @@ class MemorySettings(ServiceSettings):
     sweep_interval_seconds: float = Field(
         default=30.0,
         gt=0,
-        description="How often expired agent memory, memory beyond its agent's retention rules"
-        " and old idempotency records are deleted.",
+        description="How often expired agent memory, memory beyond its agent's retention rules,"
+        " old idempotency records (FireTransition outcomes too) and the run records of ended"
+        " scheduled sessions are deleted.",
     )
     max_document_bytes: int = Field(
         default=20 * 1024 * 1024,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from agentmesh_memory.db.database import Database
 from agentmesh_memory.db.notifier import EventNotifier
@@ -12,6 +13,7 @@ from .due_work import DueWorkStore
 from .schedules import ScheduleStore
 from .tokens import TokenStore
 from .workflow_events import WorkflowEventStore
+from .workflow_sweep import sweep_workflows
 from .workflows import WorkflowRecordStore
 
 __all__ = [
@@ -33,6 +35,12 @@ class WorkflowStores:
     events: WorkflowEventStore
     schedules: ScheduleStore
     due_work: DueWorkStore
+    context: StoreContext
+
+    async def sweep(self, request_retention: timedelta) -> tuple[int, int]:
+        """Delete fire outcomes past the retention and ended schedule runs (see
+        workflow_sweep); returns both counts."""
+        return await sweep_workflows(self.context, request_retention)
 
     @classmethod
     def build(
@@ -52,4 +60,5 @@ class WorkflowStores:
             events=events,
             schedules=ScheduleStore(context),
             due_work=DueWorkStore(context),
+            context=context,
         )
