@@ -516,6 +516,19 @@ async def test_a_fire_request_id_applies_once_for_the_retention_window(
     assert len(again.token.history) == 1
     outcome = await flows.GetFireOutcome(wpb.GetFireOutcomeRequest(token=name, request_id="fire-1"))
     assert (outcome.found, outcome.fired, outcome.event_seq) == (True, True, 2)
+    # The orchestrator's one read before a fire: token, workflow and remembered outcome.
+    read = await flows.GetTokenRecord(
+        wpb.GetTokenRecordRequest(name=name, fire_request_id="fire-1", with_workflow=True)
+    )
+    assert read.token == again.token
+    assert read.fire_outcome == outcome
+    assert (read.workflow.name, read.workflow.revision) == (workflow, 1)
+    assert [p.id for p in read.workflow.places] == ["draft", "review", "done"]
+    unknown = await flows.GetTokenRecord(
+        wpb.GetTokenRecordRequest(name=name, fire_request_id="never")
+    )
+    assert not unknown.fire_outcome.found
+    assert not unknown.HasField("workflow")
     failed = await flows.CommitToken(
         wpb.CommitTokenRequest(
             token=name,

@@ -242,6 +242,39 @@ async def test_a_transition_that_cannot_fire_says_why(database_url: str) -> None
         await shutdown()
 
 
+async def test_a_transition_without_an_agent_commits_its_events_at_once_and_once(
+    database_url: str,
+) -> None:
+    mesh, shutdown = await started(database_url, lambda _: answer(assessment="x"))
+    try:
+        async with mesh.client() as client:
+            await client.create_agent("content-reviewer", reviewer())
+            definition = review_workflow()
+            definition.places.add(id="published")
+            definition.transitions.add(id="publish", from_places=["reviewed"], to_place="published")
+            workflow = await client.create_workflow(definition, workflow_id="review")
+            token = await client.create_token(workflow.name, data={"score": 1}, place="reviewed")
+            fired = await client.fire_transition(token.name, "publish", request_id="pub-1")
+            assert (fired.fired, fired.token.place) == (True, "published")
+            again = await client.fire_transition(token.name, "publish", request_id="pub-1")
+            assert (again.fired, again.event_seq, again.token) == (
+                True,
+                fired.event_seq,
+                fired.token,
+            )
+            mine = [e for e in await events_of(client, workflow.name) if e.token == token.name]
+            assert kinds(mine) == [
+                "token_created",
+                "transition_started",
+                "transition_completed",
+                "token_moved",
+            ]
+            assert mine[-1].seq == fired.event_seq
+            assert mesh.gateway.requests == []
+    finally:
+        await shutdown()
+
+
 async def test_a_required_agent_that_fails_leaves_the_token_and_an_optional_one_does_not(
     database_url: str,
 ) -> None:

@@ -515,16 +515,24 @@ class GetTokenRecordRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    FIRE_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WITH_WORKFLOW_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"workflows/{workflow_id}/tokens/{token_id}"."""
+    fire_request_id: _builtins.str
+    """Also answer the remembered outcome of the FireTransition call with this request id."""
+    with_workflow: _builtins.bool
+    """Also return the token's workflow, read in the same transaction."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        fire_request_id: _builtins.str = ...,
+        with_workflow: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fire_request_id", b"fire_request_id", "name", b"name", "with_workflow", b"with_workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -537,18 +545,30 @@ class GetTokenRecordResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_FIELD_NUMBER: _builtins.int
+    FIRE_OUTCOME_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def token(self) -> _workflow_pb2.Token:
         """As stored, with history."""
+
+    @_builtins.property
+    def fire_outcome(self) -> Global___GetFireOutcomeResponse:
+        """With `fire_request_id`: the outcome remembered for it (`found` false when none)."""
+
+    @_builtins.property
+    def workflow(self) -> _workflow_pb2.Workflow:
+        """With `with_workflow`: the workflow the token is in (no token counts)."""
 
     def __init__(
         self,
         *,
         token: _workflow_pb2.Token | None = ...,
+        fire_outcome: Global___GetFireOutcomeResponse | None = ...,
+        workflow: _workflow_pb2.Workflow | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fire_outcome", b"fire_outcome", "token", b"token", "workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fire_outcome", b"fire_outcome", "token", b"token", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

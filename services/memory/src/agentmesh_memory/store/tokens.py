@@ -45,6 +45,7 @@ from .workflow_common import (
     workflow_not_found,
 )
 from .workflow_events import WorkflowEventStore, check_events
+from .workflows import to_proto as workflow_to_proto
 
 __all__ = ["TokenStore"]
 
@@ -170,6 +171,8 @@ class TokenStore:
         self, tenant: str, request: wpb.GetTokenRecordRequest
     ) -> wpb.GetTokenRecordResponse:
         workflow_id, token_id = parse_token_name(request.name)
+        if request.fire_request_id:
+            check_request_id(request.fire_request_id, "fire_request_id")
         async with self._db.read("GetTokenRecord") as conn:
             row = (
                 await conn.execute(
@@ -182,9 +185,21 @@ class TokenStore:
                     )
                 )
             ).first()
-        if row is None:
-            raise token_not_found(workflow_id, token_id)
-        return wpb.GetTokenRecordResponse(token=to_proto(row, workflow_id))
+            if row is None:
+                raise token_not_found(workflow_id, token_id)
+            response = wpb.GetTokenRecordResponse(token=to_proto(row, workflow_id))
+            if request.fire_request_id:
+                response.fire_outcome.CopyFrom(
+                    await _outcome(conn, int(row.id), request.fire_request_id)
+                )
+            if request.with_workflow:
+                workflow = (
+                    await conn.execute(
+                        sa.select(workflows).where(workflows.c.id == row.workflow_pk)
+                    )
+                ).one()
+                response.workflow.CopyFrom(workflow_to_proto(workflow))
+        return response
 
     async def list(
         self, tenant: str, request: wpb.ListTokenRecordsRequest
@@ -343,16 +358,21 @@ class TokenStore:
         check_request_id(request.request_id)
         async with self._db.read("GetFireOutcome") as conn:
             token_pk = await find_token_pk(conn, tenant, workflow_id, token_id)
-            row = (
-                await conn.execute(
-                    sa.select(fire_outcomes.c.fired, fire_outcomes.c.event_seq).where(
-                        fire_outcomes.c.token_pk == token_pk,
-                        fire_outcomes.c.request_id == request.request_id,
-                    )
-                )
-            ).first()
-        if row is None:
-            return wpb.GetFireOutcomeResponse(found=False)
-        return wpb.GetFireOutcomeResponse(
-            found=True, fired=bool(row.fired), event_seq=int(row.event_seq)
+            return await _outcome(conn, token_pk, request.request_id)
+
+
+async def _outcome(
+    conn: AsyncConnection, token_pk: int, request_id: str
+) -> wpb.GetFireOutcomeResponse:
+    row = (
+        await conn.execute(
+            sa.select(fire_outcomes.c.fired, fire_outcomes.c.event_seq).where(
+                fire_outcomes.c.token_pk == token_pk, fire_outcomes.c.request_id == request_id
+            )
         )
+    ).first()
+    if row is None:
+        return wpb.GetFireOutcomeResponse(found=False)
+    return wpb.GetFireOutcomeResponse(
+        found=True, fired=bool(row.fired), event_seq=int(row.event_seq)
+    )

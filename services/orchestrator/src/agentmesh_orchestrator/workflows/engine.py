@@ -127,7 +127,10 @@ class WorkflowEngine:
             self.store.GetWorkflowRecord,
             store_pb2.GetWorkflowRecordRequest(name=name, with_token_counts=counts),
         )
-        workflow = reply.workflow
+        return reply.workflow, self.compiled(tenant, reply.workflow)
+
+    def compiled(self, tenant: str, workflow: workflow_pb2.Workflow) -> CompiledWorkflow:
+        """The workflow compiled, once per revision."""
         key = (tenant, workflow.name, workflow.revision)
         compiled = self._compiled.get(key)
         if compiled is None:
@@ -135,7 +138,7 @@ class WorkflowEngine:
             self._compiled[key] = compiled
             while len(self._compiled) > _CACHE_SIZE:
                 self._compiled.popitem(last=False)
-        return workflow, compiled
+        return compiled
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -169,6 +172,17 @@ class WorkflowEngine:
         self.wake_for(work)
         return reply.token
 
+    async def token_and_workflow(
+        self, tenant: str, name: str
+    ) -> tuple[workflow_pb2.Token, CompiledWorkflow]:
+        """A token and its workflow, compiled, in one read."""
+        read = await self.memory.call(
+            tenant,
+            self.store.GetTokenRecord,
+            store_pb2.GetTokenRecordRequest(name=name, with_workflow=True),
+        )
+        return read.token, self.compiled(tenant, read.workflow)
+
     async def get_token(self, tenant: str, name: str) -> workflow_pb2.Token:
         reply = await self.memory.call(
             tenant, self.store.GetTokenRecord, store_pb2.GetTokenRecordRequest(name=name)
@@ -190,18 +204,23 @@ class WorkflowEngine:
     async def fire(
         self, tenant: str, request: workflow_service_pb2.FireTransitionRequest
     ) -> Outcome:
-        """FireTransition: check, run the agent, commit the move (or the failure)."""
-        if request.request_id:
-            remembered = await self.memory.call(
-                tenant,
-                self.store.GetFireOutcome,
-                store_pb2.GetFireOutcomeRequest(token=request.token, request_id=request.request_id),
-            )
-            if remembered.found:
-                token = await self.get_token(tenant, request.token)
-                return Outcome(token, remembered.fired, remembered.event_seq)
-        token = await self.get_token(tenant, request.token)
-        _, compiled = await self.load(tenant, workflow_of(token.name))
+        """FireTransition: check, run the agent, commit the move (or the failure).
+
+        One read gets the token, its workflow and any outcome remembered for the request id.
+        Without an agent the started event goes into the commit (two memory calls in all);
+        with one it is stored first, so watchers see the transition start before the agent
+        runs."""
+        read = await self.memory.call(
+            tenant,
+            self.store.GetTokenRecord,
+            store_pb2.GetTokenRecordRequest(
+                name=request.token, fire_request_id=request.request_id, with_workflow=True
+            ),
+        )
+        token = read.token
+        if read.fire_outcome.found:
+            return Outcome(token, read.fire_outcome.fired, read.fire_outcome.event_seq)
+        compiled = self.compiled(tenant, read.workflow)
         transition = compiled.transitions.get(request.transition)
         if transition is None:
             raise InvalidArgument.for_field(
@@ -211,7 +230,9 @@ class WorkflowEngine:
         if request.HasField("data"):
             view = _with_data(view, view.data | _as_dict(request.data))
         self._check_enabled(transition, view)
-        await self.append(tenant, token, started_event(transition.id, workflow_pb2.FIRED_BY_CALL))
+        started = started_event(transition.id, workflow_pb2.FIRED_BY_CALL)
+        if transition.execution is not None:
+            await self.append(tenant, token, started)
         fire_key = request.request_id or uuid.uuid4().hex
         changes, attempt, failure = await self.run_transition_agent(
             tenant, token, view, transition, fire_key
@@ -226,6 +247,7 @@ class WorkflowEngine:
             failure=failure,
             fired_by=workflow_pb2.FIRED_BY_CALL,
             fire_request_id=request.request_id,
+            extra_events=[started] if transition.execution is None else [],
         )
 
     def _check_enabled(self, transition: CompiledTransition, view: TokenView) -> None:

@@ -27,7 +27,6 @@ from .engine import (
     started_event,
     to_struct,
     token_view,
-    workflow_of,
 )
 from .mapping import TokenChanges, TokenView
 from .rules import all_match
@@ -44,8 +43,7 @@ class PlaceAgentRun:
     async def run(self) -> None:
         work = self.item.place_agent
         try:
-            token = await self.engine.get_token(self.tenant, work.token)
-            _, compiled = await self.engine.load(self.tenant, workflow_of(work.token))
+            token, compiled = await self.engine.token_and_workflow(self.tenant, work.token)
         except NotFound:
             await self._complete()  # the token or its workflow is gone
             return
