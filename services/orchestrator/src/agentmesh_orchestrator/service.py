@@ -1,10 +1,9 @@
 """The public API's logic: what each Orchestrator RPC does, for one authenticated tenant.
 
-Agents are stored in the memory service with their type's default prompts filled in and their
-templates validated. A session keeps a snapshot of its agents' definitions (in
-`inline_agents`) taken when it is created or an agent is added, so editing or deleting an
-agent later never changes a team that is already at work. Inputs are bounded and a bad one is
-INVALID_ARGUMENT naming the field.
+Agents live in the catalog (agent_catalog.py). A session keeps a snapshot of its agents'
+definitions (in `inline_agents`) taken when it is created or an agent is added, so editing or
+deleting an agent later never changes a team that is already at work. Inputs are bounded and a
+bad one is INVALID_ARGUMENT naming the field.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from google.protobuf import field_mask_pb2
 from google.protobuf.json_format import MessageToDict
 
 from agentmesh.common.v1 import (
@@ -31,17 +29,15 @@ from agentmesh.memory.v1 import memory_pb2
 from agentmesh.orchestrator.v1 import orchestrator_pb2
 from agentmesh_common import (
     FailedPrecondition,
-    InvalidArgument,
-    NotFound,
 )
 
 from .adapters.memory_client import MemoryClient
 from .admission import Slot
-from .agents import AGENT_ID, SessionAgent, prepare_agent
+from .agent_catalog import AgentCatalog, inline_agent, invalid
+from .agents import prepare_agent
 from .sessions import TERMINAL_EVENTS, SessionManager
 from .strategies import validate_session
 from .stream_tokens import DEFAULT_TTL, MAX_TTL, MIN_TTL, StreamTokens
-from .tools import MEMORY_TOOLS
 
 SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 APPROVAL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
@@ -69,11 +65,6 @@ class Bounds:
     max_parallel_tasks: int = 16
 
 
-def invalid(field: str, description: str) -> InvalidArgument:
-    """An `InvalidArgument` naming one field."""
-    return InvalidArgument.for_field(field, description)
-
-
 class OrchestratorApp:
     """Implements the public RPCs for a tenant; the servicer only converts and authenticates."""
 
@@ -83,70 +74,22 @@ class OrchestratorApp:
         self._memory = memory
         self._manager = manager
         self._bounds = bounds or Bounds()
+        self._agents = AgentCatalog(memory)
 
-    # -- agents ------------------------------------------------------------------------------
+    # -- agents (the catalog in agent_catalog.py) --------------------------------------------
 
     async def create_agent(
         self, tenant: str, request: orchestrator_pb2.CreateAgentRequest
     ) -> agents_pb2.AgentDefinition:
-        if not AGENT_ID.fullmatch(request.agent_id):
-            raise invalid("agent_id", "must match [a-z][a-z0-9-]{0,62}")
-        definition = agents_pb2.AgentDefinition()
-        definition.CopyFrom(request.agent)
-        definition.name = f"agents/{request.agent_id}"
-        prepared = prepare_agent(definition, field="agent")
-        reply = await self._memory.call(
-            tenant,
-            self._memory.stub.CreateAgent,
-            memory_pb2.CreateAgentRequest(
-                agent=prepared.definition, agent_id=request.agent_id, request_id=request.request_id
-            ),
-        )
-        return reply.agent
+        return await self._agents.create(tenant, request)
 
     async def update_agent(
         self, tenant: str, request: orchestrator_pb2.UpdateAgentRequest
     ) -> agents_pb2.AgentDefinition:
-        current = await self.get_agent(tenant, request.agent.name)
-        merged = agents_pb2.AgentDefinition()
-        merged.CopyFrom(current)
-        paths = list(request.update_mask.paths)
-        if paths and paths != ["*"]:  # AIP-134: "*" (like no mask) replaces the whole agent
-            for i, path in enumerate(paths):
-                single = field_mask_pb2.FieldMask(paths=[path])
-                if not single.IsValidForDescriptor(agents_pb2.AgentDefinition.DESCRIPTOR):
-                    raise invalid(
-                        f"update_mask.paths[{i}]",
-                        f"{path!r} is not a field of AgentDefinition (or use '*' alone)",
-                    )
-            try:
-                # AIP-134: a message field named in the mask is replaced as a whole, so a
-                # field left unset in the request is cleared, not kept.
-                request.update_mask.MergeMessage(
-                    request.agent, merged, replace_message_field=True, replace_repeated_field=True
-                )
-            except (ValueError, KeyError) as exc:
-                raise invalid("update_mask", str(exc)) from None
-        else:
-            merged.CopyFrom(request.agent)
-        merged.name = current.name
-        prepared = prepare_agent(merged, field="agent")
-        reply = await self._memory.call(
-            tenant,
-            self._memory.stub.UpdateAgent,
-            memory_pb2.UpdateAgentRequest(
-                agent=prepared.definition,
-                update_mask=field_mask_pb2.FieldMask(),
-                request_id=request.request_id,
-            ),
-        )
-        return reply.agent
+        return await self._agents.update(tenant, request)
 
     async def get_agent(self, tenant: str, name: str) -> agents_pb2.AgentDefinition:
-        reply = await self._memory.call(
-            tenant, self._memory.stub.GetAgent, memory_pb2.GetAgentRequest(name=name)
-        )
-        return reply.agent
+        return await self._agents.get(tenant, name)
 
     # -- sessions ----------------------------------------------------------------------------
 
@@ -177,7 +120,7 @@ class OrchestratorApp:
         session.CopyFrom(draft)
         if session.strategy == sessions_pb2.STRATEGY_UNSPECIFIED:
             session.strategy = sessions_pb2.STRATEGY_ROUND_ROBIN
-        agents = await self._snapshot_agents(tenant, session)
+        agents = await self._agents.snapshot(tenant, session)
         for agent in agents:
             if generation and agent.name in generation:
                 agent.definition.generation.MergeFrom(generation[agent.name])
@@ -211,7 +154,7 @@ class OrchestratorApp:
             field = "agent_name"
         elif request.WhichOneof("agent") == "inline_agent":
             field = "inline_agent"
-            definition = _inline_agent(request.inline_agent, field)
+            definition = inline_agent(request.inline_agent, field)
         else:
             raise invalid("agent", "set agent_name or inline_agent")
         agent = prepare_agent(definition, field=field, metadata=session.metadata)
@@ -485,29 +428,6 @@ class OrchestratorApp:
 
     # -- helpers -----------------------------------------------------------------------------
 
-    async def _snapshot_agents(
-        self, tenant: str, session: sessions_pb2.Session
-    ) -> list[SessionAgent]:
-        agents: list[SessionAgent] = []
-        for i, name in enumerate(session.agents):
-            field = f"session.agents[{i}]"
-            if not name.startswith("agents/"):
-                raise invalid(field, "must be an agent name, agents/{agent_id}")
-            try:
-                definition = await self.get_agent(tenant, name)
-            except NotFound:
-                raise invalid(field, f"no agent named {name}") from None
-            agents.append(prepare_agent(definition, field=field, metadata=session.metadata))
-        for i, given in enumerate(session.inline_agents):
-            field = f"session.inline_agents[{i}]"
-            definition = _inline_agent(given, field)
-            agents.append(prepare_agent(definition, field=field, metadata=session.metadata))
-        names = [a.name for a in agents]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise invalid("session.agents", f"agents appear twice: {', '.join(duplicates)}")
-        return agents
-
     def _check_limits(self, limits: sessions_pb2.SessionLimits, field: str) -> None:
         bounds = self._bounds
         checks = [
@@ -548,24 +468,3 @@ class OrchestratorApp:
             return await self._memory.update_session(tenant, session, ["status", "final_answer"])
         finally:
             await self._memory.release_lease(tenant, session.name, lease.lease.owner)
-
-
-def _inline_agent(given: agents_pb2.AgentDefinition, field: str) -> agents_pb2.AgentDefinition:
-    """An agent defined in a session (CreateSession or AddAgent): named `agents/{id}` like a
-    stored one, and without memory tools. Memory belongs to agents created with CreateAgent
-    (it outlives the session); an inline agent asking for it would only ever see NOT_FOUND, so
-    say so when the session is made."""
-    definition = agents_pb2.AgentDefinition()
-    definition.CopyFrom(given)
-    if definition.name and not definition.name.startswith("agents/"):
-        definition.name = f"agents/{definition.name}"
-    for j, tool in enumerate(definition.tools):
-        if tool in MEMORY_TOOLS:
-            agent = definition.name.removeprefix("agents/") or "the agent"
-            raise invalid(
-                f"{field}.tools[{j}]",
-                f"{tool} keeps memory for agents created with CreateAgent: create {agent} "
-                "and name it in session.agents, or share session notes "
-                "(session_notes_read / session_notes_write)",
-            )
-    return definition

@@ -29,7 +29,7 @@ from agentmesh_memory.db.tables import events, sessions
 from agentmesh_memory.names import invalid, invalid_many, parse_session_name
 
 from .base import StoreContext, Write
-from .sessions import not_found
+from .session_locks import not_found
 
 __all__ = ["TERMINAL_EVENTS", "EventStore"]
 
