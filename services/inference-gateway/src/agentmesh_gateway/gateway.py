@@ -14,7 +14,6 @@ The failure policy, in order:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -33,13 +32,14 @@ from agentmesh_common import (
     Unavailable,
 )
 
+from .attempts import AttemptState, finish_attempt
 from .cache import ResponseCache
+from .deployment_views import DeploymentView, Limits, deployment_views
 from .domain import (
     AttemptFailed,
     AttemptStarted,
     CacheMode,
     Finished,
-    FinishReason,
     GatewayEvent,
     GenerateCall,
     Locality,
@@ -48,17 +48,15 @@ from .domain import (
     StreamEnd,
     TextDelta,
     ThinkingDelta,
-    ToolCall,
     ToolCallDelta,
-    Usage,
 )
 from .errors import HEALTH_KINDS, ErrorKind, UpstreamError, scrub, to_domain_error
 from .limits import CircuitBreaker, CircuitState, ProviderBudget, RateWindow
 from .observability import GatewayMetrics
 from .providers.base import ProviderAdapter, Target
 from .routes import Deployment, RouteTable
-from .tokens import count_messages, count_text
-from .validation import validate, validated_json
+from .tokens import count_messages
+from .validation import validate
 
 _logger = logging.getLogger("agentmesh.gateway")
 _CIRCUIT_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
@@ -69,41 +67,6 @@ class RetryPolicy:
     base_delay: float = 0.25
     max_delay: float = 8.0
     max_rate_limit_wait: float = 30.0
-
-
-@dataclass(frozen=True)
-class DeploymentView:
-    """What ``GetProviderStatus`` reports about one deployment."""
-
-    deployment: Deployment
-    circuit: CircuitState
-    consecutive_failures: int
-    seconds_until_probe: float
-    rpm_remaining: int
-    tpm_remaining: int
-    last_error: UpstreamError | None
-
-    @property
-    def credentials_configured(self) -> bool:
-        return bool(self.deployment.keys) or not self.deployment.needs_key
-
-
-class _Attempt:
-    """What one attempt produced so far."""
-
-    __slots__ = ("first_token_at", "streamed", "text", "tools")
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.tools: dict[int, list[Any]] = {}  # index -> [id, name, [fragments]]
-        self.streamed = False
-        self.first_token_at = 0.0
-
-    def streamed_tokens(self) -> int:
-        tokens = count_text("".join(self.text))
-        for _, name, fragments in self.tools.values():
-            tokens += count_text(name) + count_text("".join(fragments))
-        return tokens
 
 
 class Gateway:
@@ -294,7 +257,7 @@ class Gateway:
                         deployment.provider, deployment.model, deployment.name, attempt
                     )
                     yield started
-                    state = _Attempt()
+                    state = AttemptState()
                     recorded: list[Any] | None = [] if cache_key is not None else None
                     try:
                         # aclosing: if our caller goes away, the upstream closes now, not at GC
@@ -455,7 +418,7 @@ class Gateway:
         deployment: Deployment,
         adapter: ProviderAdapter,
         attempt: int,
-        state: _Attempt,
+        state: AttemptState,
     ) -> AsyncGenerator[GatewayEvent, None]:
         provider, model = deployment.provider, deployment.model
         key = self._next_key(deployment)
@@ -521,7 +484,7 @@ class Gateway:
                     yield event
             if end is None:
                 raise UpstreamError(ErrorKind.TRUNCATED, f"{provider} stream ended early")
-            finished = self._finish(call, deployment, state, end)
+            finished = finish_attempt(call, deployment, state, end, self._metrics)
             span.set_attribute("gen_ai.usage.input_tokens", finished.usage.prompt_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", finished.usage.completion_tokens)
             span.set_attribute("gen_ai.response.finish_reason", finished.finish_reason.value)
@@ -544,85 +507,6 @@ class Gateway:
             span.set_attribute("gateway.outcome", outcome)
             span.end()
 
-    def _finish(
-        self, call: GenerateCall, deployment: Deployment, state: _Attempt, end: StreamEnd
-    ) -> Finished:
-        tool_calls: list[ToolCall] = []
-        for index in sorted(state.tools):
-            call_id, name, fragments = state.tools[index]
-            raw = "".join(fragments).strip() or "{}"
-            try:
-                arguments = json.loads(raw)
-            except ValueError:
-                raise UpstreamError(
-                    ErrorKind.MALFORMED, f"tool call {name!r} arguments are not valid JSON"
-                ) from None
-            if not isinstance(arguments, dict):
-                raise UpstreamError(
-                    ErrorKind.MALFORMED, f"tool call {name!r} arguments are not a JSON object"
-                )
-            tool_calls.append(ToolCall(call_id or f"call_{index}", name, arguments))
-        finish = end.finish_reason
-        if tool_calls and finish is FinishReason.STOP:
-            finish = FinishReason.TOOL_CALLS
-        text = "".join(state.text)
-        usage = end.usage
-        if usage is None:
-            completion = count_text(text) + sum(
-                count_text(tc.name) + count_text(json.dumps(tc.arguments)) for tc in tool_calls
-            )
-            usage = Usage(
-                prompt_tokens=count_messages(call.messages, call.tools),
-                completion_tokens=completion,
-                estimated=True,
-            )
-        cost = (
-            usage.prompt_tokens * deployment.input_price_micros_per_million
-            + usage.completion_tokens * deployment.output_price_micros_per_million
-            + 500_000
-        ) // 1_000_000
-        usage = Usage(
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_prompt_tokens=usage.cached_prompt_tokens,
-            reasoning_tokens=usage.reasoning_tokens,
-            estimated=usage.estimated,
-            cost_micros_usd=cost,
-        )
-        provider, model = deployment.provider, deployment.model
-        estimated = "true" if usage.estimated else "false"
-        self._metrics.tokens.labels(provider, model, "prompt", estimated).inc(usage.prompt_tokens)
-        self._metrics.tokens.labels(provider, model, "completion", estimated).inc(
-            usage.completion_tokens
-        )
-        if cost:
-            self._metrics.cost.labels(provider, model).inc(cost)
-        structured: dict[str, Any] | None = None
-        schema = call.config.response_schema
-        try:
-            if schema is not None and not tool_calls and finish is FinishReason.STOP:
-                structured = validated_json(text, schema)
-            elif schema is not None and not tool_calls and finish is FinishReason.LENGTH:
-                # Constrained output is valid up to the cut, but a cut JSON value is no value.
-                raise UpstreamError(
-                    ErrorKind.INVALID_OUTPUT,
-                    f"the output reached max_tokens ({call.config.max_tokens}) before the JSON "
-                    "value was complete",
-                )
-        except UpstreamError as error:
-            error.usage = usage  # the answer was paid for, though it is refused
-            raise
-        return Finished(
-            finish_reason=finish,
-            usage=usage,
-            provider=provider,
-            model=model,
-            deployment=deployment.name,
-            text=text,
-            tool_calls=tuple(tool_calls),
-            structured_output=structured,
-        )
-
     # --- other RPCs ----------------------------------------------------------------------
 
     def count_tokens(self, call: GenerateCall) -> tuple[int, int]:
@@ -631,37 +515,14 @@ class Gateway:
         return count_messages(call.messages, call.tools), deployments[0].context_window
 
     def status(self, provider: str = "", route: str = "") -> list[DeploymentView]:
-        views: list[DeploymentView] = []
-        for deployment in self.table.deployments():
-            if provider and deployment.provider != provider:
-                continue
-            if route and deployment.route != route:
-                continue
-            breaker = self._breakers[deployment.name]
-            rpm_left, tpm_left = self._windows[deployment.name].remaining()
-            provider_rpm, provider_tpm = self._budgets[deployment.name].remaining()
-            rpm_left = _tighter(rpm_left, provider_rpm)
-            tpm_left = _tighter(tpm_left, provider_tpm)
-            views.append(
-                DeploymentView(
-                    deployment=deployment,
-                    circuit=breaker.current_state(),
-                    consecutive_failures=breaker.consecutive_failures,
-                    seconds_until_probe=breaker.seconds_until_probe(),
-                    rpm_remaining=rpm_left,
-                    tpm_remaining=tpm_left,
-                    last_error=self._last_error.get(deployment.name),
-                )
-            )
-        return views
+        return deployment_views(
+            self.table.deployments(),
+            Limits(self._breakers, self._windows, self._budgets),
+            self._last_error,
+            provider=provider,
+            route=route,
+        )
 
     def supports_response_schema(self, provider: str) -> bool:
         adapter = self._adapters.get(provider)
         return bool(adapter and adapter.supports_response_schema)
-
-
-def _tighter(ours: int, providers: int | None) -> int:
-    """The smaller of our own headroom (-1: unlimited) and the provider's (None: unknown)."""
-    if providers is None:
-        return ours
-    return providers if ours < 0 else min(ours, providers)

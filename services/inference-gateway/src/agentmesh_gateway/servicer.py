@@ -15,6 +15,7 @@ from agentmesh.common.v1 import generation_pb2, operations_pb2, user_settings_pb
 from agentmesh.inference.v1 import inference_pb2, inference_pb2_grpc
 from agentmesh_common import TENANT_METADATA_KEY, FieldViolation, InvalidArgument
 
+from .deployment_views import DeploymentView
 from .domain import (
     AttemptFailed,
     AttemptStarted,
@@ -29,7 +30,7 @@ from .domain import (
     ToolCallDelta,
     ToolChoice,
 )
-from .gateway import DeploymentView, Gateway
+from .gateway import Gateway
 from .limits import CircuitState
 from .protoconv import (
     FINISH_TO_PROTO,
