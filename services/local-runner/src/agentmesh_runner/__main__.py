@@ -7,8 +7,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from agentmesh_common import AgentmeshError, run
 
@@ -51,7 +54,21 @@ def main() -> int:
     """Run until SIGTERM or SIGINT; the exit code is 0 after a clean shutdown."""
     if sys.argv[1:2] == ["import-gguf"]:
         return import_command(sys.argv[2:])
-    return run(SERVICE_NAME, RunnerSettings, build)
+    _exit_now(run(SERVICE_NAME, RunnerSettings, build))
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without the interpreter's teardown, once the service has stopped and
+    everything is flushed.
+
+    mlx-lm makes an MLX stream when imported, and the runner imports it (and runs models) in
+    threads other than the main one. The C++ teardown at interpreter exit then aborts about
+    one time in three ("terminate called without an active exception", SIGABRT), turning a
+    clean stop into exit code -6. Nothing is left to do by then, so skip it."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
