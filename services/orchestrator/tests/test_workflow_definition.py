@@ -127,7 +127,6 @@ def test_the_seed_examples_compile() -> None:
     assert classifier.interval is None
     assert classifier.max_executions == 1
     assert [a.id for a in compiled.agents_at("pending_classification")] == ["classifier"]
-    assert compiled.agent_names == {"agents/content-reviewer", "agents/content-classifier"}
     assert compiled.warnings == ()
 
 

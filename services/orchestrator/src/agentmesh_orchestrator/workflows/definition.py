@@ -99,12 +99,6 @@ class CompiledWorkflow:
     def agents_at(self, place: str) -> list[CompiledPlaceAgent]:
         return [agent for agent in self.place_agents.values() if agent.place == place]
 
-    @property
-    def agent_names(self) -> frozenset[str]:
-        executions = [t.execution for t in self.transitions.values() if t.execution]
-        executions += [a.execution for a in self.place_agents.values()]
-        return frozenset(e.agent for e in executions)
-
 
 @dataclass
 class _Checker:
