@@ -5,7 +5,9 @@ messages, memory recall, statistics."""
 from __future__ import annotations
 
 import json
+import time
 
+import grpc
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
@@ -330,5 +332,32 @@ async def test_public_api_for_collections_stats_and_their_errors(database_url: s
                     "agents/nobody/users/u/memories/k", struct_pb2.Value(string_value="v")
                 )
             assert json.loads(json.dumps(MessageToDict(stats)))["agent"] == "agents/counter"
+    finally:
+        await shutdown()
+
+
+async def test_a_bad_upload_stream_is_answered_at_once_not_left_to_its_deadline(
+    database_url: str,
+) -> None:
+    """A client stream whose message holds no part, or does not decode, is INVALID_ARGUMENT
+    naming the field as soon as it is read (it used to hang until the client's deadline)."""
+    mesh, shutdown = await start_mesh(database_url, lambda _: Reply(text="x"))
+    try:
+        async with mesh.client() as client:
+            await client.create_collection("notes")
+            metadata = (("authorization", f"Bearer {mesh.keys['acme']}"),)
+            upload = client._channel.stream_unary(
+                "/agentmesh.orchestrator.v1.OrchestratorService/UploadDocument"
+            )
+            for message, field in (
+                (kpb.UploadDocumentRequest().SerializeToString(), "part"),
+                (b"\xff\xff\xff", "request"),
+            ):
+                started = time.monotonic()
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await upload(iter([message]), metadata=metadata, timeout=8)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value
+                assert field in (caught.value.details() or "")
+                assert time.monotonic() - started < 5
     finally:
         await shutdown()

@@ -9,6 +9,7 @@ fields in errors (`content`, `document.*`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -160,20 +161,41 @@ class KnowledgeRpcs:
         self, request_iterator: AsyncIterator[kpb.UploadDocumentRequest], context: Context
     ) -> kpb.UploadDocumentResponse:
         tenant = await self._tenant(context)
+        relay: asyncio.Queue[mkpb.UploadDocumentRequest | None] = asyncio.Queue(maxsize=4)
 
-        async def parts() -> AsyncIterator[mkpb.UploadDocumentRequest]:
+        async def read() -> None:
+            """The caller's stream, checked part by part, into the relay."""
             async for part in request_iterator:
                 kind = part.WhichOneof("part")
                 if kind == "header":
-                    yield mkpb.UploadDocumentRequest(header=_upload_header(part.header))
+                    await relay.put(mkpb.UploadDocumentRequest(header=_upload_header(part.header)))
                 elif kind == "data":
-                    yield mkpb.UploadDocumentRequest(data=part.data)
+                    await relay.put(mkpb.UploadDocumentRequest(data=part.data))
                 else:
                     raise InvalidArgument.for_field("part", "each message holds a header or data")
+            await relay.put(None)
 
-        reply = await self._memory.call(
-            tenant, self._memory.stub.UploadDocument, parts(), deadline_seconds=UPLOAD_TIMEOUT
+        async def parts() -> AsyncIterator[mkpb.UploadDocumentRequest]:
+            while (part := await relay.get()) is not None:
+                yield part
+
+        # The caller's stream is read here, not by grpc's writer of the memory call: a bad
+        # part there would only cancel that call and leave this one waiting for its deadline.
+        reader = asyncio.create_task(read())
+        upload = asyncio.create_task(
+            self._memory.call(
+                tenant, self._memory.stub.UploadDocument, parts(), deadline_seconds=UPLOAD_TIMEOUT
+            )
         )
+        try:
+            await asyncio.wait({reader, upload}, return_when=asyncio.FIRST_EXCEPTION)
+            if reader.done() and (error := reader.exception()) is not None:
+                raise error
+            reply = await upload
+        finally:
+            for task in (reader, upload):
+                task.cancel()
+            await asyncio.gather(reader, upload, return_exceptions=True)
         return kpb.UploadDocumentResponse(document=reply.document)
 
     async def ImportDocument(
