@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from agentmesh.memory.v1 import knowledge_pb2 as mkpb
 from agentmesh.orchestrator.v1 import knowledge_pb2 as kpb
 from agentmesh_common import FieldViolation, InvalidArgument
+from agentmesh_common.streams import DRAIN_LIMIT_SECONDS, drain
 
 from .adapters.memory_client import MemoryClient
 
@@ -163,34 +164,53 @@ class KnowledgeRpcs:
         tenant = await self._tenant(context)
         relay: asyncio.Queue[mkpb.UploadDocumentRequest | None] = asyncio.Queue(maxsize=4)
 
-        async def read() -> None:
-            """The caller's stream, checked part by part, into the relay."""
-            async for part in request_iterator:
-                kind = part.WhichOneof("part")
-                if kind == "header":
-                    await relay.put(mkpb.UploadDocumentRequest(header=_upload_header(part.header)))
-                elif kind == "data":
-                    await relay.put(mkpb.UploadDocumentRequest(data=part.data))
-                else:
-                    raise InvalidArgument.for_field("part", "each message holds a header or data")
-            await relay.put(None)
-
         async def parts() -> AsyncIterator[mkpb.UploadDocumentRequest]:
             while (part := await relay.get()) is not None:
                 yield part
 
-        # The caller's stream is read here, not by grpc's writer of the memory call: a bad
-        # part there would only cancel that call and leave this one waiting for its deadline.
-        reader = asyncio.create_task(read())
         upload = asyncio.create_task(
             self._memory.call(
                 tenant, self._memory.stub.UploadDocument, parts(), deadline_seconds=UPLOAD_TIMEOUT
             )
         )
+
+        async def read() -> None:
+            """The caller's stream, checked part by part, into the relay. Once the upload
+            has failed, or a part is bad, the rest is dropped so that the answer comes after
+            the caller's half-close (see agentmesh_common.streams)."""
+            try:
+                async for part in request_iterator:
+                    if upload.done():
+                        break
+                    kind = part.WhichOneof("part")
+                    if kind == "header":
+                        part_out = mkpb.UploadDocumentRequest(header=_upload_header(part.header))
+                    elif kind == "data":
+                        part_out = mkpb.UploadDocumentRequest(data=part.data)
+                    else:
+                        raise InvalidArgument.for_field(
+                            "part", "each message holds a header or data"
+                        )
+                    await relay.put(part_out)
+                else:
+                    await relay.put(None)
+                    return
+            except InvalidArgument:
+                await drain(request_iterator)
+                raise
+            await drain(request_iterator)
+
+        # The caller's stream is read here, not by grpc's writer of the memory call: a bad
+        # part there would only cancel that call and leave this one waiting for its deadline.
+        reader = asyncio.create_task(read())
         try:
             await asyncio.wait({reader, upload}, return_when=asyncio.FIRST_EXCEPTION)
             if reader.done() and (error := reader.exception()) is not None:
                 raise error
+            if upload.done() and upload.exception() is not None:
+                while not relay.empty():  # a reader blocked on a full relay goes on to drain
+                    relay.get_nowait()
+                await asyncio.wait({reader}, timeout=DRAIN_LIMIT_SECONDS)
             reply = await upload
         finally:
             for task in (reader, upload):
