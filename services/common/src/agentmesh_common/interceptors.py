@@ -17,6 +17,7 @@ record ``abort``-ed and cancelled RPCs as OK and break ``context.write``-style s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -109,9 +110,10 @@ class Undecodable:
     """What a request that does not parse (corrupt bytes, invalid UTF-8, nesting too deep)
     becomes, so the handler chain can answer INVALID_ARGUMENT instead of grpc's UNKNOWN."""
 
-    def __init__(self, message_type: str, error: Exception) -> None:
+    def __init__(self, message_type: str, error: Exception, size: int) -> None:
         self.message_type = message_type
         self.error = error
+        self.size = size  # bytes on the wire
 
     def as_error(self) -> InvalidArgument:
         what = f"not a valid {self.message_type}" if self.message_type else "not decodable"
@@ -129,7 +131,7 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
         try:
             return deserializer(data)
         except Exception as exc:  # DecodeError, RecursionError, ...
-            return Undecodable(message_type, exc)
+            return Undecodable(message_type, exc, len(data))
 
     safe._agentmesh_safe = True  # type: ignore[attr-defined]
     return safe
@@ -148,6 +150,25 @@ async def _checked(requests: Any) -> Any:
     async for request in requests:
         _admit(request)
         yield request
+
+
+#: A client stream refused part-way is read to its end, the rest dropped, before the status
+#: is sent, within these bounds. Answering while the client still writes races it:
+#: grpc-python's client then often fails its next write and reports INTERNAL ("Internal error
+#: from Core") instead of the status the server sent.
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+DRAIN_LIMIT_SECONDS = 10.0
+
+
+async def _drain(requests: Any) -> None:
+    """Read and drop what is left of a client stream, until its end or a bound."""
+    dropped = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_LIMIT_SECONDS):
+            async for request in requests:
+                dropped += request.ByteSize() if isinstance(request, Message) else request.size
+                if dropped > DRAIN_LIMIT_BYTES:
+                    return
 
 
 def _rewrap(
@@ -332,30 +353,33 @@ class ErrorMappingInterceptor(_BehaviorInterceptor):
 
     def wrap(self, behavior: Behavior, method: str, streaming: bool) -> Behavior:
         async def guarded(request: Any, context: Context) -> Any:
+            stream = request if hasattr(request, "__aiter__") else None  # a client stream
             try:
                 _admit(request)
-                if hasattr(request, "__aiter__"):  # a client stream
-                    request = _checked(request)
-                return await behavior(request, context)
+                return await behavior(request if stream is None else _checked(stream), context)
             except grpc.aio.AbortError:
                 raise
-            except AgentmeshError as exc:
-                status = to_grpc_status(exc, self._domain)
-                await context.abort(status.code, status.details, status.trailing_metadata)
-            except NotImplementedError:
-                await context.abort(
-                    grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet"
-                )
-            except Exception:
-                trace_id = current_trace_id() or "none"
-                self._logger.exception(
-                    "unhandled exception in %s",
-                    method,
-                    extra={"rpc_method": method, "trace_id": trace_id},
-                )
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {trace_id})")
+            except Exception as exc:
+                if stream is not None:
+                    await _drain(stream)
+                await self._abort(context, method, exc)
 
         return guarded
+
+    async def _abort(self, context: Context, method: str, exc: Exception) -> None:
+        if isinstance(exc, AgentmeshError):
+            status = to_grpc_status(exc, self._domain)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        if isinstance(exc, NotImplementedError):
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented yet")
+        trace_id = current_trace_id() or "none"
+        self._logger.error(
+            "unhandled exception in %s",
+            method,
+            exc_info=exc,
+            extra={"rpc_method": method, "trace_id": trace_id},
+        )
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {trace_id})")
 
 
 def server_interceptors(

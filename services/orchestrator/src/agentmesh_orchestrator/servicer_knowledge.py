@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from agentmesh.memory.v1 import knowledge_pb2 as mkpb
 from agentmesh.orchestrator.v1 import knowledge_pb2 as kpb
 from agentmesh_common import FieldViolation, InvalidArgument
-from agentmesh_common.streams import DRAIN_LIMIT_SECONDS, drain
+from agentmesh_common.interceptors import DRAIN_LIMIT_SECONDS
 
 from .adapters.memory_client import MemoryClient
 
@@ -35,6 +35,16 @@ _IMPORT_FIELDS = {
     "data": "content",
     "header": "parent",
 }
+
+
+def _relayed_part(part: kpb.UploadDocumentRequest) -> mkpb.UploadDocumentRequest:
+    """One part of the caller's upload as the memory service takes it."""
+    kind = part.WhichOneof("part")
+    if kind == "header":
+        return mkpb.UploadDocumentRequest(header=_upload_header(part.header))
+    if kind == "data":
+        return mkpb.UploadDocumentRequest(data=part.data)
+    raise InvalidArgument.for_field("part", "each message holds a header or data")
 
 
 def _upload_header(header: kpb.DocumentUpload) -> mkpb.DocumentUpload:
@@ -175,30 +185,13 @@ class KnowledgeRpcs:
         )
 
         async def read() -> None:
-            """The caller's stream, checked part by part, into the relay. Once the upload
-            has failed, or a part is bad, the rest is dropped so that the answer comes after
-            the caller's half-close (see agentmesh_common.streams)."""
-            try:
-                async for part in request_iterator:
-                    if upload.done():
-                        break
-                    kind = part.WhichOneof("part")
-                    if kind == "header":
-                        part_out = mkpb.UploadDocumentRequest(header=_upload_header(part.header))
-                    elif kind == "data":
-                        part_out = mkpb.UploadDocumentRequest(data=part.data)
-                    else:
-                        raise InvalidArgument.for_field(
-                            "part", "each message holds a header or data"
-                        )
-                    await relay.put(part_out)
-                else:
-                    await relay.put(None)
+            """The caller's stream, checked part by part, into the relay, until its end or
+            until the upload has failed (the server's error mapping drops the rest)."""
+            async for part in request_iterator:
+                if upload.done():
                     return
-            except InvalidArgument:
-                await drain(request_iterator)
-                raise
-            await drain(request_iterator)
+                await relay.put(_relayed_part(part))
+            await relay.put(None)
 
         # The caller's stream is read here, not by grpc's writer of the memory call: a bad
         # part there would only cancel that call and leave this one waiting for its deadline.
@@ -208,7 +201,9 @@ class KnowledgeRpcs:
             if reader.done() and (error := reader.exception()) is not None:
                 raise error
             if upload.done() and upload.exception() is not None:
-                while not relay.empty():  # a reader blocked on a full relay goes on to drain
+                # Let the reader stop between two parts, not in the middle of reading one
+                # (that would end the caller's stream before it could be drained).
+                while not relay.empty():
                     relay.get_nowait()
                 await asyncio.wait({reader}, timeout=DRAIN_LIMIT_SECONDS)
             reply = await upload

@@ -6,8 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agentmesh.memory.v1 import knowledge_pb2 as kpb
-from agentmesh_common import InvalidArgument
-from agentmesh_common.streams import drain
 from agentmesh_memory.ingest import extract_text, split_into_chunks
 from agentmesh_memory.names import invalid
 
@@ -18,18 +16,8 @@ async def read_upload(
     parts: AsyncIterator[kpb.UploadDocumentRequest], max_bytes: int
 ) -> tuple[kpb.DocumentUpload, bytes]:
     """The header and the bytes of an upload stream; INVALID_ARGUMENT as soon as it is
-    malformed or passes `max_bytes`. What the caller still sends then is dropped unread (up
-    to a bound) before the answer, so the caller sees that error, not a failed write."""
-    try:
-        return await _read(parts, max_bytes)
-    except InvalidArgument:
-        await drain(parts)
-        raise
-
-
-async def _read(
-    parts: AsyncIterator[kpb.UploadDocumentRequest], max_bytes: int
-) -> tuple[kpb.DocumentUpload, bytes]:
+    malformed or passes `max_bytes` (the server's error mapping reads and drops the rest
+    before it answers)."""
     header: kpb.DocumentUpload | None = None
     received = bytearray()
     async for part in parts:
