@@ -20,7 +20,7 @@ from agentmesh.workflow.v1 import (
 from agentmesh_common import TENANT_METADATA_KEY, InvalidArgument, NotFound, from_rpc_error
 from agentmesh_orchestrator.agents import prepare_agent
 
-from .definition import compile_workflow
+from .definition import CompiledWorkflow, compile_workflow
 from .engine import Outcome, WorkflowEngine, added_agents_work
 from .mapping import BUILT_IN_VARIABLES
 from .schedules import RUN_VARIABLES, compile_schedule
@@ -49,7 +49,7 @@ class WorkflowApp:
     async def create_workflow(
         self, tenant: str, request: workflow_service_pb2.CreateWorkflowRequest
     ) -> workflow_pb2.Workflow:
-        workflow = await self._checked(tenant, request.workflow)
+        workflow, _ = await self._checked(tenant, request.workflow)
         if request.validate_only:
             return workflow
         reply = await self._memory.call(
@@ -98,9 +98,9 @@ class WorkflowApp:
                 getattr(current, path).extend(getattr(request.workflow, path))
             else:
                 setattr(current, path, getattr(request.workflow, path))
-        workflow = await self._checked(tenant, current)
+        workflow, after = await self._checked(tenant, current)
         workflow.name = request.workflow.name
-        arrivals = added_agents_work(before, compile_workflow(workflow), self._engine.now())
+        arrivals = added_agents_work(before, after, self._engine.now())
         reply = await self._memory.call(
             tenant,
             self._store.UpdateWorkflowRecord,
@@ -120,7 +120,11 @@ class WorkflowApp:
             store_pb2.DeleteWorkflowRecordRequest(name=request.name, force=request.force),
         )
 
-    async def _checked(self, tenant: str, given: workflow_pb2.Workflow) -> workflow_pb2.Workflow:
+    async def _checked(
+        self, tenant: str, given: workflow_pb2.Workflow
+    ) -> tuple[workflow_pb2.Workflow, CompiledWorkflow]:
+        """The definition to store (output-only fields cleared, warnings set) and its
+        compiled form; INVALID_ARGUMENT naming the field for any fault."""
         workflow = workflow_pb2.Workflow()
         workflow.CopyFrom(given)
         for field in _OUTPUT_ONLY:
@@ -131,7 +135,7 @@ class WorkflowApp:
         for field, execution in _executions(workflow):
             variables = {*BUILT_IN_VARIABLES, *execution.input_mapping}
             await self._check_agent(tenant, execution.agent, field, variables)
-        return workflow
+        return workflow, compiled
 
     async def _check_agent(self, tenant: str, name: str, field: str, variables: set[str]) -> None:
         """The agent exists and its templates need no metadata a run will not have."""
