@@ -357,21 +357,22 @@ def write_markdown(report: dict[str, Any]) -> None:
         "| engine | scheduler lag (due → fired) | p50 ms | p99 ms | target p99 |",
         "|---|---|---|---|---|",
     ]
+    plan = report["plan"]
+    count = plan["schedules"]
+    rows = (
+        (f"schedule runs, {count} schedules every 1 s, phases spread", "schedule_lag"),
+        (
+            f"schedule runs, {count} schedules every 1 s, due at the same instant",
+            "schedule_coincident_lag",
+        ),
+        (f"place agents, tokens at {plan['place_agent_rate']}/s", "place_agent_lag"),
+        (f"place agents, {plan['place_agent_tokens']} tokens at once", "place_agent_burst_lag"),
+    )
+    bursts = ("schedule_coincident_lag", "place_agent_burst_lag")
     for result in report["results"]:
-        count = report["plan"]["schedules"]
-        runs = f"schedule runs, {count} schedules every 1 s, phases spread"
-        same = f"schedule runs, {count} schedules every 1 s, due at the same instant"
-        steady = f"place agents, tokens at {report['plan']['place_agent_rate']}/s"
-        burst = f"place agents, {report['plan']['place_agent_tokens']} tokens at once"
-        for label, key in (
-            (runs, "schedule_lag"),
-            (same, "schedule_coincident_lag"),
-            (steady, "place_agent_lag"),
-            (burst, "place_agent_burst_lag"),
-        ):
+        for label, key in rows:
             lag = result[key]
             met = "met" if lag["lag_p99_ms"] < 100 else "**not met**"
-            bursts = ("schedule_coincident_lag", "place_agent_burst_lag")
             target = f"< 100: {met}" if key not in bursts else "none: a burst queues"
             lines.append(
                 f"| {result['engine']} | {label} | {lag['lag_p50_ms']} | {lag['lag_p99_ms']} |"
@@ -383,8 +384,8 @@ def write_markdown(report: dict[str, Any]) -> None:
         " are claimed up to the lookahead (0.5 s) early and started at their due time, so the"
         " claim is not part of it. The target rows run work at rates the mesh keeps up with;"
         " in the burst rows many items fall due together, each an agent session, and wait"
-        " their turn for the 2 cores (the fires/s table above is that capacity): that delay is"
-        " a queue, reported without a target.",
+        f" their turn for the {machine['cpus']} cores (the fires/s table above is that"
+        " capacity): that delay is a queue, reported without a target.",
         "",
         "| engine | tokens waiting | orchestrator RSS MB before → after | memory service RSS MB |",
         "|---|---|---|---|",
