@@ -434,20 +434,24 @@ class SessionManager:
     async def _renew(self, active: ActiveSession) -> None:
         """Renew the lease; stop the run only once it is lost: refused (another owner holds
         it), or not renewed for its whole time to live (a memory service that is down for a
-        moment, being restarted, does not stop the run)."""
+        moment, being restarted, does not stop the run). After a failure it tries again
+        three times as often, so the try that succeeds does not land at the lease's expiry."""
         name = active.run.name
         renewed = time.monotonic()
+        wait = self._lease.renew_every
         while True:
-            await asyncio.sleep(self._lease.renew_every)
+            await asyncio.sleep(wait)
             try:
                 await self._store.renew_lease(
                     active.tenant, name, self.owner, self._lease.ttl_seconds
                 )
                 renewed = time.monotonic()
+                wait = self._lease.renew_every
             except Exception as error:
                 transient = not isinstance(error, FailedPrecondition)
                 if transient and time.monotonic() - renewed < self._lease.ttl_seconds:
                     _logger.warning("could not renew the lease of %s (%s); retrying", name, error)
+                    wait = self._lease.renew_every / 3
                     continue
                 _logger.warning("lost the lease of %s; stopping without ending it", name)
                 active.lease_lost = True
